@@ -1,0 +1,3 @@
+from fleetkeeper.cli.main import main
+
+main()

@@ -1,0 +1,1 @@
+"""The `fleetkeeper` command line."""

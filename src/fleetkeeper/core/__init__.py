@@ -1,0 +1,1 @@
+"""Shared foundation: configuration, database, logging, errors, crypto and TLS glue."""

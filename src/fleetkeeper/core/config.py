@@ -1,0 +1,164 @@
+"""Configuration: defaults < TOML file < FLEETKEEPER_* environment < command-line options."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+ENV_PREFIX = "FLEETKEEPER_"
+CONFIG_FILE_ENV = f"{ENV_PREFIX}CONFIG_FILE"
+
+
+class ConfigError(Exception):
+    """Configuration that cannot be used; the message names the setting and what is wrong."""
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid", validate_default=True)
+
+    config_file: Path | None = Field(default=None, description="TOML file with settings")
+    data_dir: Path = Field(
+        default=Path("fleetkeeper-data"), description="where the embedded default keeps state"
+    )
+    database_url: str | None = Field(
+        default=None,
+        description="SQLAlchemy URL; default: SQLite in the data directory",
+    )
+
+    host: str = Field(default="127.0.0.1", description="management listener address")
+    port: int = Field(default=8080, ge=0, le=65535, description="management listener port")
+    tls_cert: Path | None = Field(default=None, description="management listener certificate (PEM)")
+    tls_key: Path | None = Field(default=None, description="management listener private key (PEM)")
+
+    device_host: str = Field(default="0.0.0.0", description="device listener address")  # noqa: S104
+    device_port: int = Field(default=8443, ge=0, le=65535, description="device listener port")
+    device_server_names: list[str] = Field(
+        default_factory=lambda: ["localhost", "127.0.0.1", "::1"],
+        description="DNS names and IP addresses in the device listener's certificate",
+    )
+
+    log_level: Literal["debug", "info", "warning", "error"] = Field(default="info")
+    log_format: Literal["auto", "json", "console"] = Field(
+        default="auto", description="auto: console on a terminal, JSON otherwise"
+    )
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return init_settings, env_settings, _TomlFileSource(settings_cls, init_settings)
+
+    @field_validator("device_server_names")
+    @classmethod
+    def _names_not_empty(cls, names: list[str]) -> list[str]:
+        if not names or any(not name.strip() for name in names):
+            raise ValueError("needs at least one non-empty DNS name or IP address")
+        return names
+
+    @field_validator("database_url")
+    @classmethod
+    def _supported_database(cls, url: str | None) -> str | None:
+        if url is None:
+            return None
+        if url.startswith(("postgresql://", "postgres://")):
+            url = "postgresql+asyncpg://" + url.split("://", 1)[1]
+        if not url.startswith(("sqlite+aiosqlite://", "postgresql+asyncpg://")):
+            raise ValueError(
+                "must start with sqlite+aiosqlite:// or postgresql+asyncpg:// (or postgresql://)"
+            )
+        return url
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> Settings:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("tls_cert and tls_key must be given together")
+        for name in ("tls_cert", "tls_key"):
+            path = getattr(self, name)
+            if path is not None and not path.is_file():
+                raise ValueError(f"{name}: no such file: {path}")
+        return self
+
+    @property
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite+aiosqlite:///{self.data_dir.resolve() / 'fleetkeeper.db'}"
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.resolved_database_url.startswith("sqlite")
+
+    @property
+    def management_url(self) -> str:
+        scheme = "https" if self.tls_cert else "http"
+        return f"{scheme}://{_url_host(self.host)}:{self.port}"
+
+    @property
+    def device_url(self) -> str:
+        host = self.device_server_names[0] if self.device_host in ("0.0.0.0", "::") else self.device_host  # noqa: S104
+        return f"https://{_url_host(host)}:{self.device_port}"
+
+
+def _url_host(host: str) -> str:
+    try:
+        return f"[{host}]" if ipaddress.ip_address(host).version == 6 else host
+    except ValueError:
+        return host
+
+
+class _TomlFileSource(PydanticBaseSettingsSource):
+    """Reads the TOML file named by --config or FLEETKEEPER_CONFIG_FILE."""
+
+    def __init__(self, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource) -> None:
+        super().__init__(settings_cls)
+        init_values = init_settings()
+        path = init_values.get("config_file") or os.environ.get(CONFIG_FILE_ENV)
+        self._values = _read_toml(Path(path)) if path else {}
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return self._values.get(field_name), field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        return dict(self._values)
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as fh:
+            return tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(f"config_file: no such file: {path}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config_file: {path} is not valid TOML: {exc}") from None
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Build settings; options given as None are left to the other sources."""
+    given = {key: value for key, value in overrides.items() if value is not None}
+    try:
+        return Settings(**given)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc)) from None
+
+
+def _describe(exc: ValidationError) -> str:
+    lines = ["invalid configuration:"]
+    for error in exc.errors(include_input=False, include_url=False):
+        location = ".".join(str(part) for part in error["loc"])
+        if error["type"] == "extra_forbidden":
+            lines.append(f"  {location}: unknown setting")
+            continue
+        setting = f"{location} ({ENV_PREFIX}{location.split('.')[0].upper()})" if location else "settings"
+        lines.append(f"  {setting}: {error['msg']}")
+    return "\n".join(lines)

@@ -1,0 +1,68 @@
+"""What one server process shares between its listeners: settings, database, PKI paths."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from fleetkeeper.core.config import Settings
+from fleetkeeper.core.db import Database
+from fleetkeeper.core.logging import get_logger
+from fleetkeeper.core.migrations import migration_state, upgrade_async
+from fleetkeeper.core.pki import PkiPaths, ensure_device_listener_certificate, load_or_create_ca
+
+log = get_logger(__name__)
+
+
+class StartupError(Exception):
+    """The server cannot start; the message says why and what fixes it."""
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    database: Database
+    pki: PkiPaths
+    created_ca: bool = False
+    first_admin_password: str | None = None
+
+    @classmethod
+    async def start(cls, settings: Settings) -> Runtime:
+        from fleetkeeper.access.service import ensure_first_admin
+
+        settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        database = Database(settings.resolved_database_url)
+        try:
+            await _require_schema_at_head(database, settings)
+            pki = PkiPaths(settings.data_dir / "pki")
+            ca, created_ca = load_or_create_ca(pki)
+            ensure_device_listener_certificate(pki, ca, settings.device_server_names)
+            password = await ensure_first_admin(database)
+        except BaseException:
+            await database.dispose()
+            raise
+        return cls(settings, database, pki, created_ca=created_ca, first_admin_password=password)
+
+    async def close(self) -> None:
+        await self.database.dispose()
+
+
+async def _require_schema_at_head(database: Database, settings: Settings) -> None:
+    try:
+        state = await migration_state(database)
+    except Exception as exc:
+        raise StartupError(f"cannot reach the database ({_redacted(database.url)}): {exc}") from exc
+    if state.at_head:
+        return
+    if state.empty and settings.is_sqlite:
+        # The embedded default creates its own database on first start; an external one is the
+        # operator's to migrate, on purpose, with `fleetkeeper db upgrade`.
+        log.info("creating the embedded database", path=str(database.url.split("///", 1)[-1]))
+        await upgrade_async(database.url)
+        return
+    raise StartupError(f"refusing to start: {state.describe()}")
+
+
+def _redacted(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)

@@ -1,0 +1,133 @@
+"""`fleetkeeper serve`: both listeners in one event loop, stopped together on SIGINT/SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import ssl
+import sys
+from collections.abc import Callable, Generator
+from typing import Any
+
+import uvicorn
+
+import fleetkeeper
+from fleetkeeper.access.service import FIRST_ADMIN_USERNAME
+from fleetkeeper.core.app import create_device_app, create_management_app
+from fleetkeeper.core.config import Settings
+from fleetkeeper.core.logging import get_logger
+from fleetkeeper.core.runtime import Runtime
+from fleetkeeper.core.tls import (
+    TLSHttpProtocol,
+    TLSWebSocketProtocol,
+    device_listener_ssl_context,
+    management_ssl_context,
+)
+
+log = get_logger(__name__)
+
+BANNER_END = "Press Ctrl+C to stop."
+
+
+class _Listener(uvicorn.Server):
+    """A uvicorn server that leaves signals to `serve`, which stops both listeners together."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        yield
+
+    def bound_port(self) -> int:
+        port: int = self.servers[0].sockets[0].getsockname()[1]
+        return port
+
+
+def _context_factory(build: Callable[[], ssl.SSLContext]) -> Callable[[Any, Any], ssl.SSLContext]:
+    return lambda config, default_factory: build()
+
+
+def _listener_configs(runtime: Runtime) -> tuple[uvicorn.Config, uvicorn.Config]:
+    settings = runtime.settings
+    common: dict[str, Any] = {
+        "lifespan": "off",
+        "log_config": None,
+        "access_log": False,
+        "server_header": False,
+    }
+    management_tls: dict[str, Any] = {}
+    if settings.tls_cert and settings.tls_key:
+        cert, key = settings.tls_cert, settings.tls_key
+        management_tls["ssl_context_factory"] = _context_factory(lambda: management_ssl_context(cert, key))
+    management = uvicorn.Config(
+        create_management_app(runtime),
+        host=settings.host,
+        port=settings.port,
+        http="httptools",
+        ws="websockets-sansio",
+        **management_tls,
+        **common,
+    )
+    pki = runtime.pki
+    device = uvicorn.Config(
+        create_device_app(runtime),
+        host=settings.device_host,
+        port=settings.device_port,
+        http=TLSHttpProtocol,
+        ws=TLSWebSocketProtocol,
+        ssl_context_factory=_context_factory(
+            lambda: device_listener_ssl_context(
+                pki.device_listener_cert, pki.device_listener_key, pki.ca_cert
+            )
+        ),
+        **common,
+    )
+    return management, device
+
+
+async def serve(settings: Settings) -> None:
+    runtime = await Runtime.start(settings)
+    try:
+        management, device = (_Listener(config) for config in _listener_configs(runtime))
+        listeners = [management, device]
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, _stop, listeners)
+        tasks = [asyncio.create_task(listener.serve()) for listener in listeners]
+        while not all(listener.started for listener in listeners):
+            if any(task.done() for task in tasks):
+                _stop(listeners)
+                break
+            await asyncio.sleep(0.05)
+        else:
+            _print_banner(runtime, management.bound_port(), device.bound_port())
+        await asyncio.gather(*tasks)
+    finally:
+        await runtime.close()
+
+
+def _stop(listeners: list[_Listener]) -> None:
+    for listener in listeners:
+        listener.should_exit = True
+
+
+def _print_banner(runtime: Runtime, management_port: int, device_port: int) -> None:
+    settings = runtime.settings.model_copy(update={"port": management_port, "device_port": device_port})
+    lines = [
+        f"fleetkeeper {fleetkeeper.__version__} is running",
+        f"  management: {settings.management_url}   (API docs: {settings.management_url}/api/docs)",
+        f"  devices:    {settings.device_url}",
+        f"  fleet CA:   {runtime.pki.ca_cert}",
+        f"  data:       {settings.data_dir.resolve()}",
+    ]
+    if runtime.first_admin_password:
+        # Printed to the terminal once, never logged: it exists nowhere else.
+        lines += [
+            "",
+            "First start: an administrator account was created.",
+            f"  username:          {FIRST_ADMIN_USERNAME}",
+            f"  one-time password: {runtime.first_admin_password}",
+            "  It is shown only this once and must be changed at first sign-in.",
+        ]
+    lines += ["", BANNER_END]
+    print("\n".join(lines), file=sys.stdout, flush=True)
+    log.info("listening", management_port=management_port, device_port=device_port)

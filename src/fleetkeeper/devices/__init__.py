@@ -1,0 +1,1 @@
+"""Devices: identity, enrollment, certificates, inventory and groups."""

@@ -1,0 +1,9 @@
+"""Every domain's tables, imported so that SQLAlchemy's metadata and Alembic see them all."""
+
+from __future__ import annotations
+
+
+def load_all_models() -> None:
+    from fleetkeeper.access import models as access_models
+
+    del access_models

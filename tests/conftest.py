@@ -1,0 +1,338 @@
+"""Fixtures every domain reuses: databases on SQLite and PostgreSQL, a running server, device certificates."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import secrets
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import asyncpg
+import httpx2
+import pytest
+from cryptography import x509
+from sqlalchemy import text
+
+from fleetkeeper.core.db import Base, Database
+from fleetkeeper.core.migrations import upgrade_async
+from fleetkeeper.core.pki import (
+    CertificateAuthority,
+    PkiPaths,
+    generate_private_key,
+    load_certificate,
+    load_private_key,
+    write_certificate,
+    write_private_key,
+)
+from fleetkeeper.core.server import BANNER_END
+from fleetkeeper.models import load_all_models
+
+POSTGRES_URL = os.environ.get(
+    "FLEETKEEPER_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
+)
+BACKENDS = ["sqlite", "postgresql"]
+
+
+# --- databases --------------------------------------------------------------------------------
+
+
+class PostgresServer:
+    """Makes fresh databases on the PostgreSQL server the suite runs against, and drops them after."""
+
+    def __init__(self, admin_url: str) -> None:
+        self.admin_url = admin_url
+        self.created: list[str] = []
+
+    async def create_database(self) -> str:
+        name = f"fk_test_{secrets.token_hex(6)}"
+        connection = await asyncpg.connect(self.admin_url)
+        try:
+            await connection.execute(f'CREATE DATABASE "{name}"')
+        finally:
+            await connection.close()
+        self.created.append(name)
+        base = self.admin_url.rsplit("/", 1)[0]
+        return f"postgresql+asyncpg://{base.split('://', 1)[1]}/{name}"
+
+    async def drop_all(self) -> None:
+        connection = await asyncpg.connect(self.admin_url)
+        try:
+            for name in self.created:
+                await connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            await connection.close()
+
+
+@pytest.fixture(scope="session")
+async def postgres() -> AsyncIterator[PostgresServer]:
+    try:
+        connection = await asyncpg.connect(POSTGRES_URL, timeout=5)
+        await connection.close()
+    except (OSError, asyncpg.PostgresError) as exc:
+        pytest.fail(
+            f"PostgreSQL is not reachable at {POSTGRES_URL} ({exc}); the suite runs on it as well as "
+            "SQLite. Start it, or point FLEETKEEPER_TEST_POSTGRES_URL at one."
+        )
+    server = PostgresServer(POSTGRES_URL)
+    yield server
+    await server.drop_all()
+
+
+FreshDatabaseUrl = Callable[[str], Awaitable[str]]
+
+
+@pytest.fixture
+def fresh_database_url(postgres: PostgresServer, tmp_path: Path) -> FreshDatabaseUrl:
+    """An empty database (no tables) on the backend asked for."""
+
+    async def make(backend: str) -> str:
+        if backend == "sqlite":
+            return f"sqlite+aiosqlite:///{tmp_path / f'{secrets.token_hex(4)}.db'}"
+        return await postgres.create_database()
+
+    return make
+
+
+@pytest.fixture(scope="session", params=BACKENDS)
+async def migrated_database(
+    request: pytest.FixtureRequest, postgres: PostgresServer, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[Database]:
+    """One database per backend per test session, migrated to head."""
+    if request.param == "sqlite":
+        url = f"sqlite+aiosqlite:///{tmp_path_factory.mktemp('db') / 'fleetkeeper.db'}"
+    else:
+        url = await postgres.create_database()
+    await upgrade_async(url)
+    database = Database(url)
+    yield database
+    await database.dispose()
+
+
+@pytest.fixture
+async def database(migrated_database: Database) -> AsyncIterator[Database]:
+    """The session's migrated database, emptied after each test."""
+    yield migrated_database
+    load_all_models()
+    async with migrated_database.transaction() as session:
+        for table in reversed(Base.metadata.sorted_tables):
+            await session.execute(text(f'DELETE FROM "{table.name}"'))  # noqa: S608
+
+
+# --- certificates -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ClientCertificate:
+    cert: Path
+    key: Path
+
+
+@dataclass
+class CertificateFactory:
+    """Issues client certificates from a CA's files, as a device would hold them."""
+
+    ca_dir: Path
+    out_dir: Path
+    _other_ca: CertificateAuthority | None = field(default=None, init=False)
+
+    def _ca(self) -> CertificateAuthority:
+        paths = PkiPaths(self.ca_dir)
+        return CertificateAuthority(load_private_key(paths.ca_key), load_certificate(paths.ca_cert))
+
+    def issue(
+        self,
+        common_name: str,
+        *,
+        validity: timedelta = timedelta(days=30),
+        not_before: datetime | None = None,
+        other_ca: bool = False,
+    ) -> ClientCertificate:
+        if other_ca:
+            self._other_ca = self._other_ca or CertificateAuthority.create("some other CA")
+        ca = self._other_ca if other_ca else self._ca()
+        assert ca is not None
+        key = generate_private_key()
+        certificate = ca.issue(
+            key.public_key(), common_name, client=True, validity=validity, not_before=not_before
+        )
+        stem = self.out_dir / f"{common_name}-{secrets.token_hex(3)}"
+        result = ClientCertificate(stem.with_suffix(".crt"), stem.with_suffix(".key"))
+        write_certificate(result.cert, certificate)
+        write_private_key(result.key, key)
+        return result
+
+    def expired(self, common_name: str) -> ClientCertificate:
+        return self.issue(
+            common_name, not_before=datetime.now(UTC) - timedelta(days=10), validity=timedelta(days=1)
+        )
+
+
+# --- a running server -------------------------------------------------------------------------
+
+_BANNER_URL = re.compile(r"^\s+(management|devices):\s+(\S+)")
+_BANNER_PASSWORD = re.compile(r"one-time password:\s+(\S+)")
+
+
+@dataclass
+class RunningServer:
+    process: subprocess.Popen[str]
+    data_dir: Path
+    management_url: str
+    device_url: str
+    banner: str
+    admin_password: str | None
+
+    @property
+    def ca_cert(self) -> Path:
+        return self.data_dir / "pki" / "ca.crt"
+
+    def certificates(self, out_dir: Path) -> CertificateFactory:
+        return CertificateFactory(self.data_dir / "pki", out_dir)
+
+    def stop(self) -> int:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        return self.process.returncode
+
+
+def fleetkeeper_command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "fleetkeeper", *args]
+
+
+def run_fleetkeeper(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """Runs the CLI as a user would, with no FLEETKEEPER_* settings but those given."""
+    clean = {key: value for key, value in os.environ.items() if not key.startswith("FLEETKEEPER_")}
+    return subprocess.run(
+        fleetkeeper_command(*args), capture_output=True, text=True, env={**clean, **(env or {})}, timeout=60
+    )
+
+
+async def run_fleetkeeper_async(
+    *args: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    return await asyncio.to_thread(run_fleetkeeper, *args, env=env)
+
+
+def start_server(
+    data_dir: Path, database_url: str | None = None, env: dict[str, str] | None = None, timeout: float = 30
+) -> RunningServer:
+    """Starts `fleetkeeper serve` on free ports and reads the URLs (and any password) from its banner."""
+    args = [
+        "serve",
+        "--data-dir",
+        str(data_dir),
+        "--port",
+        "0",
+        "--device-port",
+        "0",
+        "--device-host",
+        "127.0.0.1",
+    ]
+    if database_url:
+        args += ["--database-url", database_url]
+    log_path = data_dir.parent / f"{data_dir.name}.server.log"
+    with log_path.open("a") as log:
+        process = subprocess.Popen(
+            fleetkeeper_command(*args),
+            stdout=subprocess.PIPE,
+            stderr=log,
+            text=True,
+            env={**os.environ, "FLEETKEEPER_LOG_FORMAT": "json", **(env or {})},
+        )
+    assert process.stdout is not None
+    lines: list[str] = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        line = process.stdout.readline()
+        if not line:
+            break
+        lines.append(line.rstrip("\n"))
+        if BANNER_END in line:
+            break
+    banner = "\n".join(lines)
+    urls = dict(match.groups() for line in lines if (match := _BANNER_URL.match(line)))
+    if BANNER_END not in banner or len(urls) != 2:
+        process.kill()
+        raise RuntimeError(f"server did not start:\n{banner}\n{log_path.read_text()[-3000:]}")
+    password = _BANNER_PASSWORD.search(banner)
+    server = RunningServer(
+        process,
+        data_dir,
+        urls["management"],
+        urls["devices"],
+        banner,
+        password.group(1) if password else None,
+    )
+    _wait_healthy(server)
+    return server
+
+
+def _wait_healthy(server: RunningServer) -> None:
+    for _ in range(100):
+        try:
+            if httpx2.get(f"{server.management_url}/healthz", timeout=2).status_code == 200:
+                return
+        except httpx2.TransportError:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError("server never became healthy")
+
+
+@pytest.fixture
+def server_factory(tmp_path: Path) -> Iterator[Callable[..., RunningServer]]:
+    started: list[RunningServer] = []
+
+    def start(name: str = "server", database_url: str | None = None, **kwargs: object) -> RunningServer:
+        server = start_server(tmp_path / name, database_url, **kwargs)  # type: ignore[arg-type]
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def running_server(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[RunningServer]:
+    """A server on free ports with a temporary data directory, on SQLite and on PostgreSQL."""
+    data_dir = tmp_path_factory.mktemp("server") / "data"
+    database_url = None
+    if request.param == "postgresql":
+        database_url = asyncio.run(PostgresServer(POSTGRES_URL).create_database())
+        subprocess.run(
+            fleetkeeper_command("db", "upgrade", "--database-url", database_url),
+            check=True,
+            capture_output=True,
+        )
+    server = start_server(data_dir, database_url)
+    yield server
+    server.stop()
+    if database_url:
+        asyncio.run(_drop(database_url))
+
+
+async def _drop(database_url: str) -> None:
+    name = database_url.rsplit("/", 1)[1]
+    connection = await asyncpg.connect(POSTGRES_URL)
+    try:
+        await connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await connection.close()
+
+
+def load_cert(path: Path) -> x509.Certificate:
+    return x509.load_pem_x509_certificate(path.read_bytes())

@@ -1,0 +1,118 @@
+"""The server as an operator meets it: first start, health, metrics, problems, request ids."""
+
+from __future__ import annotations
+
+import stat
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx2
+from sqlalchemy import select
+
+from fleetkeeper.access.models import User
+from fleetkeeper.access.passwords import verify_password
+from fleetkeeper.core.db import Database
+from tests.conftest import RunningServer
+
+
+def test_healthz_and_readyz(running_server: RunningServer) -> None:
+    assert httpx2.get(f"{running_server.management_url}/healthz").json() == {"status": "ok"}
+    ready = httpx2.get(f"{running_server.management_url}/readyz")
+    assert ready.status_code == 200
+    assert ready.json()["status"] == "ready"
+
+
+def test_metrics_count_requests(running_server: RunningServer) -> None:
+    httpx2.get(f"{running_server.management_url}/healthz")
+    text = httpx2.get(f"{running_server.management_url}/metrics").text
+    assert (
+        'fleetkeeper_http_requests_total{listener="management",method="GET",route="/healthz",status="200"}'
+        in text
+    )
+
+
+def test_unknown_route_is_a_problem_with_request_id(running_server: RunningServer) -> None:
+    response = httpx2.get(f"{running_server.management_url}/nope")
+    assert response.status_code == 404
+    assert response.headers["content-type"] == "application/problem+json"
+    body = response.json()
+    assert body["code"] == "not_found"
+    assert body["type"] == "urn:fleetkeeper:problem:not_found"
+    assert body["request_id"] == response.headers["x-request-id"]
+
+
+def test_request_id_is_taken_from_the_caller_when_well_formed(running_server: RunningServer) -> None:
+    given = httpx2.get(f"{running_server.management_url}/healthz", headers={"x-request-id": "trace-12345678"})
+    assert given.headers["x-request-id"] == "trace-12345678"
+    hostile = httpx2.get(f"{running_server.management_url}/healthz", headers={"x-request-id": "a\tb<script>"})
+    assert hostile.headers["x-request-id"] != "a\tb<script>"
+
+
+def test_request_ids_in_the_log(running_server: RunningServer) -> None:
+    response = httpx2.get(
+        f"{running_server.management_url}/healthz", headers={"x-request-id": "logged-req-0001"}
+    )
+    assert response.status_code == 200
+    log = (running_server.data_dir.parent / f"{running_server.data_dir.name}.server.log").read_text()
+    lines = [line for line in log.splitlines() if "logged-req-0001" in line]
+    assert lines
+    assert '"path": "/healthz"' in lines[0]
+
+
+def test_first_start_makes_ca_keys_private_and_an_admin(running_server: RunningServer) -> None:
+    pki = running_server.data_dir / "pki"
+    for key in ("ca.key", "device-listener.key"):
+        assert stat.S_IMODE((pki / key).stat().st_mode) == 0o600
+    assert running_server.admin_password
+    assert len(running_server.admin_password) >= 20
+    log = (running_server.data_dir.parent / f"{running_server.data_dir.name}.server.log").read_text()
+    assert running_server.admin_password not in log
+
+
+def test_second_start_prints_no_password_and_keeps_the_ca(
+    server_factory: Callable[..., RunningServer],
+) -> None:
+    first = server_factory("again")
+    ca = (first.data_dir / "pki" / "ca.crt").read_bytes()
+    assert first.admin_password
+    first.stop()
+    second = server_factory("again")
+    assert second.admin_password is None
+    assert "one-time password" not in second.banner
+    assert (second.data_dir / "pki" / "ca.crt").read_bytes() == ca
+
+
+def test_openapi_is_served(running_server: RunningServer) -> None:
+    spec = httpx2.get(f"{running_server.management_url}/api/openapi.json").json()
+    assert "/healthz" in spec["paths"]
+
+
+async def test_first_admin_must_change_the_password(database: Database) -> None:
+    from fleetkeeper.access.service import FIRST_ADMIN_USERNAME, ensure_first_admin
+
+    password = await ensure_first_admin(database)
+    assert password
+    assert await ensure_first_admin(database) is None
+    async with database.session() as session:
+        admin = (await session.scalars(select(User))).one()
+    assert admin.username == FIRST_ADMIN_USERNAME
+    assert admin.must_change_password
+    assert admin.password_hash
+    assert admin.password_hash.startswith("$argon2id$")
+    assert await verify_password(admin.password_hash, password)
+    assert not await verify_password(admin.password_hash, password + "x")
+
+
+async def test_replicas_starting_together_make_one_admin(database: Database) -> None:
+    import asyncio
+
+    from fleetkeeper.access.service import ensure_first_admin
+
+    results = await asyncio.gather(*(ensure_first_admin(database) for _ in range(4)))
+    assert sum(1 for result in results if result) == 1
+    async with database.session() as session:
+        assert len((await session.scalars(select(User))).all()) == 1
+
+
+def test_data_dir_is_private(running_server: RunningServer) -> None:
+    assert stat.S_IMODE(Path(running_server.data_dir / "pki").stat().st_mode) == 0o700
