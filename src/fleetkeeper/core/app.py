@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import FastAPI
 
 import fleetkeeper
-from fleetkeeper.core.errors import install_problem_handlers
+from fleetkeeper.core.errors import UnhandledErrorMiddleware, install_problem_handlers
 from fleetkeeper.core.health import router as health_router
 from fleetkeeper.core.metrics import MetricsMiddleware
 from fleetkeeper.core.peer import DeviceCertificateGate
@@ -16,6 +16,16 @@ from fleetkeeper.core.runtime import Runtime
 DEVICE_PUBLIC_PATHS: frozenset[str] = frozenset()
 
 
+def _finish(app: FastAPI, runtime: Runtime, listener: str) -> FastAPI:
+    """Shared by both listeners; added last means outermost: request id, then errors, then metrics."""
+    app.state.runtime = runtime
+    install_problem_handlers(app)
+    app.add_middleware(MetricsMiddleware, listener=listener)
+    app.add_middleware(UnhandledErrorMiddleware)
+    app.add_middleware(RequestIdMiddleware, listener=listener)
+    return app
+
+
 def create_management_app(runtime: Runtime) -> FastAPI:
     app = FastAPI(
         title="fleetkeeper",
@@ -24,12 +34,8 @@ def create_management_app(runtime: Runtime) -> FastAPI:
         redoc_url=None,
         openapi_url="/api/openapi.json",
     )
-    app.state.runtime = runtime
-    install_problem_handlers(app)
     app.include_router(health_router)
-    app.add_middleware(MetricsMiddleware, listener="management")
-    app.add_middleware(RequestIdMiddleware, listener="management")
-    return app
+    return _finish(app, runtime, "management")
 
 
 def create_device_app(runtime: Runtime) -> FastAPI:
@@ -42,10 +48,6 @@ def create_device_app(runtime: Runtime) -> FastAPI:
         redoc_url=None,
         openapi_url=None,
     )
-    app.state.runtime = runtime
-    install_problem_handlers(app)
     app.include_router(device_router)
     app.add_middleware(DeviceCertificateGate, public_paths=DEVICE_PUBLIC_PATHS)
-    app.add_middleware(MetricsMiddleware, listener="device")
-    app.add_middleware(RequestIdMiddleware, listener="device")
-    return app
+    return _finish(app, runtime, "device")
