@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+import string
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
@@ -22,5 +23,9 @@ async def verify_password(password_hash: str, password: str) -> bool:
         return False
 
 
-def generate_one_time_password() -> str:
-    return secrets.token_urlsafe(18)
+_PASSWORD_ALPHABET = string.ascii_letters + string.digits
+
+
+def generate_one_time_password(length: int = 24) -> str:
+    """Letters and digits only, so that it never looks like a command-line option."""
+    return "".join(secrets.choice(_PASSWORD_ALPHABET) for _ in range(length))

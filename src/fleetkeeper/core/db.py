@@ -53,17 +53,30 @@ def create_engine(url: str) -> AsyncEngine:
     if url.startswith("sqlite"):
         engine = create_async_engine(url, connect_args={"timeout": 30})
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+        event.listen(engine.sync_engine, "begin", _sqlite_begin)
         return engine
     return create_async_engine(url, pool_size=10, max_overflow=20, pool_pre_ping=True)
 
 
 def _sqlite_pragmas(dbapi_connection: Any, connection_record: Any) -> None:
+    # The driver's own implicit BEGIN is switched off so that _sqlite_begin decides how to begin.
+    dbapi_connection.isolation_level = None
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.execute("PRAGMA busy_timeout=30000")
     cursor.close()
+
+
+_IMMEDIATE = "fleetkeeper_begin_immediate"
+
+
+def _sqlite_begin(connection: Any) -> None:
+    """Write transactions take SQLite's write lock up front (BEGIN IMMEDIATE): two writers that
+    both read before writing would otherwise fail with "database is locked" instead of waiting."""
+    immediate = connection.get_execution_options().get(_IMMEDIATE, False)
+    connection.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
 
 class Database:
@@ -76,12 +89,15 @@ class Database:
 
     @asynccontextmanager
     async def session(self) -> AsyncIterator[AsyncSession]:
+        """For reads, and for callers that manage commits themselves."""
         async with self.sessionmaker() as session:
             yield session
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[AsyncSession]:
+        """A session in a transaction that commits on success; on SQLite it holds the write lock."""
         async with self.sessionmaker() as session, session.begin():
+            await session.connection(execution_options={_IMMEDIATE: True})
             yield session
 
     async def dispose(self) -> None:

@@ -16,7 +16,7 @@ REQUEST_ID_HEADER = "x-request-id"
 _ACCEPTABLE_ID = re.compile(r"^[A-Za-z0-9._:-]{8,64}$")
 _request_id: ContextVar[str | None] = ContextVar("request_id", default=None)
 
-access_log = get_logger("fleetkeeper.access")
+access_log = get_logger("fleetkeeper.http")
 
 
 def current_request_id() -> str | None:

@@ -116,7 +116,7 @@ def _print_banner(runtime: Runtime, management_port: int, device_port: int) -> N
         f"fleetkeeper {fleetkeeper.__version__} is running",
         f"  management: {settings.management_url}   (API docs: {settings.management_url}/api/docs)",
         f"  devices:    {settings.device_url}",
-        f"  fleet CA:   {runtime.pki.ca_cert}",
+        f"  fleet CA:   {runtime.pki.ca_cert.resolve()}",
         f"  data:       {settings.data_dir.resolve()}",
     ]
     if runtime.first_admin_password:

@@ -1,0 +1,58 @@
+"""The data layer on both backends: aware UTC times, and write transactions that serialize."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime, timedelta, timezone
+
+import pytest
+from sqlalchemy import select, text
+
+from fleetkeeper.access.models import User
+from fleetkeeper.core.db import Database
+from fleetkeeper.core.ids import new_id
+
+
+async def test_times_come_back_aware_utc(database: Database) -> None:
+    created = datetime(2026, 1, 2, 3, 4, 5, tzinfo=timezone(timedelta(hours=2)))
+    async with database.transaction() as session:
+        session.add(User(id=new_id("usr"), username="tz", created_at=created))
+    async with database.session() as session:
+        user = (await session.scalars(select(User))).one()
+    assert user.created_at.tzinfo is not None
+    assert user.created_at == created
+    assert user.created_at.utcoffset() == timedelta(0)
+    assert user.created_at.astimezone(UTC).hour == 1
+
+
+async def test_naive_times_are_refused(database: Database) -> None:
+    with pytest.raises(Exception, match="naive datetime"):
+        async with database.transaction() as session:
+            session.add(User(id=new_id("usr"), username="naive", created_at=datetime(2026, 1, 1)))  # noqa: DTZ001
+
+
+async def test_read_modify_write_transactions_do_not_lose_updates(database: Database) -> None:
+    async with database.transaction() as session:
+        await session.execute(text("CREATE TABLE IF NOT EXISTS counter_probe (n INTEGER)"))
+        await session.execute(text("DELETE FROM counter_probe"))
+        await session.execute(text("INSERT INTO counter_probe VALUES (0)"))
+
+    async def increment() -> None:
+        async with database.transaction() as session:
+            if database.engine.dialect.name == "postgresql":
+                await session.execute(text("LOCK TABLE counter_probe IN EXCLUSIVE MODE"))
+            current = (await session.execute(text("SELECT n FROM counter_probe"))).scalar_one()
+            await asyncio.sleep(0.01)
+            await session.execute(text("UPDATE counter_probe SET n = :n"), {"n": current + 1})
+
+    await asyncio.gather(*(increment() for _ in range(10)))
+    async with database.transaction() as session:
+        assert (await session.execute(text("SELECT n FROM counter_probe"))).scalar_one() == 10
+        await session.execute(text("DROP TABLE counter_probe"))
+
+
+def test_ids_are_prefixed_unique_and_time_ordered() -> None:
+    ids = [new_id("dev") for _ in range(1000)]
+    assert len(set(ids)) == 1000
+    assert all(identifier.startswith("dev_") and len(identifier) == 30 for identifier in ids)
+    assert new_id("dev") > ids[0]
