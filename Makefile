@@ -26,7 +26,14 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-pytest: $(STAMP)
+# The OpenID Provider the sign-in tests start (tests/oidc_provider): its exact version is in package.json,
+# and no lock file is kept, so npm resolves the rest afresh on each clean install.
+OIDC_PROVIDER := tests/oidc_provider
+$(OIDC_PROVIDER)/node_modules: $(OIDC_PROVIDER)/package.json
+	cd $(OIDC_PROVIDER) && npm install --no-package-lock --no-audit --no-fund --loglevel=error
+	touch $@
+
+pytest: $(STAMP) $(OIDC_PROVIDER)/node_modules
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 test: lint typecheck pytest
