@@ -14,7 +14,7 @@ from fleetkeeper.audit.export import export_csv, export_jsonl
 from fleetkeeper.audit.models import AuditCheckpoint, AuditRecord
 from fleetkeeper.audit.retention import AuditChainBrokenError, PruneResult, prune
 from fleetkeeper.audit.service import SYSTEM, Actor, AuditFilter, Page, record, search
-from fleetkeeper.audit.verify import VerifyResult, verify
+from fleetkeeper.audit.verification import VerifyResult, verify
 
 __all__ = [
     "SYSTEM",

@@ -11,7 +11,7 @@ from sqlalchemy import delete, func, select
 from fleetkeeper.audit.checkpoints import key_id, sign
 from fleetkeeper.audit.models import AuditCheckpoint, AuditRecord
 from fleetkeeper.audit.service import SYSTEM, Actor, lock_head, record
-from fleetkeeper.audit.verify import VerifyResult, verify
+from fleetkeeper.audit.verification import VerifyResult, verify
 from fleetkeeper.core.db import Database, utcnow
 from fleetkeeper.core.ids import new_id
 
