@@ -9,11 +9,13 @@ from typing import Annotated, Any, NoReturn
 import typer
 
 import fleetkeeper
+from fleetkeeper.cli.audit import audit_app
 from fleetkeeper.core.config import ConfigError, Settings, load_settings
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="Keep a fleet of Linux devices secure.")
 db_app = typer.Typer(no_args_is_help=True, help="Database schema.")
 app.add_typer(db_app, name="db")
+app.add_typer(audit_app, name="audit")
 
 ConfigOption = Annotated[Path | None, typer.Option("--config", help="TOML settings file")]
 DataDirOption = Annotated[Path | None, typer.Option("--data-dir", help="data directory [./fleetkeeper-data]")]

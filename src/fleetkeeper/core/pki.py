@@ -26,7 +26,7 @@ def generate_private_key() -> ec.EllipticCurvePrivateKey:
     return ec.generate_private_key(ec.SECP256R1())
 
 
-def write_private_key(path: Path, key: ec.EllipticCurvePrivateKey) -> None:
+def write_private_key(path: Path, key: ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey) -> None:
     """Written 0600 from the first byte: the file is created with that mode, then renamed into place."""
     pem = key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()

@@ -1,0 +1,120 @@
+"""The record format: canonical JSON, the hash that links records, and what details may hold.
+
+Pure functions, no database: verification, export and auditors' own tools rely on the exact bytes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+GENESIS_HASH = "0" * 64
+REDACTED = "[redacted]"
+MAX_DETAILS_BYTES = 8 * 1024
+_MAX_DEPTH = 16
+
+# Compared against key names lowercased with everything but letters and digits removed, so that
+# "privateKey", "private-key" and "PRIVATE_KEY" all match.
+_SECRET_WORDS = (
+    "password",
+    "secret",
+    "token",
+    "code",
+    "totp",
+    "otp",
+    "privatekey",
+    "recovery",
+    "credential",
+    "authorization",
+    "cookie",
+)
+
+# One encoder, built once: json.dumps with options builds a new encoder on every call, and
+# verification encodes a million records.
+_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), sort_keys=True, allow_nan=False)
+
+
+def canonical_json(value: Any) -> str:
+    """Sorted keys, no whitespace, UTF-8 characters as themselves, no NaN or infinity."""
+    return _ENCODER.encode(value)
+
+
+def format_time(value: datetime) -> str:
+    """RFC 3339 in UTC with microseconds, always the same length: 2026-01-02T03:04:05.000006Z."""
+    if value.tzinfo is None:
+        raise ValueError("naive datetime given; use an aware UTC datetime")
+    return value.astimezone(UTC).replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
+
+
+def record_hash(
+    *,
+    seq: int,
+    id: str,
+    occurred_at: str,
+    actor_kind: str,
+    actor_id: str | None,
+    actor_name: str | None,
+    actor_address: str | None,
+    action: str,
+    object_type: str,
+    object_id: str | None,
+    outcome: str,
+    details: str,
+    prev_hash: str,
+) -> str:
+    """SHA-256 (hex) of the canonical JSON object of every field but `hash`; `details` is the
+    stored canonical JSON text, hashed as a string."""
+    payload = {
+        "action": action,
+        "actor_address": actor_address,
+        "actor_id": actor_id,
+        "actor_kind": actor_kind,
+        "actor_name": actor_name,
+        "details": details,
+        "id": id,
+        "object_id": object_id,
+        "object_type": object_type,
+        "occurred_at": occurred_at,
+        "outcome": outcome,
+        "prev_hash": prev_hash,
+        "seq": seq,
+    }
+    return hashlib.sha256(_ENCODER.encode(payload).encode("utf-8")).hexdigest()
+
+
+def is_secret_key(name: str) -> bool:
+    folded = "".join(char for char in name.lower() if char.isalnum())
+    return any(word in folded for word in _SECRET_WORDS)
+
+
+def redact(value: Any, _depth: int = 0) -> Any:
+    """A JSON-ready copy with the value of every secret-looking key replaced, at any depth."""
+    if _depth > _MAX_DEPTH:
+        raise ValueError(f"details nest deeper than {_MAX_DEPTH} levels")
+    if isinstance(value, Mapping):
+        copy: dict[str, Any] = {}
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise ValueError(f"details keys must be strings, not {type(key).__name__}")
+            copy[key] = REDACTED if is_secret_key(key) else redact(item, _depth + 1)
+        return copy
+    if isinstance(value, list | tuple):
+        return [redact(item, _depth + 1) for item in value]
+    if value is None or isinstance(value, str | int | float):
+        return value
+    if isinstance(value, datetime):
+        return format_time(value)
+    # bytes included: raw bytes in an audit record are more likely a key than anything useful.
+    raise ValueError(f"details cannot hold a {type(value).__name__}")
+
+
+def encode_details(details: Mapping[str, Any] | None) -> str:
+    """Redacted canonical JSON, refused when larger than MAX_DETAILS_BYTES."""
+    text = canonical_json(redact(details or {}))
+    size = len(text.encode("utf-8"))
+    if size > MAX_DETAILS_BYTES:
+        raise ValueError(f"details take {size} bytes as JSON; the limit is {MAX_DETAILS_BYTES}")
+    return text
