@@ -20,6 +20,8 @@ import pytest
 from cryptography import x509
 from sqlalchemy import text
 
+from fleetkeeper.core.app import create_management_app
+from fleetkeeper.core.config import load_settings
 from fleetkeeper.core.db import Base, Database
 from fleetkeeper.core.migrations import upgrade_async
 from fleetkeeper.core.pki import (
@@ -31,6 +33,7 @@ from fleetkeeper.core.pki import (
     write_certificate,
     write_private_key,
 )
+from fleetkeeper.core.runtime import Runtime
 from fleetkeeper.core.server import BANNER_END
 from fleetkeeper.models import load_all_models
 
@@ -336,3 +339,90 @@ async def _drop(database_url: str) -> None:
 
 def load_cert(path: Path) -> x509.Certificate:
     return x509.load_pem_x509_certificate(path.read_bytes())
+
+
+# --- the management API in process ------------------------------------------------------------
+
+ADMIN_PASSWORD = "correct horse battery staple 42"
+
+
+@pytest.fixture
+async def runtime(database: Database, tmp_path: Path) -> AsyncIterator[Runtime]:
+    """A server's shared state on the test database, as `fleetkeeper serve` would start it."""
+    settings = load_settings(
+        data_dir=tmp_path / "data", database_url=database.url, device_server_names=["localhost"]
+    )
+    started = await Runtime.start(settings)
+    yield started
+    await started.close()
+
+
+@dataclass
+class Api:
+    """The management app in process, with helpers to sign in as someone."""
+
+    client: httpx2.AsyncClient
+    runtime: Runtime
+    admin_one_time_password: str
+
+    async def sign_in(self, username: str, password: str, **extra: str) -> dict[str, object]:
+        response = await self.client.post(
+            "/api/v1/auth/sign-in", json={"username": username, "password": password, **extra}
+        )
+        assert response.status_code == 200, response.text
+        body: dict[str, object] = response.json()
+        return body
+
+    async def admin_headers(self) -> dict[str, str]:
+        """Signs the first admin in, changing the one-time password the first time."""
+        response = await self.client.post(
+            "/api/v1/auth/sign-in", json={"username": "admin", "password": ADMIN_PASSWORD}
+        )
+        if response.status_code != 200:
+            first = await self.sign_in("admin", self.admin_one_time_password)
+            changed = await self.client.post(
+                "/api/v1/me/password",
+                json={"current_password": self.admin_one_time_password, "new_password": ADMIN_PASSWORD},
+                headers=bearer(first),
+            )
+            assert changed.status_code == 204, changed.text
+            response = await self.client.post(
+                "/api/v1/auth/sign-in", json={"username": "admin", "password": ADMIN_PASSWORD}
+            )
+        assert response.status_code == 200, response.text
+        return bearer(response.json())
+
+    async def create_user(
+        self, username: str, password: str, roles: list[dict[str, object]] | None = None
+    ) -> dict[str, str]:
+        """A user with the given roles who has already replaced the admin-set password; returns
+        their headers."""
+        admin = await self.admin_headers()
+        created = await self.client.post(
+            "/api/v1/users",
+            json={"username": username, "password": password + "-initial", "roles": roles or []},
+            headers=admin,
+        )
+        assert created.status_code == 201, created.text
+        first = await self.sign_in(username, password + "-initial")
+        changed = await self.client.post(
+            "/api/v1/me/password",
+            json={"current_password": password + "-initial", "new_password": password},
+            headers=bearer(first),
+        )
+        assert changed.status_code == 204, changed.text
+        return bearer(await self.sign_in(username, password))
+
+
+def bearer(tokens: dict[str, object] | str) -> dict[str, str]:
+    token = tokens if isinstance(tokens, str) else str(tokens["access_token"])
+    return {"authorization": f"Bearer {token}"}
+
+
+@pytest.fixture
+async def api(runtime: Runtime) -> AsyncIterator[Api]:
+    assert runtime.first_admin_password, "the test database starts without users"
+    app = create_management_app(runtime)
+    transport = httpx2.ASGITransport(app=app, client=("203.0.113.7", 40000))
+    async with httpx2.AsyncClient(transport=transport, base_url="http://testserver") as client:
+        yield Api(client, runtime, runtime.first_admin_password)

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
-from fastapi import FastAPI
+from collections.abc import Iterator
+
+from fastapi import APIRouter, FastAPI
+from starlette.routing import BaseRoute
 
 import fleetkeeper
+from fleetkeeper.core.bodylimit import BodySizeLimitMiddleware
 from fleetkeeper.core.errors import UnhandledErrorMiddleware, install_problem_handlers
 from fleetkeeper.core.health import router as health_router
 from fleetkeeper.core.metrics import MetricsMiddleware
@@ -14,16 +18,45 @@ from fleetkeeper.core.runtime import Runtime
 
 # Reached on the device listener without a client certificate. Everything else needs one.
 DEVICE_PUBLIC_PATHS: frozenset[str] = frozenset()
+# FastAPI's own documentation routes: public, and the only routes that declare no access rule.
+FRAMEWORK_PUBLIC_PATHS = frozenset({"/api/docs", "/api/openapi.json"})
 
 
-def _finish(app: FastAPI, runtime: Runtime, listener: str) -> FastAPI:
-    """Shared by both listeners; added last means outermost: request id, then errors, then metrics."""
+def management_routers() -> list[APIRouter]:
+    from fleetkeeper.access.api import router as access_router
+    from fleetkeeper.access.auth_api import auth_router, me_router
+    from fleetkeeper.audit.api import router as audit_router
+
+    return [health_router, auth_router, me_router, access_router, audit_router]
+
+
+def device_routers() -> list[APIRouter]:
+    from fleetkeeper.devices.api import router as device_router
+
+    return [device_router]
+
+
+def _finish(app: FastAPI, runtime: Runtime, listener: str, routers: list[APIRouter]) -> FastAPI:
+    """Shared by both listeners; added last means outermost: request id, errors, metrics, body size."""
     app.state.runtime = runtime
+    app.state.routers = routers
+    for router in routers:
+        app.include_router(router)
     install_problem_handlers(app)
+    app.add_middleware(BodySizeLimitMiddleware)
     app.add_middleware(MetricsMiddleware, listener=listener)
     app.add_middleware(UnhandledErrorMiddleware)
     app.add_middleware(RequestIdMiddleware, listener=listener)
     return app
+
+
+def app_routes(app: FastAPI) -> Iterator[BaseRoute]:
+    """Every route the app serves, as declared: the routers' own routes and the framework's."""
+    for router in app.state.routers:
+        yield from router.routes
+    for route in app.router.routes:
+        if getattr(route, "path", None) in FRAMEWORK_PUBLIC_PATHS:
+            yield route
 
 
 def create_management_app(runtime: Runtime) -> FastAPI:
@@ -33,14 +66,12 @@ def create_management_app(runtime: Runtime) -> FastAPI:
         docs_url="/api/docs",
         redoc_url=None,
         openapi_url="/api/openapi.json",
+        swagger_ui_oauth2_redirect_url=None,
     )
-    app.include_router(health_router)
-    return _finish(app, runtime, "management")
+    return _finish(app, runtime, "management", management_routers())
 
 
 def create_device_app(runtime: Runtime) -> FastAPI:
-    from fleetkeeper.devices.api import router as device_router
-
     app = FastAPI(
         title="fleetkeeper device API",
         version=fleetkeeper.__version__,
@@ -48,6 +79,5 @@ def create_device_app(runtime: Runtime) -> FastAPI:
         redoc_url=None,
         openapi_url=None,
     )
-    app.include_router(device_router)
     app.add_middleware(DeviceCertificateGate, public_paths=DEVICE_PUBLIC_PATHS)
-    return _finish(app, runtime, "device")
+    return _finish(app, runtime, "device", device_routers())

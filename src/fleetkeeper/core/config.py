@@ -8,7 +8,7 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 ENV_PREFIX = "FLEETKEEPER_"
@@ -43,6 +43,31 @@ class Settings(BaseSettings):
         description="DNS names and IP addresses in the device listener's certificate",
     )
 
+    trusted_proxies: list[str] = Field(
+        default_factory=list,
+        description="addresses of reverse proxies whose X-Forwarded-For names the client",
+    )
+
+    rate_limit_storage: str = Field(
+        default="memory://",
+        description="memory:// (one process) or redis://host:port/db (shared by replicas)",
+    )
+    sign_in_limit_per_address: str = Field(default="30/minute")
+    sign_in_limit_per_account: str = Field(default="10/minute")
+    api_limit_per_principal: str = Field(default="1200/minute")
+
+    oidc_issuer: str | None = Field(default=None, description="OpenID provider; enables SSO sign-in")
+    oidc_client_id: str | None = None
+    oidc_client_secret: SecretStr | None = None
+    oidc_redirect_url: str | None = Field(
+        default=None, description="this server's callback URL as the provider knows it"
+    )
+    oidc_scopes: str = "openid profile email groups"
+    oidc_groups_claim: str = "groups"
+    oidc_role_mapping: dict[str, list[str]] = Field(
+        default_factory=dict, description="provider group → fleetkeeper roles"
+    )
+
     log_level: Literal["debug", "info", "warning", "error"] = Field(default="info")
     log_format: Literal["auto", "json", "console"] = Field(
         default="auto", description="auto: console on a terminal, JSON otherwise"
@@ -66,6 +91,34 @@ class Settings(BaseSettings):
             raise ValueError("needs at least one non-empty DNS name or IP address")
         return names
 
+    @field_validator("sign_in_limit_per_address", "sign_in_limit_per_account", "api_limit_per_principal")
+    @classmethod
+    def _rate_limit(cls, value: str) -> str:
+        from limits import parse
+
+        try:
+            parse(value)
+        except ValueError:
+            raise ValueError('must look like "10/minute" or "100 per hour"') from None
+        return value
+
+    @field_validator("rate_limit_storage")
+    @classmethod
+    def _rate_limit_storage(cls, value: str) -> str:
+        if not value.startswith(("memory://", "redis://", "rediss://")):
+            raise ValueError("must start with memory://, redis:// or rediss://")
+        return value
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _proxies(cls, values: list[str]) -> list[str]:
+        for value in values:
+            try:
+                ipaddress.ip_network(value, strict=False)
+            except ValueError:
+                raise ValueError(f"{value!r} is not an IP address or network") from None
+        return values
+
     @field_validator("database_url")
     @classmethod
     def _supported_database(cls, url: str | None) -> str | None:
@@ -78,6 +131,12 @@ class Settings(BaseSettings):
                 "must start with sqlite+aiosqlite:// or postgresql+asyncpg:// (or postgresql://)"
             )
         return url
+
+    @model_validator(mode="after")
+    def _oidc_complete(self) -> Settings:
+        if self.oidc_issuer and not (self.oidc_client_id and self.oidc_client_secret):
+            raise ValueError("oidc_issuer needs oidc_client_id and oidc_client_secret")
+        return self
 
     @model_validator(mode="after")
     def _tls_pair(self) -> Settings:

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Depends, Request, Response
 from sqlalchemy import text
 
 from fleetkeeper.core.errors import problem_response
 from fleetkeeper.core.metrics import metrics_response
 from fleetkeeper.core.migrations import migration_state
+from fleetkeeper.core.routeaccess import public_dependency
 from fleetkeeper.core.runtime import Runtime
 
-router = APIRouter(tags=["health"])
+router = APIRouter(tags=["health"], dependencies=[Depends(public_dependency)])
 
 
 @router.get("/healthz")

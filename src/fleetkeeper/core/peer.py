@@ -13,6 +13,8 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from fleetkeeper.core.errors import PROBLEM_CONTENT_TYPE, UnauthenticatedError, problem_body
 from fleetkeeper.core.jsonutil import dumps
+from fleetkeeper.core.routeaccess import AccessRule
+from fleetkeeper.core.routeaccess import marked as mark_access
 
 
 @dataclass(frozen=True)
@@ -41,6 +43,7 @@ def peer_certificate(scope: Scope) -> PeerCertificate | None:
     )
 
 
+@mark_access(AccessRule("device"))
 def require_peer_certificate(connection: HTTPConnection) -> PeerCertificate:
     """FastAPI dependency for device routes (HTTP and WebSocket)."""
     peer = peer_certificate(connection.scope)

@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from fleetkeeper.core.config import Settings
 from fleetkeeper.core.db import Database
 from fleetkeeper.core.logging import get_logger
 from fleetkeeper.core.migrations import migration_state, upgrade_async
 from fleetkeeper.core.pki import PkiPaths, ensure_device_listener_certificate, load_or_create_ca
+
+if TYPE_CHECKING:
+    from fleetkeeper.access.oidc import OidcClient
+    from fleetkeeper.access.tokens import KeyRing
+    from fleetkeeper.core.ratelimit import RateLimiter
 
 log = get_logger(__name__)
 
@@ -22,12 +28,18 @@ class Runtime:
     settings: Settings
     database: Database
     pki: PkiPaths
+    keyring: KeyRing
+    rate_limiter: RateLimiter
+    oidc: OidcClient
     created_ca: bool = False
     first_admin_password: str | None = None
 
     @classmethod
     async def start(cls, settings: Settings) -> Runtime:
-        from fleetkeeper.access.service import ensure_first_admin
+        from fleetkeeper.access.oidc import OidcClient
+        from fleetkeeper.access.service import ensure_first_admin, sync_builtin_roles
+        from fleetkeeper.access.tokens import KeyRing
+        from fleetkeeper.core.ratelimit import RateLimiter
 
         settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         database = Database(settings.resolved_database_url)
@@ -36,11 +48,21 @@ class Runtime:
             pki = PkiPaths(settings.data_dir / "pki")
             ca, created_ca = load_or_create_ca(pki)
             ensure_device_listener_certificate(pki, ca, settings.device_server_names)
+            await sync_builtin_roles(database)
             password = await ensure_first_admin(database)
         except BaseException:
             await database.dispose()
             raise
-        return cls(settings, database, pki, created_ca=created_ca, first_admin_password=password)
+        return cls(
+            settings,
+            database,
+            pki,
+            keyring=KeyRing(database),
+            rate_limiter=RateLimiter(settings.rate_limit_storage),
+            oidc=OidcClient(settings),
+            created_ca=created_ca,
+            first_admin_password=password,
+        )
 
     async def close(self) -> None:
         await self.database.dispose()

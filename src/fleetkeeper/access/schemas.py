@@ -1,0 +1,228 @@
+"""Wire types of the access API."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+
+from fleetkeeper.access.models import ApiToken, SignInSession, User
+from fleetkeeper.access.permissions import Permission
+
+Secret = Annotated[str, StringConstraints(min_length=1, max_length=256)]
+Name = Annotated[str, StringConstraints(min_length=1, max_length=128, strip_whitespace=True)]
+ScopeList = Annotated[list[Annotated[str, StringConstraints(max_length=128)]], Field(max_length=200)]
+
+
+class Request(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class SignInRequest(Request):
+    username: Name
+    password: Secret
+    totp_code: Annotated[str, StringConstraints(max_length=16)] | None = None
+    recovery_code: Annotated[str, StringConstraints(max_length=32)] | None = None
+
+
+class RefreshRequest(Request):
+    refresh_token: Annotated[str, StringConstraints(min_length=1, max_length=512)]
+
+
+class TokenResponse(BaseModel):
+    access_token: str
+    token_type: str = "Bearer"  # noqa: S105
+    expires_in: int
+    refresh_token: str
+    session_id: str
+    pending_actions: list[str]
+
+
+class GrantModel(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    permission: Permission
+    scopes: ScopeList | None = None
+
+
+class RoleAssignmentModel(Request):
+    role: Name
+    device_groups: ScopeList | None = None
+    release_tags: ScopeList | None = None
+
+
+class UserOut(BaseModel):
+    id: str
+    username: str
+    email: str | None
+    display_name: str | None
+    auth_source: str
+    is_disabled: bool
+    must_change_password: bool
+    two_factor_enabled: bool
+    created_at: datetime
+    last_sign_in_at: datetime | None
+    roles: list[str] = []
+
+    @classmethod
+    def of(cls, user: User, roles: list[str] | None = None) -> UserOut:
+        return cls(
+            id=user.id,
+            username=user.username,
+            email=user.email,
+            display_name=user.display_name,
+            auth_source=user.auth_source,
+            is_disabled=user.is_disabled,
+            must_change_password=user.must_change_password,
+            two_factor_enabled=user.totp_enabled_at is not None,
+            created_at=user.created_at,
+            last_sign_in_at=user.last_sign_in_at,
+            roles=roles or [],
+        )
+
+
+class UserPage(BaseModel):
+    items: list[UserOut]
+    next_cursor: str | None
+
+
+class CreateUserRequest(Request):
+    username: Name
+    password: Secret | None = Field(default=None, description="omit to generate a one-time password")
+    email: Annotated[str, StringConstraints(max_length=320)] | None = None
+    display_name: Annotated[str, StringConstraints(max_length=200)] | None = None
+    roles: list[RoleAssignmentModel] = Field(default_factory=list, max_length=50)
+
+
+class CreatedUser(BaseModel):
+    user: UserOut
+    one_time_password: str | None = Field(description="shown only in this response")
+
+
+class UpdateUserRequest(Request):
+    disabled: bool
+
+
+class PasswordResetResponse(BaseModel):
+    one_time_password: str
+
+
+class ChangePasswordRequest(Request):
+    current_password: Secret
+    new_password: Secret
+
+
+class MeOut(BaseModel):
+    user: UserOut
+    permissions: list[dict[str, Any]]
+    pending_actions: list[str]
+    auth_method: str
+
+
+class SessionOut(BaseModel):
+    id: str
+    auth_method: str
+    created_at: datetime
+    last_used_at: datetime
+    expires_at: datetime
+    address: str | None
+    user_agent: str | None
+    current: bool
+
+    @classmethod
+    def of(cls, session: SignInSession, current_id: str | None) -> SessionOut:
+        return cls(
+            id=session.id,
+            auth_method=session.auth_method,
+            created_at=session.created_at,
+            last_used_at=session.last_used_at,
+            expires_at=session.expires_at,
+            address=session.address,
+            user_agent=session.user_agent,
+            current=session.id == current_id,
+        )
+
+
+class TotpEnrollment(BaseModel):
+    secret: str
+    otpauth_uri: str
+
+
+class TotpCode(Request):
+    code: Annotated[str, StringConstraints(min_length=1, max_length=32)]
+
+
+class DisableTotpRequest(Request):
+    password: Secret
+    code: Annotated[str, StringConstraints(min_length=1, max_length=32)]
+
+
+class RecoveryCodes(BaseModel):
+    recovery_codes: list[str] = Field(description="each works once; shown only in this response")
+
+
+class CreateApiTokenRequest(Request):
+    name: Annotated[str, StringConstraints(min_length=1, max_length=100, strip_whitespace=True)]
+    expires_in_days: int = Field(default=90, ge=1, le=366)
+    grants: list[GrantModel] | None = Field(default=None, description="omit for everything you hold now")
+
+
+class ApiTokenOut(BaseModel):
+    id: str
+    name: str
+    grants: list[dict[str, Any]]
+    created_at: datetime
+    expires_at: datetime
+    last_used_at: datetime | None
+
+    @classmethod
+    def of(cls, token: ApiToken) -> ApiTokenOut:
+        return cls(
+            id=token.id,
+            name=token.name,
+            grants=token.grants,
+            created_at=token.created_at,
+            expires_at=token.expires_at,
+            last_used_at=token.last_used_at,
+        )
+
+
+class CreatedApiToken(BaseModel):
+    token: ApiTokenOut
+    secret: str = Field(description="the bearer token; shown only in this response")
+
+
+class RoleOut(BaseModel):
+    id: str
+    name: str
+    description: str
+    builtin: bool
+    grants: list[dict[str, Any]]
+
+
+class CreateRoleRequest(Request):
+    name: Name
+    description: Annotated[str, StringConstraints(max_length=500)] = ""
+    grants: list[GrantModel] = Field(max_length=50)
+
+
+class UpdateRoleRequest(Request):
+    description: Annotated[str, StringConstraints(max_length=500)] | None = None
+    grants: list[GrantModel] | None = Field(default=None, max_length=50)
+
+
+class AccessPolicyOut(BaseModel):
+    require_2fa_roles: list[str]
+
+
+class AccessPolicyUpdate(Request):
+    require_2fa_roles: list[Name] = Field(max_length=50)
+
+
+class SigningKeyRotated(BaseModel):
+    kid: str
+
+
+class OidcStatus(BaseModel):
+    enabled: bool
+    login_url: str | None

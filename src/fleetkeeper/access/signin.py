@@ -1,0 +1,289 @@
+"""Signing in and staying signed in: passwords and second factors, sessions, rotating refresh tokens."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import timedelta
+
+from sqlalchemy import select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from fleetkeeper.access import twofactor
+from fleetkeeper.access.models import RefreshToken, SignInSession, User
+from fleetkeeper.access.passwords import hash_password, needs_rehash, verify_password
+from fleetkeeper.access.principal import Principal
+from fleetkeeper.access.service import normalize_username, pending_actions
+from fleetkeeper.access.tokens import KeyRing, hash_secret, new_secret, secret_matches
+from fleetkeeper.audit.service import Actor, record
+from fleetkeeper.core.config import Settings
+from fleetkeeper.core.db import Database, utcnow
+from fleetkeeper.core.errors import NotFoundError, UnauthenticatedError
+from fleetkeeper.core.ids import new_id
+from fleetkeeper.core.ratelimit import RateLimitedError, RateLimiter
+
+SESSION_LIFETIME = timedelta(days=30)
+REFRESH_TOKEN_TTL = timedelta(days=14)
+# Growing back-off: after this many failures in a row an account (or address) waits 1 s, 2 s, 4 s …
+FREE_FAILURES = 3
+BACKOFF_BASE_SECONDS = 1.0
+BACKOFF_MAX_SECONDS = 900.0
+FAILURE_MEMORY_SECONDS = 3600.0
+
+
+@dataclass(frozen=True)
+class TokenPair:
+    access_token: str
+    access_expires_at: int
+    refresh_token: str
+    session_id: str
+    pending: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Credentials:
+    username: str
+    password: str
+    totp_code: str | None = None
+    recovery_code: str | None = None
+
+
+@dataclass(frozen=True)
+class Client:
+    address: str | None
+    user_agent: str | None = None
+
+
+def _invalid_credentials() -> UnauthenticatedError:
+    return UnauthenticatedError("the username or password is wrong", code="invalid_credentials")
+
+
+class SignIn:
+    """The password sign-in flow with its limits; one per process (it holds the rate limiter)."""
+
+    def __init__(
+        self, database: Database, keyring: KeyRing, limiter: RateLimiter, settings: Settings
+    ) -> None:
+        self.database = database
+        self.keyring = keyring
+        self.limiter = limiter
+        self.settings = settings
+
+    async def sign_in(self, credentials: Credentials, client: Client) -> TokenPair:
+        username = normalize_username(credentials.username)
+        account_key = f"signin-account/{username}"
+        address_key = f"signin-address/{client.address}"
+        await self.limiter.hit(
+            self.settings.sign_in_limit_per_address, address_key, detail="too many sign-ins"
+        )
+        await self.limiter.hit(
+            self.settings.sign_in_limit_per_account, account_key, detail="too many sign-ins"
+        )
+        wait = max(await self.limiter.blocked_for(account_key), await self.limiter.blocked_for(address_key))
+        if wait > 0:
+            raise RateLimitedError("too many failed sign-ins: wait before trying again", retry_after=wait)
+
+        async with self.database.session() as session:
+            user = await session.scalar(select(User).where(User.username == username))
+        usable = user is not None and not user.is_disabled and user.auth_source == "local"
+        password_ok = await verify_password(
+            user.password_hash if usable and user else None, credentials.password
+        )
+        if not (usable and password_ok) or user is None:
+            await self._failed(account_key, address_key, username, client, user, "wrong username or password")
+            raise _invalid_credentials()
+
+        if user.totp_enabled_at is not None:
+            if not credentials.totp_code and not credentials.recovery_code:
+                raise UnauthenticatedError(
+                    "this account needs a second factor: send totp_code or recovery_code",
+                    code="second_factor_required",
+                )
+            if not await twofactor.accept_second_factor(
+                self.database, user.id, credentials.totp_code, credentials.recovery_code
+            ):
+                await self._failed(account_key, address_key, username, client, user, "wrong second factor")
+                raise UnauthenticatedError("the second factor is wrong or used", code="invalid_second_factor")
+
+        await self.limiter.clear_failures(account_key)
+        rehashed = await hash_password(credentials.password) if needs_rehash(user.password_hash) else None
+        return await self.start_session(user, "password", client, rehashed=rehashed)
+
+    async def _failed(
+        self,
+        account_key: str,
+        address_key: str,
+        username: str,
+        client: Client,
+        user: User | None,
+        reason: str,
+    ) -> None:
+        for key in (account_key, address_key):
+            await self.limiter.record_failure(
+                key,
+                free_failures=FREE_FAILURES,
+                base_delay=BACKOFF_BASE_SECONDS,
+                max_delay=BACKOFF_MAX_SECONDS,
+                memory=FAILURE_MEMORY_SECONDS,
+            )
+        async with self.database.transaction() as session:
+            await record(
+                session,
+                actor=Actor(kind="anonymous", name=username, address=client.address),
+                action="auth.sign_in",
+                object_type="user",
+                object_id=user.id if user else None,
+                outcome="failure",
+                details={"reason": reason, "method": "password"},
+            )
+
+    async def start_session(
+        self, user: User, method: str, client: Client, *, rehashed: str | None = None
+    ) -> TokenPair:
+        now = utcnow()
+        refresh_secret = new_secret()
+        async with self.database.transaction() as session:
+            stored = await session.get(User, user.id)
+            if stored is None or stored.is_disabled:
+                raise _invalid_credentials()
+            stored.last_sign_in_at = now
+            if rehashed:
+                stored.password_hash = rehashed
+            sign_in = SignInSession(
+                id=new_id("ses"),
+                user_id=user.id,
+                auth_method=method,
+                created_at=now,
+                last_used_at=now,
+                expires_at=now + SESSION_LIFETIME,
+                address=client.address,
+                user_agent=(client.user_agent or "")[:300] or None,
+            )
+            session.add(sign_in)
+            await session.flush()
+            token = RefreshToken(
+                id=new_id("rft"),
+                session_id=sign_in.id,
+                token_hash=hash_secret(refresh_secret),
+                created_at=now,
+                expires_at=min(now + REFRESH_TOKEN_TTL, sign_in.expires_at),
+            )
+            session.add(token)
+            pending = await pending_actions(session, stored)
+            await record(
+                session,
+                actor=Actor(kind="user", id=user.id, name=user.username, address=client.address),
+                action="auth.sign_in",
+                object_type="user",
+                object_id=user.id,
+                details={"method": method, "session_id": sign_in.id, "pending": pending},
+            )
+        access, expires = await self.keyring.issue_access_token(user.id, sign_in.id, pending)
+        return TokenPair(access, expires, f"{token.id}.{refresh_secret}", sign_in.id, pending)
+
+    async def refresh(self, refresh_token: str, client: Client) -> TokenPair:
+        """One use per refresh token; a second use is theft, and ends the whole session."""
+        invalid = UnauthenticatedError("the refresh token is not valid", code="invalid_refresh_token")
+        token_id, _, secret = refresh_token.partition(".")
+        if not token_id or not secret:
+            raise invalid
+        now = utcnow()
+        async with self.database.transaction() as session:
+            row = await session.execute(
+                select(RefreshToken, SignInSession, User)
+                .join(SignInSession, SignInSession.id == RefreshToken.session_id)
+                .join(User, User.id == SignInSession.user_id)
+                .where(RefreshToken.id == token_id)
+            )
+            found = row.one_or_none()
+            if found is None or not secret_matches(secret, found[0].token_hash):
+                raise invalid
+            token, sign_in, user = found
+            if sign_in.revoked_at is not None or user.is_disabled:
+                raise invalid
+            if token.expires_at <= now or sign_in.expires_at <= now:
+                raise UnauthenticatedError("the session has expired: sign in again", code="session_expired")
+            claimed = await session.execute(
+                update(RefreshToken)
+                .where(RefreshToken.id == token.id, RefreshToken.used_at.is_(None))
+                .values(used_at=now)
+            )
+            if claimed.rowcount != 1:  # type: ignore[attr-defined]
+                sign_in.revoked_at = now
+                await record(
+                    session,
+                    actor=Actor(kind="user", id=user.id, name=user.username, address=client.address),
+                    action="auth.refresh_token_reused",
+                    object_type="session",
+                    object_id=sign_in.id,
+                    outcome="denied",
+                    details={"session_ended": True},
+                )
+                reused = True
+            else:
+                reused = False
+                new_secret_value = new_secret()
+                successor = RefreshToken(
+                    id=new_id("rft"),
+                    session_id=sign_in.id,
+                    token_hash=hash_secret(new_secret_value),
+                    created_at=now,
+                    expires_at=min(now + REFRESH_TOKEN_TTL, sign_in.expires_at),
+                )
+                session.add(successor)
+                sign_in.last_used_at = now
+                pending = await pending_actions(session, user)
+        if reused:
+            raise invalid
+        access, expires = await self.keyring.issue_access_token(user.id, sign_in.id, pending)
+        return TokenPair(access, expires, f"{successor.id}.{new_secret_value}", sign_in.id, pending)
+
+
+async def list_sessions(session: AsyncSession, user_id: str) -> Sequence[SignInSession]:
+    now = utcnow()
+    return (
+        await session.scalars(
+            select(SignInSession)
+            .where(
+                SignInSession.user_id == user_id,
+                SignInSession.revoked_at.is_(None),
+                SignInSession.expires_at > now,
+            )
+            .order_by(SignInSession.created_at.desc())
+        )
+    ).all()
+
+
+async def end_session(database: Database, principal: Principal, session_id: str) -> None:
+    async with database.transaction() as session:
+        sign_in = await session.get(SignInSession, session_id)
+        if sign_in is None or sign_in.user_id != principal.user_id:
+            raise NotFoundError("no such session", code="session_not_found")
+        if sign_in.revoked_at is None:
+            sign_in.revoked_at = utcnow()
+            await record(
+                session,
+                actor=principal.actor,
+                action="auth.session_ended",
+                object_type="session",
+                object_id=session_id,
+            )
+
+
+async def end_all_sessions(database: Database, principal: Principal, user_id: str) -> int:
+    async with database.transaction() as session:
+        result = await session.execute(
+            update(SignInSession)
+            .where(SignInSession.user_id == user_id, SignInSession.revoked_at.is_(None))
+            .values(revoked_at=utcnow())
+        )
+        count: int = result.rowcount  # type: ignore[attr-defined]
+        await record(
+            session,
+            actor=principal.actor,
+            action="auth.all_sessions_ended",
+            object_type="user",
+            object_id=user_id,
+            details={"sessions": count},
+        )
+    return count

@@ -1,0 +1,217 @@
+"""TOTP second factor (RFC 6238 through pyotp) and single-use recovery codes."""
+
+from __future__ import annotations
+
+import hmac
+import secrets
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import pyotp
+from sqlalchemy import delete, func, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from fleetkeeper.access.models import RecoveryCode, User
+from fleetkeeper.access.passwords import verify_password
+from fleetkeeper.access.principal import Principal
+from fleetkeeper.access.service import get_policy, get_user, user_role_names
+from fleetkeeper.access.tokens import hash_secret
+from fleetkeeper.audit.service import Actor, record
+from fleetkeeper.core.db import Database, utcnow
+from fleetkeeper.core.errors import ConflictError, ProblemError
+from fleetkeeper.core.ids import new_id
+
+ISSUER_NAME = "fleetkeeper"
+RECOVERY_CODE_COUNT = 10
+_RECOVERY_ALPHABET = "abcdefghjkmnpqrstuvwxyz23456789"
+# One step either side of now, for clocks that drift a little.
+VALID_WINDOW = 1
+
+
+@dataclass(frozen=True)
+class Enrollment:
+    secret: str
+    otpauth_uri: str
+
+
+def _invalid_code() -> ProblemError:
+    return ProblemError("the code is wrong or was already used", code="invalid_second_factor", status=403)
+
+
+def _matching_step(secret: str, code: str, now: float | None = None) -> int | None:
+    """The time step whose code this is, within the window, or None."""
+    totp = pyotp.TOTP(secret)
+    current = totp.timecode(datetime.fromtimestamp(now if now is not None else time.time(), UTC))
+    code = code.strip().replace(" ", "")
+    for step in range(current - VALID_WINDOW, current + VALID_WINDOW + 1):
+        if hmac.compare_digest(totp.generate_otp(step), code):
+            return step
+    return None
+
+
+def _normalize_recovery_code(code: str) -> str:
+    return code.strip().lower().replace("-", "").replace(" ", "")
+
+
+def _new_recovery_code() -> str:
+    raw = "".join(secrets.choice(_RECOVERY_ALPHABET) for _ in range(16))
+    return "-".join(raw[i : i + 4] for i in range(0, 16, 4))
+
+
+async def start_enrollment(database: Database, principal: Principal) -> Enrollment:
+    secret = pyotp.random_base32()
+    async with database.transaction() as session:
+        user = await get_user(session, principal.user_id)
+        if user.totp_enabled_at is not None:
+            raise ConflictError(
+                "two-factor sign-in is already on; turn it off first", code="totp_already_enabled"
+            )
+        user.totp_pending_secret = secret
+        uri = pyotp.TOTP(secret).provisioning_uri(name=user.username, issuer_name=ISSUER_NAME)
+    return Enrollment(secret, uri)
+
+
+async def confirm_enrollment(database: Database, principal: Principal, code: str) -> list[str]:
+    """Turns TOTP on once a code from the authenticator matches; returns fresh recovery codes."""
+    async with database.transaction() as session:
+        user = await get_user(session, principal.user_id)
+        if user.totp_pending_secret is None:
+            raise ConflictError("start the enrollment first", code="totp_not_started")
+        step = _matching_step(user.totp_pending_secret, code)
+        if step is None:
+            raise _invalid_code()
+        user.totp_secret = user.totp_pending_secret
+        user.totp_pending_secret = None
+        user.totp_enabled_at = utcnow()
+        user.totp_last_step = step
+        codes = await _replace_recovery_codes(session, user.id)
+        await record(
+            session,
+            actor=principal.actor,
+            action="user.two_factor_enabled",
+            object_type="user",
+            object_id=user.id,
+        )
+    return codes
+
+
+async def regenerate_recovery_codes(database: Database, principal: Principal, code: str) -> list[str]:
+    async with database.transaction() as session:
+        user = await get_user(session, principal.user_id)
+        if user.totp_secret is None or not _consume_totp(user, code):
+            raise _invalid_code()
+        codes = await _replace_recovery_codes(session, user.id)
+        await record(
+            session,
+            actor=principal.actor,
+            action="user.recovery_codes_regenerated",
+            object_type="user",
+            object_id=user.id,
+        )
+    return codes
+
+
+async def disable(database: Database, principal: Principal, password: str, code: str) -> None:
+    """Needs the password and a current code (or a recovery code); refused where policy requires 2FA."""
+    async with database.session() as session:
+        user = await get_user(session, principal.user_id)
+        required = set((await get_policy(session)).require_2fa_roles) & set(
+            await user_role_names(session, user.id)
+        )
+    if user.totp_enabled_at is None:
+        raise ConflictError("two-factor sign-in is not on", code="totp_not_enabled")
+    if required:
+        raise ConflictError(
+            f"your role(s) {', '.join(sorted(required))} require two-factor sign-in",
+            code="second_factor_required_by_policy",
+        )
+    if not await verify_password(user.password_hash, password):
+        raise ProblemError("the password is wrong", code="invalid_credentials", status=403)
+    if not await accept_second_factor(database, user.id, code, code):
+        raise _invalid_code()
+    async with database.transaction() as session:
+        user = await get_user(session, principal.user_id)
+        user.totp_secret = None
+        user.totp_enabled_at = None
+        user.totp_last_step = None
+        await session.execute(delete(RecoveryCode).where(RecoveryCode.user_id == user.id))
+        await record(
+            session,
+            actor=principal.actor,
+            action="user.two_factor_disabled",
+            object_type="user",
+            object_id=user.id,
+        )
+
+
+def _consume_totp(user: User, code: str) -> bool:
+    """Accepts a code once: its time step must be later than the last one accepted."""
+    if not user.totp_secret or not code:
+        return False
+    step = _matching_step(user.totp_secret, code)
+    if step is None or (user.totp_last_step is not None and step <= user.totp_last_step):
+        return False
+    user.totp_last_step = step
+    return True
+
+
+async def accept_second_factor(
+    database: Database, user_id: str, totp_code: str | None, recovery_code: str | None
+) -> bool:
+    """Checks a TOTP code or uses up a recovery code, in one transaction so that neither is
+    accepted twice when two requests race."""
+    async with database.transaction() as session:
+        user = await session.get(User, user_id, with_for_update=True)
+        if user is None:
+            return False
+        if totp_code and _consume_totp(user, totp_code):
+            return True
+        if not recovery_code:
+            return False
+        code_hash = hash_secret(_normalize_recovery_code(recovery_code))
+        used = await session.execute(
+            update(RecoveryCode)
+            .where(
+                RecoveryCode.user_id == user_id,
+                RecoveryCode.code_hash == code_hash,
+                RecoveryCode.used_at.is_(None),
+            )
+            .values(used_at=utcnow())
+        )
+        if used.rowcount != 1:  # type: ignore[attr-defined]
+            return False
+        await record(
+            session,
+            actor=_user_actor(user),
+            action="user.recovery_code_used",
+            object_type="user",
+            object_id=user_id,
+            details={"remaining": await _remaining_codes(session, user_id)},
+        )
+        return True
+
+
+def _user_actor(user: User) -> Actor:
+    return Actor(kind="user", id=user.id, name=user.username)
+
+
+async def _remaining_codes(session: AsyncSession, user_id: str) -> int:
+    count = await session.scalar(
+        select(func.count())
+        .select_from(RecoveryCode)
+        .where(RecoveryCode.user_id == user_id, RecoveryCode.used_at.is_(None))
+    )
+    return int(count or 0)
+
+
+async def _replace_recovery_codes(session: AsyncSession, user_id: str) -> list[str]:
+    await session.execute(delete(RecoveryCode).where(RecoveryCode.user_id == user_id))
+    codes = [_new_recovery_code() for _ in range(RECOVERY_CODE_COUNT)]
+    for code in codes:
+        session.add(
+            RecoveryCode(
+                id=new_id("rec"), user_id=user_id, code_hash=hash_secret(_normalize_recovery_code(code))
+            )
+        )
+    return codes

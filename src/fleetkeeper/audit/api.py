@@ -1,0 +1,174 @@
+"""Routes for reading the audit log: search, export, and the chain's verification."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import StreamingResponse
+from pydantic import AwareDatetime, BaseModel
+
+from fleetkeeper.access.auth import requires
+from fleetkeeper.access.permissions import Permission
+from fleetkeeper.access.principal import Principal
+from fleetkeeper.audit.checkpoints import checkpoint_key_path, load_checkpoint_public_key
+from fleetkeeper.audit.export import export_csv, export_jsonl
+from fleetkeeper.audit.models import AuditRecord
+from fleetkeeper.audit.service import AuditFilter, filter_conditions, record, search
+from fleetkeeper.audit.verification import verify
+from fleetkeeper.core.runtime import Runtime
+
+router = APIRouter(prefix="/api/v1/audit", tags=["audit"])
+Auditor = Annotated[Principal, requires(Permission.AUDIT_READ)]
+ShortText = Annotated[str | None, Query(max_length=255)]
+
+
+class AuditRecordOut(BaseModel):
+    seq: int
+    id: str
+    occurred_at: datetime
+    actor_kind: str
+    actor_id: str | None
+    actor_name: str | None
+    actor_address: str | None
+    action: str
+    object_type: str
+    object_id: str | None
+    outcome: str
+    details: dict[str, Any]
+    prev_hash: str
+    hash: str
+
+    @classmethod
+    def of(cls, row: AuditRecord) -> AuditRecordOut:
+        return cls(
+            seq=row.seq,
+            id=row.id,
+            occurred_at=row.occurred_at,
+            actor_kind=row.actor_kind,
+            actor_id=row.actor_id,
+            actor_name=row.actor_name,
+            actor_address=row.actor_address,
+            action=row.action,
+            object_type=row.object_type,
+            object_id=row.object_id,
+            outcome=row.outcome,
+            details=row.details_object(),
+            prev_hash=row.prev_hash,
+            hash=row.hash,
+        )
+
+
+class AuditPage(BaseModel):
+    items: list[AuditRecordOut]
+    next_cursor: str | None
+
+
+class Verification(BaseModel):
+    ok: bool
+    checked: int
+    first_seq: int | None
+    last_seq: int | None
+    checkpoint_id: str | None
+    bad_seq: int | None
+    bad_id: str | None
+    reason: str | None
+
+
+def _filters(
+    actor: ShortText = None,
+    action: ShortText = None,
+    object_type: ShortText = None,
+    object_id: ShortText = None,
+    outcome: ShortText = None,
+    since: Annotated[AwareDatetime | None, Query()] = None,
+    until: Annotated[AwareDatetime | None, Query()] = None,
+) -> AuditFilter:
+    return AuditFilter(actor, action, object_type, object_id, outcome, since, until)
+
+
+def _runtime(request: Request) -> Runtime:
+    runtime: Runtime = request.app.state.runtime
+    return runtime
+
+
+@router.get("/records")
+async def list_records(
+    principal: Auditor,
+    request: Request,
+    actor: ShortText = None,
+    action: ShortText = None,
+    object_type: ShortText = None,
+    object_id: ShortText = None,
+    outcome: ShortText = None,
+    since: Annotated[AwareDatetime | None, Query()] = None,
+    until: Annotated[AwareDatetime | None, Query()] = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 100,
+    cursor: Annotated[str | None, Query(max_length=64)] = None,
+) -> AuditPage:
+    """Newest first; filters combine. `action` ending in `.*` matches a prefix (`user.*`)."""
+    filters = _filters(actor, action, object_type, object_id, outcome, since, until)
+    async with _runtime(request).database.session() as session:
+        page = await search(session, filters, limit=limit, cursor=cursor)
+    return AuditPage(items=[AuditRecordOut.of(row) for row in page.items], next_cursor=page.next_cursor)
+
+
+@router.get("/export", response_class=StreamingResponse)
+async def export(
+    principal: Auditor,
+    request: Request,
+    format: Annotated[Literal["jsonl", "csv"], Query()] = "jsonl",
+    actor: ShortText = None,
+    action: ShortText = None,
+    object_type: ShortText = None,
+    object_id: ShortText = None,
+    outcome: ShortText = None,
+    since: Annotated[AwareDatetime | None, Query()] = None,
+    until: Annotated[AwareDatetime | None, Query()] = None,
+) -> StreamingResponse:
+    """The matching records, oldest first, streamed as JSON lines or CSV. The export is itself audited."""
+    runtime = _runtime(request)
+    filters = _filters(actor, action, object_type, object_id, outcome, since, until)
+    filter_conditions(filters)  # a malformed filter fails here, before any output
+    async with runtime.database.transaction() as session:
+        await record(
+            session,
+            actor=principal.actor,
+            action="audit.exported",
+            object_type="audit_log",
+            object_id=None,
+            details={
+                "format": format,
+                "filters": {k: str(v) for k, v in vars(filters).items() if v is not None},
+            },
+        )
+    body: AsyncIterator[str] = (
+        export_csv(runtime.database, filters) if format == "csv" else export_jsonl(runtime.database, filters)
+    )
+    media_type = "text/csv; charset=utf-8" if format == "csv" else "application/x-ndjson"
+    filename = f"fleetkeeper-audit.{format}"
+    return StreamingResponse(
+        body, media_type=media_type, headers={"content-disposition": f'attachment; filename="{filename}"'}
+    )
+
+
+@router.get("/verification")
+async def verification(principal: Auditor, request: Request) -> Verification:
+    """Recomputes the whole chain (from the newest retention checkpoint) and names the first record
+    that does not fit."""
+    runtime = _runtime(request)
+    key = await asyncio.to_thread(load_checkpoint_public_key, checkpoint_key_path(runtime.settings.data_dir))
+    result = await verify(runtime.database, checkpoint_key=key)
+    return Verification(
+        ok=result.ok,
+        checked=result.checked,
+        first_seq=result.first_seq,
+        last_seq=result.last_seq,
+        checkpoint_id=result.checkpoint_id,
+        bad_seq=result.bad_seq,
+        bad_id=result.bad_id,
+        reason=result.reason,
+    )
