@@ -52,6 +52,12 @@ async def test_any_changed_column_is_caught(database: Database, chain: list[str]
     assert result.reason == V.ALTERED
 
 
+async def test_a_value_of_the_wrong_type_is_caught(database: Database, chain: list[str]) -> None:
+    await execute(database, "UPDATE audit_records SET actor_id = 42 WHERE seq = 2")  # PostgreSQL casts it
+    result = await verify(database)
+    assert (result.ok, result.bad_seq, result.reason) == (False, 2, V.ALTERED)
+
+
 async def test_a_deleted_middle_record_is_caught_after_the_gap(database: Database, chain: list[str]) -> None:
     await execute(database, "DELETE FROM audit_records WHERE seq = 3")
     result = await verify(database)
@@ -167,6 +173,12 @@ def test_the_hash_covers_every_field_in_the_documented_format() -> None:
     assert format_time(fields["occurred_at"]) == "2026-01-02T03:04:05.000000Z"  # type: ignore[arg-type]
     ours = record_hash(**{**fields, "occurred_at": format_time(fields["occurred_at"])})  # type: ignore[arg-type]
     assert ours == documented_hash(fields)
+    # Text that JSON must escape, or must not: quotes, backslashes, controls, non-ASCII, separators.
+    for tricky in ['a"b', "back\\slash", "tab\tnew\nline\x00\x1f", "ü€𝄞", "\u2028\u2029", "</script>", ""]:
+        odd = dict(fields, actor_name=tricky, details=tricky, object_id=tricky)
+        assert record_hash(**{**odd, "occurred_at": format_time(fields["occurred_at"])}) == documented_hash(
+            odd
+        )  # type: ignore[arg-type]
     for name in fields:
         changed = dict(fields, **{name: "changed" if name != "seq" else 2})
         if name == "occurred_at":

@@ -187,9 +187,10 @@ def filter_conditions(filters: AuditFilter) -> list[ColumnElement[bool]]:
     if filters.actor is not None:
         conditions.append(or_(AuditRecord.actor_id == filters.actor, AuditRecord.actor_name == filters.actor))
     if filters.action is not None:
-        if filters.action.endswith(".*"):
-            if not _ACTION_PREFIX.fullmatch(filters.action):
-                raise ProblemError(f"action pattern {filters.action!r} is malformed", code="invalid_filter")
+        prefix = filters.action.endswith(".*")
+        if not (_ACTION_PREFIX if prefix else _ACTION).fullmatch(filters.action):
+            raise ProblemError(f"action filter {filters.action!r} is malformed", code="invalid_filter")
+        if prefix:
             # autoescape: "_" is a LIKE wildcard and is allowed in action names.
             conditions.append(AuditRecord.action.startswith(filters.action[:-1], autoescape=True))
         else:

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from fleetkeeper.audit.chain import GENESIS_HASH, format_time, record_hash
+from fleetkeeper.audit.chain import GENESIS_HASH, record_hash
 from fleetkeeper.audit.checkpoints import signature_valid
 from fleetkeeper.audit.models import AuditCheckpoint, AuditHead, AuditRecord
 from fleetkeeper.core.db import Database
@@ -28,22 +30,44 @@ CHECKPOINT_STALE = "checkpoint mismatch (records the checkpoint says were delete
 
 BATCH_SIZE = 5000
 
-_COLUMNS = (
-    AuditRecord.seq,
-    AuditRecord.id,
-    AuditRecord.occurred_at,
-    AuditRecord.actor_kind,
-    AuditRecord.actor_id,
-    AuditRecord.actor_name,
-    AuditRecord.actor_address,
-    AuditRecord.action,
-    AuditRecord.object_type,
-    AuditRecord.object_id,
-    AuditRecord.outcome,
-    AuditRecord.details,
-    AuditRecord.prev_hash,
-    AuditRecord.hash,
+
+# Batches are read straight from the driver, as plain tuples: SQLAlchemy's result layer costs as much
+# per row as hashing it. The columns are the hashed fields in record_hash's order, then the stored
+# hash; the database formats the time as the hashed text (parsing it into a datetime and back would
+# cost as much again).
+_BATCH_QUERY = (
+    "SELECT seq, id, {time}, actor_kind, actor_id, actor_name, actor_address, action, object_type, "
+    "object_id, outcome, details, prev_hash, hash FROM audit_records WHERE seq > {after} ORDER BY seq "
+    "LIMIT {limit}"
 )
+# SQLAlchemy stores SQLite times as "YYYY-MM-DD HH:MM:SS.ffffff", in UTC (core.db.UTCDateTime).
+_SQLITE_BATCH = _BATCH_QUERY.format(time="replace(occurred_at, ' ', 'T') || 'Z'", after="?", limit="?")
+_POSTGRES_BATCH = _BATCH_QUERY.format(
+    time="""to_char(occurred_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')""",
+    after="$1",
+    limit="$2",
+)
+_BEFORE_ANY_SEQ = -(2**63)  # forged records with seq 0 or below are read too
+
+BatchReader = Callable[[int], Awaitable[Sequence[Sequence[Any]]]]
+
+
+async def _batch_reader(connection: AsyncConnection, size: int) -> BatchReader:
+    """Reads the records after a seq, inside the connection's transaction (already begun)."""
+    driver: Any = (await connection.get_raw_connection()).driver_connection
+    if connection.dialect.name == "postgresql":
+
+        async def postgres(after: int) -> Sequence[Sequence[Any]]:
+            rows: Sequence[Sequence[Any]] = await driver.fetch(_POSTGRES_BATCH, after, size)
+            return rows
+
+        return postgres
+
+    async def sqlite(after: int) -> Sequence[Sequence[Any]]:
+        rows: Sequence[Sequence[Any]] = await driver.execute_fetchall(_SQLITE_BATCH, (after, size))
+        return rows
+
+    return sqlite
 
 
 @dataclass(frozen=True)
@@ -90,6 +114,8 @@ class _Walk:
         self.last_hash = GENESIS_HASH
 
     async def run(self) -> VerifyResult:
+        # Read through SQLAlchemy first: that begins the transaction (the snapshot) which the batch
+        # reads on the driver connection then share.
         head_row = (
             await self.connection.execute(select(AuditHead.seq, AuditHead.hash).where(AuditHead.id == 1))
         ).one_or_none()
@@ -122,65 +148,37 @@ class _Walk:
 
     async def _records(self, expected_seq: int, prev_hash: str) -> int:
         """Checks every record; returns the last seq (expected_seq - 1 when there is none)."""
-        after: int | None = None
+        read = await _batch_reader(self.connection, self.batch_size)
+        after = _BEFORE_ANY_SEQ
         checked = 0
-        while True:
-            query = select(*_COLUMNS).order_by(AuditRecord.seq).limit(self.batch_size)
-            if after is not None:
-                query = query.where(AuditRecord.seq > after)
-            rows = (await self.connection.execute(query)).all()
-            # The lean inner loop: a million records must verify in a few seconds.
-            for row in rows:
-                (
-                    seq,
-                    id_,
-                    at,
-                    kind,
-                    actor_id,
-                    name,
-                    address,
-                    action,
-                    otype,
-                    oid,
-                    outcome,
-                    details,
-                    prev,
-                    hash_,
-                ) = row
-                if seq != expected_seq:
-                    self.checked = checked
-                    raise _BrokenError(seq, id_, self._sequence_problem(seq, expected_seq))
-                computed = record_hash(
-                    seq=seq,
-                    id=id_,
-                    occurred_at=format_time(at),
-                    actor_kind=kind,
-                    actor_id=actor_id,
-                    actor_name=name,
-                    actor_address=address,
-                    action=action,
-                    object_type=otype,
-                    object_id=oid,
-                    outcome=outcome,
-                    details=details,
-                    prev_hash=prev,
-                )
-                if computed != hash_:
-                    self.checked = checked
-                    raise _BrokenError(seq, id_, ALTERED)
-                if prev != prev_hash:
-                    self.checked = checked
-                    first_after_checkpoint = checked == 0 and self.checkpoint is not None
-                    raise _BrokenError(seq, id_, CHECKPOINT_ANCHOR if first_after_checkpoint else LINK)
-                if checked == 0:
-                    self.first_seq = seq
-                prev_hash = hash_
-                expected_seq += 1
-                checked += 1
-            if len(rows) < self.batch_size:
-                break
-            after = rows[-1][0]
-        self.checked = checked
+        try:
+            while True:
+                rows = await read(after)
+                # The lean inner loop: a million records must verify in a few seconds.
+                for row in rows:
+                    seq = row[0]
+                    if seq != expected_seq:
+                        raise _BrokenError(seq, row[1], self._sequence_problem(seq, expected_seq))
+                    try:
+                        computed = record_hash(*row[:13])
+                    except (TypeError, ValueError):
+                        # A value of the wrong type, which SQLite's loose columns let a forger store.
+                        computed = None
+                    if computed != row[13]:
+                        raise _BrokenError(seq, row[1], ALTERED)
+                    if row[12] != prev_hash:
+                        first_after_checkpoint = checked == 0 and self.checkpoint is not None
+                        raise _BrokenError(seq, row[1], CHECKPOINT_ANCHOR if first_after_checkpoint else LINK)
+                    if checked == 0:
+                        self.first_seq = seq
+                    prev_hash = row[13]
+                    expected_seq += 1
+                    checked += 1
+                if len(rows) < self.batch_size:
+                    break
+                after = rows[-1][0]
+        finally:
+            self.checked = checked
         self.last_hash = prev_hash
         return expected_seq - 1
 
