@@ -10,9 +10,11 @@ import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import httpx2
@@ -346,15 +348,35 @@ def load_cert(path: Path) -> x509.Certificate:
 ADMIN_PASSWORD = "correct horse battery staple 42"
 
 
+RuntimeFactory = Callable[..., Awaitable[Runtime]]
+
+
 @pytest.fixture
-async def runtime(database: Database, tmp_path: Path) -> AsyncIterator[Runtime]:
+async def runtime_factory(database: Database, tmp_path: Path) -> AsyncIterator[RuntimeFactory]:
+    """Starts a server's shared state on the test database, as `fleetkeeper serve` would, with
+    any settings overridden."""
+    started: list[Runtime] = []
+
+    async def start(**overrides: Any) -> Runtime:
+        settings = load_settings(
+            data_dir=tmp_path / "data",
+            database_url=database.url,
+            device_server_names=["localhost"],
+            **overrides,
+        )
+        runtime = await Runtime.start(settings)
+        started.append(runtime)
+        return runtime
+
+    yield start
+    for runtime in started:
+        await runtime.close()
+
+
+@pytest.fixture
+async def runtime(runtime_factory: RuntimeFactory) -> Runtime:
     """A server's shared state on the test database, as `fleetkeeper serve` would start it."""
-    settings = load_settings(
-        data_dir=tmp_path / "data", database_url=database.url, device_server_names=["localhost"]
-    )
-    started = await Runtime.start(settings)
-    yield started
-    await started.close()
+    return await runtime_factory()
 
 
 @dataclass
@@ -364,6 +386,7 @@ class Api:
     client: httpx2.AsyncClient
     runtime: Runtime
     admin_one_time_password: str
+    admin_password_changed: bool = False
 
     async def sign_in(self, username: str, password: str, **extra: str) -> dict[str, object]:
         response = await self.client.post(
@@ -375,10 +398,7 @@ class Api:
 
     async def admin_headers(self) -> dict[str, str]:
         """Signs the first admin in, changing the one-time password the first time."""
-        response = await self.client.post(
-            "/api/v1/auth/sign-in", json={"username": "admin", "password": ADMIN_PASSWORD}
-        )
-        if response.status_code != 200:
+        if not self.admin_password_changed:
             first = await self.sign_in("admin", self.admin_one_time_password)
             changed = await self.client.post(
                 "/api/v1/me/password",
@@ -386,11 +406,8 @@ class Api:
                 headers=bearer(first),
             )
             assert changed.status_code == 204, changed.text
-            response = await self.client.post(
-                "/api/v1/auth/sign-in", json={"username": "admin", "password": ADMIN_PASSWORD}
-            )
-        assert response.status_code == 200, response.text
-        return bearer(response.json())
+            self.admin_password_changed = True
+        return bearer(await self.sign_in("admin", ADMIN_PASSWORD))
 
     async def create_user(
         self, username: str, password: str, roles: list[dict[str, object]] | None = None
@@ -419,10 +436,17 @@ def bearer(tokens: dict[str, object] | str) -> dict[str, str]:
     return {"authorization": f"Bearer {token}"}
 
 
-@pytest.fixture
-async def api(runtime: Runtime) -> AsyncIterator[Api]:
+@asynccontextmanager
+async def api_for(runtime: Runtime) -> AsyncIterator[Api]:
+    """The management app of `runtime` in process, reached from a fixed client address."""
     assert runtime.first_admin_password, "the test database starts without users"
     app = create_management_app(runtime)
     transport = httpx2.ASGITransport(app=app, client=("203.0.113.7", 40000))
     async with httpx2.AsyncClient(transport=transport, base_url="http://testserver") as client:
         yield Api(client, runtime, runtime.first_admin_password)
+
+
+@pytest.fixture
+async def api(runtime: Runtime) -> AsyncIterator[Api]:
+    async with api_for(runtime) as client:
+        yield client

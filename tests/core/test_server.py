@@ -88,8 +88,14 @@ def test_openapi_is_served(running_server: RunningServer) -> None:
 
 
 async def test_first_admin_must_change_the_password(database: Database) -> None:
-    from fleetkeeper.access.service import FIRST_ADMIN_USERNAME, ensure_first_admin
+    from fleetkeeper.access.service import (
+        FIRST_ADMIN_USERNAME,
+        ensure_first_admin,
+        sync_builtin_roles,
+        user_role_names,
+    )
 
+    await sync_builtin_roles(database)
     password = await ensure_first_admin(database)
     assert password
     assert await ensure_first_admin(database) is None
@@ -97,6 +103,8 @@ async def test_first_admin_must_change_the_password(database: Database) -> None:
         admin = (await session.scalars(select(User))).one()
     assert admin.username == FIRST_ADMIN_USERNAME
     assert admin.must_change_password
+    async with database.session() as session:
+        assert await user_role_names(session, admin.id) == ["admin"]
     assert admin.password_hash
     assert admin.password_hash.startswith("$argon2id$")
     assert await verify_password(admin.password_hash, password)
@@ -106,8 +114,9 @@ async def test_first_admin_must_change_the_password(database: Database) -> None:
 async def test_replicas_starting_together_make_one_admin(database: Database) -> None:
     import asyncio
 
-    from fleetkeeper.access.service import ensure_first_admin
+    from fleetkeeper.access.service import ensure_first_admin, sync_builtin_roles
 
+    await asyncio.gather(*(sync_builtin_roles(database) for _ in range(2)))
     results = await asyncio.gather(*(ensure_first_admin(database) for _ in range(4)))
     assert sum(1 for result in results if result) == 1
     async with database.session() as session:
