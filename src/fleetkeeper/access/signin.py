@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -161,14 +161,7 @@ class SignIn:
             )
             session.add(sign_in)
             await session.flush()
-            token = RefreshToken(
-                id=new_id("rft"),
-                session_id=sign_in.id,
-                token_hash=hash_secret(refresh_secret),
-                created_at=now,
-                expires_at=min(now + REFRESH_TOKEN_TTL, sign_in.expires_at),
-            )
-            session.add(token)
+            token = _add_refresh_token(session, sign_in, refresh_secret, now)
             pending = await pending_actions(session, stored)
             await record(
                 session,
@@ -223,20 +216,27 @@ class SignIn:
             else:
                 reused = False
                 new_secret_value = new_secret()
-                successor = RefreshToken(
-                    id=new_id("rft"),
-                    session_id=sign_in.id,
-                    token_hash=hash_secret(new_secret_value),
-                    created_at=now,
-                    expires_at=min(now + REFRESH_TOKEN_TTL, sign_in.expires_at),
-                )
-                session.add(successor)
+                successor = _add_refresh_token(session, sign_in, new_secret_value, now)
                 sign_in.last_used_at = now
                 pending = await pending_actions(session, user)
         if reused:
             raise invalid
         access, expires = await self.keyring.issue_access_token(user.id, sign_in.id, pending)
         return TokenPair(access, expires, f"{successor.id}.{new_secret_value}", sign_in.id, pending)
+
+
+def _add_refresh_token(
+    session: AsyncSession, sign_in: SignInSession, secret: str, now: datetime
+) -> RefreshToken:
+    token = RefreshToken(
+        id=new_id("rft"),
+        session_id=sign_in.id,
+        token_hash=hash_secret(secret),
+        created_at=now,
+        expires_at=min(now + REFRESH_TOKEN_TTL, sign_in.expires_at),
+    )
+    session.add(token)
+    return token
 
 
 async def list_sessions(session: AsyncSession, user_id: str) -> Sequence[SignInSession]:

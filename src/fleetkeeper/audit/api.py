@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import StreamingResponse
 from pydantic import AwareDatetime, BaseModel
 
@@ -87,7 +87,13 @@ def _filters(
     since: Annotated[AwareDatetime | None, Query()] = None,
     until: Annotated[AwareDatetime | None, Query()] = None,
 ) -> AuditFilter:
-    return AuditFilter(actor, action, object_type, object_id, outcome, since, until)
+    """The query parameters both search and export take; a malformed one fails before any work."""
+    filters = AuditFilter(actor, action, object_type, object_id, outcome, since, until)
+    filter_conditions(filters)
+    return filters
+
+
+Filters = Annotated[AuditFilter, Depends(_filters)]
 
 
 def _runtime(request: Request) -> Runtime:
@@ -99,18 +105,11 @@ def _runtime(request: Request) -> Runtime:
 async def list_records(
     principal: Auditor,
     request: Request,
-    actor: ShortText = None,
-    action: ShortText = None,
-    object_type: ShortText = None,
-    object_id: ShortText = None,
-    outcome: ShortText = None,
-    since: Annotated[AwareDatetime | None, Query()] = None,
-    until: Annotated[AwareDatetime | None, Query()] = None,
+    filters: Filters,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
     cursor: Annotated[str | None, Query(max_length=64)] = None,
 ) -> AuditPage:
     """Newest first; filters combine. `action` ending in `.*` matches a prefix (`user.*`)."""
-    filters = _filters(actor, action, object_type, object_id, outcome, since, until)
     async with _runtime(request).database.session() as session:
         page = await search(session, filters, limit=limit, cursor=cursor)
     return AuditPage(items=[AuditRecordOut.of(row) for row in page.items], next_cursor=page.next_cursor)
@@ -120,19 +119,11 @@ async def list_records(
 async def export(
     principal: Auditor,
     request: Request,
+    filters: Filters,
     format: Annotated[Literal["jsonl", "csv"], Query()] = "jsonl",
-    actor: ShortText = None,
-    action: ShortText = None,
-    object_type: ShortText = None,
-    object_id: ShortText = None,
-    outcome: ShortText = None,
-    since: Annotated[AwareDatetime | None, Query()] = None,
-    until: Annotated[AwareDatetime | None, Query()] = None,
 ) -> StreamingResponse:
     """The matching records, oldest first, streamed as JSON lines or CSV. The export is itself audited."""
     runtime = _runtime(request)
-    filters = _filters(actor, action, object_type, object_id, outcome, since, until)
-    filter_conditions(filters)  # a malformed filter fails here, before any output
     async with runtime.database.transaction() as session:
         await record(
             session,
