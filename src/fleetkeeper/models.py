@@ -6,5 +6,6 @@ from __future__ import annotations
 def load_all_models() -> None:
     from fleetkeeper.access import models as access_models
     from fleetkeeper.audit import models as audit_models
+    from fleetkeeper.devices import models as device_models
 
-    del access_models, audit_models
+    del access_models, audit_models, device_models

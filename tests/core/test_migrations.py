@@ -95,3 +95,29 @@ async def test_db_upgrade_and_current_commands(backend: str, fresh_database_url:
     current = await run_fleetkeeper_async("db", "current", "--database-url", url)
     assert current.returncode == 0
     assert current.stdout.startswith("at head")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+async def test_models_match_the_migrations(backend: str, fresh_database_url: FreshDatabaseUrl) -> None:
+    """Every table change has its migration: autogenerate finds nothing left to do."""
+    from alembic.autogenerate import compare_metadata
+    from alembic.runtime.migration import MigrationContext
+    from sqlalchemy.engine import Connection
+
+    from fleetkeeper.core.db import Base
+    from fleetkeeper.models import load_all_models
+
+    load_all_models()
+    url = await fresh_database_url(backend)
+    await upgrade_async(url)
+
+    def differences(connection: Connection) -> list[object]:
+        context = MigrationContext.configure(connection, opts={"compare_type": True})
+        return list(compare_metadata(context, Base.metadata))
+
+    database = Database(url)
+    try:
+        async with database.engine.connect() as connection:
+            assert await connection.run_sync(differences) == []
+    finally:
+        await database.dispose()
