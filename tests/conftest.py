@@ -450,3 +450,17 @@ async def api_for(runtime: Runtime) -> AsyncIterator[Api]:
 async def api(runtime: Runtime) -> AsyncIterator[Api]:
     async with api_for(runtime) as client:
         yield client
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _cheap_password_hashing() -> Iterator[None]:
+    """In-process tests hash with argon2id's smallest parameters: the suite creates hundreds of
+    accounts. Servers started as subprocesses keep the production parameters."""
+    from argon2 import PasswordHasher
+
+    from fleetkeeper.access import passwords
+
+    production = passwords._hasher
+    passwords._hasher = PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1)
+    yield
+    passwords._hasher = production

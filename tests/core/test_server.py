@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import stat
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -53,8 +54,13 @@ def test_request_ids_in_the_log(running_server: RunningServer) -> None:
         f"{running_server.management_url}/healthz", headers={"x-request-id": "logged-req-0001"}
     )
     assert response.status_code == 200
-    log = (running_server.data_dir.parent / f"{running_server.data_dir.name}.server.log").read_text()
-    lines = [line for line in log.splitlines() if "logged-req-0001" in line]
+    log_path = running_server.data_dir.parent / f"{running_server.data_dir.name}.server.log"
+    # The access line is written once the response has gone out: give the server a moment.
+    for _ in range(50):
+        lines = [line for line in log_path.read_text().splitlines() if "logged-req-0001" in line]
+        if lines:
+            break
+        time.sleep(0.1)
     assert lines
     assert '"path": "/healthz"' in lines[0]
 

@@ -18,8 +18,11 @@ from fleetkeeper.access.passwords import (
     hash_password,
     verify_password,
 )
-from fleetkeeper.access.permissions import BUILTIN_ROLES, GrantSet, Permission
-from fleetkeeper.access.principal import Principal
+from fleetkeeper.access.permissions import BUILTIN_ROLES, GrantSet
+
+# Other domains reach access through this module: these are part of its interface.
+from fleetkeeper.access.permissions import Permission as Permission
+from fleetkeeper.access.principal import Principal as Principal
 from fleetkeeper.audit.service import SYSTEM, record
 from fleetkeeper.core.db import Database, utcnow
 from fleetkeeper.core.errors import ConflictError, ForbiddenError, NotFoundError, ProblemError

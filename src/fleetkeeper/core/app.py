@@ -16,8 +16,6 @@ from fleetkeeper.core.peer import DeviceCertificateGate
 from fleetkeeper.core.requestid import RequestIdMiddleware
 from fleetkeeper.core.runtime import Runtime
 
-# Reached on the device listener without a client certificate. Everything else needs one.
-DEVICE_PUBLIC_PATHS: frozenset[str] = frozenset()
 # FastAPI's own documentation routes: public, and the only routes that declare no access rule.
 FRAMEWORK_PUBLIC_PATHS = frozenset({"/api/docs", "/api/openapi.json"})
 
@@ -26,8 +24,9 @@ def management_routers() -> list[APIRouter]:
     from fleetkeeper.access.api import router as access_router
     from fleetkeeper.access.auth_api import auth_router, me_router
     from fleetkeeper.audit.api import router as audit_router
+    from fleetkeeper.devices.admin_api import router as devices_router
 
-    return [health_router, auth_router, me_router, access_router, audit_router]
+    return [health_router, auth_router, me_router, access_router, audit_router, devices_router]
 
 
 def device_routers() -> list[APIRouter]:
@@ -79,5 +78,7 @@ def create_device_app(runtime: Runtime) -> FastAPI:
         redoc_url=None,
         openapi_url=None,
     )
-    app.add_middleware(DeviceCertificateGate, public_paths=DEVICE_PUBLIC_PATHS)
+    from fleetkeeper.devices.api import PUBLIC_PATHS
+
+    app.add_middleware(DeviceCertificateGate, public_paths=PUBLIC_PATHS)
     return _finish(app, runtime, "device", device_routers())

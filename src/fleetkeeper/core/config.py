@@ -43,6 +43,12 @@ class Settings(BaseSettings):
         description="DNS names and IP addresses in the device listener's certificate",
     )
 
+    device_certificate_days: int = Field(default=30, ge=1, le=397, description="device certificate validity")
+    device_key_rotation: Literal["automatic", "approval"] = Field(
+        default="automatic", description="whether a device's new key needs an operator's approval"
+    )
+    enrollment_limit_per_address: str = Field(default="60/minute")
+
     trusted_proxies: list[str] = Field(
         default_factory=list,
         description="addresses of reverse proxies whose X-Forwarded-For names the client",
@@ -91,7 +97,12 @@ class Settings(BaseSettings):
             raise ValueError("needs at least one non-empty DNS name or IP address")
         return names
 
-    @field_validator("sign_in_limit_per_address", "sign_in_limit_per_account", "api_limit_per_principal")
+    @field_validator(
+        "sign_in_limit_per_address",
+        "sign_in_limit_per_account",
+        "api_limit_per_principal",
+        "enrollment_limit_per_address",
+    )
     @classmethod
     def _rate_limit(cls, value: str) -> str:
         from limits import parse

@@ -31,14 +31,14 @@ def write_private_key(path: Path, key: ec.EllipticCurvePrivateKey | ed25519.Ed25
     pem = key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
-    _write_atomic(path, pem, mode=0o600)
+    write_bytes_atomic(path, pem, mode=0o600)
 
 
 def write_certificate(path: Path, certificate: x509.Certificate) -> None:
-    _write_atomic(path, certificate.public_bytes(serialization.Encoding.PEM), mode=0o644)
+    write_bytes_atomic(path, certificate.public_bytes(serialization.Encoding.PEM), mode=0o644)
 
 
-def _write_atomic(path: Path, data: bytes, mode: int) -> None:
+def write_bytes_atomic(path: Path, data: bytes, mode: int) -> None:
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
     try:
@@ -174,6 +174,11 @@ class PkiPaths:
     @property
     def device_listener_cert(self) -> Path:
         return self.directory / "device-listener.crt"
+
+    @property
+    def crl(self) -> Path:
+        """The CA's revocation list, PEM: also usable as Mosquitto's crlfile."""
+        return self.directory / "crl.pem"
 
 
 def load_or_create_ca(paths: PkiPaths) -> tuple[CertificateAuthority, bool]:

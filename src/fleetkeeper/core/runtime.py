@@ -9,7 +9,13 @@ from fleetkeeper.core.config import Settings
 from fleetkeeper.core.db import Database
 from fleetkeeper.core.logging import get_logger
 from fleetkeeper.core.migrations import migration_state, upgrade_async
-from fleetkeeper.core.pki import PkiPaths, ensure_device_listener_certificate, load_or_create_ca
+from fleetkeeper.core.pki import (
+    CertificateAuthority,
+    PkiPaths,
+    ensure_device_listener_certificate,
+    load_or_create_ca,
+)
+from fleetkeeper.core.tls import DeviceListenerTls
 
 if TYPE_CHECKING:
     from fleetkeeper.access.oidc import OidcClient
@@ -28,6 +34,8 @@ class Runtime:
     settings: Settings
     database: Database
     pki: PkiPaths
+    ca: CertificateAuthority
+    device_tls: DeviceListenerTls
     keyring: KeyRing
     rate_limiter: RateLimiter
     oidc: OidcClient
@@ -40,6 +48,7 @@ class Runtime:
         from fleetkeeper.access.service import ensure_first_admin, sync_builtin_roles
         from fleetkeeper.access.tokens import KeyRing
         from fleetkeeper.core.ratelimit import RateLimiter
+        from fleetkeeper.devices.certificates import publish_crl
 
         settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         database = Database(settings.resolved_database_url)
@@ -48,6 +57,10 @@ class Runtime:
             pki = PkiPaths(settings.data_dir / "pki")
             ca, created_ca = load_or_create_ca(pki)
             ensure_device_listener_certificate(pki, ca, settings.device_server_names)
+            number, _ = await publish_crl(database, ca, pki)
+            device_tls = DeviceListenerTls(
+                pki.device_listener_cert, pki.device_listener_key, pki.ca_cert, pki.crl, crl_number=number
+            )
             await sync_builtin_roles(database)
             password = await ensure_first_admin(database)
         except BaseException:
@@ -57,6 +70,8 @@ class Runtime:
             settings,
             database,
             pki,
+            ca=ca,
+            device_tls=device_tls,
             keyring=KeyRing(database),
             rate_limiter=RateLimiter(settings.rate_limit_storage),
             oidc=OidcClient(settings),

@@ -7,7 +7,7 @@ import contextlib
 import signal
 import ssl
 import sys
-from collections.abc import Callable, Generator
+from collections.abc import Awaitable, Callable, Generator
 from typing import Any
 
 import uvicorn
@@ -21,7 +21,6 @@ from fleetkeeper.core.runtime import Runtime
 from fleetkeeper.core.tls import (
     TLSHttpProtocol,
     TLSWebSocketProtocol,
-    device_listener_ssl_context,
     management_ssl_context,
 )
 
@@ -67,25 +66,37 @@ def _listener_configs(runtime: Runtime) -> tuple[uvicorn.Config, uvicorn.Config]
         **management_tls,
         **common,
     )
-    pki = runtime.pki
     device = uvicorn.Config(
         create_device_app(runtime),
         host=settings.device_host,
         port=settings.device_port,
         http=TLSHttpProtocol,
         ws=TLSWebSocketProtocol,
-        ssl_context_factory=_context_factory(
-            lambda: device_listener_ssl_context(
-                pki.device_listener_cert, pki.device_listener_key, pki.ca_cert
-            )
-        ),
+        ssl_context_factory=_context_factory(lambda: runtime.device_tls.context),
         **common,
     )
     return management, device
 
 
+# Each process keeps its device listener's CRL current (revocations on other replicas, and the
+# CRL's own next-update time).
+CRL_RELOAD_INTERVAL = 30.0
+
+
+async def _every(interval: float, name: str, job: Callable[[], Awaitable[object]]) -> None:
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            await job()
+        except Exception:
+            log.exception("background job failed", job=name)
+
+
 async def serve(settings: Settings) -> None:
+    from fleetkeeper.devices.certificates import reload_crl
+
     runtime = await Runtime.start(settings)
+    background = [asyncio.create_task(_every(CRL_RELOAD_INTERVAL, "crl", lambda: reload_crl(runtime)))]
     try:
         management, device = (_Listener(config) for config in _listener_configs(runtime))
         listeners = [management, device]
@@ -102,6 +113,8 @@ async def serve(settings: Settings) -> None:
             _print_banner(runtime, management.bound_port(), device.bound_port())
         await asyncio.gather(*tasks)
     finally:
+        for task in background:
+            task.cancel()
         await runtime.close()
 
 

@@ -32,20 +32,32 @@ if not uvicorn.__version__.startswith(SHIM_WRITTEN_FOR_UVICORN + "."):
     )
 
 
-def device_listener_ssl_context(cert: Path, key: Path, client_ca: Path) -> ssl.SSLContext:
-    """Client certificates signed by the fleet CA are verified in the handshake.
+class DeviceListenerTls:
+    """The device listener's TLS context: client certificates signed by the fleet CA are verified
+    in the handshake, against the CA's certificate revocation list.
 
     A certificate is optional at the TLS layer so that enrollment (which has none yet) can reach
     its public route; every other route refuses a request without one (see DeviceCertificateGate).
-    A certificate that is presented but from another CA, expired or not yet valid fails the handshake.
+    A certificate that is presented but from another CA, expired, not yet valid or revoked fails
+    the handshake.
     """
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    context.load_cert_chain(certfile=cert, keyfile=key)
-    context.load_verify_locations(cafile=client_ca)
-    context.verify_mode = ssl.CERT_OPTIONAL
-    context.verify_flags |= ssl.VERIFY_X509_STRICT
-    return context
+
+    def __init__(self, cert: Path, key: Path, client_ca: Path, crl: Path, crl_number: int) -> None:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        context.load_cert_chain(certfile=cert, keyfile=key)
+        context.load_verify_locations(cafile=client_ca)
+        context.verify_mode = ssl.CERT_OPTIONAL
+        context.verify_flags |= ssl.VERIFY_X509_STRICT | ssl.VERIFY_CRL_CHECK_LEAF
+        self.context = context
+        self.crl_number = -1
+        self.load_crl(crl, number=crl_number)
+
+    def load_crl(self, crl: Path, *, number: int) -> None:
+        """Adds a newer CRL (a PEM file) to the live context: OpenSSL checks new handshakes against
+        the most recent CRL of the issuer it holds, so revocations apply without a restart."""
+        self.context.load_verify_locations(cafile=crl)
+        self.crl_number = number
 
 
 def management_ssl_context(cert: Path, key: Path) -> ssl.SSLContext:

@@ -1,15 +1,127 @@
-"""Device listener routes."""
+"""Device listener routes (docs/device-api.md)."""
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, WebSocket
+from fastapi import APIRouter, Body, Depends, Request, Response, WebSocket
 from pydantic import BaseModel
+from sqlalchemy import select
+from starlette.requests import HTTPConnection
 
+from fleetkeeper.core.errors import UnauthenticatedError
 from fleetkeeper.core.peer import PeerCertificate, require_peer_certificate
+from fleetkeeper.core.routeaccess import AccessRule, mark, public_dependency
+from fleetkeeper.core.runtime import Runtime
+from fleetkeeper.devices import enrollment, service
+from fleetkeeper.devices.models import Device, DeviceCertificate
+from fleetkeeper.devices.schemas import CertificateOut, EnrollmentOut, Envelope, RotationPending
 
 router = APIRouter(prefix="/device/v1", tags=["device"])
+PUBLIC = Depends(public_dependency)
+# The paths the device listener serves without a client certificate (see DeviceCertificateGate).
+PUBLIC_PATHS = frozenset({"/device/v1/enroll", "/device/v1/crl.pem"})
+
+
+def _runtime(connection: HTTPConnection) -> Runtime:
+    runtime: Runtime = connection.app.state.runtime
+    return runtime
+
+
+def _address(connection: HTTPConnection) -> str | None:
+    return connection.client.host if connection.client else None
+
+
+async def _authenticated_device(connection: HTTPConnection) -> Device:
+    """The device whose certificate this is: issued by us, not revoked, device accepted. The TLS
+    layer checks the CA and the CRL; this check also holds before a new CRL is loaded."""
+    peer = require_peer_certificate(connection)
+    runtime = _runtime(connection)
+    async with runtime.database.session() as session:
+        found = (
+            await session.execute(
+                select(Device, DeviceCertificate.revoked_at)
+                .join(DeviceCertificate, DeviceCertificate.device_id == Device.id)
+                .where(DeviceCertificate.serial == format(peer.serial_number, "x"))
+            )
+        ).one_or_none()
+    if found is None or found[0].id != peer.common_name:
+        raise UnauthenticatedError(
+            "this certificate does not belong to a known device", code="unknown_certificate"
+        )
+    device, revoked_at = found
+    if revoked_at is not None:
+        raise UnauthenticatedError("this certificate was revoked", code="certificate_revoked")
+    if device.status != "accepted":
+        raise UnauthenticatedError(f"this device is {device.status}", code="device_not_accepted")
+    await service.touch(runtime.database, device)
+    return device
+
+
+AuthenticatedDevice = Annotated[Device, Depends(mark(AccessRule("device"), _authenticated_device))]
+
+
+def _ca_pem(runtime: Runtime) -> str:
+    return runtime.pki.ca_cert.read_text()
+
+
+@router.post("/enroll", dependencies=[PUBLIC])
+async def enroll(body: Envelope, request: Request, response: Response) -> EnrollmentOut:
+    """A signed enrollment request; send it again (new nonce) to poll or to fetch the certificate."""
+    runtime = _runtime(request)
+    answer = await enrollment.enroll(runtime, body.model_dump(), _address(request))
+    if answer.status != "accepted":
+        response.status_code = 202
+        response.headers["Retry-After"] = str(enrollment.RETRY_AFTER_SECONDS)
+        return EnrollmentOut(
+            device_id=answer.device_id, status=answer.status, retry_after=enrollment.RETRY_AFTER_SECONDS
+        )
+    return EnrollmentOut(
+        device_id=answer.device_id,
+        status="accepted",
+        certificate=answer.certificate,
+        ca_certificate=_ca_pem(runtime),
+        not_after=answer.not_after,
+    )
+
+
+@router.get("/crl.pem", dependencies=[PUBLIC])
+async def crl(request: Request) -> Response:
+    """The fleet CA's certificate revocation list (PEM), as Mosquitto's crlfile wants it."""
+    return Response(_runtime(request).pki.crl.read_bytes(), media_type="application/x-pem-file")
+
+
+@router.post("/certificate/renew")
+async def renew(device: AuthenticatedDevice, request: Request) -> CertificateOut:
+    runtime = _runtime(request)
+    certificate = await enrollment.renew(runtime, device, _address(request))
+    return CertificateOut(
+        certificate=certificate.pem, ca_certificate=_ca_pem(runtime), not_after=certificate.not_after
+    )
+
+
+@router.post("/certificate/rotate", response_model=None)
+async def rotate(
+    device: AuthenticatedDevice, body: Envelope, request: Request, response: Response
+) -> CertificateOut | RotationPending:
+    """A new key, in an envelope signed by it; 202 while an operator's approval is awaited."""
+    runtime = _runtime(request)
+    certificate = await enrollment.rotate(runtime, device, body.model_dump(), _address(request))
+    if certificate is None:
+        response.status_code = 202
+        return RotationPending()
+    return CertificateOut(
+        certificate=certificate.pem, ca_certificate=_ca_pem(runtime), not_after=certificate.not_after
+    )
+
+
+@router.put("/inventory", status_code=204)
+async def inventory(
+    device: AuthenticatedDevice, request: Request, report: Annotated[Any, Body()]
+) -> Response:
+    """The device's latest inventory (limits in docs/device-api.md)."""
+    await service.report_inventory(_runtime(request).database, device.id, report)
+    return Response(status_code=204)
 
 
 class Identity(BaseModel):

@@ -29,6 +29,7 @@ class Device(Base):
     key_fingerprint: Mapped[str] = mapped_column(String(64), unique=True)
     # A new key waiting for an operator's approval (key rotation under the "approval" policy).
     pending_public_key_pem: Mapped[str | None] = mapped_column(Text)
+    pending_key_approved_by: Mapped[str | None] = mapped_column(String(40))
     enrolled_via: Mapped[str] = mapped_column(String(16))  # request | preauthorized | token
     enrollment_token_id: Mapped[str | None] = mapped_column(String(40))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
@@ -116,7 +117,9 @@ class DeviceGroup(Base):
 class GroupMember(Base):
     __tablename__ = "group_members"
 
-    group_id: Mapped[str] = mapped_column(ForeignKey("device_groups.id", ondelete="CASCADE"), primary_key=True)
+    group_id: Mapped[str] = mapped_column(
+        ForeignKey("device_groups.id", ondelete="CASCADE"), primary_key=True
+    )
     device_id: Mapped[str] = mapped_column(
         ForeignKey("devices.id", ondelete="CASCADE"), primary_key=True, index=True
     )

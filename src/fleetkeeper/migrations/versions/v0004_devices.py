@@ -48,6 +48,7 @@ def upgrade() -> None:
         sa.Column("public_key_pem", sa.Text(), nullable=False),
         sa.Column("key_fingerprint", sa.String(length=64), nullable=False),
         sa.Column("pending_public_key_pem", sa.Text(), nullable=True),
+        sa.Column("pending_key_approved_by", sa.String(length=40), nullable=True),
         sa.Column("enrolled_via", sa.String(length=16), nullable=False),
         sa.Column("enrollment_token_id", sa.String(length=40), nullable=True),
         sa.Column("created_at", UTCDateTime(), nullable=False),

@@ -1,0 +1,263 @@
+"""Management routes for devices: the enrollment queue, inventory, tags, groups, tokens, the CA."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Query, Request, Response
+from sqlalchemy import select
+
+from fleetkeeper.access.auth import PUBLIC, requires
+from fleetkeeper.access.service import Permission, Principal
+from fleetkeeper.core.errors import ForbiddenError
+from fleetkeeper.core.runtime import Runtime
+from fleetkeeper.devices import enrollment, service
+from fleetkeeper.devices.models import Device, DeviceCertificate, EnrollmentToken
+from fleetkeeper.devices.schemas import (
+    CertificateInfo,
+    CreatedToken,
+    DeviceDetail,
+    DeviceOut,
+    DevicePageOut,
+    GroupOut,
+    GroupRequest,
+    MembersRequest,
+    PreauthorizeRequest,
+    TagsRequest,
+    TokenOut,
+    TokenRequest,
+)
+
+router = APIRouter(prefix="/api/v1", tags=["devices"])
+Reader = Annotated[Principal, requires(Permission.DEVICES_READ)]
+Manager = Annotated[Principal, requires(Permission.DEVICES_MANAGE)]
+
+
+def _runtime(request: Request) -> Runtime:
+    runtime: Runtime = request.app.state.runtime
+    return runtime
+
+
+@router.get("/devices")
+async def list_devices(
+    principal: Reader,
+    request: Request,
+    filter: Annotated[str | None, Query(max_length=2000)] = None,
+    status: Annotated[
+        Literal["pending", "preauthorized", "accepted", "rejected", "decommissioned"] | None, Query()
+    ] = None,
+    sort: Annotated[service.SortKey, Query()] = "created_at",
+    order: Annotated[Literal["asc", "desc"], Query()] = "asc",
+    limit: Annotated[int, Query(ge=1, le=500)] = 100,
+    cursor: Annotated[str | None, Query(max_length=1000)] = None,
+) -> DevicePageOut:
+    """Devices the caller may read, filtered with the filter language (docs/filters.md);
+    `status=pending` is the enrollment queue."""
+    async with _runtime(request).database.session() as session:
+        page = await service.list_devices(
+            session,
+            principal,
+            filter_expression=filter,
+            sort=sort,
+            descending=order == "desc",
+            limit=limit,
+            cursor=cursor,
+            extra=Device.status == status if status else None,
+        )
+    return DevicePageOut(items=[DeviceOut.of(device) for device in page.items], next_cursor=page.next_cursor)
+
+
+@router.get("/devices/{device_id}")
+async def get_device(device_id: str, principal: Reader, request: Request) -> DeviceDetail:
+    async with _runtime(request).database.session() as session:
+        device = await service.device_for(session, principal, device_id, Permission.DEVICES_READ)
+        groups = sorted(await service.device_group_names(session, device_id))
+        certificates = (
+            await session.scalars(
+                select(DeviceCertificate)
+                .where(DeviceCertificate.device_id == device_id)
+                .order_by(DeviceCertificate.issued_at.desc())
+            )
+        ).all()
+    return DeviceDetail(
+        **DeviceOut.of(device).model_dump(),
+        inventory=device.inventory,
+        groups=groups,
+        certificates=[CertificateInfo.of(row) for row in certificates],
+    )
+
+
+async def _managed(request: Request, principal: Principal, device_id: str) -> Device:
+    async with _runtime(request).database.session() as session:
+        return await service.device_for(session, principal, device_id, Permission.DEVICES_MANAGE)
+
+
+@router.post("/devices/{device_id}/accept")
+async def accept(device_id: str, principal: Manager, request: Request) -> DeviceOut:
+    """Accepts a pending enrollment: the device gets its certificate when it asks next."""
+    device = await _managed(request, principal, device_id)
+    return DeviceOut.of(await enrollment.decide(_runtime(request), principal, device, accept=True))
+
+
+@router.post("/devices/{device_id}/reject")
+async def reject(device_id: str, principal: Manager, request: Request) -> DeviceOut:
+    device = await _managed(request, principal, device_id)
+    return DeviceOut.of(await enrollment.decide(_runtime(request), principal, device, accept=False))
+
+
+@router.post("/devices/{device_id}/decommission")
+async def decommission(device_id: str, principal: Manager, request: Request) -> DeviceOut:
+    """Retires the device: its certificates are revoked and the CRL is published at once."""
+    device = await _managed(request, principal, device_id)
+    await enrollment.decommission(_runtime(request), principal, device)
+    async with _runtime(request).database.session() as session:
+        return DeviceOut.of(await service.get_device(session, device_id))
+
+
+@router.post("/devices/{device_id}/key-rotation/approve", status_code=204)
+async def approve_key_rotation(device_id: str, principal: Manager, request: Request) -> Response:
+    device = await _managed(request, principal, device_id)
+    await enrollment.approve_rotation(_runtime(request), principal, device)
+    return Response(status_code=204)
+
+
+@router.put("/devices/{device_id}/tags")
+async def set_tags(device_id: str, body: TagsRequest, principal: Manager, request: Request) -> DeviceOut:
+    """Replaces the operator's tags (filterable as `tag.<key>`)."""
+    return DeviceOut.of(await service.set_tags(_runtime(request).database, principal, device_id, body.tags))
+
+
+@router.post("/devices/preauthorize", status_code=201)
+async def preauthorize(body: PreauthorizeRequest, principal: Manager, request: Request) -> DeviceOut:
+    """Registers a device's identity and public key ahead: it is accepted at its first enrollment."""
+    runtime = _runtime(request)
+    identity = enrollment.check_identity(
+        {
+            "device_type": body.device_type,
+            "serial": body.serial,
+            "mac": body.mac,
+            "attributes": body.attributes,
+        }
+    )
+    async with runtime.database.session() as session:
+        groups = [await service.get_group(session, name) for name in body.groups]
+    _ensure_in_groups(principal, [group.name for group in groups])
+    device = await enrollment.preauthorize(
+        runtime, principal, identity, body.public_key, [g.id for g in groups]
+    )
+    return DeviceOut.of(device)
+
+
+def _ensure_in_groups(principal: Principal, names: list[str]) -> None:
+    """A device placed in groups needs devices:manage in each of them; in none, everywhere."""
+    scopes = principal.grants.scopes(Permission.DEVICES_MANAGE)
+    if scopes is None:
+        return
+    outside = [name for name in names if name not in scopes] if names else ["(no group)"]
+    if outside:
+        raise ForbiddenError(
+            f"this needs devices:manage in {', '.join(outside)}", permission=Permission.DEVICES_MANAGE.value
+        )
+
+
+@router.get("/enrollment-tokens")
+async def list_tokens(principal: Manager, request: Request) -> list[TokenOut]:
+    async with _runtime(request).database.session() as session:
+        rows = (
+            await session.scalars(select(EnrollmentToken).order_by(EnrollmentToken.created_at.desc()))
+        ).all()
+    return [TokenOut.of(row) for row in rows]
+
+
+@router.post("/enrollment-tokens", status_code=201)
+async def create_token(body: TokenRequest, principal: Manager, request: Request) -> CreatedToken:
+    """A batch enrollment token for factory provisioning: expiring, limited uses, optionally
+    accepting its devices straight into a group."""
+    runtime = _runtime(request)
+    group = None
+    if body.group:
+        async with runtime.database.session() as session:
+            group = await service.get_group(session, body.group)
+    _ensure_in_groups(principal, [group.name] if group else [])
+    token, secret = await enrollment.create_token(
+        runtime,
+        principal,
+        name=body.name,
+        expires_in=timedelta(hours=body.expires_in_hours),
+        max_uses=body.max_uses,
+        auto_accept=body.auto_accept,
+        group=group,
+    )
+    return CreatedToken(token=TokenOut.of(token), secret=secret)
+
+
+@router.delete("/enrollment-tokens/{token_id}", status_code=204)
+async def revoke_token(token_id: str, principal: Manager, request: Request) -> Response:
+    await enrollment.revoke_token(_runtime(request), principal, token_id)
+    return Response(status_code=204)
+
+
+@router.get("/device-groups")
+async def list_groups(principal: Reader, request: Request) -> list[GroupOut]:
+    async with _runtime(request).database.session() as session:
+        return [GroupOut.of(group) for group in await service.list_groups(session)]
+
+
+@router.post("/device-groups", status_code=201)
+async def create_group(body: GroupRequest, principal: Manager, request: Request) -> GroupOut:
+    group = await service.create_group(
+        _runtime(request).database,
+        principal,
+        name=body.name,
+        description=body.description,
+        filter_expression=body.filter,
+    )
+    return GroupOut.of(group)
+
+
+@router.delete("/device-groups/{name}", status_code=204)
+async def delete_group(name: str, principal: Manager, request: Request) -> Response:
+    await service.delete_group(_runtime(request).database, principal, name)
+    return Response(status_code=204)
+
+
+@router.get("/device-groups/{name}/devices")
+async def group_devices(
+    name: str,
+    principal: Reader,
+    request: Request,
+    limit: Annotated[int, Query(ge=1, le=500)] = 100,
+    cursor: Annotated[str | None, Query(max_length=1000)] = None,
+) -> DevicePageOut:
+    """A group's devices (a dynamic group's filter evaluated now), as far as the caller may read."""
+    async with _runtime(request).database.session() as session:
+        group = await service.get_group(session, name)
+        page = await service.list_devices(
+            session, principal, limit=limit, cursor=cursor, extra=service.group_condition(group)
+        )
+    return DevicePageOut(items=[DeviceOut.of(device) for device in page.items], next_cursor=page.next_cursor)
+
+
+@router.post("/device-groups/{name}/devices", status_code=204)
+async def add_members(name: str, body: MembersRequest, principal: Manager, request: Request) -> Response:
+    await service.set_membership(_runtime(request).database, principal, name, body.devices, add=True)
+    return Response(status_code=204)
+
+
+@router.delete("/device-groups/{name}/devices", status_code=204)
+async def remove_members(name: str, body: MembersRequest, principal: Manager, request: Request) -> Response:
+    await service.set_membership(_runtime(request).database, principal, name, body.devices, add=False)
+    return Response(status_code=204)
+
+
+@router.get("/pki/ca.pem", dependencies=[PUBLIC])
+async def ca_certificate(request: Request) -> Response:
+    """The fleet CA's certificate, which devices trust for the device listener."""
+    return Response(_runtime(request).pki.ca_cert.read_bytes(), media_type="application/x-pem-file")
+
+
+@router.get("/pki/crl.pem", dependencies=[PUBLIC])
+async def crl(request: Request) -> Response:
+    """The fleet CA's certificate revocation list (PEM)."""
+    return Response(_runtime(request).pki.crl.read_bytes(), media_type="application/x-pem-file")

@@ -1,0 +1,535 @@
+"""Enrollment: requests signed by a key made on the device, decisions by operators (or by a
+pre-authorization or a batch token), certificates issued, renewed, rotated and revoked."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from fleetkeeper.access.service import Principal
+from fleetkeeper.access.tokens import hash_secret, new_secret, secret_matches
+from fleetkeeper.audit.service import Actor, record
+from fleetkeeper.core.db import utcnow
+from fleetkeeper.core.errors import ConflictError, NotFoundError, ProblemError, UnauthenticatedError
+from fleetkeeper.core.ids import new_id
+from fleetkeeper.core.runtime import Runtime
+from fleetkeeper.devices import certificates
+from fleetkeeper.devices.envelope import (
+    SignedPayload,
+    claim_nonce,
+    key_fingerprint,
+    load_public_key,
+    open_envelope,
+    public_pem,
+)
+from fleetkeeper.devices.inventory import replace_attributes
+from fleetkeeper.devices.models import Device, DeviceCertificate, DeviceGroup, EnrollmentToken, GroupMember
+from fleetkeeper.devices.service import device_actor
+
+ENROLL_TYPE = "fleetkeeper.enroll.v1"
+ROTATE_TYPE = "fleetkeeper.rotate.v1"
+RETRY_AFTER_SECONDS = 30
+_DEVICE_TYPE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+_SERIAL = re.compile(r"^[\x21-\x7e]{1,128}$")
+_MAC = re.compile(r"^[0-9A-Fa-f]{2}([:-][0-9A-Fa-f]{2}){5}$")
+_ATTRIBUTE_KEY = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+MAX_IDENTITY_ATTRIBUTES = 50
+
+
+@dataclass(frozen=True)
+class Identity:
+    device_type: str
+    serial: str | None
+    mac: str | None
+    attributes: dict[str, str]
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "device_type": self.device_type,
+            "serial": self.serial,
+            "mac": self.mac,
+            "attributes": self.attributes,
+        }
+
+
+def _invalid(detail: str) -> ProblemError:
+    return ProblemError(detail, code="invalid_identity", status=422)
+
+
+def check_identity(raw: Any) -> Identity:
+    if not isinstance(raw, dict):
+        raise _invalid("identity is an object")
+    device_type, serial, mac = raw.get("device_type"), raw.get("serial"), raw.get("mac")
+    attributes = raw.get("attributes") or {}
+    if not isinstance(device_type, str) or not _DEVICE_TYPE.match(device_type):
+        raise _invalid("device_type is 1-64 of A-Z a-z 0-9 . _ -")
+    if serial is not None and (not isinstance(serial, str) or not _SERIAL.match(serial)):
+        raise _invalid("serial is 1-128 printable characters without spaces")
+    if mac is not None and (not isinstance(mac, str) or not _MAC.match(mac)):
+        raise _invalid("mac is six hexadecimal pairs")
+    if not isinstance(attributes, dict) or len(attributes) > MAX_IDENTITY_ATTRIBUTES:
+        raise _invalid(f"attributes is an object of at most {MAX_IDENTITY_ATTRIBUTES} entries")
+    for key, value in attributes.items():
+        if not _ATTRIBUTE_KEY.match(key) or not isinstance(value, str) or len(value) > 256:
+            raise _invalid(f"attribute {key[:70]!r}: keys 1-64 of A-Z a-z 0-9 _ -, string values up to 256")
+    return Identity(device_type, serial, mac.lower() if mac else None, dict(attributes))
+
+
+@dataclass(frozen=True)
+class EnrollmentAnswer:
+    device_id: str
+    status: str  # pending | accepted
+    certificate: str | None = None
+    not_after: str | None = None
+
+
+async def enroll(runtime: Runtime, envelope: dict[str, Any], address: str | None) -> EnrollmentAnswer:
+    """The device's signed enrollment request. The same key always maps to the same device, so a
+    device polls by sending its enrollment again."""
+    await runtime.rate_limiter.hit(
+        runtime.settings.enrollment_limit_per_address, "enroll", str(address), detail="too many enrollments"
+    )
+    signed = open_envelope(envelope, ENROLL_TYPE)
+    identity = check_identity(signed.payload.get("identity"))
+    token_value = signed.payload.get("enrollment_token")
+    if token_value is not None and not isinstance(token_value, str):
+        raise ProblemError("enrollment_token is a string", code="invalid_request", status=400)
+    try:
+        return await _enroll(runtime, signed, identity, token_value, address)
+    except _RefusalError as refusal:
+        # The refused request's transaction is rolled back; its audit record must survive that.
+        async with runtime.database.transaction() as session:
+            await claim_nonce(session, str(signed.payload["nonce"]))
+            await record(
+                session,
+                actor=refusal.actor,
+                action="device.enrollment_refused",
+                object_type="device",
+                object_id=refusal.device_id,
+                outcome="denied",
+                details={"reason": refusal.problem.detail, "identity": identity.as_json()},
+            )
+        raise refusal.problem from None
+
+
+class _RefusalError(Exception):
+    """Taken out of the transaction it refuses, with what the audit record needs (the device row
+    itself does not survive the rollback)."""
+
+    def __init__(self, actor: Actor, device_id: str, problem: ProblemError) -> None:
+        super().__init__(problem.detail)
+        self.actor = actor
+        self.device_id = device_id
+        self.problem = problem
+
+
+async def _enroll(
+    runtime: Runtime, signed: SignedPayload, identity: Identity, token_value: str | None, address: str | None
+) -> EnrollmentAnswer:
+    async with runtime.database.transaction() as session:
+        await claim_nonce(session, str(signed.payload["nonce"]))
+        device = await session.scalar(select(Device).where(Device.key_fingerprint == signed.fingerprint))
+        if device is None:
+            device = await _new_device(session, signed, identity, token_value, address)
+        elif device.status == "preauthorized":
+            await _first_contact(session, device, identity, address)
+        if device.status == "rejected":
+            raise ProblemError(
+                "an operator rejected this device's enrollment", code="enrollment_rejected", status=403
+            )
+        if device.status == "decommissioned":
+            raise ProblemError("this device was decommissioned", code="device_decommissioned", status=403)
+        if device.status != "accepted":
+            return EnrollmentAnswer(device.id, "pending")
+        certificate = await _current_certificate(session, runtime, device)
+        return EnrollmentAnswer(device.id, "accepted", certificate.pem, certificate.not_after.isoformat())
+
+
+async def _new_device(
+    session: AsyncSession,
+    signed: SignedPayload,
+    identity: Identity,
+    token_value: str | None,
+    address: str | None,
+) -> Device:
+    token = await _use_token(session, token_value) if token_value else None
+    accepted = token is not None and token.auto_accept
+    device = Device(
+        id=new_id("dev"),
+        status="accepted" if accepted else "pending",
+        device_type=identity.device_type,
+        serial=identity.serial,
+        mac=identity.mac,
+        identity=identity.as_json(),
+        public_key_pem=public_pem(signed.key),
+        key_fingerprint=signed.fingerprint,
+        enrolled_via="token" if token else "request",
+        enrollment_token_id=token.id if token else None,
+        created_at=utcnow(),
+        decided_at=utcnow() if accepted else None,
+        inventory={},
+        tags={},
+    )
+    session.add(device)
+    await session.flush()
+    await replace_attributes(session, device.id, _identity_attributes(identity), namespace="identity.")
+    if token is not None and token.group_id:
+        session.add(GroupMember(group_id=token.group_id, device_id=device.id))
+    await record(
+        session,
+        actor=device_actor(device, address),
+        action="device.enrollment_requested",
+        object_type="device",
+        object_id=device.id,
+        details={
+            "identity": identity.as_json(),
+            "key_fingerprint": signed.fingerprint,
+            "via": device.enrolled_via,
+        },
+    )
+    if accepted:
+        await record(
+            session,
+            actor=device_actor(device, address),
+            action="device.accepted",
+            object_type="device",
+            object_id=device.id,
+            details={"by": "enrollment_token", "token_id": token.id if token else None},
+        )
+    return device
+
+
+def _identity_attributes(identity: Identity) -> dict[str, Any]:
+    flat: dict[str, Any] = {f"identity.{key}": value for key, value in identity.attributes.items()}
+    if identity.serial:
+        flat["identity.serial"] = identity.serial
+    if identity.mac:
+        flat["identity.mac"] = identity.mac
+    return flat
+
+
+async def _use_token(session: AsyncSession, value: str) -> EnrollmentToken:
+    invalid = UnauthenticatedError("the enrollment token is not valid", code="invalid_enrollment_token")
+    token_id, _, secret = value.partition(".")
+    token = await session.get(EnrollmentToken, token_id, with_for_update=True) if token_id else None
+    if token is None or not secret_matches(secret, token.token_hash):
+        raise invalid
+    if token.revoked_at is not None or token.expires_at <= utcnow() or token.uses >= token.max_uses:
+        raise UnauthenticatedError(
+            "the enrollment token has expired, is used up or was revoked", code="invalid_enrollment_token"
+        )
+    # Counted in the same statement as the check, so that concurrent devices cannot overrun it.
+    used = await session.execute(
+        update(EnrollmentToken)
+        .where(EnrollmentToken.id == token.id, EnrollmentToken.uses < EnrollmentToken.max_uses)
+        .values(uses=EnrollmentToken.uses + 1)
+    )
+    if used.rowcount != 1:  # type: ignore[attr-defined]
+        raise invalid
+    return token
+
+
+async def _first_contact(
+    session: AsyncSession, device: Device, identity: Identity, address: str | None
+) -> None:
+    """A pre-authorized device is accepted when it shows up with the registered key and identity."""
+    if identity.device_type != device.device_type or (device.serial and identity.serial != device.serial):
+        raise _RefusalError(
+            device_actor(device, address),
+            device.id,
+            ProblemError(
+                "the identity does not match this key's pre-authorization",
+                code="identity_mismatch",
+                status=403,
+            ),
+        )
+    device.status = "accepted"
+    device.decided_at = utcnow()
+    device.mac = identity.mac or device.mac
+    await replace_attributes(session, device.id, _identity_attributes(identity), namespace="identity.")
+    await record(
+        session,
+        actor=device_actor(device, address),
+        action="device.accepted",
+        object_type="device",
+        object_id=device.id,
+        details={"by": "pre-authorization"},
+    )
+
+
+async def _current_certificate(session: AsyncSession, runtime: Runtime, device: Device) -> DeviceCertificate:
+    """The newest valid certificate for the device's key, issued when there is none."""
+    now = utcnow()
+    existing = await session.scalar(
+        select(DeviceCertificate)
+        .where(
+            DeviceCertificate.device_id == device.id,
+            DeviceCertificate.key_fingerprint == device.key_fingerprint,
+            DeviceCertificate.revoked_at.is_(None),
+            DeviceCertificate.not_after > now + timedelta(days=1),
+        )
+        .order_by(DeviceCertificate.not_after.desc())
+        .limit(1)
+    )
+    if existing is not None:
+        return existing
+    certificate = await certificates.issue(
+        session,
+        runtime.ca,
+        device.id,
+        load_public_key(device.public_key_pem),
+        timedelta(days=runtime.settings.device_certificate_days),
+    )
+    await record(
+        session,
+        actor=Actor(kind="system", name="fleet CA"),
+        action="device.certificate_issued",
+        object_type="device",
+        object_id=device.id,
+        details={"serial": certificate.serial, "not_after": certificate.not_after.isoformat()},
+    )
+    return certificate
+
+
+# --- operators ---------------------------------------------------------------------------------
+
+
+async def decide(runtime: Runtime, principal: Principal, device: Device, accept: bool) -> Device:
+    async with runtime.database.transaction() as session:
+        current = await session.get(Device, device.id, with_for_update=True)
+        if current is None:
+            raise NotFoundError("no such device", code="device_not_found")
+        if current.status != "pending":
+            raise ConflictError(f"the device is {current.status}, not pending", code="not_pending")
+        current.status = "accepted" if accept else "rejected"
+        current.decided_at = utcnow()
+        current.decided_by = principal.user_id
+        await record(
+            session,
+            actor=principal.actor,
+            action="device.accepted" if accept else "device.rejected",
+            object_type="device",
+            object_id=current.id,
+            details={"device_type": current.device_type, "serial": current.serial},
+        )
+    return current
+
+
+async def preauthorize(
+    runtime: Runtime, principal: Principal, identity: Identity, public_key_pem: str, group_ids: list[str]
+) -> Device:
+    key = load_public_key(public_key_pem)
+    try:
+        async with runtime.database.transaction() as session:
+            device = Device(
+                id=new_id("dev"),
+                status="preauthorized",
+                device_type=identity.device_type,
+                serial=identity.serial,
+                mac=identity.mac,
+                identity=identity.as_json(),
+                public_key_pem=public_pem(key),
+                key_fingerprint=key_fingerprint(key),
+                enrolled_via="preauthorized",
+                created_at=utcnow(),
+                decided_at=utcnow(),
+                decided_by=principal.user_id,
+                inventory={},
+                tags={},
+            )
+            session.add(device)
+            await session.flush()
+            for group_id in group_ids:
+                session.add(GroupMember(group_id=group_id, device_id=device.id))
+            await replace_attributes(
+                session, device.id, _identity_attributes(identity), namespace="identity."
+            )
+            await record(
+                session,
+                actor=principal.actor,
+                action="device.preauthorized",
+                object_type="device",
+                object_id=device.id,
+                details={"identity": identity.as_json(), "key_fingerprint": device.key_fingerprint},
+            )
+    except IntegrityError:
+        raise ConflictError("a device with this public key exists", code="device_key_taken") from None
+    return device
+
+
+async def decommission(runtime: Runtime, principal: Principal, device: Device) -> int:
+    """Retires the device: its certificates are revoked and published in the CRL at once."""
+    async with runtime.database.transaction() as session:
+        current = await session.get(Device, device.id, with_for_update=True)
+        if current is None:
+            raise NotFoundError("no such device", code="device_not_found")
+        if current.status == "decommissioned":
+            raise ConflictError("the device is already decommissioned", code="already_decommissioned")
+        current.status = "decommissioned"
+        revoked = await certificates.revoke_for_device(session, current.id, "cessation_of_operation")
+        await record(
+            session,
+            actor=principal.actor,
+            action="device.decommissioned",
+            object_type="device",
+            object_id=current.id,
+            details={"certificates_revoked": revoked},
+        )
+    await certificates.reload_crl(runtime)
+    return revoked
+
+
+async def create_token(
+    runtime: Runtime,
+    principal: Principal,
+    *,
+    name: str,
+    expires_in: timedelta,
+    max_uses: int,
+    auto_accept: bool,
+    group: DeviceGroup | None,
+) -> tuple[EnrollmentToken, str]:
+    secret = new_secret()
+    async with runtime.database.transaction() as session:
+        token = EnrollmentToken(
+            id=new_id("etk"),
+            name=name,
+            token_hash=hash_secret(secret),
+            created_by=principal.user_id,
+            created_at=utcnow(),
+            expires_at=utcnow() + expires_in,
+            max_uses=max_uses,
+            uses=0,
+            auto_accept=auto_accept,
+            group_id=group.id if group else None,
+        )
+        session.add(token)
+        await session.flush()
+        await record(
+            session,
+            actor=principal.actor,
+            action="enrollment_token.created",
+            object_type="enrollment_token",
+            object_id=token.id,
+            details={
+                "name": name,
+                "max_uses": max_uses,
+                "auto_accept": auto_accept,
+                "group": group.name if group else None,
+                "expires_at": token.expires_at.isoformat(),
+            },
+        )
+    return token, f"{token.id}.{secret}"
+
+
+async def revoke_token(runtime: Runtime, principal: Principal, token_id: str) -> None:
+    async with runtime.database.transaction() as session:
+        token = await session.get(EnrollmentToken, token_id)
+        if token is None or token.revoked_at is not None:
+            raise NotFoundError("no such enrollment token", code="enrollment_token_not_found")
+        token.revoked_at = utcnow()
+        await record(
+            session,
+            actor=principal.actor,
+            action="enrollment_token.revoked",
+            object_type="enrollment_token",
+            object_id=token_id,
+            details={"name": token.name},
+        )
+
+
+# --- the device itself, over mTLS ---------------------------------------------------------------
+
+
+async def renew(runtime: Runtime, device: Device, address: str | None) -> DeviceCertificate:
+    validity = timedelta(days=runtime.settings.device_certificate_days)
+    async with runtime.database.transaction() as session:
+        certificate = await certificates.issue(
+            session, runtime.ca, device.id, load_public_key(device.public_key_pem), validity
+        )
+        await record(
+            session,
+            actor=device_actor(device, address),
+            action="device.certificate_renewed",
+            object_type="device",
+            object_id=device.id,
+            details={"serial": certificate.serial, "not_after": certificate.not_after.isoformat()},
+        )
+    return certificate
+
+
+async def rotate(
+    runtime: Runtime, device: Device, envelope: dict[str, Any], address: str | None
+) -> DeviceCertificate | None:
+    """A new key, proven by a request it signed. Under the "automatic" policy the new certificate
+    comes back at once and the old key's certificates are revoked; under "approval" it waits."""
+    signed = open_envelope(envelope, ROTATE_TYPE)
+    if signed.payload.get("device_id") != device.id:
+        raise ProblemError("a device rotates only its own key", code="wrong_device", status=403)
+    validity = timedelta(days=runtime.settings.device_certificate_days)
+    new_pem = public_pem(signed.key)
+    revoked = 0
+    async with runtime.database.transaction() as session:
+        await claim_nonce(session, str(signed.payload["nonce"]))
+        current = await session.get(Device, device.id, with_for_update=True)
+        assert current is not None
+        if signed.fingerprint == current.key_fingerprint:
+            raise ProblemError("this is the device's current key", code="same_key", status=409)
+        taken = await session.scalar(select(Device.id).where(Device.key_fingerprint == signed.fingerprint))
+        if taken is not None:
+            raise ConflictError("this key belongs to another device", code="device_key_taken")
+        approved = current.pending_public_key_pem == new_pem and current.pending_key_approved_by is not None
+        if runtime.settings.device_key_rotation == "approval" and not approved:
+            if current.pending_public_key_pem != new_pem:
+                current.pending_public_key_pem = new_pem
+                current.pending_key_approved_by = None
+                await record(
+                    session,
+                    actor=device_actor(current, address),
+                    action="device.key_rotation_requested",
+                    object_type="device",
+                    object_id=current.id,
+                    details={"key_fingerprint": signed.fingerprint},
+                )
+            return None
+        current.public_key_pem = new_pem
+        current.key_fingerprint = signed.fingerprint
+        current.pending_public_key_pem = None
+        current.pending_key_approved_by = None
+        certificate = await certificates.issue(session, runtime.ca, current.id, signed.key, validity)
+        revoked = await certificates.revoke_for_device(
+            session, current.id, "superseded", except_key=signed.fingerprint
+        )
+        await record(
+            session,
+            actor=device_actor(current, address),
+            action="device.key_rotated",
+            object_type="device",
+            object_id=current.id,
+            details={"key_fingerprint": signed.fingerprint, "serial": certificate.serial, "revoked": revoked},
+        )
+    if revoked:
+        await certificates.reload_crl(runtime)
+    return certificate
+
+
+async def approve_rotation(runtime: Runtime, principal: Principal, device: Device) -> None:
+    async with runtime.database.transaction() as session:
+        current = await session.get(Device, device.id, with_for_update=True)
+        if current is None or current.pending_public_key_pem is None:
+            raise ConflictError("no key rotation is waiting for this device", code="no_pending_rotation")
+        current.pending_key_approved_by = principal.user_id
+        await record(
+            session,
+            actor=principal.actor,
+            action="device.key_rotation_approved",
+            object_type="device",
+            object_id=current.id,
+            details={"key_fingerprint": key_fingerprint(load_public_key(current.pending_public_key_pem))},
+        )

@@ -1,0 +1,384 @@
+"""The devices domain as other domains and the routes see it: finding devices, their groups
+(which RBAC scopes name), listing and searching with the filter language, tags, inventory, groups."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, Literal
+
+from sqlalchemy import ColumnElement, and_, exists, false, func, literal, or_, select, true, union_all
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from fleetkeeper.access.service import Permission, Principal
+from fleetkeeper.audit.service import Actor, record
+from fleetkeeper.core.db import Database, UTCDateTime, utcnow
+from fleetkeeper.core.errors import ConflictError, ForbiddenError, NotFoundError, ProblemError
+from fleetkeeper.core.ids import new_id
+from fleetkeeper.devices.filters import compile_filter
+from fleetkeeper.devices.inventory import (
+    check_inventory,
+    check_tags,
+    flatten,
+    inventory_hash,
+    replace_attributes,
+)
+from fleetkeeper.devices.models import Device, DeviceGroup, GroupMember
+
+GROUP_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$")
+MAX_PAGE = 500
+LAST_SEEN_RESOLUTION = timedelta(seconds=60)
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_TIME_SORTS = ("created_at", "last_seen")
+SortKey = Literal["created_at", "last_seen", "id", "device_type", "status"]
+_SORT_COLUMNS = {
+    "created_at": Device.created_at,
+    "last_seen": Device.last_seen_at,
+    "id": Device.id,
+    "device_type": Device.device_type,
+    "status": Device.status,
+}
+
+
+def _not_found() -> NotFoundError:
+    return NotFoundError("no such device", code="device_not_found")
+
+
+# --- groups and scopes --------------------------------------------------------------------------
+
+
+async def device_group_names(session: AsyncSession, device_id: str) -> set[str]:
+    """The static groups the device is in, and the dynamic groups whose filter it matches now."""
+    static = await session.scalars(
+        select(DeviceGroup.name)
+        .join(GroupMember, GroupMember.group_id == DeviceGroup.id)
+        .where(GroupMember.device_id == device_id)
+    )
+    names = set(static)
+    dynamic = (
+        await session.execute(
+            select(DeviceGroup.name, DeviceGroup.filter).where(DeviceGroup.kind == "dynamic")
+        )
+    ).all()
+    probes = [
+        select(literal(name).label("name")).where(Device.id == device_id, compile_filter(expression))
+        for name, expression in dynamic
+        if expression
+    ]
+    if probes:
+        names.update((await session.scalars(select(union_all(*probes).subquery().c.name))).all())
+    return names
+
+
+async def scope_condition(
+    session: AsyncSession, principal: Principal, permission: Permission
+) -> ColumnElement[bool]:
+    """SQL that keeps the devices a permission reaches: in a static group it names, or matching a
+    dynamic group it names. Unscoped: everything; not held: nothing."""
+    scopes = principal.grants.scopes(permission)
+    if scopes is None:
+        return true()
+    if not scopes:
+        return false()
+    groups = (await session.execute(select(DeviceGroup).where(DeviceGroup.name.in_(scopes)))).scalars().all()
+    static_ids = [group.id for group in groups if group.kind == "static"]
+    conditions: list[ColumnElement[bool]] = []
+    if static_ids:
+        conditions.append(
+            exists().where(GroupMember.device_id == Device.id, GroupMember.group_id.in_(static_ids))
+        )
+    conditions += [
+        compile_filter(group.filter) for group in groups if group.kind == "dynamic" and group.filter
+    ]
+    return or_(*conditions) if conditions else false()
+
+
+async def ensure_device_permission(
+    session: AsyncSession, principal: Principal, permission: Permission, device: Device
+) -> None:
+    """403 unless the permission holds in one of the device's groups (or everywhere). A device the
+    caller may not even read is reported as not found, so that ids cannot be probed."""
+    if principal.grants.scopes(permission) is None:
+        return
+    groups = await device_group_names(session, device.id)
+    if principal.can(permission, groups):
+        return
+    if not principal.can(Permission.DEVICES_READ, groups):
+        raise _not_found()
+    raise ForbiddenError(
+        f"this needs {permission.value} in one of the device's groups: {', '.join(sorted(groups)) or 'none'}",
+        permission=permission.value,
+    )
+
+
+async def get_device(session: AsyncSession, device_id: str) -> Device:
+    device = await session.get(Device, device_id)
+    if device is None:
+        raise _not_found()
+    return device
+
+
+async def device_for(
+    session: AsyncSession, principal: Principal, device_id: str, permission: Permission
+) -> Device:
+    device = await get_device(session, device_id)
+    await ensure_device_permission(session, principal, permission, device)
+    return device
+
+
+# --- listing ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DevicePage:
+    items: Sequence[Device]
+    next_cursor: str | None
+    total: int | None = None
+
+
+def _encode_cursor(values: list[Any]) -> str:
+    return base64.urlsafe_b64encode(json.dumps(values, default=str).encode()).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str) -> list[Any]:
+    try:
+        values = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+    except (binascii.Error, ValueError, UnicodeDecodeError):
+        raise ProblemError("the cursor is not one this server gave out", code="invalid_cursor") from None
+    if not isinstance(values, list) or len(values) != 2 or not isinstance(values[1], str):
+        raise ProblemError("the cursor is not one this server gave out", code="invalid_cursor")
+    return values
+
+
+async def list_devices(
+    session: AsyncSession,
+    principal: Principal,
+    *,
+    filter_expression: str | None = None,
+    sort: SortKey = "created_at",
+    descending: bool = False,
+    limit: int = 100,
+    cursor: str | None = None,
+    extra: ColumnElement[bool] | None = None,
+) -> DevicePage:
+    """The devices the caller may read, matching the filter, in keyset pages (stable under inserts)."""
+    if not 1 <= limit <= MAX_PAGE:
+        raise ProblemError(f"limit must be between 1 and {MAX_PAGE}", code="invalid_limit")
+    column = _SORT_COLUMNS[sort]
+    conditions = [await scope_condition(session, principal, Permission.DEVICES_READ)]
+    if filter_expression:
+        conditions.append(compile_filter(filter_expression))
+    if extra is not None:
+        conditions.append(extra)
+    # NULLs (never seen) sort as the empty string / epoch so that the keyset stays total.
+    key = func.coalesce(column, _null_substitute(sort))
+    if cursor is not None:
+        value, last_id = _decode_cursor(cursor)
+        value = _cursor_value(sort, value)
+        after = or_(key > value, and_(key == value, Device.id > last_id))
+        before = or_(key < value, and_(key == value, Device.id < last_id))
+        conditions.append(before if descending else after)
+    order = (key.desc(), Device.id.desc()) if descending else (key.asc(), Device.id.asc())
+    rows = (await session.scalars(select(Device).where(*conditions).order_by(*order).limit(limit + 1))).all()
+    items = rows[:limit]
+    next_cursor = None
+    if len(rows) > limit:
+        last = items[-1]
+        raw = getattr(last, column.key)
+        next_cursor = _encode_cursor([raw.isoformat() if isinstance(raw, datetime) else raw, last.id])
+    return DevicePage(items, next_cursor)
+
+
+def _null_substitute(sort: str) -> Any:
+    if sort in _TIME_SORTS:
+        return literal(EPOCH, type_=UTCDateTime())
+    return literal("")
+
+
+def _cursor_value(sort: str, value: Any) -> Any:
+    if sort in _TIME_SORTS:
+        if value is None:
+            return EPOCH
+        try:
+            parsed = datetime.fromisoformat(str(value))
+        except ValueError:
+            raise ProblemError("the cursor is not one this server gave out", code="invalid_cursor") from None
+        if parsed.tzinfo is None:
+            raise ProblemError("the cursor is not one this server gave out", code="invalid_cursor")
+        return parsed
+    return "" if value is None else str(value)
+
+
+# --- inventory and tags -------------------------------------------------------------------------
+
+
+async def report_inventory(database: Database, device_id: str, report: Any) -> bool:
+    """Keeps the newest report; returns whether it changed (the time of change is kept too)."""
+    report = check_inventory(report)
+    digest = inventory_hash(report)
+    now = utcnow()
+    async with database.transaction() as session:
+        device = await session.get(Device, device_id)
+        if device is None:
+            raise _not_found()
+        device.last_seen_at = now
+        if device.inventory_hash == digest:
+            return False
+        device.inventory = report
+        device.inventory_hash = digest
+        device.inventory_changed_at = now
+        await replace_attributes(session, device_id, flatten(report), namespace=None)
+    return True
+
+
+async def touch(database: Database, device: Device) -> None:
+    """Last seen, written at most once a minute per device."""
+    now = utcnow()
+    if device.last_seen_at is not None and now - device.last_seen_at < LAST_SEEN_RESOLUTION:
+        return
+    async with database.transaction() as session:
+        current = await session.get(Device, device.id)
+        if current is not None:
+            current.last_seen_at = now
+
+
+async def set_tags(database: Database, principal: Principal, device_id: str, tags: Any) -> Device:
+    tags = check_tags(tags)
+    async with database.transaction() as session:
+        device = await device_for(session, principal, device_id, Permission.DEVICES_MANAGE)
+        device.tags = tags
+        await replace_attributes(
+            session, device.id, {f"tag.{key}": value for key, value in tags.items()}, namespace="tag."
+        )
+        await record(
+            session,
+            actor=principal.actor,
+            action="device.tags_changed",
+            object_type="device",
+            object_id=device.id,
+            details={"tags": tags},
+        )
+    return device
+
+
+# --- groups ------------------------------------------------------------------------------------
+
+
+def _ensure_everywhere(principal: Principal, permission: Permission) -> None:
+    """Groups define scopes: creating or deleting one needs the permission without a scope."""
+    if principal.grants.scopes(permission) is not None:
+        raise ForbiddenError(
+            f"creating or deleting device groups needs {permission.value} on all devices",
+            permission=permission.value,
+        )
+
+
+async def list_groups(session: AsyncSession) -> Sequence[DeviceGroup]:
+    return (await session.scalars(select(DeviceGroup).order_by(DeviceGroup.name))).all()
+
+
+async def get_group(session: AsyncSession, name: str) -> DeviceGroup:
+    group = await session.scalar(select(DeviceGroup).where(DeviceGroup.name == name))
+    if group is None:
+        raise NotFoundError(f"no device group named {name}", code="group_not_found")
+    return group
+
+
+async def create_group(
+    database: Database, principal: Principal, *, name: str, description: str, filter_expression: str | None
+) -> DeviceGroup:
+    """Static when there is no filter, dynamic otherwise. Creating a group defines a new scope, so
+    it needs devices:manage everywhere."""
+    _ensure_everywhere(principal, Permission.DEVICES_MANAGE)
+    if not GROUP_NAME.match(name):
+        raise ProblemError(
+            "a group name is 1-128 of A-Z a-z 0-9 . _ : / -", code="invalid_group_name", status=422
+        )
+    if filter_expression is not None:
+        compile_filter(filter_expression)
+    try:
+        async with database.transaction() as session:
+            group = DeviceGroup(
+                id=new_id("grp"),
+                name=name,
+                description=description,
+                kind="dynamic" if filter_expression is not None else "static",
+                filter=filter_expression,
+                created_at=utcnow(),
+            )
+            session.add(group)
+            await session.flush()
+            await record(
+                session,
+                actor=principal.actor,
+                action="group.created",
+                object_type="device_group",
+                object_id=group.id,
+                details={"name": name, "kind": group.kind, "filter": filter_expression},
+            )
+    except IntegrityError:
+        raise ConflictError(f"a group named {name} exists", code="group_exists") from None
+    return group
+
+
+async def delete_group(database: Database, principal: Principal, name: str) -> None:
+    async with database.transaction() as session:
+        group = await get_group(session, name)
+        _ensure_everywhere(principal, Permission.DEVICES_MANAGE)
+        await session.delete(group)
+        await record(
+            session,
+            actor=principal.actor,
+            action="group.deleted",
+            object_type="device_group",
+            object_id=group.id,
+            details={"name": name},
+        )
+
+
+async def set_membership(
+    database: Database, principal: Principal, name: str, device_ids: list[str], *, add: bool
+) -> int:
+    """Adds devices to (or removes them from) a static group: needs devices:manage on the group and
+    on every device."""
+    async with database.transaction() as session:
+        group = await get_group(session, name)
+        if group.kind != "static":
+            raise ConflictError("a dynamic group's members follow its filter", code="dynamic_group")
+        principal.ensure(Permission.DEVICES_MANAGE, [name], on=f"group {name}")
+        changed = 0
+        for device_id in dict.fromkeys(device_ids):
+            device = await device_for(session, principal, device_id, Permission.DEVICES_MANAGE)
+            member = await session.get(GroupMember, (group.id, device.id))
+            if add and member is None:
+                session.add(GroupMember(group_id=group.id, device_id=device.id))
+                changed += 1
+            elif not add and member is not None:
+                await session.delete(member)
+                changed += 1
+        await record(
+            session,
+            actor=principal.actor,
+            action="group.members_added" if add else "group.members_removed",
+            object_type="device_group",
+            object_id=group.id,
+            details={"name": name, "devices": device_ids},
+        )
+    return changed
+
+
+def group_condition(group: DeviceGroup) -> ColumnElement[bool]:
+    """The devices of a group, as SQL: its members, or its filter evaluated now."""
+    if group.kind == "dynamic" and group.filter:
+        return compile_filter(group.filter)
+    return exists().where(GroupMember.device_id == Device.id, GroupMember.group_id == group.id)
+
+
+def device_actor(device: Device, address: str | None) -> Actor:
+    return Actor(kind="device", id=device.id, name=device.serial or device.device_type, address=address)

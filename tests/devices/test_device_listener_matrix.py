@@ -1,0 +1,126 @@
+"""The device listener over real TLS with real enrolled devices: no certificate, another CA's,
+expired, revoked, a certificate the server never issued, and a valid one — only the valid one
+reaches the device's data."""
+
+from __future__ import annotations
+
+import ssl
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx2
+import pytest
+
+from tests.conftest import ADMIN_PASSWORD, ClientCertificate, RunningServer
+from tests.devices.helpers import FakeDevice
+
+
+@dataclass
+class Fleet:
+    server: RunningServer
+    admin: dict[str, str]
+
+    def management(self) -> httpx2.Client:
+        return httpx2.Client(base_url=self.server.management_url, headers=self.admin, timeout=10)
+
+    def tls(self, client: ClientCertificate | None = None) -> ssl.SSLContext:
+        context = ssl.create_default_context(cafile=str(self.server.ca_cert))
+        if client is not None:
+            context.load_cert_chain(str(client.cert), str(client.key))
+        return context
+
+    def enroll(self, device: FakeDevice) -> httpx2.Response:
+        with httpx2.Client(verify=self.tls(), timeout=10) as http:
+            response = http.post(f"{self.server.device_url}/device/v1/enroll", json=device.enroll_body())
+        device.device_id = response.json().get("device_id")
+        device.certificate = response.json().get("certificate")
+        return response
+
+    def accepted(self, device: FakeDevice, directory: Path) -> ClientCertificate:
+        assert self.enroll(device).status_code == 202
+        with self.management() as http:
+            assert http.post(f"/api/v1/devices/{device.device_id}/accept").status_code == 200
+        assert self.enroll(device).status_code == 200
+        from cryptography.hazmat.primitives import serialization
+
+        files = ClientCertificate(
+            directory / f"{device.device_id}.crt", directory / f"{device.device_id}.key"
+        )
+        files.cert.write_text(device.certificate or "")
+        files.key.write_bytes(
+            device.key.private_bytes(
+                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+            )
+        )
+        return files
+
+    def put_inventory(self, client: ClientCertificate | None) -> httpx2.Response:
+        with httpx2.Client(verify=self.tls(client), timeout=10) as http:
+            return http.put(f"{self.server.device_url}/device/v1/inventory", json={"kernel": "6.1"})
+
+
+@pytest.fixture(scope="module")
+def fleet(running_server: RunningServer) -> Fleet:
+    with httpx2.Client(base_url=running_server.management_url, timeout=10) as http:
+        first = http.post(
+            "/api/v1/auth/sign-in", json={"username": "admin", "password": running_server.admin_password}
+        )
+        token = first.json()["access_token"]
+        http.post(
+            "/api/v1/me/password",
+            json={"current_password": running_server.admin_password, "new_password": ADMIN_PASSWORD},
+            headers={"authorization": f"Bearer {token}"},
+        )
+        signed_in = http.post("/api/v1/auth/sign-in", json={"username": "admin", "password": ADMIN_PASSWORD})
+    return Fleet(running_server, {"authorization": f"Bearer {signed_in.json()['access_token']}"})
+
+
+def test_valid_certificate_reaches_its_device(fleet: Fleet, tmp_path: Path) -> None:
+    device = FakeDevice()
+    files = fleet.accepted(device, tmp_path)
+    assert fleet.put_inventory(files).status_code == 204
+    with fleet.management() as http:
+        assert http.get(f"/api/v1/devices/{device.device_id}").json()["inventory"] == {"kernel": "6.1"}
+
+
+def test_no_certificate_is_refused(fleet: Fleet) -> None:
+    response = fleet.put_inventory(None)
+    assert response.status_code == 401
+    assert response.json()["code"] == "client_certificate_required"
+
+
+@pytest.mark.parametrize("kind", ["other_ca", "expired"])
+def test_foreign_or_expired_certificates_fail_the_handshake(fleet: Fleet, tmp_path: Path, kind: str) -> None:
+    device = FakeDevice()
+    fleet.accepted(device, tmp_path)
+    factory = fleet.server.certificates(tmp_path)
+    client = (
+        factory.issue(device.device_id or "", other_ca=True)
+        if kind == "other_ca"
+        else factory.expired(device.device_id or "")
+    )
+    with pytest.raises((httpx2.TransportError, ssl.SSLError)):
+        fleet.put_inventory(client)
+
+
+def test_a_certificate_the_server_never_issued_is_refused(fleet: Fleet, tmp_path: Path) -> None:
+    device = FakeDevice()
+    fleet.accepted(device, tmp_path)
+    # Signed by the fleet CA (as a stolen CA key could), naming a real device, but never issued.
+    unknown = fleet.server.certificates(tmp_path).issue(device.device_id or "")
+    response = fleet.put_inventory(unknown)
+    assert response.status_code == 401
+    assert response.json()["code"] == "unknown_certificate"
+
+
+def test_revoked_certificate_fails_the_handshake(fleet: Fleet, tmp_path: Path) -> None:
+    device = FakeDevice()
+    files = fleet.accepted(device, tmp_path)
+    assert fleet.put_inventory(files).status_code == 204
+    with fleet.management() as http:
+        assert http.post(f"/api/v1/devices/{device.device_id}/decommission").status_code == 200
+    # Refused in the TLS handshake now (the CRL was loaded), not only by the application.
+    with pytest.raises((httpx2.TransportError, ssl.SSLError)):
+        fleet.put_inventory(files)
+    crl = httpx2.get(f"{fleet.server.management_url}/api/v1/pki/crl.pem")
+    assert (fleet.server.data_dir / "pki" / "crl.pem").read_bytes() == crl.content
