@@ -280,7 +280,7 @@ def test_a_value_never_changes_the_sql(evil: str) -> None:
         ]
         assert str(compiled[0]) == str(compiled[1])
         assert evil in compiled[1].params.values()
-        assert evil not in str(compiled[1]) or evil in str(compiled[0])
+        assert evil not in str(compiled[1])
 
 
 @pytest.mark.parametrize("dialect", [sqlite.dialect(), postgresql.dialect()], ids=["sqlite", "postgresql"])
@@ -343,6 +343,8 @@ def test_to_sql_checks_an_expression_built_by_hand() -> None:
         to_sql(Comparison("device_type", "==", 5.0))
     with pytest.raises(FilterError, match="bad field name"):
         to_sql(Comparison("a..b", "==", "x"))
+    with pytest.raises(FilterError, match="in takes a list"):
+        to_sql(Comparison("device_type", "in", "rpi4"))
 
 
 ERRORS: list[tuple[str, int, str]] = [

@@ -133,6 +133,8 @@ def type_problem(comparison: Comparison) -> str | None:
     """Why this field, operator and value do not go together, or None."""
     kind = field_kind(comparison.field)
     operator = comparison.operator
+    if isinstance(comparison.value, tuple) != (operator in ("in", "not in")):
+        return f"{operator} takes {'a list' if operator in ('in', 'not in') else 'one value'}"
     values = comparison.value if isinstance(comparison.value, tuple) else (comparison.value,)
     strings_only = all(isinstance(value, str) for value in values)
     if kind == "group":
