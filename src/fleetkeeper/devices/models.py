@@ -116,7 +116,9 @@ class DeviceGroup(Base):
 class GroupMember(Base):
     __tablename__ = "group_members"
 
-    group_id: Mapped[str] = mapped_column(ForeignKey("device_groups.id", ondelete="CASCADE"), primary_key=True)
+    group_id: Mapped[str] = mapped_column(
+        ForeignKey("device_groups.id", ondelete="CASCADE"), primary_key=True
+    )
     device_id: Mapped[str] = mapped_column(
         ForeignKey("devices.id", ondelete="CASCADE"), primary_key=True, index=True
     )
