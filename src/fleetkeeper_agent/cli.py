@@ -1,16 +1,262 @@
-"""`fleetkeeper-agent`: the device side. Later issues add enroll, run, install."""
+"""`fleetkeeper-agent`: the device side.
+
+Exit status: 0 done (or nothing was due), 1 an error (printed as `error: <code>: <message>`),
+2 a usage error, 3 still waiting for an operator's approval (enroll, rotate-key).
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+from pathlib import Path
+
+from cryptography import x509
 
 from fleetkeeper_agent import __version__
+from fleetkeeper_agent.errors import AgentError
+from fleetkeeper_agent.identity import (
+    DeviceIdentity,
+    IdentityState,
+    common_name,
+    enroll,
+    renew,
+    renewal_due,
+    report_inventory,
+    rotate_key,
+)
+from fleetkeeper_agent.inventory import KEY, collect_inventory
+from fleetkeeper_agent.keystore import KEY_TYPES, FileKeyStore, KeyType
+
+DEFAULT_DATA_DIR = Path("/var/lib/fleetkeeper-agent")
+EXIT_PENDING = 3
+
+log = logging.getLogger("fleetkeeper_agent")
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    try:
+        status: int = args.run(args)
+    except AgentError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        # The data directory unreadable, a disk full: expected on a device, worth a line, not a traceback.
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"error: io_error: {where}{exc.strerror or exc}", file=sys.stderr)
+        return 1
+    return status
+
+
+# --- arguments ---------------------------------------------------------------------------------------
+
+
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fleetkeeper-agent", description="fleetkeeper device agent")
-    commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser("version", help="print the version")
-    parser.parse_args(argv)
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        default=DEFAULT_DATA_DIR,
+        help=f"where the key, certificates and identity.json live (default {DEFAULT_DATA_DIR})",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    command = commands.add_parser("enroll", help="join the fleet: make a key, ask for a certificate")
+    command.add_argument("--server", required=True, help="the device listener, https://host:8443")
+    command.add_argument("--ca", required=True, type=Path, help="the fleet CA certificate (PEM)")
+    command.add_argument("--device-type", required=True, type=_device_type)
+    command.add_argument("--serial")
+    command.add_argument("--mac")
+    _attribute_option(command)
+    command.add_argument("--token", help="a batch enrollment token")
+    command.add_argument("--key-type", choices=KEY_TYPES, help="for a new key (default ed25519)")
+    command.add_argument(
+        "--wait",
+        type=_seconds,
+        default=0.0,
+        metavar="SECONDS",
+        help="keep asking while the enrollment is pending, for at most this long (default: ask once)",
+    )
+    command.set_defaults(run=_enroll)
+
+    command = commands.add_parser("renew", help="renew the device certificate when it is due")
+    command.add_argument(
+        "--if-expiring-within",
+        type=_days,
+        metavar="DAYS",
+        help="renew when less than this is left (default: a third of the validity)",
+    )
+    command.set_defaults(run=_renew)
+
+    command = commands.add_parser("rotate-key", help="replace the device key and its certificate")
+    command.add_argument("--key-type", choices=KEY_TYPES, help="for the new key (default: as the current)")
+    command.set_defaults(run=_rotate)
+
+    command = commands.add_parser("inventory", help="print the inventory as JSON, or send it")
+    command.add_argument("--send", action="store_true", help="report it to the server")
+    command.add_argument("--device-type", type=_device_type, help="default: the enrolled device type")
+    _attribute_option(command)
+    command.set_defaults(run=_inventory)
+
+    command = commands.add_parser("identity", help="print the device id, certificate subject and expiry")
+    command.set_defaults(run=_identity)
+
+    command = commands.add_parser("version", help="print the version")
+    command.set_defaults(run=_version)
+    return parser
+
+
+def _attribute_option(command: argparse.ArgumentParser) -> None:
+    command.add_argument(
+        "--attribute",
+        dest="attributes",
+        action="append",
+        type=_attribute,
+        default=[],
+        metavar="KEY=VALUE",
+        help="an extra attribute (repeatable); keys of A-Z a-z 0-9 _ -",
+    )
+
+
+def _attribute(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not KEY.fullmatch(key):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected KEY=VALUE, KEY of 1-64 A-Z a-z 0-9 _ -")
+    if len(value) > 1024:
+        raise argparse.ArgumentTypeError(f"{key}: at most 1024 characters")
+    return key, value
+
+
+def _device_type(text: str) -> str:
+    try:
+        DeviceIdentity(device_type=text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: not a number of seconds") from None
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected 0 or more seconds")
+    return value
+
+
+def _days(text: str) -> timedelta:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: not a number of days") from None
+    if not 0 <= value <= 36500:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected 0 to 36500 days")
+    return timedelta(days=value)
+
+
+# --- commands ----------------------------------------------------------------------------------------
+
+
+def _enroll(args: argparse.Namespace) -> int:
+    try:
+        identity = DeviceIdentity(args.device_type, args.serial, args.mac, dict(args.attributes))
+    except ValueError as exc:
+        raise AgentError("invalid_identity", str(exc)) from None
+    data_dir: Path = args.data_dir
+    key_type: KeyType | None = args.key_type
+    result = enroll(
+        FileKeyStore(data_dir),
+        args.server,
+        args.ca,
+        identity,
+        token=args.token,
+        key_type=key_type,
+        wait=args.wait,
+    )
+    IdentityState(args.server.rstrip("/"), result.device_id, args.device_type, result.status).save(data_dir)
+    if result.status == "pending":
+        print(f"pending: {result.device_id} waits for an operator's approval; run enroll again to ask")
+        return EXIT_PENDING
+    print(f"enrolled: {result.device_id}, certificate valid until {_time(result.not_after)}")
+    return 0
+
+
+def _renew(args: argparse.Namespace) -> int:
+    store, state, certificate = _enrolled_store(args.data_dir)
+    if not renewal_due(certificate, within=args.if_expiring_within):
+        print(f"not due: the certificate is valid until {_time(certificate.not_valid_after_utc)}")
+        return 0
+    result = renew(store, state.server_url)
+    print(f"renewed: certificate valid until {_time(result.not_after)}")
+    return 0
+
+
+def _rotate(args: argparse.Namespace) -> int:
+    store, state, _ = _enrolled_store(args.data_dir)
+    result = rotate_key(store, state.server_url, key_type=args.key_type)
+    if result.status == "pending_approval":
+        print("pending: the new key waits for an operator's approval; run rotate-key again to fetch it")
+        return EXIT_PENDING
+    print(f"rotated: new key in use, certificate valid until {_time(result.not_after)}")
+    return 0
+
+
+def _inventory(args: argparse.Namespace) -> int:
+    data_dir: Path = args.data_dir
+    try:
+        state = IdentityState.load(data_dir)
+    except (AgentError, OSError):
+        # Printing the inventory works before enrollment, and as a user who cannot read the data dir.
+        state = None
+    device_type = args.device_type or (state.device_type if state else None)
+    document = collect_inventory(device_type, dict(args.attributes))
+    if not args.send:
+        print(json.dumps(document, indent=2))
+        return 0
+    store, state, _ = _enrolled_store(data_dir)
+    report_inventory(store, state.server_url, document)
+    print(f"inventory sent for {state.device_id}")
+    return 0
+
+
+def _identity(args: argparse.Namespace) -> int:
+    data_dir: Path = args.data_dir
+    state = IdentityState.load(data_dir)
+    if state is None:
+        raise AgentError("not_enrolled", f"no {data_dir / IdentityState.FILE}; run enroll first")
+    certificate = FileKeyStore(data_dir).load_certificate()
+    print(f"device id: {state.device_id}")
+    print(f"device type: {state.device_type}")
+    print(f"server: {state.server_url}")
+    if certificate is None:
+        print(f"certificate: none yet (enrollment {state.status})")
+        return 0
+    print(f"subject: {certificate.subject.rfc4514_string()}")
+    print(f"not after: {_time(certificate.not_valid_after_utc)}")
+    if common_name(certificate) != state.device_id:
+        log.warning("the certificate names %s, identity.json %s", common_name(certificate), state.device_id)
+    return 0
+
+
+def _version(args: argparse.Namespace) -> int:
     print(__version__)
     return 0
+
+
+def _enrolled_store(data_dir: Path) -> tuple[FileKeyStore, IdentityState, x509.Certificate]:
+    state = IdentityState.load(data_dir)
+    store = FileKeyStore(data_dir)
+    certificate = store.load_certificate()
+    if state is None or certificate is None:
+        raise AgentError("not_enrolled", f"no certificate in {data_dir}; run enroll first")
+    return store, state, certificate
+
+
+def _time(moment: datetime | None) -> str:
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ") if moment is not None else "unknown"

@@ -1,0 +1,44 @@
+"""Crash-safe file writes: a reader sees the old file or the new one, never a torn one."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+from pathlib import Path
+
+
+def write_atomic(path: Path, data: bytes, *, mode: int = 0o644, overwrite: bool = True) -> None:
+    """Write `data` to `path` through a temporary file created with `mode` (so a key is never readable by
+    others, not even for a moment), fsynced before it takes the final name.
+
+    With `overwrite=False` the final step is a hard link, which fails if `path` exists: two writers
+    racing for the same name cannot replace each other's file.
+    """
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        if overwrite:
+            os.replace(tmp, path)
+        else:
+            os.link(tmp, path)
+            tmp.unlink()
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_directory(path.parent)
+
+
+def fsync_directory(directory: Path) -> None:
+    """Makes a rename durable: without it, a power cut may bring back the old directory entry."""
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        # Some filesystems refuse fsync on a directory; the rename is then as durable as they make it.
+        with contextlib.suppress(OSError):
+            os.fsync(fd)
+    finally:
+        os.close(fd)
