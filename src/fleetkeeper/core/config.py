@@ -49,6 +49,20 @@ class Settings(BaseSettings):
     )
     enrollment_limit_per_address: str = Field(default="60/minute")
 
+    object_store_url: str | None = Field(
+        default=None,
+        description="release payloads: s3://bucket/prefix, or a directory (default: data_dir/objects)",
+    )
+    s3_endpoint: str | None = Field(default=None, description="S3-compatible endpoint URL (default: AWS)")
+    s3_region: str = "us-east-1"
+    s3_access_key_id: str | None = None
+    s3_secret_access_key: SecretStr | None = None
+    s3_allow_http: bool = Field(default=False, description="allow an http:// S3 endpoint (tests, loopback)")
+    presigned_url_seconds: int = Field(default=300, ge=10, le=3600, description="lifetime of download links")
+    max_release_bytes: int = Field(
+        default=4 * 1024**3, ge=1024, description="largest release artifact accepted"
+    )
+
     trusted_proxies: list[str] = Field(
         default_factory=list,
         description="addresses of reverse proxies whose X-Forwarded-For names the client",

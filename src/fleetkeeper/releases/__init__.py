@@ -1,0 +1,1 @@
+"""Software trust: releases, the TUF image repository, the per-device director, object storage."""
