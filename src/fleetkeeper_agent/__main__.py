@@ -1,5 +1,8 @@
+"""`python -m fleetkeeper_agent`."""
+
 import sys
 
 from fleetkeeper_agent.cli import main
 
-sys.exit(main())
+if __name__ == "__main__":
+    sys.exit(main())
