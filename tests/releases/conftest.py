@@ -12,6 +12,8 @@ from securesystemslib.signer import CryptoSigner, Key
 from fleetkeeper.releases.keys import init_keys
 from fleetkeeper.releases.trust import ONLINE_KEY_NAMES, InitialTrust, build_initial_trust
 
+NOW = datetime.now(UTC)
+
 
 def in_days(days: int) -> datetime:
     return (datetime.now(UTC) + timedelta(days=days)).replace(microsecond=0)
