@@ -113,26 +113,19 @@ class _Verifier:
         self.sha256 = sha256.lower()
         self.received = 0
         self._hash = hashlib.sha256()
-        # Kept because a library between the stream and the caller may replace the exception with
-        # its own (obstore reports the failed multipart abort, not why it aborted).
-        self.failure: ObjectMismatchError | None = None
 
     def update(self, chunk: bytes) -> None:
         self.received += len(chunk)
         if self.received > self.length:
-            self._fail(ObjectMismatchError("length", self.length, f"more than {self.length}"))
+            raise ObjectMismatchError("length", self.length, f"more than {self.length}")
         self._hash.update(chunk)
 
     def finish(self) -> None:
         if self.received != self.length:
-            self._fail(ObjectMismatchError("length", self.length, self.received))
+            raise ObjectMismatchError("length", self.length, self.received)
         actual = self._hash.hexdigest()
         if actual != self.sha256:
-            self._fail(ObjectMismatchError("sha256", self.sha256, actual))
-
-    def _fail(self, error: ObjectMismatchError) -> None:
-        self.failure = self.failure or error
-        raise self.failure
+            raise ObjectMismatchError("sha256", self.sha256, actual)
 
 
 # --- the filesystem ---------------------------------------------------------------------------
@@ -295,13 +288,22 @@ class S3Store:
         verifier = _Verifier(length, sha256)
         temporary = self._partial_key()
 
+        # obstore reports the failure of its multipart abort rather than why it aborted, so the
+        # reason (a mismatch, or the caller's stream failing) is kept here and raised instead.
+        stream_error: BaseException | None = None
+
         async def verified() -> AsyncIterator[bytes]:
-            async for chunk in chunks:
-                verifier.update(chunk)
-                yield chunk
-            # Raising here, before the stream ends, makes obstore abort the upload instead of
-            # completing it.
-            verifier.finish()
+            nonlocal stream_error
+            try:
+                async for chunk in chunks:
+                    verifier.update(chunk)
+                    yield chunk
+                # Raising here, before the stream ends, makes obstore abort the upload instead of
+                # completing it.
+                verifier.finish()
+            except BaseException as exc:
+                stream_error = exc
+                raise
 
         try:
             await obstore.put_async(self.store, temporary, verified(), chunk_size=8 * CHUNK_SIZE)
@@ -310,8 +312,8 @@ class S3Store:
             await obstore.copy_async(self.store, temporary, target)
         except BaseException as exc:
             await _delete_quietly(self.store, temporary)
-            if verifier.failure is not None and verifier.failure is not exc:
-                raise verifier.failure from None
+            if stream_error is not None and stream_error is not exc:
+                raise stream_error from None
             raise
         await _delete_quietly(self.store, temporary)
 
