@@ -16,7 +16,7 @@ from starlette.responses import Response, StreamingResponse
 from fleetkeeper.core.errors import problem_response
 from fleetkeeper.releases.storage import ObjectStore
 
-_SINGLE_RANGE = re.compile(r"bytes[ \t]*=[ \t]*(\d*)[ \t]*-[ \t]*(\d*)[ \t]*", re.IGNORECASE)
+_SINGLE_RANGE = re.compile(r"bytes[ \t]*=[ \t]*([0-9]*)[ \t]*-[ \t]*([0-9]*)[ \t]*", re.IGNORECASE)
 
 
 class ByteRange(NamedTuple):
