@@ -112,8 +112,22 @@ async def test_a_failing_stream_leaves_nothing_behind(object_store: ObjectStore)
         (1234, None, PAYLOAD[1234:]),  # to the end
         (len(PAYLOAD) - 1, len(PAYLOAD), PAYLOAD[-1:]),  # the last byte
         (10, 10, b""),
+        (len(PAYLOAD) - 10, len(PAYLOAD) + 1000, PAYLOAD[-10:]),
+        (len(PAYLOAD), None, b""),
+        (len(PAYLOAD) + 5, len(PAYLOAD) + 10, b""),
     ],
-    ids=["first-byte", "first-two", "middle", "suffix", "to-the-end", "last-byte", "empty"],
+    ids=[
+        "first-byte",
+        "first-two",
+        "middle",
+        "suffix",
+        "to-the-end",
+        "last-byte",
+        "empty",
+        "clipped",
+        "at-the-end",
+        "past-the-end",
+    ],
 )
 async def test_byte_ranges(
     object_store: ObjectStore, start: int, end: int | None, expected: bytes, request: pytest.FixtureRequest
