@@ -33,7 +33,13 @@ $(OIDC_PROVIDER)/node_modules: $(OIDC_PROVIDER)/package.json
 	cd $(OIDC_PROVIDER) && npm install --no-package-lock --no-audit --no-fund --loglevel=error
 	touch $@
 
-pytest: $(STAMP) $(OIDC_PROVIDER)/node_modules
+# The S3-compatible server the object-store tests start (tests/s3_server), pinned the same way.
+S3_SERVER := tests/s3_server
+$(S3_SERVER)/node_modules: $(S3_SERVER)/package.json
+	cd $(S3_SERVER) && npm install --no-package-lock --no-audit --no-fund --loglevel=error
+	touch $@
+
+pytest: $(STAMP) $(OIDC_PROVIDER)/node_modules $(S3_SERVER)/node_modules
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 test: lint typecheck pytest
