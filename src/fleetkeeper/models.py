@@ -7,5 +7,6 @@ def load_all_models() -> None:
     from fleetkeeper.access import models as access_models
     from fleetkeeper.audit import models as audit_models
     from fleetkeeper.devices import models as device_models
+    from fleetkeeper.releases import models as release_models
 
-    del access_models, audit_models, device_models
+    del access_models, audit_models, device_models, release_models

@@ -13,7 +13,7 @@ from fleetkeeper.releases.errors import ReleaseError
 
 keys_app = typer.Typer(no_args_is_help=True, help="Offline root and release (targets) keys.")
 trust_app = typer.Typer(no_args_is_help=True, help="The server's trust: initial roots, root rotation.")
-release_app = typer.Typer(no_args_is_help=True, help="Release artifacts: create and sign.")
+release_app = typer.Typer(no_args_is_help=True, help="Release artifacts: create, sign, upload.")
 
 T = TypeVar("T")
 
@@ -177,6 +177,46 @@ def release_sign(
 
     version, signatures = _guarded(run)
     typer.echo(f"{artifact}: targets v{version}, {signatures} signature(s)")
+
+
+@release_app.command("upload")
+def release_upload(
+    artifact: Annotated[
+        Path, typer.Argument(help="signed artifact file (.fkr)", exists=True, dir_okay=False)
+    ],
+    server: ServerOption,
+    token: TokenOption,
+    tag: Annotated[
+        list[str] | None, typer.Option("--tag", help="release tag (repeatable; scopes permissions)")
+    ] = None,
+) -> None:
+    """Stream the artifact to the server, resuming after a broken connection (run it again to
+    resume after an interrupted run)."""
+    from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
+
+    from fleetkeeper.releases.upload_client import UploadError, upload
+
+    columns = (
+        "[progress.description]{task.description}",
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+    )
+    with Progress(*columns, transient=True) as progress:
+        task = progress.add_task(f"uploading {artifact.name}", total=artifact.stat().st_size)
+        try:
+            release = upload(
+                artifact,
+                server,
+                token,
+                tags=tag or [],
+                on_progress=lambda sent, total: progress.update(task, completed=sent, total=total),
+            )
+        except UploadError as exc:
+            cli.fail(f"{exc.code}: {exc.detail}")
+        except OSError as exc:
+            cli.fail(f"io_error: {exc}")
+    typer.echo(f"{release['name']} {release['version']} accepted: targets v{release['targets_version']}")
 
 
 # Imported last, as in cli/audit.py: cli.main imports this module to register the sub-apps.

@@ -25,14 +25,30 @@ def management_routers() -> list[APIRouter]:
     from fleetkeeper.access.auth_api import auth_router, me_router
     from fleetkeeper.audit.api import router as audit_router
     from fleetkeeper.devices.admin_api import router as devices_router
+    from fleetkeeper.releases.api import router as releases_router
+    from fleetkeeper.releases.upload_api import router as uploads_router
 
-    return [health_router, auth_router, me_router, access_router, audit_router, devices_router]
+    return [
+        health_router,
+        auth_router,
+        me_router,
+        access_router,
+        audit_router,
+        devices_router,
+        releases_router,
+        uploads_router,
+    ]
 
 
 def device_routers() -> list[APIRouter]:
     from fleetkeeper.devices.api import router as device_router
+    from fleetkeeper.releases.device_api import router as releases_device_router
 
-    return [device_router]
+    return [device_router, releases_device_router]
+
+
+# Bodies above the 1 MiB default: release upload chunks.
+BODY_LIMITS = {"/api/v1/releases/uploads/": 64 * 1024 * 1024}
 
 
 def _finish(app: FastAPI, runtime: Runtime, listener: str, routers: list[APIRouter]) -> FastAPI:
@@ -42,7 +58,7 @@ def _finish(app: FastAPI, runtime: Runtime, listener: str, routers: list[APIRout
     for router in routers:
         app.include_router(router)
     install_problem_handlers(app)
-    app.add_middleware(BodySizeLimitMiddleware)
+    app.add_middleware(BodySizeLimitMiddleware, limits=BODY_LIMITS)
     app.add_middleware(MetricsMiddleware, listener=listener)
     app.add_middleware(UnhandledErrorMiddleware)
     app.add_middleware(RequestIdMiddleware, listener=listener)

@@ -21,6 +21,8 @@ if TYPE_CHECKING:
     from fleetkeeper.access.oidc import OidcClient
     from fleetkeeper.access.tokens import KeyRing
     from fleetkeeper.core.ratelimit import RateLimiter
+    from fleetkeeper.releases.online_keys import OnlineKeys
+    from fleetkeeper.releases.storage import ObjectStore
 
 log = get_logger(__name__)
 
@@ -39,6 +41,8 @@ class Runtime:
     keyring: KeyRing
     rate_limiter: RateLimiter
     oidc: OidcClient
+    online_keys: OnlineKeys
+    object_store: ObjectStore
     created_ca: bool = False
     first_admin_password: str | None = None
 
@@ -49,6 +53,8 @@ class Runtime:
         from fleetkeeper.access.tokens import KeyRing
         from fleetkeeper.core.ratelimit import RateLimiter
         from fleetkeeper.devices.certificates import publish_crl
+        from fleetkeeper.releases.online_keys import load_or_create_online_keys
+        from fleetkeeper.releases.storage import object_store_from_settings
 
         settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         database = Database(settings.resolved_database_url)
@@ -61,6 +67,8 @@ class Runtime:
             device_tls = DeviceListenerTls(
                 pki.device_listener_cert, pki.device_listener_key, pki.ca_cert, pki.crl, crl_number=number
             )
+            online_keys = load_or_create_online_keys(pki.directory / "tuf")
+            object_store = object_store_from_settings(settings)
             await sync_builtin_roles(database)
             password = await ensure_first_admin(database)
         except BaseException:
@@ -75,6 +83,8 @@ class Runtime:
             keyring=KeyRing(database),
             rate_limiter=RateLimiter(settings.rate_limit_storage),
             oidc=OidcClient(settings),
+            online_keys=online_keys,
+            object_store=object_store,
             created_ca=created_ca,
             first_admin_password=password,
         )

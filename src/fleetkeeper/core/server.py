@@ -7,7 +7,7 @@ import contextlib
 import signal
 import ssl
 import sys
-from collections.abc import Awaitable, Callable, Generator
+from collections.abc import Callable, Generator
 from typing import Any
 
 import uvicorn
@@ -16,6 +16,7 @@ import fleetkeeper
 from fleetkeeper.access.service import FIRST_ADMIN_USERNAME
 from fleetkeeper.core.app import create_device_app, create_management_app
 from fleetkeeper.core.config import Settings
+from fleetkeeper.core.jobs import every, once_across_replicas
 from fleetkeeper.core.logging import get_logger
 from fleetkeeper.core.runtime import Runtime
 from fleetkeeper.core.tls import (
@@ -79,24 +80,28 @@ def _listener_configs(runtime: Runtime) -> tuple[uvicorn.Config, uvicorn.Config]
 
 
 # Each process keeps its device listener's CRL current (revocations on other replicas, and the
-# CRL's own next-update time).
+# CRL's own next-update time); one replica at a time re-signs TUF metadata before it expires.
 CRL_RELOAD_INTERVAL = 30.0
-
-
-async def _every(interval: float, name: str, job: Callable[[], Awaitable[object]]) -> None:
-    while True:
-        await asyncio.sleep(interval)
-        try:
-            await job()
-        except Exception:
-            log.exception("background job failed", job=name)
+METADATA_REFRESH_INTERVAL = 60.0
 
 
 async def serve(settings: Settings) -> None:
     from fleetkeeper.devices.certificates import reload_crl
+    from fleetkeeper.releases.service import refresh_due_metadata
 
     runtime = await Runtime.start(settings)
-    background = [asyncio.create_task(_every(CRL_RELOAD_INTERVAL, "crl", lambda: reload_crl(runtime)))]
+    background = [
+        asyncio.create_task(every(CRL_RELOAD_INTERVAL, "crl", lambda: reload_crl(runtime))),
+        asyncio.create_task(
+            every(
+                METADATA_REFRESH_INTERVAL,
+                "metadata",
+                lambda: once_across_replicas(
+                    runtime.database, "metadata-refresh", lambda: refresh_due_metadata(runtime)
+                ),
+            )
+        ),
+    ]
     try:
         management, device = (_Listener(config) for config in _listener_configs(runtime))
         listeners = [management, device]

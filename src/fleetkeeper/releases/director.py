@@ -18,7 +18,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
 # tuf re-exports its public API without __all__, which mypy --strict reads as private.
-from tuf.api.metadata import (  # type: ignore[attr-defined]
+from tuf.api.metadata import (
     Metadata,
     MetaFile,
     Snapshot,

@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 # These packages re-export their public API without __all__, which mypy --strict reads as private.
-from securesystemslib.signer import CryptoSigner, Key, Signer  # type: ignore[attr-defined]
+from securesystemslib.signer import CryptoSigner, Key, Signer
 
 from fleetkeeper.core.pki import write_private_key
 

@@ -1,0 +1,151 @@
+"""Management routes of the releases domain: the repository's trust, its metadata, the catalogue."""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query, Request, Response
+from pydantic import BaseModel, ConfigDict, Field
+
+from fleetkeeper.access.auth import PUBLIC, requires
+from fleetkeeper.access.service import Permission, Principal
+from fleetkeeper.core.errors import NotFoundError, ProblemError
+from fleetkeeper.core.runtime import Runtime
+from fleetkeeper.releases import repository, service
+from fleetkeeper.releases.schemas import ReleaseDetail, ReleaseOut, ReleasePage
+
+router = APIRouter(prefix="/api/v1", tags=["releases"])
+Reader = Annotated[Principal, requires(Permission.RELEASES_READ)]
+Manager = Annotated[Principal, requires(Permission.RELEASES_MANAGE)]
+METADATA_FILE = re.compile(r"^(?:(\d{1,9})\.)?(root|timestamp|snapshot|targets)\.json$")
+
+
+def _runtime(request: Request) -> Runtime:
+    runtime: Runtime = request.app.state.runtime
+    return runtime
+
+
+def _canonical(document: dict[str, Any]) -> bytes:
+    return json.dumps(document, sort_keys=True, separators=(",", ":")).encode()
+
+
+class TrustRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    root: dict[str, Any]
+    targets: dict[str, Any]
+    director_root: dict[str, Any]
+
+
+class RootRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    root: dict[str, Any] | None = None
+    director_root: dict[str, Any] | None = None
+
+
+@router.get("/repository/online-keys", dependencies=[PUBLIC])
+async def online_keys(request: Request) -> dict[str, Any]:
+    """The public keys the server signs snapshot, timestamp and director metadata with."""
+    return _runtime(request).online_keys.public_keys()
+
+
+@router.post("/repository/trust", status_code=201)
+async def install_trust(body: TrustRequest, principal: Manager, request: Request) -> dict[str, str]:
+    """The repository's first root and targets, and the director root: signed offline, accepted once."""
+    await service.install_trust(
+        _runtime(request),
+        principal,
+        _canonical(body.root),
+        _canonical(body.targets),
+        _canonical(body.director_root),
+    )
+    return {"status": "initialized"}
+
+
+@router.post("/repository/root")
+async def rotate_root(body: RootRequest, principal: Manager, request: Request) -> dict[str, int]:
+    """The next root version (image repository and/or director), signed by the old and new thresholds."""
+    if body.root is None and body.director_root is None:
+        raise ProblemError("send root, director_root or both", code="invalid_request", status=422)
+    versions = {}
+    if body.root is not None:
+        versions["root"] = await service.rotate_root(
+            _runtime(request), principal, repository.IMAGE, _canonical(body.root)
+        )
+    if body.director_root is not None:
+        versions["director_root"] = await service.rotate_root(
+            _runtime(request), principal, repository.DIRECTOR, _canonical(body.director_root)
+        )
+    return versions
+
+
+async def metadata_response(runtime: Runtime, which: str, filename: str) -> Response:
+    match = METADATA_FILE.match(filename)
+    if match is None:
+        raise NotFoundError("no such metadata", code="metadata_not_found")
+    version, role = match.group(1), match.group(2)
+    async with runtime.database.session() as session:
+        content = await repository.metadata_bytes(session, which, role, int(version) if version else None)
+    if content is None:
+        raise NotFoundError("no such metadata", code="metadata_not_found")
+    return Response(content, media_type="application/json", headers={"cache-control": "no-store"})
+
+
+@router.get("/repository/metadata/{filename}")
+async def image_metadata(filename: str, principal: Reader, request: Request) -> Response:
+    """The image repository's metadata (`1.root.json`, `root.json` for the newest, `timestamp.json`, …)."""
+    return await metadata_response(_runtime(request), repository.IMAGE, filename)
+
+
+@router.get("/director/metadata/{filename}")
+async def director_root(filename: str, principal: Reader, request: Request) -> Response:
+    """The fleet-wide director root (`N.root.json`, or `root.json` for the newest)."""
+    if not filename.endswith("root.json"):
+        raise NotFoundError(
+            "devices read their own director metadata on the device listener", code="metadata_not_found"
+        )
+    return await metadata_response(_runtime(request), repository.DIRECTOR, filename)
+
+
+@router.get("/releases")
+async def list_releases(
+    principal: Reader,
+    request: Request,
+    name: Annotated[str | None, Query(max_length=64)] = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 100,
+    cursor: Annotated[str | None, Query(max_length=64)] = None,
+) -> ReleasePage:
+    async with _runtime(request).database.session() as session:
+        rows = await service.list_releases(session, principal, name=name, limit=limit + 1, after=cursor)
+        items = [ReleaseOut.of(row, await service.release_tags(session, row.id)) for row in rows[:limit]]
+    return ReleasePage(items=items, next_cursor=items[-1].id if len(rows) > limit else None)
+
+
+@router.get("/releases/{name}/{version}")
+async def get_release(name: str, version: str, principal: Reader, request: Request) -> ReleaseDetail:
+    """A release: signers, hashes, module type, device types, SBOM."""
+    async with _runtime(request).database.session() as session:
+        release = await service.get_release(session, principal, name, version, Permission.RELEASES_READ)
+        tags = await service.release_tags(session, release.id)
+    return ReleaseDetail(**ReleaseOut.of(release, tags).model_dump(), sbom=release.sbom)
+
+
+class TagsRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    tags: list[Annotated[str, Field(max_length=128)]] = Field(max_length=20)
+
+
+@router.put("/releases/{name}/{version}/tags")
+async def set_tags(
+    name: str, version: str, body: TagsRequest, principal: Manager, request: Request
+) -> list[str]:
+    """Tags scope `releases:*` permissions."""
+    return await service.set_tags(_runtime(request), principal, name, version, body.tags)
+
+
+@router.delete("/releases/{name}/{version}", status_code=204)
+async def delete_release(name: str, version: str, principal: Manager, request: Request) -> Response:
+    """Refused while an active deployment uses the release."""
+    await service.delete_release(_runtime(request), principal, name, version)
+    return Response(status_code=204)

@@ -1,0 +1,67 @@
+"""Device listener routes of the releases domain: the image repository and the device's director."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import RedirectResponse
+
+from fleetkeeper.core.errors import NotFoundError
+from fleetkeeper.core.runtime import Runtime
+from fleetkeeper.devices.auth import AuthenticatedDevice
+from fleetkeeper.releases import repository, service
+from fleetkeeper.releases.api import METADATA_FILE, metadata_response
+from fleetkeeper.releases.ranges import range_response
+
+router = APIRouter(prefix="/device/v1", tags=["device"])
+
+
+def _runtime(request: Request) -> Runtime:
+    runtime: Runtime = request.app.state.runtime
+    return runtime
+
+
+@router.get("/repository/metadata/{filename}")
+async def image_metadata(filename: str, device: AuthenticatedDevice, request: Request) -> Response:
+    return await metadata_response(_runtime(request), repository.IMAGE, filename)
+
+
+@router.get("/repository/targets/{path:path}", response_model=None)
+async def target(path: str, device: AuthenticatedDevice, request: Request) -> Response:
+    """A target file by its consistent-snapshot path (`<name>/<version>/<sha256>.<file>`): HTTP
+    Range supported; with S3, a redirect to a short-lived presigned URL."""
+    runtime = _runtime(request)
+    key = f"targets/{path}"
+    async with runtime.database.session() as session:
+        release = await service.served_object(session, key)
+    if release is None:
+        raise NotFoundError("no such target", code="target_not_found")
+    url = await runtime.object_store.presigned_url(key, runtime.settings.presigned_url_seconds)
+    if url is not None:
+        return RedirectResponse(url, status_code=307)
+    return await range_response(
+        runtime.object_store, key, request.headers.get("range"), "application/octet-stream"
+    )
+
+
+@router.get("/director/metadata/{filename}")
+async def director_metadata(filename: str, device: AuthenticatedDevice, request: Request) -> Response:
+    """This device's director metadata (the device is known from its certificate)."""
+    runtime = _runtime(request)
+    match = METADATA_FILE.match(filename)
+    if match is None:
+        raise NotFoundError("no such metadata", code="metadata_not_found")
+    version, role = match.group(1), match.group(2)
+    if role == "root":
+        return await metadata_response(runtime, repository.DIRECTOR, filename)
+    files = await service.director_files(runtime, device.id, device.device_type)
+    wanted = {
+        "timestamp": (files.timestamp, None),
+        "snapshot": (files.snapshot, files.snapshot_version),
+        "targets": (files.targets, files.targets_version),
+    }
+    content, current = wanted[role]
+    if version is not None and int(version) != current:
+        raise NotFoundError(
+            "that version is no longer current: refresh from timestamp.json", code="metadata_not_found"
+        )
+    return Response(content, media_type="application/json", headers={"cache-control": "no-store"})

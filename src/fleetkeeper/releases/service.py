@@ -1,0 +1,479 @@
+"""The releases domain: installing trust, accepting releases, the catalogue, and what each device's
+director metadata assigns. Other domains reach releases through this module."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import exists, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+from tuf.api.metadata import Key, Metadata, Root
+
+from fleetkeeper.access.service import Permission, Principal
+from fleetkeeper.audit.service import SYSTEM, record
+from fleetkeeper.core.db import utcnow
+from fleetkeeper.core.errors import ConflictError, NotFoundError, ProblemError
+from fleetkeeper.core.ids import new_id
+from fleetkeeper.core.runtime import Runtime
+from fleetkeeper.releases import repository, uploads
+from fleetkeeper.releases.artifact import Artifact, read_artifact
+from fleetkeeper.releases.director import (
+    Assignment,
+    DeviceMetadata,
+    build_device_metadata,
+    refresh_device_metadata,
+)
+from fleetkeeper.releases.errors import ReleaseError
+from fleetkeeper.releases.models import DirectorState, Release, ReleaseTag
+from fleetkeeper.releases.schemas import ReleaseOut
+from fleetkeeper.releases.trust import (
+    check_initial_trust,
+    check_root_update,
+    director_online_keys,
+    image_online_keys,
+)
+from fleetkeeper.releases.verification import verify_release
+
+
+def _now() -> datetime:
+    return utcnow().replace(microsecond=0)
+
+
+def _refused(error: ReleaseError, status: int = 422) -> ProblemError:
+    return ProblemError(error.detail, code=error.code, status=status)
+
+
+def online_public_keys(runtime: Runtime) -> dict[str, Key]:
+    from fleetkeeper.releases.online_keys import ONLINE_ROLES
+
+    return {role: runtime.online_keys.key(role) for role in ONLINE_ROLES}
+
+
+# --- trust --------------------------------------------------------------------------------------
+
+
+async def install_trust(
+    runtime: Runtime, principal: Principal, root: bytes, targets: bytes, director_root: bytes
+) -> None:
+    """The first roots, signed offline; accepted once, when they name this server's online keys."""
+    try:
+        parsed = (Metadata.from_bytes(root), Metadata.from_bytes(targets), Metadata.from_bytes(director_root))
+    except Exception as exc:  # python-tuf raises several kinds for malformed metadata
+        raise ProblemError(
+            f"the metadata does not parse: {exc}", code="invalid_metadata", status=422
+        ) from None
+    try:
+        check_initial_trust(*parsed, online_public_keys(runtime), _now())  # type: ignore[arg-type]
+    except ReleaseError as error:
+        raise _refused(error) from None
+    try:
+        async with runtime.database.transaction() as session:
+            if await repository.latest_row(session, repository.IMAGE, "root") is not None:
+                raise ConflictError(
+                    "the repository already has its trust; rotate the root instead",
+                    code="already_initialized",
+                )
+            await repository.store(session, repository.IMAGE, parsed[0], root)
+            await repository.store(session, repository.IMAGE, parsed[1], targets)
+            await repository.store(session, repository.DIRECTOR, parsed[2], director_root)
+            await repository.sign_snapshot_and_timestamp(session, runtime.online_keys, _now())
+            await record(
+                session,
+                actor=principal.actor,
+                action="repository.initialized",
+                object_type="repository",
+                object_id=repository.IMAGE,
+                details={
+                    "root_keys": sorted(parsed[0].signed.roles["root"].keyids),
+                    "threshold": parsed[0].signed.roles["root"].threshold,
+                },
+            )
+    except IntegrityError:
+        raise ConflictError("the repository already has its trust", code="already_initialized") from None
+
+
+async def rotate_root(runtime: Runtime, principal: Principal, which: str, content: bytes) -> int:
+    """Root vN+1, signed by the current root's threshold and its own."""
+    try:
+        new: Metadata[Root] = Metadata.from_bytes(content)
+    except Exception as exc:
+        raise ProblemError(
+            f"the metadata does not parse: {exc}", code="invalid_metadata", status=422
+        ) from None
+    keys = online_public_keys(runtime)
+    expected = image_online_keys(keys) if which == repository.IMAGE else director_online_keys(keys)
+    async with runtime.database.transaction() as session:
+        current = await repository.latest(session, which, "root")
+        if current is None:
+            raise ConflictError("there is no root yet: run `fleetkeeper trust init`", code="not_initialized")
+        try:
+            check_root_update(current, new, expected, _now())
+        except ReleaseError as error:
+            raise _refused(error) from None
+        await repository.store(session, which, new, content)
+        await record(
+            session,
+            actor=principal.actor,
+            action="repository.root_rotated",
+            object_type="repository",
+            object_id=which,
+            details={"version": new.signed.version, "root_keys": sorted(new.signed.roles["root"].keyids)},
+        )
+    return new.signed.version
+
+
+# --- releases -----------------------------------------------------------------------------------
+
+
+async def _chunks(artifact: Artifact) -> AsyncIterator[bytes]:
+    iterator: Iterator[bytes] = artifact.iter_payload()
+    while True:
+        chunk = await asyncio.to_thread(next, iterator, None)
+        if chunk is None:
+            return
+        yield chunk
+
+
+async def publish_upload(runtime: Runtime, principal: Principal, upload_id: str) -> ReleaseOut:
+    """Verifies the uploaded artifact completely, then stores the payload, the new targets
+    metadata and the re-signed snapshot and timestamp. A refusal leaves nothing behind."""
+    upload = await uploads.get(runtime.database, principal, upload_id)
+    path = await uploads.received_file(runtime.database, runtime.settings, principal, upload_id)
+    object_key = None
+    try:
+        async with runtime.database.session() as session:
+            root, current_targets = await repository.current_image_trust(session)
+        artifact = await asyncio.to_thread(read_artifact, path, max_bytes=runtime.settings.max_release_bytes)
+        verified = await asyncio.to_thread(
+            verify_release,
+            artifact,
+            root,
+            current_targets,
+            max_bytes=runtime.settings.max_release_bytes,
+            now=_now(),
+        )
+        manifest = artifact.release
+        sha256 = verified.target.hashes["sha256"]
+        directory, _, filename = artifact.target_path.rpartition("/")
+        object_key = f"targets/{directory}/{sha256}.{filename}"
+        await runtime.object_store.put(
+            object_key, _chunks(artifact), length=artifact.payload_length, sha256=sha256
+        )
+        async with runtime.database.transaction() as session:
+            release = Release(
+                id=new_id("rel"),
+                name=manifest["name"],
+                version=manifest["version"],
+                release_counter=manifest["release_counter"],
+                module=manifest["module"],
+                device_types=list(manifest["device_types"]),
+                depends=dict(manifest.get("depends") or {}),
+                provides=dict(manifest.get("provides") or {}),
+                target_path=artifact.target_path,
+                length=artifact.payload_length,
+                sha256=sha256,
+                object_key=object_key,
+                sbom=json.loads(artifact.sbom) if artifact.sbom else None,
+                sbom_sha256=(manifest.get("sbom") or {}).get("sha256"),
+                targets_version=verified.targets.signed.version,
+                signer_keyids=verified.signer_keyids,
+                uploaded_by=principal.user_id,
+                created_at=utcnow(),
+            )
+            session.add(release)
+            await session.flush()
+            for tag in upload.tags:
+                session.add(ReleaseTag(release_id=release.id, tag=tag))
+            await repository.store(session, repository.IMAGE, verified.targets, artifact.targets_json)
+            await repository.sign_snapshot_and_timestamp(session, runtime.online_keys, _now())
+            await record(
+                session,
+                actor=principal.actor,
+                action="release.uploaded",
+                object_type="release",
+                object_id=release.id,
+                details={
+                    "name": release.name,
+                    "version": release.version,
+                    "release_counter": release.release_counter,
+                    "sha256": sha256,
+                    "targets_version": release.targets_version,
+                    "signers": release.signer_keyids,
+                    "tags": upload.tags,
+                },
+            )
+        object_key = None  # kept: the release owns it now
+        return await release_out(runtime, release.id)
+    except ReleaseError as error:
+        await _audit_refusal(runtime, principal, upload_id, error.code, error.detail)
+        raise _refused(error, 413 if error.code == "payload_too_large" else 422) from None
+    except IntegrityError:
+        await _audit_refusal(
+            runtime, principal, upload_id, "conflict", "a release or targets version like it exists"
+        )
+        raise ConflictError(
+            "this release, or a targets metadata of this version, exists already",
+            code="stale_metadata_version",
+        ) from None
+    finally:
+        if object_key is not None:
+            await _delete_unreferenced(runtime, object_key)
+        await uploads.discard(runtime.database, runtime.settings, upload_id)
+
+
+async def _delete_unreferenced(runtime: Runtime, object_key: str) -> None:
+    """A refused upload's payload goes, unless an accepted release uses the same bytes."""
+    async with runtime.database.session() as session:
+        used = await session.scalar(select(exists().where(Release.object_key == object_key)))
+    if not used:
+        await runtime.object_store.delete(object_key)
+
+
+async def _audit_refusal(
+    runtime: Runtime, principal: Principal, upload_id: str, code: str, detail: str
+) -> None:
+    async with runtime.database.transaction() as session:
+        await record(
+            session,
+            actor=principal.actor,
+            action="release.upload_refused",
+            object_type="upload",
+            object_id=upload_id,
+            outcome="failure",
+            details={"code": code, "reason": detail},
+        )
+
+
+# --- the catalogue ------------------------------------------------------------------------------
+
+
+async def release_tags(session: AsyncSession, release_id: str) -> list[str]:
+    return sorted(await session.scalars(select(ReleaseTag.tag).where(ReleaseTag.release_id == release_id)))
+
+
+async def release_out(runtime: Runtime, release_id: str) -> ReleaseOut:
+    async with runtime.database.session() as session:
+        release = await session.get(Release, release_id)
+        assert release is not None
+        return ReleaseOut.of(release, await release_tags(session, release_id))
+
+
+def _tag_scope_condition(principal: Principal, permission: Permission) -> Any:
+    scopes = principal.grants.scopes(permission)
+    if scopes is None:
+        return True
+    return exists().where(ReleaseTag.release_id == Release.id, ReleaseTag.tag.in_(sorted(scopes)))
+
+
+async def list_releases(
+    session: AsyncSession, principal: Principal, *, name: str | None, limit: int, after: str | None
+) -> Sequence[Release]:
+    query = select(Release).where(
+        Release.deleted_at.is_(None), _tag_scope_condition(principal, Permission.RELEASES_READ)
+    )
+    if name:
+        query = query.where(Release.name == name)
+    if after:
+        query = query.where(Release.id > after)
+    return (await session.scalars(query.order_by(Release.id).limit(limit))).all()
+
+
+async def get_release(
+    session: AsyncSession, principal: Principal, name: str, version: str, permission: Permission
+) -> Release:
+    release = await session.scalar(
+        select(Release).where(Release.name == name, Release.version == version, Release.deleted_at.is_(None))
+    )
+    if release is None:
+        raise NotFoundError(f"no release {name} {version}", code="release_not_found")
+    tags = await release_tags(session, release.id)
+    if not principal.can(permission, tags if principal.grants.scopes(permission) is not None else None):
+        if not principal.can(Permission.RELEASES_READ, tags):
+            raise NotFoundError(f"no release {name} {version}", code="release_not_found")
+        principal.ensure(permission, tags, on=f"release {name} {version}")
+    return release
+
+
+async def set_tags(
+    runtime: Runtime, principal: Principal, name: str, version: str, tags: list[str]
+) -> list[str]:
+    tags = uploads.check_tags(principal, Permission.RELEASES_MANAGE, tags)
+    async with runtime.database.transaction() as session:
+        release = await get_release(session, principal, name, version, Permission.RELEASES_MANAGE)
+        before = await release_tags(session, release.id)
+        for tag in before:
+            await session.delete(await session.get(ReleaseTag, (release.id, tag)))
+        await session.flush()
+        for tag in tags:
+            session.add(ReleaseTag(release_id=release.id, tag=tag))
+        await record(
+            session,
+            actor=principal.actor,
+            action="release.tags_changed",
+            object_type="release",
+            object_id=release.id,
+            details={"name": name, "version": version, "before": before, "after": tags},
+        )
+    return tags
+
+
+# Other domains (deployments) say whether a release is in use; none is until they register.
+IN_USE_CHECKS: list[Any] = []
+
+
+async def delete_release(runtime: Runtime, principal: Principal, name: str, version: str) -> None:
+    """The payload goes; the target stays in signed metadata (the server cannot re-sign targets)
+    but is no longer served, and the director never assigns it."""
+    async with runtime.database.transaction() as session:
+        release = await get_release(session, principal, name, version, Permission.RELEASES_MANAGE)
+        for check in IN_USE_CHECKS:
+            if await check(session, release.id):
+                raise ConflictError(f"an active deployment uses {name} {version}", code="release_in_use")
+        release.deleted_at = utcnow()
+        object_key = release.object_key
+        await record(
+            session,
+            actor=principal.actor,
+            action="release.deleted",
+            object_type="release",
+            object_id=release.id,
+            details={"name": name, "version": version},
+        )
+    await runtime.object_store.delete(object_key)
+
+
+async def served_object(session: AsyncSession, object_key: str) -> Release | None:
+    release: Release | None = await session.scalar(
+        select(Release).where(Release.object_key == object_key, Release.deleted_at.is_(None))
+    )
+    return release
+
+
+# --- the director -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DirectorFiles:
+    targets: bytes
+    snapshot: bytes
+    timestamp: bytes
+    targets_version: int
+    snapshot_version: int
+
+
+async def _state(session: AsyncSession, device_id: str) -> DirectorState | None:
+    state: DirectorState | None = await session.get(DirectorState, device_id, with_for_update=True)
+    return state
+
+
+def _previous(state: DirectorState | None) -> DeviceMetadata | None:
+    return DeviceMetadata.from_bytes(state.targets, state.snapshot, state.timestamp) if state else None
+
+
+def _save(
+    session: AsyncSession,
+    device_id: str,
+    state: DirectorState | None,
+    metadata: DeviceMetadata,
+    target_path: str | None,
+) -> None:
+    values = {
+        "target_path": target_path,
+        "targets": metadata.targets_bytes(),
+        "snapshot": metadata.snapshot_bytes(),
+        "timestamp": metadata.timestamp_bytes(),
+        "targets_version": metadata.targets.signed.version,
+        "snapshot_version": metadata.snapshot.signed.version,
+        "timestamp_expires": metadata.timestamp.signed.expires,
+        "updated_at": utcnow(),
+    }
+    if state is None:
+        session.add(DirectorState(device_id=device_id, **values))
+    else:
+        for key, value in values.items():
+            setattr(state, key, value)
+
+
+async def assign(runtime: Runtime, device_id: str, device_type: str, release: Release | None) -> None:
+    """What the device must run now; its director metadata is re-signed when this changes."""
+    assignment = (
+        Assignment(
+            target_path=release.target_path,
+            length=release.length,
+            hashes={"sha256": release.sha256},
+            device_id=device_id,
+            device_type=device_type,
+            release_counter=release.release_counter,
+        )
+        if release
+        else None
+    )
+    async with runtime.database.transaction() as session:
+        state = await _state(session, device_id)
+        previous = _previous(state)
+        metadata = build_device_metadata(runtime.online_keys, assignment, previous, now=_now())
+        if metadata is not previous:
+            _save(session, device_id, state, metadata, release.target_path if release else None)
+            await record(
+                session,
+                actor=SYSTEM,
+                action="director.assigned",
+                object_type="device",
+                object_id=device_id,
+                details={
+                    "target": release.target_path if release else None,
+                    "targets_version": metadata.targets.signed.version,
+                },
+            )
+
+
+async def director_files(runtime: Runtime, device_id: str, device_type: str) -> DirectorFiles:
+    """The device's current director metadata, made (assigning nothing) the first time it asks."""
+    async with runtime.database.session() as session:
+        state = await session.get(DirectorState, device_id)
+    if state is None:
+        await assign(runtime, device_id, device_type, None)
+        async with runtime.database.session() as session:
+            state = await session.get(DirectorState, device_id)
+    assert state is not None
+    return DirectorFiles(
+        state.targets, state.snapshot, state.timestamp, state.targets_version, state.snapshot_version
+    )
+
+
+async def refresh_due_metadata(runtime: Runtime) -> int:
+    """The background job: re-signs the image repository's timestamp and every device's director
+    metadata before it expires. Returns how many were re-signed."""
+    now = _now()
+    count = 0
+    async with runtime.database.transaction() as session:
+        count += int(await repository.refresh_if_due(session, runtime.online_keys, now))
+    horizon = now + repository.TIMESTAMP_EXPIRY / 2
+    while True:
+        async with runtime.database.transaction() as session:
+            states = (
+                await session.scalars(
+                    select(DirectorState)
+                    .where(DirectorState.timestamp_expires < horizon)
+                    .order_by(DirectorState.timestamp_expires)
+                    .limit(500)
+                    .with_for_update(skip_locked=True)
+                )
+            ).all()
+            refreshed_now = 0
+            for state in states:
+                previous = _previous(state)
+                assert previous is not None
+                refreshed = refresh_device_metadata(runtime.online_keys, previous, now=now)
+                if refreshed is not None:
+                    _save(session, state.device_id, state, refreshed, state.target_path)
+                    refreshed_now += 1
+        count += refreshed_now
+        if refreshed_now == 0:
+            return count

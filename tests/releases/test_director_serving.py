@@ -1,0 +1,133 @@
+"""The director on the server: per-device metadata, signed by the online director keys under the
+fleet-wide director root, served to that device only, re-signed by the background job."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from tuf.api.metadata import Metadata
+
+from fleetkeeper.core.db import utcnow
+from fleetkeeper.core.ids import new_id
+from fleetkeeper.releases import service
+from fleetkeeper.releases.keys import init_keys
+from fleetkeeper.releases.models import Release
+from fleetkeeper.releases.trust import build_initial_trust, online_keys_from_json
+from tests.conftest import Api
+from tests.devices.helpers import device_client
+from tests.devices.test_enrollment import accepted_device
+
+
+async def initialize(api: Api, tmp_path: Path) -> None:
+    keys = tmp_path / "keys"
+    init_keys(keys, threshold=1, count=1)
+    online = online_keys_from_json(api.runtime.online_keys.public_keys())
+    trust = build_initial_trust(keys, online, datetime.now(UTC).replace(microsecond=0) + timedelta(days=365))
+    admin = await api.admin_headers()
+    response = await api.client.post(
+        "/api/v1/repository/trust",
+        json={
+            "root": trust.root.to_dict(),
+            "targets": trust.targets.to_dict(),
+            "director_root": trust.director_root.to_dict(),
+        },
+        headers=admin,
+    )
+    assert response.status_code == 201, response.text
+    again = await api.client.post(
+        "/api/v1/repository/trust",
+        json={
+            "root": trust.root.to_dict(),
+            "targets": trust.targets.to_dict(),
+            "director_root": trust.director_root.to_dict(),
+        },
+        headers=admin,
+    )
+    assert again.json()["code"] == "already_initialized"
+
+
+async def a_release(api: Api) -> Release:
+    release = Release(
+        id=new_id("rel"),
+        name="fw",
+        version="2.0",
+        release_counter=7,
+        module="file",
+        device_types=["rpi4"],
+        depends={},
+        provides={},
+        target_path="fw/2.0/fw.bin",
+        length=10,
+        sha256="ab" * 32,
+        object_key="targets/fw/2.0/x.fw.bin",
+        sbom=None,
+        sbom_sha256=None,
+        targets_version=2,
+        signer_keyids=["k"],
+        uploaded_by=None,
+        created_at=utcnow(),
+    )
+    async with api.runtime.database.transaction() as session:
+        session.add(release)
+    return release
+
+
+async def fetch(api: Api, certificate: str | None, name: str) -> Metadata:  # type: ignore[type-arg]
+    async with device_client(api.runtime, certificate) as client:
+        response = await client.get(f"/device/v1/director/metadata/{name}")
+    assert response.status_code == 200, response.text
+    return Metadata.from_bytes(response.content)
+
+
+async def test_each_device_gets_its_own_signed_director_metadata(api: Api, tmp_path: Path) -> None:
+    await initialize(api, tmp_path)
+    mine, theirs = await accepted_device(api), await accepted_device(api)
+    await service.assign(api.runtime, mine.device_id or "", "rpi4", await a_release(api))
+
+    root = await fetch(api, mine.certificate, "1.root.json")
+    timestamp = await fetch(api, mine.certificate, "timestamp.json")
+    root.signed.verify_delegate("timestamp", timestamp.signed_bytes, timestamp.signatures)
+    snapshot = await fetch(api, mine.certificate, f"{timestamp.signed.snapshot_meta.version}.snapshot.json")
+    root.signed.verify_delegate("snapshot", snapshot.signed_bytes, snapshot.signatures)
+    targets = await fetch(
+        api, mine.certificate, f"{snapshot.signed.meta['targets.json'].version}.targets.json"
+    )
+    root.signed.verify_delegate("targets", targets.signed_bytes, targets.signatures)
+    assert list(targets.signed.targets) == ["fw/2.0/fw.bin"]
+    assert targets.signed.targets["fw/2.0/fw.bin"].custom["fleetkeeper"] == {
+        "device_id": mine.device_id,
+        "device_type": "rpi4",
+        "release_counter": 7,
+    }
+    assert timestamp.signed.expires > datetime.now(UTC)
+
+    their_targets = await fetch(api, theirs.certificate, "1.targets.json")
+    assert their_targets.signed.targets == {}, "another device sees only its own assignment"
+    async with device_client(api.runtime, None) as client:
+        assert (await client.get("/device/v1/director/metadata/timestamp.json")).status_code == 401
+    async with device_client(api.runtime, mine.certificate) as client:
+        old = await client.get("/device/v1/director/metadata/99.targets.json")
+    assert old.status_code == 404
+
+
+async def test_the_background_job_re_signs_before_expiry(
+    api: Api, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await initialize(api, tmp_path)
+    device = await accepted_device(api)
+    first = await fetch(api, device.certificate, "timestamp.json")
+    assert await service.refresh_due_metadata(api.runtime) == 0, "nothing is due yet"
+    later = datetime.now(UTC).replace(microsecond=0) + timedelta(hours=20)
+    monkeypatch.setattr(service, "_now", lambda: later)
+    assert await service.refresh_due_metadata(api.runtime) >= 2, "image timestamp and the device's"
+    second = await fetch(api, device.certificate, "timestamp.json")
+    assert second.signed.version == first.signed.version + 1
+    assert second.signed.expires > first.signed.expires
+    async with api.runtime.database.session() as session:
+        from fleetkeeper.releases.repository import IMAGE, latest
+
+        image_timestamp = await latest(session, IMAGE, "timestamp")
+    assert image_timestamp is not None
+    assert image_timestamp.signed.expires > later
