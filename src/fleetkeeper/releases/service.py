@@ -246,7 +246,7 @@ async def _audit_refusal(
             object_type="upload",
             object_id=upload_id,
             outcome="failure",
-            details={"code": code, "reason": detail},
+            details={"problem": code, "reason": detail},
         )
 
 
