@@ -251,3 +251,73 @@ def test_root_rotation_reaches_a_client_holding_v1(release: Release, tmp_path: P
         or "unknown_key" in forged.stderr
     )
     shutil.rmtree(tmp_path / "holder")
+
+
+def test_offline_bundle_verifies_with_the_same_trust_root(release: Release, tmp_path: Path) -> None:
+    import tarfile
+    import threading
+    from functools import partial
+    from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+    payload = os.urandom(50_000)
+    assert release.upload(release.make("offline", "1.0.0", 4, payload)).returncode == 0
+    bundle = tmp_path / "offline.fkb"
+    exported = cli(
+        "bundle",
+        "export",
+        "--release",
+        "offline",
+        "--version",
+        "1.0.0",
+        "--device-type",
+        "rpi4",
+        "--server",
+        release.fleet.server.management_url,
+        "-o",
+        str(bundle),
+        token=release.token,
+    )
+    assert exported.returncode == 0, exported.stderr
+    wrong = cli(
+        "bundle",
+        "export",
+        "--release",
+        "offline",
+        "--version",
+        "1.0.0",
+        "--device-type",
+        "x86",
+        "--server",
+        release.fleet.server.management_url,
+        "-o",
+        str(tmp_path / "x.fkb"),
+        token=release.token,
+    )
+    assert wrong.returncode == 1
+    assert "incompatible_device_type" in wrong.stderr
+    site = tmp_path / "site"
+    with tarfile.open(bundle) as tar:
+        tar.extractall(site, filter="data")
+    manifest = json.loads((site / "bundle.json").read_text())
+    assert manifest["target_path"] == "offline/1.0.0/offline-1.0.0.bin"
+    # No network to the server: the bundle alone, served from a local directory.
+    handler = partial(SimpleHTTPRequestHandler, directory=str(site))
+    local = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=local.serve_forever, daemon=True).start()
+    try:
+        base = f"http://127.0.0.1:{local.server_address[1]}"
+        (tmp_path / "meta").mkdir()
+        (tmp_path / "dl").mkdir()
+        offline = Updater(
+            str(tmp_path / "meta"),
+            f"{base}/metadata/",
+            str(tmp_path / "dl"),
+            f"{base}/targets/",
+            bootstrap=(site / "metadata" / "1.root.json").read_bytes(),
+        )
+        offline.refresh()
+        info = offline.get_targetinfo(manifest["target_path"])
+        assert info is not None
+        assert Path(offline.download_target(info)).read_bytes() == payload
+    finally:
+        local.shutdown()

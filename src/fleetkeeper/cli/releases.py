@@ -14,6 +14,7 @@ from fleetkeeper.releases.errors import ReleaseError
 keys_app = typer.Typer(no_args_is_help=True, help="Offline root and release (targets) keys.")
 trust_app = typer.Typer(no_args_is_help=True, help="The server's trust: initial roots, root rotation.")
 release_app = typer.Typer(no_args_is_help=True, help="Release artifacts: create, sign, upload.")
+bundle_app = typer.Typer(no_args_is_help=True, help="Offline bundles for air-gapped sites.")
 
 T = TypeVar("T")
 
@@ -217,6 +218,42 @@ def release_upload(
         except OSError as exc:
             cli.fail(f"io_error: {exc}")
     typer.echo(f"{release['name']} {release['version']} accepted: targets v{release['targets_version']}")
+
+
+@bundle_app.command("export")
+def bundle_export(
+    release: Annotated[str, typer.Option("--release", help="release name")],
+    version: Annotated[str, typer.Option("--version", help="release version")],
+    device_type: Annotated[str, typer.Option("--device-type", help="the devices it is for")],
+    server: ServerOption,
+    token: TokenOption,
+    output: Annotated[Path, typer.Option("-o", "--output", help="bundle file to write")],
+) -> None:
+    """Write one file holding the metadata chain and the release's target."""
+    import httpx2
+
+    partial = output.with_name(output.name + ".partial")
+    try:
+        with httpx2.stream(
+            "GET",
+            f"{server.rstrip('/')}/api/v1/releases/{release}/{version}/bundle",
+            params={"device_type": device_type},
+            headers={"authorization": f"Bearer {token}"},
+            timeout=httpx2.Timeout(60.0, connect=10.0),
+        ) as response:
+            if response.status_code != 200:
+                response.read()
+                problem = response.json() if response.headers.get("content-type", "").endswith("json") else {}
+                code = problem.get("code", response.status_code)
+                cli.fail(f"{code}: {problem.get('detail', response.text[:200])}")
+            with partial.open("wb") as handle:
+                for chunk in response.iter_bytes():
+                    handle.write(chunk)
+        partial.replace(output)
+    except httpx2.HTTPError as exc:
+        partial.unlink(missing_ok=True)
+        cli.fail(f"connection_failed: {exc}")
+    typer.echo(f"{output}: {release} {version} for {device_type}")
 
 
 # Imported last, as in cli/audit.py: cli.main imports this module to register the sub-apps.

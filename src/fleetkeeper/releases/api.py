@@ -7,6 +7,7 @@ import re
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request, Response
+from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from fleetkeeper.access.auth import PUBLIC, requires
@@ -14,6 +15,7 @@ from fleetkeeper.access.service import Permission, Principal
 from fleetkeeper.core.errors import NotFoundError, ProblemError
 from fleetkeeper.core.runtime import Runtime
 from fleetkeeper.releases import repository, service
+from fleetkeeper.releases.bundle import bundle_members, stream_bundle
 from fleetkeeper.releases.schemas import ReleaseDetail, ReleaseOut, ReleasePage
 
 router = APIRouter(prefix="/api/v1", tags=["releases"])
@@ -142,6 +144,27 @@ async def set_tags(
 ) -> list[str]:
     """Tags scope `releases:*` permissions."""
     return await service.set_tags(_runtime(request), principal, name, version, body.tags)
+
+
+@router.get("/releases/{name}/{version}/bundle", response_class=StreamingResponse)
+async def export_bundle(
+    name: str,
+    version: str,
+    principal: Reader,
+    request: Request,
+    device_type: Annotated[str, Query(min_length=1, max_length=64)],
+) -> StreamingResponse:
+    """An offline bundle for air-gapped sites: the metadata chain and the target, as one tar."""
+    runtime = _runtime(request)
+    async with runtime.database.session() as session:
+        release = await service.get_release(session, principal, name, version, Permission.RELEASES_READ)
+    members = await bundle_members(runtime, release, device_type)
+    filename = f"{name}-{version}-{device_type}.fkb"
+    return StreamingResponse(
+        stream_bundle(runtime, release, members),
+        media_type="application/x-tar",
+        headers={"content-disposition": f'attachment; filename="{filename}"'},
+    )
 
 
 @router.delete("/releases/{name}/{version}", status_code=204)
