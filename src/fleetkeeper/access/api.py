@@ -25,15 +25,10 @@ from fleetkeeper.access.schemas import (
     UserOut,
     UserPage,
 )
-from fleetkeeper.core.runtime import Runtime
+from fleetkeeper.core.runtime import runtime_of
 
 router = APIRouter(prefix="/api/v1", tags=["users and roles"])
 Admin = Annotated[Principal, requires(Permission.USERS_MANAGE)]
-
-
-def _runtime(request: Request) -> Runtime:
-    runtime: Runtime = request.app.state.runtime
-    return runtime
 
 
 def _specs(models: list[RoleAssignmentModel]) -> list[service.RoleAssignmentSpec]:
@@ -53,7 +48,7 @@ async def list_users(
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
     cursor: Annotated[str | None, Query(max_length=64)] = None,
 ) -> UserPage:
-    async with _runtime(request).database.session() as session:
+    async with runtime_of(request).database.session() as session:
         users = await service.list_users(session, limit=limit + 1, after=cursor)
         items = [UserOut.of(user, await service.user_role_names(session, user.id)) for user in users[:limit]]
     return UserPage(items=items, next_cursor=items[-1].id if len(users) > limit else None)
@@ -63,7 +58,7 @@ async def list_users(
 async def create_user(body: CreateUserRequest, principal: Admin, request: Request) -> CreatedUser:
     """The password (given or generated) must be changed at the user's first sign-in."""
     user, one_time = await service.create_user(
-        _runtime(request).database,
+        runtime_of(request).database,
         principal,
         username=body.username,
         password=body.password,
@@ -76,7 +71,7 @@ async def create_user(body: CreateUserRequest, principal: Admin, request: Reques
 
 @router.get("/users/{user_id}")
 async def get_user(user_id: str, principal: Admin, request: Request) -> UserOut:
-    async with _runtime(request).database.session() as session:
+    async with runtime_of(request).database.session() as session:
         user = await service.get_user(session, user_id)
         return UserOut.of(user, await service.user_role_names(session, user_id))
 
@@ -84,7 +79,7 @@ async def get_user(user_id: str, principal: Admin, request: Request) -> UserOut:
 @router.patch("/users/{user_id}")
 async def update_user(user_id: str, body: UpdateUserRequest, principal: Admin, request: Request) -> UserOut:
     """Disabling signs the user out everywhere and revokes their API tokens at once."""
-    database = _runtime(request).database
+    database = runtime_of(request).database
     user = await service.set_user_disabled(database, principal, user_id, body.disabled)
     async with database.session() as session:
         return UserOut.of(user, await service.user_role_names(session, user_id))
@@ -92,7 +87,7 @@ async def update_user(user_id: str, body: UpdateUserRequest, principal: Admin, r
 
 @router.delete("/users/{user_id}", status_code=204)
 async def delete_user(user_id: str, principal: Admin, request: Request) -> Response:
-    await service.delete_user(_runtime(request).database, principal, user_id)
+    await service.delete_user(runtime_of(request).database, principal, user_id)
     return Response(status_code=204)
 
 
@@ -101,19 +96,19 @@ async def set_roles(
     user_id: str, body: list[RoleAssignmentModel], principal: Admin, request: Request
 ) -> list[str]:
     """Replaces the user's roles; each may be narrowed to device groups and release tags."""
-    return await service.set_user_roles(_runtime(request).database, principal, user_id, _specs(body))
+    return await service.set_user_roles(runtime_of(request).database, principal, user_id, _specs(body))
 
 
 @router.post("/users/{user_id}/password-reset")
 async def reset_password(user_id: str, principal: Admin, request: Request) -> PasswordResetResponse:
     return PasswordResetResponse(
-        one_time_password=await service.reset_password(_runtime(request).database, principal, user_id)
+        one_time_password=await service.reset_password(runtime_of(request).database, principal, user_id)
     )
 
 
 @router.delete("/users/{user_id}/sessions", status_code=204)
 async def end_user_sessions(user_id: str, principal: Admin, request: Request) -> Response:
-    database = _runtime(request).database
+    database = runtime_of(request).database
     async with database.session() as session:
         await service.get_user(session, user_id)
     await signin.end_all_sessions(database, principal, user_id)
@@ -122,20 +117,20 @@ async def end_user_sessions(user_id: str, principal: Admin, request: Request) ->
 
 @router.get("/roles")
 async def list_roles(principal: Admin, request: Request) -> list[RoleOut]:
-    async with _runtime(request).database.session() as session:
+    async with runtime_of(request).database.session() as session:
         return [_role_out(role) for role in await service.list_roles(session)]
 
 
 @router.get("/roles/{name}")
 async def get_role(name: str, principal: Admin, request: Request) -> RoleOut:
-    async with _runtime(request).database.session() as session:
+    async with runtime_of(request).database.session() as session:
         return _role_out(await service.get_role(session, name))
 
 
 @router.post("/roles", status_code=201)
 async def create_role(body: CreateRoleRequest, principal: Admin, request: Request) -> RoleOut:
     role = await service.create_role(
-        _runtime(request).database,
+        runtime_of(request).database,
         principal,
         name=body.name,
         description=body.description,
@@ -148,25 +143,27 @@ async def create_role(body: CreateRoleRequest, principal: Admin, request: Reques
 async def update_role(name: str, body: UpdateRoleRequest, principal: Admin, request: Request) -> RoleOut:
     grants = None if body.grants is None else [grant.model_dump(mode="json") for grant in body.grants]
     role = await service.update_role(
-        _runtime(request).database, principal, name, description=body.description, grants=grants
+        runtime_of(request).database, principal, name, description=body.description, grants=grants
     )
     return _role_out(role)
 
 
 @router.delete("/roles/{name}", status_code=204)
 async def delete_role(name: str, principal: Admin, request: Request) -> Response:
-    await service.delete_role(_runtime(request).database, principal, name)
+    await service.delete_role(runtime_of(request).database, principal, name)
     return Response(status_code=204)
 
 
 @router.get("/access/policy")
 async def get_policy(principal: Admin, request: Request) -> AccessPolicyOut:
-    async with _runtime(request).database.transaction() as session:
+    async with runtime_of(request).database.transaction() as session:
         return AccessPolicyOut(require_2fa_roles=(await service.get_policy(session)).require_2fa_roles)
 
 
 @router.put("/access/policy")
 async def set_policy(body: AccessPolicyUpdate, principal: Admin, request: Request) -> AccessPolicyOut:
     """Roles whose holders must use two-factor sign-in (they are asked to enrol at next sign-in)."""
-    roles = await service.set_require_2fa_roles(_runtime(request).database, principal, body.require_2fa_roles)
+    roles = await service.set_require_2fa_roles(
+        runtime_of(request).database, principal, body.require_2fa_roles
+    )
     return AccessPolicyOut(require_2fa_roles=roles)

@@ -18,7 +18,7 @@ from fleetkeeper.access.tokens import secret_matches
 from fleetkeeper.core.db import utcnow
 from fleetkeeper.core.errors import ForbiddenError, UnauthenticatedError
 from fleetkeeper.core.routeaccess import AccessRule, mark, public_dependency
-from fleetkeeper.core.runtime import Runtime
+from fleetkeeper.core.runtime import Runtime, runtime_of
 
 MAX_CREDENTIAL_LENGTH = 4096
 LAST_USED_RESOLUTION = timedelta(minutes=1)
@@ -57,7 +57,7 @@ async def authenticate(connection: HTTPConnection, *, allow_pending: bool = Fals
 
 
 async def _authenticate(connection: HTTPConnection) -> Principal:
-    runtime: Runtime = connection.app.state.runtime
+    runtime = runtime_of(connection)
     scheme, _, credential = connection.headers.get("authorization", "").partition(" ")
     credential = credential.strip()
     if scheme.lower() != "bearer" or not credential:

@@ -35,7 +35,7 @@ from fleetkeeper.access.schemas import (
 from fleetkeeper.access.service import change_own_password, get_user, user_role_names
 from fleetkeeper.access.tokens import rotate_signing_key
 from fleetkeeper.core.errors import ProblemError
-from fleetkeeper.core.runtime import Runtime
+from fleetkeeper.core.runtime import runtime_of
 
 auth_router = APIRouter(prefix="/api/v1/auth", tags=["sign-in"])
 me_router = APIRouter(prefix="/api/v1/me", tags=["my account"])
@@ -44,13 +44,8 @@ Me = Annotated[Principal, signed_in()]
 MeMaybePending = Annotated[Principal, signed_in(allow_pending=True)]
 
 
-def _runtime(request: Request) -> Runtime:
-    runtime: Runtime = request.app.state.runtime
-    return runtime
-
-
 def _sign_in_flow(request: Request) -> signin.SignIn:
-    runtime = _runtime(request)
+    runtime = runtime_of(request)
     return signin.SignIn(runtime.database, runtime.keyring, runtime.rate_limiter, runtime.settings)
 
 
@@ -91,14 +86,14 @@ async def refresh(body: RefreshRequest, request: Request) -> TokenResponse:
 async def sign_out(principal: MeMaybePending, request: Request) -> Response:
     """Ends the session of this access token (its refresh tokens stop working)."""
     if principal.session_id:
-        await signin.end_session(_runtime(request).database, principal, principal.session_id)
+        await signin.end_session(runtime_of(request).database, principal, principal.session_id)
     return Response(status_code=204)
 
 
 @auth_router.get("/jwks", dependencies=[PUBLIC])
 async def jwks(request: Request) -> dict[str, Any]:
     """The public keys that verify access tokens."""
-    return await _runtime(request).keyring.public_jwks()
+    return await runtime_of(request).keyring.public_jwks()
 
 
 @auth_router.post("/signing-keys/rotate")
@@ -106,7 +101,7 @@ async def rotate_keys(
     principal: Annotated[Principal, requires(Permission.USERS_MANAGE)], request: Request
 ) -> SigningKeyRotated:
     """A new key signs access tokens from now on; those the old key signed stay valid until they expire."""
-    runtime = _runtime(request)
+    runtime = runtime_of(request)
     kid = await rotate_signing_key(runtime.database, principal.actor)
     runtime.keyring.forget()
     return SigningKeyRotated(kid=kid)
@@ -115,14 +110,14 @@ async def rotate_keys(
 @auth_router.get("/oidc", dependencies=[PUBLIC])
 async def oidc_status(request: Request) -> OidcStatus:
     """Whether single sign-on is configured, and where it starts."""
-    enabled = _runtime(request).oidc.enabled
+    enabled = runtime_of(request).oidc.enabled
     return OidcStatus(enabled=enabled, login_url="/api/v1/auth/oidc/login" if enabled else None)
 
 
 @auth_router.get("/oidc/login", dependencies=[PUBLIC], status_code=302)
 async def oidc_login(request: Request) -> RedirectResponse:
     """Sends the browser to the identity provider (authorization code with PKCE)."""
-    runtime = _runtime(request)
+    runtime = runtime_of(request)
     if not runtime.oidc.enabled:
         raise ProblemError(
             "single sign-on is not configured on this server", code="oidc_not_configured", status=404
@@ -138,7 +133,7 @@ async def oidc_callback(
     error: Annotated[str | None, Query(max_length=128)] = None,
 ) -> TokenResponse:
     """Where the identity provider returns; answers with tokens like a password sign-in."""
-    runtime = _runtime(request)
+    runtime = runtime_of(request)
     if not runtime.oidc.enabled:
         raise ProblemError(
             "single sign-on is not configured on this server", code="oidc_not_configured", status=404
@@ -154,7 +149,7 @@ async def oidc_callback(
 @me_router.get("")
 async def me(principal: MeMaybePending, request: Request) -> MeOut:
     """Who I am, what I may do, and what I must do first."""
-    async with _runtime(request).database.session() as session:
+    async with runtime_of(request).database.session() as session:
         user = await get_user(session, principal.user_id)
         roles = await user_role_names(session, user.id)
     return MeOut(
@@ -170,60 +165,62 @@ async def change_password(
     body: ChangePasswordRequest, principal: MeMaybePending, request: Request
 ) -> Response:
     """Changes my password (and a one-time password at first sign-in). Refresh afterwards for a full token."""
-    await change_own_password(_runtime(request).database, principal, body.current_password, body.new_password)
+    await change_own_password(
+        runtime_of(request).database, principal, body.current_password, body.new_password
+    )
     return Response(status_code=204)
 
 
 @me_router.get("/sessions")
 async def my_sessions(principal: Me, request: Request) -> list[SessionOut]:
-    async with _runtime(request).database.session() as session:
+    async with runtime_of(request).database.session() as session:
         rows = await signin.list_sessions(session, principal.user_id)
     return [SessionOut.of(row, principal.session_id) for row in rows]
 
 
 @me_router.delete("/sessions/{session_id}", status_code=204)
 async def end_my_session(session_id: str, principal: Me, request: Request) -> Response:
-    await signin.end_session(_runtime(request).database, principal, session_id)
+    await signin.end_session(runtime_of(request).database, principal, session_id)
     return Response(status_code=204)
 
 
 @me_router.delete("/sessions", status_code=204)
 async def end_all_my_sessions(principal: Me, request: Request) -> Response:
     """Signs me out everywhere, this session included."""
-    await signin.end_all_sessions(_runtime(request).database, principal, principal.user_id)
+    await signin.end_all_sessions(runtime_of(request).database, principal, principal.user_id)
     return Response(status_code=204)
 
 
 @me_router.post("/2fa/totp")
 async def start_totp(principal: MeMaybePending, request: Request) -> TotpEnrollment:
     """A new TOTP secret to put into an authenticator app; confirm it with a code."""
-    enrollment = await twofactor.start_enrollment(_runtime(request).database, principal)
+    enrollment = await twofactor.start_enrollment(runtime_of(request).database, principal)
     return TotpEnrollment(secret=enrollment.secret, otpauth_uri=enrollment.otpauth_uri)
 
 
 @me_router.post("/2fa/totp/confirm")
 async def confirm_totp(body: TotpCode, principal: MeMaybePending, request: Request) -> RecoveryCodes:
     """Turns two-factor sign-in on and returns ten single-use recovery codes."""
-    codes = await twofactor.confirm_enrollment(_runtime(request).database, principal, body.code)
+    codes = await twofactor.confirm_enrollment(runtime_of(request).database, principal, body.code)
     return RecoveryCodes(recovery_codes=codes)
 
 
 @me_router.post("/2fa/totp/disable", status_code=204)
 async def disable_totp(body: DisableTotpRequest, principal: Me, request: Request) -> Response:
-    await twofactor.disable(_runtime(request).database, principal, body.password, body.code)
+    await twofactor.disable(runtime_of(request).database, principal, body.password, body.code)
     return Response(status_code=204)
 
 
 @me_router.post("/2fa/recovery-codes")
 async def new_recovery_codes(body: TotpCode, principal: Me, request: Request) -> RecoveryCodes:
     """Replaces all recovery codes; needs a current TOTP code."""
-    codes = await twofactor.regenerate_recovery_codes(_runtime(request).database, principal, body.code)
+    codes = await twofactor.regenerate_recovery_codes(runtime_of(request).database, principal, body.code)
     return RecoveryCodes(recovery_codes=codes)
 
 
 @me_router.get("/tokens")
 async def my_tokens(principal: Me, request: Request) -> list[ApiTokenOut]:
-    async with _runtime(request).database.session() as session:
+    async with runtime_of(request).database.session() as session:
         return [ApiTokenOut.of(token) for token in await apitokens.list_for(session, principal.user_id)]
 
 
@@ -231,7 +228,7 @@ async def my_tokens(principal: Me, request: Request) -> list[ApiTokenOut]:
 async def create_token(body: CreateApiTokenRequest, principal: Me, request: Request) -> CreatedApiToken:
     grants = None if body.grants is None else [grant.model_dump(mode="json") for grant in body.grants]
     token, secret = await apitokens.create(
-        _runtime(request).database,
+        runtime_of(request).database,
         principal,
         name=body.name,
         expires_in=timedelta(days=body.expires_in_days),
@@ -242,5 +239,5 @@ async def create_token(body: CreateApiTokenRequest, principal: Me, request: Requ
 
 @me_router.delete("/tokens/{token_id}", status_code=204)
 async def revoke_token(token_id: str, principal: Me, request: Request) -> Response:
-    await apitokens.revoke(_runtime(request).database, principal, token_id)
+    await apitokens.revoke(runtime_of(request).database, principal, token_id)
     return Response(status_code=204)

@@ -19,7 +19,7 @@ from fleetkeeper.audit.export import export_csv, export_jsonl
 from fleetkeeper.audit.models import AuditRecord
 from fleetkeeper.audit.service import AuditFilter, filter_conditions, record, search
 from fleetkeeper.audit.verification import verify
-from fleetkeeper.core.runtime import Runtime
+from fleetkeeper.core.runtime import runtime_of
 
 router = APIRouter(prefix="/api/v1/audit", tags=["audit"])
 Auditor = Annotated[Principal, requires(Permission.AUDIT_READ)]
@@ -96,11 +96,6 @@ def _filters(
 Filters = Annotated[AuditFilter, Depends(_filters)]
 
 
-def _runtime(request: Request) -> Runtime:
-    runtime: Runtime = request.app.state.runtime
-    return runtime
-
-
 @router.get("/records")
 async def list_records(
     principal: Auditor,
@@ -110,7 +105,7 @@ async def list_records(
     cursor: Annotated[str | None, Query(max_length=64)] = None,
 ) -> AuditPage:
     """Newest first; filters combine. `action` ending in `.*` matches a prefix (`user.*`)."""
-    async with _runtime(request).database.session() as session:
+    async with runtime_of(request).database.session() as session:
         page = await search(session, filters, limit=limit, cursor=cursor)
     return AuditPage(items=[AuditRecordOut.of(row) for row in page.items], next_cursor=page.next_cursor)
 
@@ -123,7 +118,7 @@ async def export(
     format: Annotated[Literal["jsonl", "csv"], Query()] = "jsonl",
 ) -> StreamingResponse:
     """The matching records, oldest first, streamed as JSON lines or CSV. The export is itself audited."""
-    runtime = _runtime(request)
+    runtime = runtime_of(request)
     async with runtime.database.transaction() as session:
         await record(
             session,
@@ -150,7 +145,7 @@ async def export(
 async def verification(principal: Auditor, request: Request) -> Verification:
     """Recomputes the whole chain (from the newest retention checkpoint) and names the first record
     that does not fit."""
-    runtime = _runtime(request)
+    runtime = runtime_of(request)
     key = await asyncio.to_thread(load_checkpoint_public_key, checkpoint_key_path(runtime.settings.data_dir))
     result = await verify(runtime.database, checkpoint_key=key)
     return Verification(

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from starlette.requests import HTTPConnection
+
 from fleetkeeper.core.config import Settings
 from fleetkeeper.core.db import Database
 from fleetkeeper.core.logging import get_logger
@@ -25,6 +27,12 @@ if TYPE_CHECKING:
     from fleetkeeper.releases.storage import ObjectStore
 
 log = get_logger(__name__)
+
+
+def runtime_of(connection: HTTPConnection) -> Runtime:
+    """The Runtime behind a request or WebSocket (both apps keep it in `app.state`)."""
+    runtime: Runtime = connection.app.state.runtime
+    return runtime
 
 
 class StartupError(Exception):

@@ -11,7 +11,7 @@ from sqlalchemy import select
 from fleetkeeper.access.auth import PUBLIC, requires
 from fleetkeeper.access.service import Permission, Principal
 from fleetkeeper.core.errors import ForbiddenError
-from fleetkeeper.core.runtime import Runtime
+from fleetkeeper.core.runtime import runtime_of
 from fleetkeeper.devices import enrollment, service
 from fleetkeeper.devices.models import Device, DeviceCertificate, EnrollmentToken
 from fleetkeeper.devices.schemas import (
@@ -34,11 +34,6 @@ Reader = Annotated[Principal, requires(Permission.DEVICES_READ)]
 Manager = Annotated[Principal, requires(Permission.DEVICES_MANAGE)]
 
 
-def _runtime(request: Request) -> Runtime:
-    runtime: Runtime = request.app.state.runtime
-    return runtime
-
-
 @router.get("/devices")
 async def list_devices(
     principal: Reader,
@@ -54,7 +49,7 @@ async def list_devices(
 ) -> DevicePageOut:
     """Devices the caller may read, filtered with the filter language (docs/filters.md);
     `status=pending` is the enrollment queue."""
-    async with _runtime(request).database.session() as session:
+    async with runtime_of(request).database.session() as session:
         page = await service.list_devices(
             session,
             principal,
@@ -70,7 +65,7 @@ async def list_devices(
 
 @router.get("/devices/{device_id}")
 async def get_device(device_id: str, principal: Reader, request: Request) -> DeviceDetail:
-    async with _runtime(request).database.session() as session:
+    async with runtime_of(request).database.session() as session:
         device = await service.device_for(session, principal, device_id, Permission.DEVICES_READ)
         groups = sorted(await service.device_group_names(session, device_id))
         certificates = (
@@ -89,7 +84,7 @@ async def get_device(device_id: str, principal: Reader, request: Request) -> Dev
 
 
 async def _managed(request: Request, principal: Principal, device_id: str) -> Device:
-    async with _runtime(request).database.session() as session:
+    async with runtime_of(request).database.session() as session:
         return await service.device_for(session, principal, device_id, Permission.DEVICES_MANAGE)
 
 
@@ -97,41 +92,41 @@ async def _managed(request: Request, principal: Principal, device_id: str) -> De
 async def accept(device_id: str, principal: Manager, request: Request) -> DeviceOut:
     """Accepts a pending enrollment: the device gets its certificate when it asks next."""
     device = await _managed(request, principal, device_id)
-    return DeviceOut.of(await enrollment.decide(_runtime(request), principal, device, accept=True))
+    return DeviceOut.of(await enrollment.decide(runtime_of(request), principal, device, accept=True))
 
 
 @router.post("/devices/{device_id}/reject")
 async def reject(device_id: str, principal: Manager, request: Request) -> DeviceOut:
     device = await _managed(request, principal, device_id)
-    return DeviceOut.of(await enrollment.decide(_runtime(request), principal, device, accept=False))
+    return DeviceOut.of(await enrollment.decide(runtime_of(request), principal, device, accept=False))
 
 
 @router.post("/devices/{device_id}/decommission")
 async def decommission(device_id: str, principal: Manager, request: Request) -> DeviceOut:
     """Retires the device: its certificates are revoked and the CRL is published at once."""
     device = await _managed(request, principal, device_id)
-    await enrollment.decommission(_runtime(request), principal, device)
-    async with _runtime(request).database.session() as session:
+    await enrollment.decommission(runtime_of(request), principal, device)
+    async with runtime_of(request).database.session() as session:
         return DeviceOut.of(await service.get_device(session, device_id))
 
 
 @router.post("/devices/{device_id}/key-rotation/approve", status_code=204)
 async def approve_key_rotation(device_id: str, principal: Manager, request: Request) -> Response:
     device = await _managed(request, principal, device_id)
-    await enrollment.approve_rotation(_runtime(request), principal, device)
+    await enrollment.approve_rotation(runtime_of(request), principal, device)
     return Response(status_code=204)
 
 
 @router.put("/devices/{device_id}/tags")
 async def set_tags(device_id: str, body: TagsRequest, principal: Manager, request: Request) -> DeviceOut:
     """Replaces the operator's tags (filterable as `tag.<key>`)."""
-    return DeviceOut.of(await service.set_tags(_runtime(request).database, principal, device_id, body.tags))
+    return DeviceOut.of(await service.set_tags(runtime_of(request).database, principal, device_id, body.tags))
 
 
 @router.post("/devices/preauthorize", status_code=201)
 async def preauthorize(body: PreauthorizeRequest, principal: Manager, request: Request) -> DeviceOut:
     """Registers a device's identity and public key ahead: it is accepted at its first enrollment."""
-    runtime = _runtime(request)
+    runtime = runtime_of(request)
     identity = enrollment.check_identity(
         {
             "device_type": body.device_type,
@@ -163,7 +158,7 @@ def _ensure_in_groups(principal: Principal, names: list[str]) -> None:
 
 @router.get("/enrollment-tokens")
 async def list_tokens(principal: Manager, request: Request) -> list[TokenOut]:
-    async with _runtime(request).database.session() as session:
+    async with runtime_of(request).database.session() as session:
         rows = (
             await session.scalars(select(EnrollmentToken).order_by(EnrollmentToken.created_at.desc()))
         ).all()
@@ -174,7 +169,7 @@ async def list_tokens(principal: Manager, request: Request) -> list[TokenOut]:
 async def create_token(body: TokenRequest, principal: Manager, request: Request) -> CreatedToken:
     """A batch enrollment token for factory provisioning: expiring, limited uses, optionally
     accepting its devices straight into a group."""
-    runtime = _runtime(request)
+    runtime = runtime_of(request)
     group = None
     if body.group:
         async with runtime.database.session() as session:
@@ -194,20 +189,20 @@ async def create_token(body: TokenRequest, principal: Manager, request: Request)
 
 @router.delete("/enrollment-tokens/{token_id}", status_code=204)
 async def revoke_token(token_id: str, principal: Manager, request: Request) -> Response:
-    await enrollment.revoke_token(_runtime(request), principal, token_id)
+    await enrollment.revoke_token(runtime_of(request), principal, token_id)
     return Response(status_code=204)
 
 
 @router.get("/device-groups")
 async def list_groups(principal: Reader, request: Request) -> list[GroupOut]:
-    async with _runtime(request).database.session() as session:
+    async with runtime_of(request).database.session() as session:
         return [GroupOut.of(group) for group in await service.list_groups(session)]
 
 
 @router.post("/device-groups", status_code=201)
 async def create_group(body: GroupRequest, principal: Manager, request: Request) -> GroupOut:
     group = await service.create_group(
-        _runtime(request).database,
+        runtime_of(request).database,
         principal,
         name=body.name,
         description=body.description,
@@ -218,7 +213,7 @@ async def create_group(body: GroupRequest, principal: Manager, request: Request)
 
 @router.delete("/device-groups/{name}", status_code=204)
 async def delete_group(name: str, principal: Manager, request: Request) -> Response:
-    await service.delete_group(_runtime(request).database, principal, name)
+    await service.delete_group(runtime_of(request).database, principal, name)
     return Response(status_code=204)
 
 
@@ -231,7 +226,7 @@ async def group_devices(
     cursor: Annotated[str | None, Query(max_length=1000)] = None,
 ) -> DevicePageOut:
     """A group's devices (a dynamic group's filter evaluated now), as far as the caller may read."""
-    async with _runtime(request).database.session() as session:
+    async with runtime_of(request).database.session() as session:
         group = await service.get_group(session, name)
         page = await service.list_devices(
             session, principal, limit=limit, cursor=cursor, extra=service.group_condition(group)
@@ -241,23 +236,23 @@ async def group_devices(
 
 @router.post("/device-groups/{name}/devices", status_code=204)
 async def add_members(name: str, body: MembersRequest, principal: Manager, request: Request) -> Response:
-    await service.set_membership(_runtime(request).database, principal, name, body.devices, add=True)
+    await service.set_membership(runtime_of(request).database, principal, name, body.devices, add=True)
     return Response(status_code=204)
 
 
 @router.delete("/device-groups/{name}/devices", status_code=204)
 async def remove_members(name: str, body: MembersRequest, principal: Manager, request: Request) -> Response:
-    await service.set_membership(_runtime(request).database, principal, name, body.devices, add=False)
+    await service.set_membership(runtime_of(request).database, principal, name, body.devices, add=False)
     return Response(status_code=204)
 
 
 @router.get("/pki/ca.pem", dependencies=[PUBLIC])
 async def ca_certificate(request: Request) -> Response:
     """The fleet CA's certificate, which devices trust for the device listener."""
-    return Response(_runtime(request).pki.ca_cert.read_bytes(), media_type="application/x-pem-file")
+    return Response(runtime_of(request).pki.ca_cert.read_bytes(), media_type="application/x-pem-file")
 
 
 @router.get("/pki/crl.pem", dependencies=[PUBLIC])
 async def crl(request: Request) -> Response:
     """The fleet CA's certificate revocation list (PEM)."""
-    return Response(_runtime(request).pki.crl.read_bytes(), media_type="application/x-pem-file")
+    return Response(runtime_of(request).pki.crl.read_bytes(), media_type="application/x-pem-file")

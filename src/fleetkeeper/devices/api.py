@@ -10,7 +10,7 @@ from starlette.requests import HTTPConnection
 
 from fleetkeeper.core.peer import PeerCertificate, require_peer_certificate
 from fleetkeeper.core.routeaccess import public_dependency
-from fleetkeeper.core.runtime import Runtime
+from fleetkeeper.core.runtime import Runtime, runtime_of
 from fleetkeeper.devices import enrollment, service
 from fleetkeeper.devices.auth import AuthenticatedDevice
 from fleetkeeper.devices.schemas import CertificateOut, EnrollmentOut, Envelope, RotationPending
@@ -19,11 +19,6 @@ router = APIRouter(prefix="/device/v1", tags=["device"])
 PUBLIC = Depends(public_dependency)
 # The paths the device listener serves without a client certificate (see DeviceCertificateGate).
 PUBLIC_PATHS = frozenset({"/device/v1/enroll", "/device/v1/crl.pem"})
-
-
-def _runtime(connection: HTTPConnection) -> Runtime:
-    runtime: Runtime = connection.app.state.runtime
-    return runtime
 
 
 def _address(connection: HTTPConnection) -> str | None:
@@ -37,7 +32,7 @@ def _ca_pem(runtime: Runtime) -> str:
 @router.post("/enroll", dependencies=[PUBLIC])
 async def enroll(body: Envelope, request: Request, response: Response) -> EnrollmentOut:
     """A signed enrollment request; send it again (new nonce) to poll or to fetch the certificate."""
-    runtime = _runtime(request)
+    runtime = runtime_of(request)
     answer = await enrollment.enroll(runtime, body.model_dump(), _address(request))
     if answer.status != "accepted":
         response.status_code = 202
@@ -57,12 +52,12 @@ async def enroll(body: Envelope, request: Request, response: Response) -> Enroll
 @router.get("/crl.pem", dependencies=[PUBLIC])
 async def crl(request: Request) -> Response:
     """The fleet CA's certificate revocation list (PEM), as Mosquitto's crlfile wants it."""
-    return Response(_runtime(request).pki.crl.read_bytes(), media_type="application/x-pem-file")
+    return Response(runtime_of(request).pki.crl.read_bytes(), media_type="application/x-pem-file")
 
 
 @router.post("/certificate/renew")
 async def renew(device: AuthenticatedDevice, request: Request) -> CertificateOut:
-    runtime = _runtime(request)
+    runtime = runtime_of(request)
     certificate = await enrollment.renew(runtime, device, _address(request))
     return CertificateOut(
         certificate=certificate.pem, ca_certificate=_ca_pem(runtime), not_after=certificate.not_after
@@ -74,7 +69,7 @@ async def rotate(
     device: AuthenticatedDevice, body: Envelope, request: Request, response: Response
 ) -> CertificateOut | RotationPending:
     """A new key, in an envelope signed by it; 202 while an operator's approval is awaited."""
-    runtime = _runtime(request)
+    runtime = runtime_of(request)
     certificate = await enrollment.rotate(runtime, device, body.model_dump(), _address(request))
     if certificate is None:
         response.status_code = 202
@@ -89,7 +84,7 @@ async def inventory(
     device: AuthenticatedDevice, request: Request, report: Annotated[Any, Body()]
 ) -> Response:
     """The device's latest inventory (limits in docs/device-api.md)."""
-    await service.report_inventory(_runtime(request).database, device.id, report)
+    await service.report_inventory(runtime_of(request).database, device.id, report)
     return Response(status_code=204)
 
 

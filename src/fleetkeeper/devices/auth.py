@@ -12,7 +12,7 @@ from starlette.requests import HTTPConnection
 from fleetkeeper.core.errors import UnauthenticatedError
 from fleetkeeper.core.peer import require_peer_certificate
 from fleetkeeper.core.routeaccess import AccessRule, mark
-from fleetkeeper.core.runtime import Runtime
+from fleetkeeper.core.runtime import runtime_of
 from fleetkeeper.devices import service
 from fleetkeeper.devices.models import Device, DeviceCertificate
 
@@ -21,7 +21,7 @@ async def _authenticated_device(connection: HTTPConnection) -> Device:
     """The device whose certificate this is: issued by us, not revoked, device accepted. The TLS
     layer checks the CA and the CRL; this check also holds before a new CRL is loaded."""
     peer = require_peer_certificate(connection)
-    runtime: Runtime = connection.app.state.runtime
+    runtime = runtime_of(connection)
     async with runtime.database.session() as session:
         found = (
             await session.execute(

@@ -21,6 +21,7 @@ from fleetkeeper.core.ids import new_id
 from fleetkeeper.core.runtime import Runtime
 from fleetkeeper.devices import certificates
 from fleetkeeper.devices.envelope import (
+    DevicePublicKey,
     SignedPayload,
     claim_nonce,
     key_fingerprint,
@@ -160,25 +161,14 @@ async def _new_device(
 ) -> Device:
     token = await _use_token(session, token_value) if token_value else None
     accepted = token is not None and token.auto_accept
-    device = Device(
-        id=new_id("dev"),
+    device = await _add_device(
+        session,
+        identity,
+        signed.key,
         status="accepted" if accepted else "pending",
-        device_type=identity.device_type,
-        serial=identity.serial,
-        mac=identity.mac,
-        identity=identity.as_json(),
-        public_key_pem=public_pem(signed.key),
-        key_fingerprint=signed.fingerprint,
-        enrolled_via="token" if token else "request",
-        enrollment_token_id=token.id if token else None,
-        created_at=utcnow(),
-        decided_at=utcnow() if accepted else None,
-        inventory={},
-        tags={},
+        via="token" if token else "request",
+        token_id=token.id if token else None,
     )
-    session.add(device)
-    await session.flush()
-    await replace_attributes(session, device.id, _identity_attributes(identity), namespace="identity.")
     if token is not None and token.group_id:
         session.add(GroupMember(group_id=token.group_id, device_id=device.id))
     await record(
@@ -202,6 +192,40 @@ async def _new_device(
             object_id=device.id,
             details={"by": "enrollment_token", "token_id": token.id if token else None},
         )
+    return device
+
+
+async def _add_device(
+    session: AsyncSession,
+    identity: Identity,
+    key: DevicePublicKey,
+    *,
+    status: str,
+    via: str,
+    token_id: str | None = None,
+    decided_by: str | None = None,
+) -> Device:
+    now = utcnow()
+    device = Device(
+        id=new_id("dev"),
+        status=status,
+        device_type=identity.device_type,
+        serial=identity.serial,
+        mac=identity.mac,
+        identity=identity.as_json(),
+        public_key_pem=public_pem(key),
+        key_fingerprint=key_fingerprint(key),
+        enrolled_via=via,
+        enrollment_token_id=token_id,
+        created_at=now,
+        decided_at=None if status == "pending" else now,
+        decided_by=decided_by,
+        inventory={},
+        tags={},
+    )
+    session.add(device)
+    await session.flush()
+    await replace_attributes(session, device.id, _identity_attributes(identity), namespace="identity.")
     return device
 
 
@@ -327,29 +351,16 @@ async def preauthorize(
     key = load_public_key(public_key_pem)
     try:
         async with runtime.database.transaction() as session:
-            device = Device(
-                id=new_id("dev"),
+            device = await _add_device(
+                session,
+                identity,
+                key,
                 status="preauthorized",
-                device_type=identity.device_type,
-                serial=identity.serial,
-                mac=identity.mac,
-                identity=identity.as_json(),
-                public_key_pem=public_pem(key),
-                key_fingerprint=key_fingerprint(key),
-                enrolled_via="preauthorized",
-                created_at=utcnow(),
-                decided_at=utcnow(),
+                via="preauthorized",
                 decided_by=principal.user_id,
-                inventory={},
-                tags={},
             )
-            session.add(device)
-            await session.flush()
             for group_id in group_ids:
                 session.add(GroupMember(group_id=group_id, device_id=device.id))
-            await replace_attributes(
-                session, device.id, _identity_attributes(identity), namespace="identity."
-            )
             await record(
                 session,
                 actor=principal.actor,

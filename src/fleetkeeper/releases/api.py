@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from fleetkeeper.access.auth import PUBLIC, requires
 from fleetkeeper.access.service import Permission, Principal
 from fleetkeeper.core.errors import NotFoundError, ProblemError
-from fleetkeeper.core.runtime import Runtime
+from fleetkeeper.core.runtime import Runtime, runtime_of
 from fleetkeeper.releases import repository, service
 from fleetkeeper.releases.bundle import bundle_members, stream_bundle
 from fleetkeeper.releases.schemas import ReleaseDetail, ReleaseOut, ReleasePage
@@ -22,11 +22,6 @@ router = APIRouter(prefix="/api/v1", tags=["releases"])
 Reader = Annotated[Principal, requires(Permission.RELEASES_READ)]
 Manager = Annotated[Principal, requires(Permission.RELEASES_MANAGE)]
 METADATA_FILE = re.compile(r"^(?:(\d{1,9})\.)?(root|timestamp|snapshot|targets)\.json$")
-
-
-def _runtime(request: Request) -> Runtime:
-    runtime: Runtime = request.app.state.runtime
-    return runtime
 
 
 def _canonical(document: dict[str, Any]) -> bytes:
@@ -49,14 +44,14 @@ class RootRequest(BaseModel):
 @router.get("/repository/online-keys", dependencies=[PUBLIC])
 async def online_keys(request: Request) -> dict[str, Any]:
     """The public keys the server signs snapshot, timestamp and director metadata with."""
-    return _runtime(request).online_keys.public_keys()
+    return runtime_of(request).online_keys.public_keys()
 
 
 @router.post("/repository/trust", status_code=201)
 async def install_trust(body: TrustRequest, principal: Manager, request: Request) -> dict[str, str]:
     """The repository's first root and targets, and the director root: signed offline, accepted once."""
     await service.install_trust(
-        _runtime(request),
+        runtime_of(request),
         principal,
         _canonical(body.root),
         _canonical(body.targets),
@@ -73,11 +68,11 @@ async def rotate_root(body: RootRequest, principal: Manager, request: Request) -
     versions = {}
     if body.root is not None:
         versions["root"] = await service.rotate_root(
-            _runtime(request), principal, repository.IMAGE, _canonical(body.root)
+            runtime_of(request), principal, repository.IMAGE, _canonical(body.root)
         )
     if body.director_root is not None:
         versions["director_root"] = await service.rotate_root(
-            _runtime(request), principal, repository.DIRECTOR, _canonical(body.director_root)
+            runtime_of(request), principal, repository.DIRECTOR, _canonical(body.director_root)
         )
     return versions
 
@@ -97,7 +92,7 @@ async def metadata_response(runtime: Runtime, which: str, filename: str) -> Resp
 @router.get("/repository/metadata/{filename}")
 async def image_metadata(filename: str, principal: Reader, request: Request) -> Response:
     """The image repository's metadata (`1.root.json`, `root.json` for the newest, `timestamp.json`, …)."""
-    return await metadata_response(_runtime(request), repository.IMAGE, filename)
+    return await metadata_response(runtime_of(request), repository.IMAGE, filename)
 
 
 @router.get("/director/metadata/{filename}")
@@ -107,7 +102,7 @@ async def director_root(filename: str, principal: Reader, request: Request) -> R
         raise NotFoundError(
             "devices read their own director metadata on the device listener", code="metadata_not_found"
         )
-    return await metadata_response(_runtime(request), repository.DIRECTOR, filename)
+    return await metadata_response(runtime_of(request), repository.DIRECTOR, filename)
 
 
 @router.get("/releases")
@@ -118,7 +113,7 @@ async def list_releases(
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
     cursor: Annotated[str | None, Query(max_length=64)] = None,
 ) -> ReleasePage:
-    async with _runtime(request).database.session() as session:
+    async with runtime_of(request).database.session() as session:
         rows = await service.list_releases(session, principal, name=name, limit=limit + 1, after=cursor)
         items = [ReleaseOut.of(row, await service.release_tags(session, row.id)) for row in rows[:limit]]
     return ReleasePage(items=items, next_cursor=items[-1].id if len(rows) > limit else None)
@@ -127,7 +122,7 @@ async def list_releases(
 @router.get("/releases/{name}/{version}")
 async def get_release(name: str, version: str, principal: Reader, request: Request) -> ReleaseDetail:
     """A release: signers, hashes, module type, device types, SBOM."""
-    async with _runtime(request).database.session() as session:
+    async with runtime_of(request).database.session() as session:
         release = await service.get_release(session, principal, name, version, Permission.RELEASES_READ)
         tags = await service.release_tags(session, release.id)
     return ReleaseDetail(**ReleaseOut.of(release, tags).model_dump(), sbom=release.sbom)
@@ -143,7 +138,7 @@ async def set_tags(
     name: str, version: str, body: TagsRequest, principal: Manager, request: Request
 ) -> list[str]:
     """Tags scope `releases:*` permissions."""
-    return await service.set_tags(_runtime(request), principal, name, version, body.tags)
+    return await service.set_tags(runtime_of(request), principal, name, version, body.tags)
 
 
 @router.get("/releases/{name}/{version}/bundle", response_class=StreamingResponse)
@@ -155,7 +150,7 @@ async def export_bundle(
     device_type: Annotated[str, Query(min_length=1, max_length=64)],
 ) -> StreamingResponse:
     """An offline bundle for air-gapped sites: the metadata chain and the target, as one tar."""
-    runtime = _runtime(request)
+    runtime = runtime_of(request)
     async with runtime.database.session() as session:
         release = await service.get_release(session, principal, name, version, Permission.RELEASES_READ)
     members = await bundle_members(runtime, release, device_type)
@@ -170,5 +165,5 @@ async def export_bundle(
 @router.delete("/releases/{name}/{version}", status_code=204)
 async def delete_release(name: str, version: str, principal: Manager, request: Request) -> Response:
     """Refused while an active deployment uses the release."""
-    await service.delete_release(_runtime(request), principal, name, version)
+    await service.delete_release(runtime_of(request), principal, name, version)
     return Response(status_code=204)

@@ -6,7 +6,7 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import RedirectResponse
 
 from fleetkeeper.core.errors import NotFoundError
-from fleetkeeper.core.runtime import Runtime
+from fleetkeeper.core.runtime import runtime_of
 from fleetkeeper.devices.auth import AuthenticatedDevice
 from fleetkeeper.releases import repository, service
 from fleetkeeper.releases.api import METADATA_FILE, metadata_response
@@ -15,21 +15,16 @@ from fleetkeeper.releases.ranges import range_response
 router = APIRouter(prefix="/device/v1", tags=["device"])
 
 
-def _runtime(request: Request) -> Runtime:
-    runtime: Runtime = request.app.state.runtime
-    return runtime
-
-
 @router.get("/repository/metadata/{filename}")
 async def image_metadata(filename: str, device: AuthenticatedDevice, request: Request) -> Response:
-    return await metadata_response(_runtime(request), repository.IMAGE, filename)
+    return await metadata_response(runtime_of(request), repository.IMAGE, filename)
 
 
 @router.get("/repository/targets/{path:path}", response_model=None)
 async def target(path: str, device: AuthenticatedDevice, request: Request) -> Response:
     """A target file by its consistent-snapshot path (`<name>/<version>/<sha256>.<file>`): HTTP
     Range supported; with S3, a redirect to a short-lived presigned URL."""
-    runtime = _runtime(request)
+    runtime = runtime_of(request)
     key = f"targets/{path}"
     async with runtime.database.session() as session:
         release = await service.served_object(session, key)
@@ -46,7 +41,7 @@ async def target(path: str, device: AuthenticatedDevice, request: Request) -> Re
 @router.get("/director/metadata/{filename}")
 async def director_metadata(filename: str, device: AuthenticatedDevice, request: Request) -> Response:
     """This device's director metadata (the device is known from its certificate)."""
-    runtime = _runtime(request)
+    runtime = runtime_of(request)
     match = METADATA_FILE.match(filename)
     if match is None:
         raise NotFoundError("no such metadata", code="metadata_not_found")

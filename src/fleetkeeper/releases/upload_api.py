@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from fleetkeeper.access.auth import requires
 from fleetkeeper.access.service import Permission, Principal
-from fleetkeeper.core.runtime import Runtime
+from fleetkeeper.core.runtime import runtime_of
 from fleetkeeper.releases import uploads
 from fleetkeeper.releases.schemas import ReleaseOut
 from fleetkeeper.releases.service import publish_upload
@@ -31,15 +31,10 @@ class UploadOut(BaseModel):
     length: int
 
 
-def _runtime(request: Request) -> Runtime:
-    runtime: Runtime = request.app.state.runtime
-    return runtime
-
-
 @router.post("", status_code=201)
 async def start(body: StartUpload, principal: Uploader, request: Request) -> UploadOut:
     """Announces an artifact: its length, SHA-256 and the tags it will carry."""
-    runtime = _runtime(request)
+    runtime = runtime_of(request)
     upload = await uploads.start(
         runtime.database, runtime.settings, principal, length=body.length, sha256=body.sha256, tags=body.tags
     )
@@ -49,7 +44,7 @@ async def start(body: StartUpload, principal: Uploader, request: Request) -> Upl
 @router.head("/{upload_id}")
 async def status(upload_id: str, principal: Uploader, request: Request) -> Response:
     """Where to resume: the `Upload-Offset` header."""
-    upload = await uploads.get(_runtime(request).database, principal, upload_id)
+    upload = await uploads.get(runtime_of(request).database, principal, upload_id)
     return Response(headers={"upload-offset": str(upload.received), "upload-length": str(upload.length)})
 
 
@@ -61,7 +56,7 @@ async def append(
     upload_offset: Annotated[int, Header(ge=0)],
 ) -> UploadOut:
     """A chunk, written at `Upload-Offset` (which must be what the server has)."""
-    runtime = _runtime(request)
+    runtime = runtime_of(request)
     received = await uploads.append(
         runtime.database, runtime.settings, principal, upload_id, upload_offset, request.stream()
     )
@@ -71,7 +66,7 @@ async def append(
 
 @router.delete("/{upload_id}", status_code=204)
 async def abort(upload_id: str, principal: Uploader, request: Request) -> Response:
-    runtime = _runtime(request)
+    runtime = runtime_of(request)
     await uploads.get(runtime.database, principal, upload_id)
     await uploads.discard(runtime.database, runtime.settings, upload_id)
     return Response(status_code=204)
@@ -80,4 +75,4 @@ async def abort(upload_id: str, principal: Uploader, request: Request) -> Respon
 @router.post("/{upload_id}/complete", status_code=201)
 async def complete(upload_id: str, principal: Uploader, request: Request) -> ReleaseOut:
     """Verifies everything before accepting; a refused upload leaves nothing behind."""
-    return await publish_upload(_runtime(request), principal, upload_id)
+    return await publish_upload(runtime_of(request), principal, upload_id)
