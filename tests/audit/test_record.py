@@ -123,7 +123,7 @@ async def test_secrets_are_redacted_at_any_depth(database: Database) -> None:
         assert secret not in stored
 
 
-async def test_details_are_bounded_in_size(database: Database) -> None:
+async def test_oversized_details_are_summarised(database: Database) -> None:
     async with database.transaction() as session:
         await record(
             session,
@@ -133,17 +133,20 @@ async def test_details_are_bounded_in_size(database: Database) -> None:
             object_id=None,
             details={"note": "x" * (MAX_DETAILS_BYTES - 20)},
         )
-    with pytest.raises(ValueError, match="limit"):
-        async with database.transaction() as session:
-            await record(
-                session,
-                actor=SYSTEM,
-                action="thing.changed",
-                object_type="thing",
-                object_id=None,
-                details={"note": "é" * (MAX_DETAILS_BYTES // 2)},  # two bytes each in UTF-8
-            )
-    assert len(await rows(database)) == 1
+    async with database.transaction() as session:
+        big = await record(
+            session,
+            actor=SYSTEM,
+            action="thing.changed",
+            object_type="thing",
+            object_id=None,
+            details={"note": "é" * (MAX_DETAILS_BYTES // 2), "who": "x"},  # two bytes each in UTF-8
+        )
+    summary = big.details_object()
+    assert summary["truncated"] is True
+    assert summary["keys"] == ["note", "who"]
+    assert summary["size"] > MAX_DETAILS_BYTES
+    assert len(await rows(database)) == 2, "the action is recorded, its details summarised"
 
 
 @pytest.mark.parametrize(

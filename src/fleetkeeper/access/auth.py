@@ -13,7 +13,7 @@ from fleetkeeper.access import apitokens
 from fleetkeeper.access.models import ApiToken, SignInSession, User
 from fleetkeeper.access.permissions import Permission
 from fleetkeeper.access.principal import Principal
-from fleetkeeper.access.service import user_grants
+from fleetkeeper.access.service import pending_actions, user_grants
 from fleetkeeper.access.tokens import secret_matches
 from fleetkeeper.core.db import utcnow
 from fleetkeeper.core.errors import ForbiddenError, UnauthenticatedError
@@ -125,6 +125,7 @@ async def _from_api_token(runtime: Runtime, token_id: str, secret: str, *, addre
         if user.is_disabled:
             raise _unauthenticated("this account is disabled", code="account_disabled")
         grants = apitokens.effective_grants(token, await user_grants(session, user.id))
+        pending = tuple(await pending_actions(session, user))
     if token.last_used_at is None or now - token.last_used_at > LAST_USED_RESOLUTION:
         async with runtime.database.transaction() as session:
             await session.execute(update(ApiToken).where(ApiToken.id == token.id).values(last_used_at=now))
@@ -134,6 +135,7 @@ async def _from_api_token(runtime: Runtime, token_id: str, secret: str, *, addre
         grants=grants,
         method="api_token",
         api_token_id=token.id,
+        pending=pending,
         address=address,
     )
 

@@ -33,7 +33,7 @@ from fleetkeeper.access.schemas import (
     UserOut,
 )
 from fleetkeeper.access.service import change_own_password, get_user, user_role_names
-from fleetkeeper.access.tokens import rotate_signing_key
+from fleetkeeper.access.tokens import hash_secret, rotate_signing_key, secret_matches
 from fleetkeeper.core.errors import ProblemError
 from fleetkeeper.core.runtime import runtime_of
 
@@ -51,6 +51,9 @@ def _sign_in_flow(request: Request) -> signin.SignIn:
 
 def _client(request: Request) -> signin.Client:
     return signin.Client(client_address(request), request.headers.get("user-agent"))
+
+
+OIDC_STATE_COOKIE = "fleetkeeper_oidc_state"
 
 
 def _sso_not_configured() -> ProblemError:
@@ -122,12 +125,26 @@ async def oidc_login(request: Request) -> RedirectResponse:
         raise ProblemError(
             "single sign-on is not configured on this server", code="oidc_not_configured", status=404
         )
-    return RedirectResponse(await runtime.oidc.authorization_url(runtime.database), status_code=302)
+    url, state = await runtime.oidc.authorization_url(runtime.database)
+    response = RedirectResponse(url, status_code=302)
+    # Binds the sign-in to this browser: a code and state replayed or planted elsewhere lack it.
+    # Lax, not Strict: the provider's redirect back is a top-level cross-site navigation.
+    response.set_cookie(
+        OIDC_STATE_COOKIE,
+        hash_secret(state),
+        max_age=600,
+        path="/api/v1/auth/oidc",
+        httponly=True,
+        samesite="lax",
+        secure=request.url.scheme == "https",
+    )
+    return response
 
 
 @auth_router.get("/oidc/callback", dependencies=[PUBLIC])
 async def oidc_callback(
     request: Request,
+    response: Response,
     code: Annotated[str | None, Query(max_length=2048)] = None,
     state: Annotated[str | None, Query(max_length=128)] = None,
     error: Annotated[str | None, Query(max_length=128)] = None,
@@ -140,9 +157,12 @@ async def oidc_callback(
         )
     if error or not code or not state:
         raise OidcError(f"the identity provider did not sign you in: {error or 'no code'}")
+    if not secret_matches(state, request.cookies.get(OIDC_STATE_COOKIE, "")):
+        raise OidcError("this sign-in was started in another browser: start again here")
     pair = await sign_in_with_provider(
         runtime.database, runtime.oidc, _sign_in_flow(request), code, state, _client(request)
     )
+    response.delete_cookie(OIDC_STATE_COOKIE, path="/api/v1/auth/oidc")
     return token_response(pair)
 
 

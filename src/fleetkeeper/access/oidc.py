@@ -133,7 +133,8 @@ class OidcClient:
             self._keys = KeySet.import_key_set(await self._get_json(metadata.jwks_uri))  # type: ignore[arg-type]
         return self._keys
 
-    async def authorization_url(self, database: Database) -> str:
+    async def authorization_url(self, database: Database) -> tuple[str, str]:
+        """Where to send the browser, and the state that its callback must bring back."""
         metadata = await self.metadata()
         state, nonce = secrets.token_urlsafe(32), secrets.token_urlsafe(32)
         verifier = secrets.token_urlsafe(64)
@@ -152,7 +153,7 @@ class OidcClient:
                 "code_challenge_method": "S256",
             }
         )
-        return f"{metadata.authorization_endpoint}?{query}"
+        return f"{metadata.authorization_endpoint}?{query}", state
 
     async def _take_login(self, database: Database, state: str) -> OidcLogin:
         """Single use: the row is deleted in the same transaction that reads it."""

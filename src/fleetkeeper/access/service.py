@@ -196,6 +196,7 @@ async def set_user_roles(
 ) -> list[str]:
     async with database.transaction() as session:
         await get_user(session, user_id)
+        await _ensure_outranks(session, actor, user_id)
         await session.execute(delete(RoleAssignment).where(RoleAssignment.user_id == user_id))
         names = await _assign_roles(session, actor, user_id, roles)
         await record(
@@ -251,12 +252,22 @@ def _check_scope_value(value: str) -> None:
         raise ProblemError(f"{value!r} is not a valid group or tag name", code="invalid_scope", status=422)
 
 
+async def _ensure_outranks(session: AsyncSession, actor: Principal, user_id: str) -> None:
+    """Nobody administers an account that may do more than they may: that would be a way in."""
+    if not actor.grants.covers(await user_grants(session, user_id)):
+        raise ForbiddenError(
+            "this account holds permissions you do not hold; ask someone who holds them",
+            code="cannot_administer_stronger_user",
+        )
+
+
 async def set_user_disabled(database: Database, actor: Principal, user_id: str, disabled: bool) -> User:
     """Disabling ends every session and revokes every API token of the user at once."""
     if user_id == actor.user_id:
         raise ConflictError("you cannot disable your own account", code="cannot_modify_self")
     async with database.transaction() as session:
         user = await get_user(session, user_id)
+        await _ensure_outranks(session, actor, user_id)
         if user.is_disabled == disabled:
             return user
         user.is_disabled = disabled
@@ -292,6 +303,7 @@ async def delete_user(database: Database, actor: Principal, user_id: str) -> Non
         raise ConflictError("you cannot delete your own account", code="cannot_modify_self")
     async with database.transaction() as session:
         user = await get_user(session, user_id)
+        await _ensure_outranks(session, actor, user_id)
         username = user.username
         await session.delete(user)
         await record(
@@ -310,6 +322,7 @@ async def reset_password(database: Database, actor: Principal, user_id: str) -> 
     password_hash = await hash_password(password)
     async with database.transaction() as session:
         user = await get_user(session, user_id)
+        await _ensure_outranks(session, actor, user_id)
         if user.auth_source != "local":
             raise ConflictError(
                 "this account signs in through the identity provider", code="not_a_local_account"
@@ -367,6 +380,12 @@ async def change_own_password(
 # --- roles ------------------------------------------------------------------------------------
 
 
+def _ensure_holds(actor: Principal, grants: GrantSet) -> None:
+    """A role is written only by someone who holds all it grants (else: a way to widen one's own)."""
+    if not actor.grants.covers(grants):
+        raise ForbiddenError("the role grants permissions you do not hold", code="cannot_grant_beyond_own")
+
+
 def validate_grants(grants: list[dict[str, Any]]) -> GrantSet:
     for grant in grants:
         try:
@@ -411,6 +430,7 @@ async def create_role(
             status=422,
         )
     grant_set = validate_grants(grants)
+    _ensure_holds(actor, grant_set)
     try:
         async with database.transaction() as session:
             role = Role(id=new_id("rol"), name=name, description=description, grants=grant_set.to_json())
@@ -441,8 +461,11 @@ async def update_role(
         role = await get_role(session, name)
         if role.is_builtin:
             raise ConflictError("built-in roles cannot be changed; make a custom role", code="builtin_role")
+        _ensure_holds(actor, GrantSet.from_json(role.grants))
         if grants is not None:
-            role.grants = validate_grants(grants).to_json()
+            new_grants = validate_grants(grants)
+            _ensure_holds(actor, new_grants)
+            role.grants = new_grants.to_json()
         if description is not None:
             role.description = description
         await record(
@@ -461,6 +484,7 @@ async def delete_role(database: Database, actor: Principal, name: str) -> None:
         role = await get_role(session, name)
         if role.is_builtin:
             raise ConflictError("built-in roles cannot be deleted", code="builtin_role")
+        _ensure_holds(actor, GrantSet.from_json(role.grants))
         in_use = await session.scalar(
             select(func.count()).select_from(RoleAssignment).where(RoleAssignment.role_id == role.id)
         )
@@ -533,13 +557,19 @@ async def set_require_2fa_roles(database: Database, actor: Principal, roles: lis
         return policy.require_2fa_roles
 
 
+async def roles_requiring_2fa(session: AsyncSession) -> set[str]:
+    """Read only: the policy row is created by the first change, not by readers."""
+    policy = await session.get(AccessPolicy, 1)
+    return set(policy.require_2fa_roles) if policy else set()
+
+
 async def pending_actions(session: AsyncSession, user: User) -> list[str]:
     """What a user must do before anything else: change a one-time password, enrol 2FA."""
     pending = []
     if user.must_change_password and user.auth_source == "local":
         pending.append("change_password")
-    if user.totp_enabled_at is None:
-        required = set((await get_policy(session)).require_2fa_roles)
-        if required & set(await user_role_names(session, user.id)):
-            pending.append("enroll_2fa")
+    if user.totp_enabled_at is None and await roles_requiring_2fa(session) & set(
+        await user_role_names(session, user.id)
+    ):
+        pending.append("enroll_2fa")
     return pending

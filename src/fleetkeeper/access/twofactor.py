@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from fleetkeeper.access.models import RecoveryCode, User
 from fleetkeeper.access.passwords import verify_password
 from fleetkeeper.access.principal import Principal
-from fleetkeeper.access.service import get_policy, get_user, user_role_names
+from fleetkeeper.access.service import get_user, roles_requiring_2fa, user_role_names
 from fleetkeeper.access.tokens import hash_secret
 from fleetkeeper.audit.service import Actor, record
 from fleetkeeper.core.db import Database, utcnow
@@ -116,9 +116,7 @@ async def disable(database: Database, principal: Principal, password: str, code:
     """Needs the password and a current code (or a recovery code); refused where policy requires 2FA."""
     async with database.session() as session:
         user = await get_user(session, principal.user_id)
-        required = set((await get_policy(session)).require_2fa_roles) & set(
-            await user_role_names(session, user.id)
-        )
+        required = await roles_requiring_2fa(session) & set(await user_role_names(session, user.id))
     if user.totp_enabled_at is None:
         raise ConflictError("two-factor sign-in is not on", code="totp_not_enabled")
     if required:

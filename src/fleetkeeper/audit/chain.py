@@ -119,9 +119,17 @@ def redact(value: Any, _depth: int = 0) -> Any:
 
 
 def encode_details(details: Mapping[str, Any] | None) -> str:
-    """Redacted canonical JSON, refused when larger than MAX_DETAILS_BYTES."""
-    text = canonical_json(redact(details or {}))
+    """Redacted canonical JSON. Details larger than MAX_DETAILS_BYTES are replaced by a summary
+    (their size, SHA-256 and top-level keys): an action is never refused for its audit record."""
+    redacted = redact(details or {})
+    text = canonical_json(redacted)
     size = len(text.encode("utf-8"))
     if size > MAX_DETAILS_BYTES:
-        raise ValueError(f"details take {size} bytes as JSON; the limit is {MAX_DETAILS_BYTES}")
+        summary = {
+            "truncated": True,
+            "size": size,
+            "sha256": hashlib.sha256(text.encode("utf-8")).hexdigest(),
+            "keys": sorted(str(key) for key in redacted)[:50],
+        }
+        text = canonical_json(summary)
     return text

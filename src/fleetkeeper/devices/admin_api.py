@@ -10,7 +10,7 @@ from sqlalchemy import select
 
 from fleetkeeper.access.auth import PUBLIC, requires
 from fleetkeeper.access.service import Permission, Principal
-from fleetkeeper.core.errors import ForbiddenError
+from fleetkeeper.core.errors import ForbiddenError, NotFoundError
 from fleetkeeper.core.runtime import runtime_of
 from fleetkeeper.devices import enrollment, service
 from fleetkeeper.devices.models import Device, DeviceCertificate, EnrollmentToken
@@ -162,7 +162,14 @@ async def list_tokens(principal: Manager, request: Request) -> list[TokenOut]:
         rows = (
             await session.scalars(select(EnrollmentToken).order_by(EnrollmentToken.created_at.desc()))
         ).all()
-    return [TokenOut.of(row) for row in rows]
+        names = {group.id: group.name for group in await service.list_groups(session)}
+    return [TokenOut.of(row) for row in rows if _token_in_scope(principal, row, names)]
+
+
+def _token_in_scope(principal: Principal, token: EnrollmentToken, group_names: dict[str, str]) -> bool:
+    """A scoped operator sees and revokes only the tokens that enrol into their groups."""
+    scopes = principal.grants.scopes(Permission.DEVICES_MANAGE)
+    return scopes is None or (token.group_id is not None and group_names.get(token.group_id) in scopes)
 
 
 @router.post("/enrollment-tokens", status_code=201)
@@ -189,7 +196,13 @@ async def create_token(body: TokenRequest, principal: Manager, request: Request)
 
 @router.delete("/enrollment-tokens/{token_id}", status_code=204)
 async def revoke_token(token_id: str, principal: Manager, request: Request) -> Response:
-    await enrollment.revoke_token(runtime_of(request), principal, token_id)
+    runtime = runtime_of(request)
+    async with runtime.database.session() as session:
+        token = await session.get(EnrollmentToken, token_id)
+        names = {group.id: group.name for group in await service.list_groups(session)}
+    if token is None or not _token_in_scope(principal, token, names):
+        raise NotFoundError("no such enrollment token", code="enrollment_token_not_found")
+    await enrollment.revoke_token(runtime, principal, token_id)
     return Response(status_code=204)
 
 

@@ -40,6 +40,10 @@ def check_inventory(report: Any) -> dict[str, Any]:
         raise _invalid("the inventory is a JSON object")
     if len(canonical(report)) > MAX_BYTES:
         raise _invalid(f"the inventory is larger than {MAX_BYTES} bytes")
+    reserved = sorted(key for key in report if f"{key}." in KEPT_PREFIXES)
+    if reserved:
+        # Operators own tags and the enrollment owns identity: a device must not write either.
+        raise _invalid(f"the keys {', '.join(reserved)} are reserved for tags and the enrollment identity")
     count = 0
 
     def walk(value: Any, depth: int, where: str) -> None:
@@ -119,9 +123,15 @@ async def replace_attributes(
     else:
         query = query.where(DeviceAttribute.key.startswith(namespace, autoescape=True))
     await session.execute(query)
-    rows = attribute_rows(device_id, flat)
+    rows = [row for row in attribute_rows(device_id, flat) if _in_namespace(row["key"], namespace)]
     if rows:
         await session.execute(insert(DeviceAttribute), rows)
+
+
+def _in_namespace(key: str, namespace: str | None) -> bool:
+    if namespace is None:
+        return not key.startswith(KEPT_PREFIXES)
+    return key.startswith(namespace)
 
 
 def check_tags(tags: Any) -> dict[str, str]:

@@ -33,7 +33,8 @@ MODULES = ("file", "directory", "script", "rootfs-ab", "container", "package")
 MAX_JSON_BYTES = 16 * 1024 * 1024
 CHUNK = 1024 * 1024
 
-NAME_RE = re.compile(r"[A-Za-z0-9._+-]{1,64}")
+# Starting with a letter or digit: no ".", "..", or hidden path segments in target paths.
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,63}")
 FILE_RE = re.compile(r"[A-Za-z0-9_+-][A-Za-z0-9._+-]{0,127}")
 CUSTOM_MODULE_RE = re.compile(r"x-[a-z0-9][a-z0-9._-]{0,62}")
 SHA256_RE = re.compile(r"[0-9a-f]{64}")
@@ -231,7 +232,8 @@ def validate_release(release: Any) -> None:
     for field in ("name", "version"):
         value = release[field]
         _require(
-            isinstance(value, str) and bool(NAME_RE.fullmatch(value)), f"{field}: 1-64 of A-Z a-z 0-9 . _ + -"
+            isinstance(value, str) and bool(NAME_RE.fullmatch(value)),
+            f"{field}: 1-64 of A-Z a-z 0-9 . _ + -, the first a letter or digit",
         )
     _require(_is_count(release["release_counter"]), "release_counter: an integer >= 0")
     module = release["module"]

@@ -13,12 +13,12 @@ from typing import Any
 from sqlalchemy import exists, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
-from tuf.api.metadata import Key, Metadata, Root
+from tuf.api.metadata import Key, Metadata, Root, Targets
 
 from fleetkeeper.access.service import Permission, Principal
 from fleetkeeper.audit.service import SYSTEM, record
 from fleetkeeper.core.db import utcnow
-from fleetkeeper.core.errors import ConflictError, NotFoundError, ProblemError
+from fleetkeeper.core.errors import ConflictError, ForbiddenError, NotFoundError, ProblemError
 from fleetkeeper.core.ids import new_id
 from fleetkeeper.core.runtime import Runtime
 from fleetkeeper.releases import repository, uploads
@@ -29,7 +29,7 @@ from fleetkeeper.releases.director import (
     build_device_metadata,
     refresh_device_metadata,
 )
-from fleetkeeper.releases.errors import ReleaseError
+from fleetkeeper.releases.errors import ReleaseError, ReleaseRefused
 from fleetkeeper.releases.models import DirectorState, Release, ReleaseTag
 from fleetkeeper.releases.schemas import ReleaseOut
 from fleetkeeper.releases.trust import (
@@ -49,6 +49,27 @@ def _refused(error: ReleaseError, status: int = 422) -> ProblemError:
     return ProblemError(error.detail, code=error.code, status=status)
 
 
+def _ensure_whole_repository(principal: Principal) -> None:
+    """Trust concerns every release: a releases:manage scoped to some tags does not reach it."""
+    if principal.grants.scopes(Permission.RELEASES_MANAGE) is not None:
+        raise ForbiddenError(
+            "the repository's trust needs releases:manage on all releases",
+            permission=Permission.RELEASES_MANAGE.value,
+        )
+
+
+def _parsed_as(content: bytes, kind: type[Any]) -> Metadata[Any]:
+    try:
+        metadata: Metadata[Any] = Metadata.from_bytes(content)
+    except Exception as exc:  # python-tuf raises several kinds for malformed metadata
+        raise ProblemError(
+            f"the metadata does not parse: {exc}", code="invalid_metadata", status=422
+        ) from None
+    if not isinstance(metadata.signed, kind):
+        raise ProblemError(f"expected {kind.type} metadata", code="invalid_metadata", status=422)
+    return metadata
+
+
 def online_public_keys(runtime: Runtime) -> dict[str, Key]:
     from fleetkeeper.releases.online_keys import ONLINE_ROLES
 
@@ -62,14 +83,10 @@ async def install_trust(
     runtime: Runtime, principal: Principal, root: bytes, targets: bytes, director_root: bytes
 ) -> None:
     """The first roots, signed offline; accepted once, when they name this server's online keys."""
+    _ensure_whole_repository(principal)
+    parsed = (_parsed_as(root, Root), _parsed_as(targets, Targets), _parsed_as(director_root, Root))
     try:
-        parsed = (Metadata.from_bytes(root), Metadata.from_bytes(targets), Metadata.from_bytes(director_root))
-    except Exception as exc:  # python-tuf raises several kinds for malformed metadata
-        raise ProblemError(
-            f"the metadata does not parse: {exc}", code="invalid_metadata", status=422
-        ) from None
-    try:
-        check_initial_trust(*parsed, online_public_keys(runtime), _now())  # type: ignore[arg-type]
+        check_initial_trust(*parsed, online_public_keys(runtime), _now())
     except ReleaseError as error:
         raise _refused(error) from None
     try:
@@ -100,12 +117,8 @@ async def install_trust(
 
 async def rotate_root(runtime: Runtime, principal: Principal, which: str, content: bytes) -> int:
     """Root vN+1, signed by the current root's threshold and its own."""
-    try:
-        new: Metadata[Root] = Metadata.from_bytes(content)
-    except Exception as exc:
-        raise ProblemError(
-            f"the metadata does not parse: {exc}", code="invalid_metadata", status=422
-        ) from None
+    _ensure_whole_repository(principal)
+    new: Metadata[Root] = _parsed_as(content, Root)
     keys = online_public_keys(runtime)
     expected = image_online_keys(keys) if which == repository.IMAGE else director_online_keys(keys)
     async with runtime.database.transaction() as session:
@@ -166,6 +179,12 @@ async def publish_upload(runtime: Runtime, principal: Principal, upload_id: str)
             object_key, _chunks(artifact), length=artifact.payload_length, sha256=sha256
         )
         async with runtime.database.transaction() as session:
+            newest = await repository.latest(session, repository.IMAGE, "targets")
+            if newest is not None and verified.targets.signed.version <= newest.signed.version:
+                raise ReleaseRefused(
+                    "stale_metadata_version",
+                    f"targets v{newest.signed.version} was accepted meanwhile: sign against it again",
+                )
             release = Release(
                 id=new_id("rel"),
                 name=manifest["name"],
@@ -222,9 +241,11 @@ async def publish_upload(runtime: Runtime, principal: Principal, upload_id: str)
             code="stale_metadata_version",
         ) from None
     finally:
-        if object_key is not None:
-            await _delete_unreferenced(runtime, object_key)
-        await uploads.discard(runtime.database, runtime.settings, upload_id)
+        try:
+            if object_key is not None:
+                await _delete_unreferenced(runtime, object_key)
+        finally:
+            await uploads.discard(runtime.database, runtime.settings, upload_id)
 
 
 async def _delete_unreferenced(runtime: Runtime, object_key: str) -> None:
@@ -304,9 +325,13 @@ async def set_tags(
     runtime: Runtime, principal: Principal, name: str, version: str, tags: list[str]
 ) -> list[str]:
     tags = uploads.check_tags(principal, Permission.RELEASES_MANAGE, tags)
+    scopes = principal.grants.scopes(Permission.RELEASES_MANAGE)
     async with runtime.database.transaction() as session:
         release = await get_release(session, principal, name, version, Permission.RELEASES_MANAGE)
         before = await release_tags(session, release.id)
+        if scopes is not None:
+            # Tags the caller does not manage stay: removing them would hide the release from others.
+            tags = sorted(set(tags) | {tag for tag in before if tag not in scopes})
         for tag in before:
             await session.delete(await session.get(ReleaseTag, (release.id, tag)))
         await session.flush()
