@@ -4,6 +4,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DATA_DIR ?= fleetkeeper-data
+# The demo keeps the device listener on loopback; `make demo DEVICE_HOST=0.0.0.0` opens it.
+DEVICE_HOST ?= 127.0.0.1
 export PIP_CONSTRAINT := $(CURDIR)/constraints.txt
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
@@ -17,7 +19,7 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/fleetkeeper serve --data-dir $(DATA_DIR)
+	$(BIN)/fleetkeeper serve --data-dir $(DATA_DIR) --device-host $(DEVICE_HOST)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -40,6 +40,9 @@ log = logging.getLogger("fleetkeeper_agent")
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    # The HTTP client narrates every request at info: noise on a device's console and in scripts.
+    logging.getLogger("httpx2").setLevel(logging.WARNING)
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     try:
         status: int = args.run(args)
     except AgentError as exc:

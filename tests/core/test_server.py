@@ -131,3 +131,29 @@ async def test_replicas_starting_together_make_one_admin(database: Database) -> 
 
 def test_data_dir_is_private(running_server: RunningServer) -> None:
     assert stat.S_IMODE(Path(running_server.data_dir / "pki").stat().st_mode) == 0o700
+
+
+def test_a_port_in_use_is_a_clear_error_and_the_password_survives(tmp_path: Path) -> None:
+    import socket
+
+    from tests.conftest import run_fleetkeeper
+
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    port = taken.getsockname()[1]
+    try:
+        data = str(tmp_path / "d")
+        first = run_fleetkeeper("serve", "--data-dir", data, "--port", str(port), "--device-port", "0")
+    finally:
+        taken.close()
+    assert first.returncode == 1
+    assert "is the port in use" in first.stderr
+    assert "Traceback" not in first.stderr
+    assert "one-time password:" in first.stdout, "printed before binding, so not lost"
+    recovered = run_fleetkeeper("users", "reset-password", "admin", "--data-dir", data)
+    assert recovered.returncode == 0, recovered.stderr
+    assert "one-time password for admin:" in recovered.stdout
+    unknown = run_fleetkeeper("users", "reset-password", "nobody", "--data-dir", data)
+    assert unknown.returncode == 1
+    assert "user_not_found" in unknown.stderr

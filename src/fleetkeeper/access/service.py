@@ -337,6 +337,31 @@ async def reset_password(database: Database, actor: Principal, user_id: str) -> 
     return password
 
 
+async def recover_password(database: Database, username: str) -> str:
+    """For someone at the server's console (`fleetkeeper users reset-password`): a new one-time
+    password, the account's sessions ended. Recorded as done by the server itself."""
+    password = generate_one_time_password()
+    password_hash = await hash_password(password)
+    async with database.transaction() as session:
+        user = await session.scalar(select(User).where(User.username == normalize_username(username)))
+        if user is None or user.auth_source != "local":
+            raise NotFoundError(f"no local account named {username}", code="user_not_found")
+        user.password_hash = password_hash
+        user.must_change_password = True
+        user.password_changed_at = utcnow()
+        user.is_disabled = False
+        await revoke_all_credentials(session, user.id)
+        await record(
+            session,
+            actor=SYSTEM,
+            action="user.password_reset",
+            object_type="user",
+            object_id=user.id,
+            details={"via": "command line", "username": user.username},
+        )
+    return password
+
+
 async def change_own_password(
     database: Database, principal: Principal, current_password: str, new_password: str
 ) -> None:

@@ -11,6 +11,7 @@ import typer
 import fleetkeeper
 from fleetkeeper.cli.audit import audit_app
 from fleetkeeper.cli.releases import bundle_app, keys_app, release_app, trust_app
+from fleetkeeper.cli.users import users_app
 from fleetkeeper.core.config import ConfigError, Settings, load_settings
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="Keep a fleet of Linux devices secure.")
@@ -21,6 +22,7 @@ app.add_typer(keys_app, name="keys")
 app.add_typer(trust_app, name="trust")
 app.add_typer(release_app, name="release")
 app.add_typer(bundle_app, name="bundle")
+app.add_typer(users_app, name="users")
 
 ConfigOption = Annotated[Path | None, typer.Option("--config", help="TOML settings file")]
 DataDirOption = Annotated[Path | None, typer.Option("--data-dir", help="data directory [./fleetkeeper-data]")]

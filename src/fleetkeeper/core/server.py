@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+import socket
 import ssl
 import sys
 from collections.abc import Callable, Generator
@@ -18,7 +19,7 @@ from fleetkeeper.core.app import create_device_app, create_management_app
 from fleetkeeper.core.config import Settings
 from fleetkeeper.core.jobs import every, once_across_replicas
 from fleetkeeper.core.logging import get_logger
-from fleetkeeper.core.runtime import Runtime
+from fleetkeeper.core.runtime import Runtime, StartupError
 from fleetkeeper.core.tls import (
     TLSHttpProtocol,
     TLSWebSocketProtocol,
@@ -36,6 +37,15 @@ class _Listener(uvicorn.Server):
     @contextlib.contextmanager
     def capture_signals(self) -> Generator[None, None, None]:
         yield
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        # uvicorn ends the whole process with SystemExit when it cannot bind; here the other
+        # listener must stop too and the operator must read why, so the failure is turned into
+        # a stop that `serve` reports.
+        try:
+            await super().startup(sockets)
+        except SystemExit:
+            self.should_exit = True
 
     def bound_port(self) -> int:
         port: int = self.servers[0].sockets[0].getsockname()[1]
@@ -90,6 +100,7 @@ async def serve(settings: Settings) -> None:
     from fleetkeeper.releases.service import refresh_due_metadata
 
     runtime = await Runtime.start(settings)
+    _print_first_admin(runtime)
     background = [
         asyncio.create_task(every(CRL_RELOAD_INTERVAL, "crl", lambda: reload_crl(runtime))),
         asyncio.create_task(
@@ -112,10 +123,15 @@ async def serve(settings: Settings) -> None:
         while not all(listener.started for listener in listeners):
             if any(task.done() for task in tasks):
                 _stop(listeners)
-                break
+                await asyncio.gather(*tasks)
+                # uvicorn has logged why (typically the address is in use); say what to do.
+                raise StartupError(
+                    f"a listener could not start on {settings.host}:{settings.port} or "
+                    f"{settings.device_host}:{settings.device_port}: is the port in use? "
+                    "Choose others with --port / --device-port (FLEETKEEPER_PORT, FLEETKEEPER_DEVICE_PORT)"
+                )
             await asyncio.sleep(0.05)
-        else:
-            _print_banner(runtime, management.bound_port(), device.bound_port())
+        _print_banner(runtime, management.bound_port(), device.bound_port())
         await asyncio.gather(*tasks)
     finally:
         for task in background:
@@ -128,6 +144,22 @@ def _stop(listeners: list[_Listener]) -> None:
         listener.should_exit = True
 
 
+def _print_first_admin(runtime: Runtime) -> None:
+    """Printed to the terminal once, never logged: it exists nowhere else. Printed before the
+    listeners bind, so that a port already in use does not lose it."""
+    if not runtime.first_admin_password:
+        return
+    lines = [
+        "First start: an administrator account was created.",
+        f"  username:          {FIRST_ADMIN_USERNAME}",
+        f"  one-time password: {runtime.first_admin_password}",
+        "  It is shown only this once and must be changed at first sign-in.",
+        "  (Lost? `fleetkeeper users reset-password admin` makes a new one.)",
+        "",
+    ]
+    print("\n".join(lines), file=sys.stdout, flush=True)
+
+
 def _print_banner(runtime: Runtime, management_port: int, device_port: int) -> None:
     settings = runtime.settings.model_copy(update={"port": management_port, "device_port": device_port})
     lines = [
@@ -137,15 +169,6 @@ def _print_banner(runtime: Runtime, management_port: int, device_port: int) -> N
         f"  fleet CA:   {runtime.pki.ca_cert.resolve()}",
         f"  data:       {settings.data_dir.resolve()}",
     ]
-    if runtime.first_admin_password:
-        # Printed to the terminal once, never logged: it exists nowhere else.
-        lines += [
-            "",
-            "First start: an administrator account was created.",
-            f"  username:          {FIRST_ADMIN_USERNAME}",
-            f"  one-time password: {runtime.first_admin_password}",
-            "  It is shown only this once and must be changed at first sign-in.",
-        ]
     lines += ["", BANNER_END]
     print("\n".join(lines), file=sys.stdout, flush=True)
     log.info("listening", management_port=management_port, device_port=device_port)

@@ -31,7 +31,8 @@ from fleetkeeper.devices.inventory import (
 )
 from fleetkeeper.devices.models import Device, DeviceGroup, GroupMember
 
-GROUP_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$")
+# No "/": a group name is a path segment of the API.
+GROUP_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
 MAX_PAGE = 500
 LAST_SEEN_RESOLUTION = timedelta(seconds=60)
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -298,7 +299,7 @@ async def create_group(
     _ensure_everywhere(principal, Permission.DEVICES_MANAGE)
     if not GROUP_NAME.match(name):
         raise ProblemError(
-            "a group name is 1-128 of A-Z a-z 0-9 . _ : / -", code="invalid_group_name", status=422
+            "a group name is 1-128 of A-Z a-z 0-9 . _ : -", code="invalid_group_name", status=422
         )
     if filter_expression is not None:
         compile_filter(filter_expression)

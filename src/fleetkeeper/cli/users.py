@@ -1,0 +1,43 @@
+"""`fleetkeeper users`: account recovery from the server's own console."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Annotated
+
+import typer
+
+users_app = typer.Typer(no_args_is_help=True, help="Accounts, from the server's console.")
+
+
+@users_app.command("reset-password")
+def reset_password(
+    username: Annotated[str, typer.Argument(help="the account, e.g. admin")],
+    config: cli.ConfigOption = None,
+    data_dir: cli.DataDirOption = None,
+    database_url: cli.DatabaseOption = None,
+) -> None:
+    """Print a new one-time password for a local account (and enable it): for an administrator
+    who lost theirs. Whoever can run this can read the database anyway."""
+    from fleetkeeper.access.service import recover_password
+    from fleetkeeper.core.db import Database
+    from fleetkeeper.core.errors import ProblemError
+
+    settings = cli.settings_from(config=config, data_dir=data_dir, database_url=database_url)
+
+    async def run() -> str:
+        database = Database(settings.resolved_database_url)
+        try:
+            return await recover_password(database, username)
+        finally:
+            await database.dispose()
+
+    try:
+        password = asyncio.run(run())
+    except ProblemError as exc:
+        cli.fail(f"{exc.code}: {exc.detail}")
+    typer.echo(f"one-time password for {username}: {password}\nIt must be changed at the next sign-in.")
+
+
+# Imported last, as in cli/audit.py: cli.main imports this module to register the sub-app.
+from fleetkeeper.cli import main as cli  # noqa: E402
