@@ -6,10 +6,12 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from urllib.parse import parse_qs, urlencode, urlsplit
 
+import httpx2
 import pytest
 from sqlalchemy import select
 
 from fleetkeeper.access.models import User
+from fleetkeeper.core.app import create_management_app
 from tests.access.conftest import OidcProviderFactory
 from tests.access.oidc import OidcProvider, complete_login
 from tests.conftest import Api, RuntimeFactory, api_for, bearer
@@ -141,3 +143,17 @@ async def test_disabled_sso_user_is_refused(sso_api: Api) -> None:
 async def test_without_configuration_sso_is_off(api: Api) -> None:
     assert (await api.client.get("/api/v1/auth/oidc")).json() == {"enabled": False, "login_url": None}
     assert (await api.client.get("/api/v1/auth/oidc/login")).json()["code"] == "oidc_not_configured"
+
+
+async def test_a_callback_from_another_browser_is_refused(sso_api: Api) -> None:
+    """The state is bound to the browser that started the sign-in (a cookie): a code and state
+    leaked or planted into another browser do not sign that browser in."""
+    callback_url = await complete_login(await start(sso_api), "alice", "alice-password")
+    transport = httpx2.ASGITransport(app=create_management_app(sso_api.runtime))
+    async with httpx2.AsyncClient(transport=transport, base_url="http://testserver") as other_browser:
+        response = await other_browser.get("/api/v1/auth/oidc/callback?" + urlsplit(callback_url).query)
+    assert response.status_code == 401
+    assert "another browser" in response.json()["detail"]
+    assert (
+        await sso_api.client.get("/api/v1/auth/oidc/callback?" + urlsplit(callback_url).query)
+    ).status_code == 200

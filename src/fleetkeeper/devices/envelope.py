@@ -19,7 +19,7 @@ from sqlalchemy import delete
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from fleetkeeper.core.db import Database, utcnow
+from fleetkeeper.core.db import utcnow
 from fleetkeeper.core.errors import ProblemError
 from fleetkeeper.devices.models import EnrollmentNonce
 
@@ -132,8 +132,3 @@ async def claim_nonce(session: AsyncSession, nonce: str) -> None:
             session.add(EnrollmentNonce(nonce=nonce, seen_at=utcnow()))
     except IntegrityError:
         raise _bad("this request was already received (replayed nonce)", "replayed_request") from None
-
-
-async def claim_nonce_alone(database: Database, nonce: str) -> None:
-    async with database.transaction() as session:
-        await claim_nonce(session, nonce)

@@ -7,7 +7,6 @@ import hashlib
 import json
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,15 +23,9 @@ class UploadError(Exception):
         self.detail = detail
 
 
-@dataclass
-class UploadState:
-    upload_id: str
-    server: str
-    sha256: str
-
-    @staticmethod
-    def path_for(artifact: Path) -> Path:
-        return artifact.with_name(artifact.name + ".upload.json")
+def state_path(artifact: Path) -> Path:
+    """Where a run remembers its upload, so that the next run resumes it."""
+    return artifact.with_name(artifact.name + ".upload.json")
 
 
 def file_sha256(path: Path, progress: Callable[[int], None] | None = None) -> str:
@@ -123,7 +116,7 @@ def _upload(
     if on_progress:
         on_progress(size, size)
     done = http.post(f"{base}/api/v1/releases/uploads/{upload_id}/complete", timeout=600)
-    UploadState.path_for(artifact).unlink(missing_ok=True)
+    state_path(artifact).unlink(missing_ok=True)
     if done.status_code != 201:
         raise _problem(done)
     release: dict[str, Any] = done.json()
@@ -133,9 +126,9 @@ def _upload(
 def _resume_or_start(
     http: httpx2.Client, base: str, artifact: Path, size: int, digest: str, tags: list[str]
 ) -> str:
-    state_path = UploadState.path_for(artifact)
-    if state_path.exists():
-        state = json.loads(state_path.read_text())
+    remembered = state_path(artifact)
+    if remembered.exists():
+        state = json.loads(remembered.read_text())
         if state.get("server") == base and state.get("sha256") == digest:
             probe = http.head(f"{base}/api/v1/releases/uploads/{state['upload_id']}")
             if probe.status_code == 200:
@@ -146,7 +139,7 @@ def _resume_or_start(
     if response.status_code != 201:
         raise _problem(response)
     upload_id = str(response.json()["id"])
-    state_path.write_text(json.dumps({"upload_id": upload_id, "server": base, "sha256": digest}))
+    remembered.write_text(json.dumps({"upload_id": upload_id, "server": base, "sha256": digest}))
     return upload_id
 
 
