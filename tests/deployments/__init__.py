@@ -1,0 +1,1 @@
+"""Deployments: maintenance windows (pure unit tests)."""
