@@ -1,0 +1,1 @@
+"""Deployments: rollouts to groups with phases, thresholds and maintenance windows."""
