@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import secrets
 import subprocess
 from collections.abc import Iterator
 
@@ -84,20 +85,22 @@ async def test_api_requests_are_limited_per_token(runtime_factory: RuntimeFactor
 def two_servers_sharing_redis(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[tuple[RunningServer, RunningServer]]:
-    shared = redis.Redis.from_url(REDIS_URL)
-    shared.flushdb()
+    # A prefix of this run's own: other test runs on the machine may share the Redis database.
+    prefix = f"fktest-{secrets.token_hex(6)}"
     database_url = asyncio.run(PostgresServer(POSTGRES_URL).create_database())
     subprocess.run(
         fleetkeeper_command("db", "upgrade", "--database-url", database_url), check=True, capture_output=True
     )
-    env = {"FLEETKEEPER_RATE_LIMIT_STORAGE": REDIS_URL}
+    env = {"FLEETKEEPER_RATE_LIMIT_STORAGE": REDIS_URL, "FLEETKEEPER_RATE_LIMIT_KEY_PREFIX": prefix}
     first = start_server(tmp_path_factory.mktemp("one") / "data", database_url, env=env)
     second = start_server(tmp_path_factory.mktemp("two") / "data", database_url, env=env)
     yield first, second
     first.stop()
     second.stop()
     asyncio.run(_drop(database_url))
-    shared.flushdb()
+    shared = redis.Redis.from_url(REDIS_URL)
+    for key in shared.scan_iter(f"{prefix}*"):
+        shared.delete(key)
 
 
 def test_two_processes_share_the_limits_through_redis(

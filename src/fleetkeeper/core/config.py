@@ -72,6 +72,11 @@ class Settings(BaseSettings):
         default="memory://",
         description="memory:// (one process) or redis://host:port/db (shared by replicas)",
     )
+    rate_limit_key_prefix: str = Field(
+        default="fleetkeeper",
+        pattern=r"^[A-Za-z0-9:_-]{1,64}$",
+        description="Redis key prefix (one per fleet)",
+    )
     sign_in_limit_per_address: str = Field(default="30/minute")
     sign_in_limit_per_account: str = Field(default="10/minute")
     api_limit_per_principal: str = Field(default="1200/minute")

@@ -25,13 +25,11 @@ class RateLimitedError(ProblemError):
 
 
 class RateLimiter:
-    def __init__(self, storage_uri: str = "memory://") -> None:
+    def __init__(self, storage_uri: str = "memory://", key_prefix: str = "fleetkeeper") -> None:
         uri = storage_uri if storage_uri.startswith("async+") else f"async+{storage_uri}"
         # Redis through redis-py (already a dependency), with keys of our own prefix.
         options: dict[str, str] = (
-            {"implementation": "redispy", "key_prefix": "fleetkeeper"}
-            if "redis" in uri.split("://")[0]
-            else {}
+            {"implementation": "redispy", "key_prefix": key_prefix} if "redis" in uri.split("://")[0] else {}
         )
         self.storage = cast(AsyncStorage, storage_from_string(uri, **options))
         self.strategy = MovingWindowRateLimiter(self.storage)

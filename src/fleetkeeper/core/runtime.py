@@ -89,7 +89,7 @@ class Runtime:
             ca=ca,
             device_tls=device_tls,
             keyring=KeyRing(database),
-            rate_limiter=RateLimiter(settings.rate_limit_storage),
+            rate_limiter=RateLimiter(settings.rate_limit_storage, settings.rate_limit_key_prefix),
             oidc=OidcClient(settings),
             online_keys=online_keys,
             object_store=object_store,
