@@ -6,8 +6,9 @@ from __future__ import annotations
 def load_all_models() -> None:
     from fleetkeeper.access import models as access_models
     from fleetkeeper.audit import models as audit_models
+    from fleetkeeper.deployments import models as deployment_models
     from fleetkeeper.deployments import webhook_models
     from fleetkeeper.devices import models as device_models
     from fleetkeeper.releases import models as release_models
 
-    del access_models, audit_models, device_models, release_models, webhook_models
+    del access_models, audit_models, deployment_models, device_models, release_models, webhook_models

@@ -1,0 +1,73 @@
+"""Tables of the deployments domain."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import JSON, Boolean, ForeignKey, Index, Integer, String, Text
+from sqlalchemy.orm import Mapped, mapped_column
+
+from fleetkeeper.core.db import Base, UTCDateTime, utcnow
+
+# active: devices in open phases are told to install; paused/aborted/finished: nobody new is.
+DEPLOYMENT_STATUSES = ("scheduled", "active", "paused", "finished", "aborted")
+# What a device reports, in the order an install goes through them (reports never go back).
+DEVICE_STATUSES = (
+    "pending",
+    "downloading",
+    "downloaded",
+    "deferred",
+    "installing",
+    "rebooting",
+    "success",
+    "failure",
+    "refused",
+    "already_installed",
+    "aborted",
+)
+FINAL_STATUSES = ("success", "failure", "refused", "already_installed", "aborted")
+
+
+class Deployment(Base):
+    __tablename__ = "deployments"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    release_id: Mapped[str] = mapped_column(ForeignKey("releases.id", ondelete="RESTRICT"), index=True)
+    status: Mapped[str] = mapped_column(String(16), index=True)
+    target: Mapped[dict[str, Any]] = mapped_column(JSON)  # {"devices": [...]} | {"group": name, "live": bool}
+    # [{"size": {"percent": 10} | {"count": 5}, "advance": "auto" | "manual", "success_percent": 90}]
+    phases: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
+    current_phase: Mapped[int] = mapped_column(Integer, default=0)
+    failure_threshold: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    windows: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
+    start_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    max_retries: Mapped[int] = mapped_column(Integer, default=0)
+    force: Mapped[bool] = mapped_column(Boolean, default=False)
+    max_downloading: Mapped[int | None] = mapped_column(Integer)
+    pause_reason: Mapped[str | None] = mapped_column(Text)
+    created_by: Mapped[str | None] = mapped_column(String(40))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class DeploymentDevice(Base):
+    """One device of a deployment: its phase and where its install stands."""
+
+    __tablename__ = "deployment_devices"
+    __table_args__ = (
+        Index("ix_deployment_devices_progress", "deployment_id", "phase", "status"),
+        Index("ix_deployment_devices_device_status", "device_id", "status"),
+    )
+
+    deployment_id: Mapped[str] = mapped_column(
+        ForeignKey("deployments.id", ondelete="CASCADE"), primary_key=True
+    )
+    device_id: Mapped[str] = mapped_column(ForeignKey("devices.id", ondelete="CASCADE"), primary_key=True)
+    phase: Mapped[int] = mapped_column(Integer)
+    status: Mapped[str] = mapped_column(String(20), default="pending")
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    last_seq: Mapped[int] = mapped_column(Integer, default=0)
+    detail: Mapped[str | None] = mapped_column(Text)
+    updated_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
