@@ -24,6 +24,8 @@ def management_routers() -> list[APIRouter]:
     from fleetkeeper.access.api import router as access_router
     from fleetkeeper.access.auth_api import auth_router, me_router
     from fleetkeeper.audit.api import router as audit_router
+    from fleetkeeper.deployments.api import router as deployments_router
+    from fleetkeeper.deployments.api import webhook_router
     from fleetkeeper.devices.admin_api import router as devices_router
     from fleetkeeper.releases.api import router as releases_router
     from fleetkeeper.releases.upload_api import router as uploads_router
@@ -37,14 +39,17 @@ def management_routers() -> list[APIRouter]:
         devices_router,
         releases_router,
         uploads_router,
+        deployments_router,
+        webhook_router,
     ]
 
 
 def device_routers() -> list[APIRouter]:
+    from fleetkeeper.deployments.api import device_router as deployments_device_router
     from fleetkeeper.devices.api import router as device_router
     from fleetkeeper.releases.device_api import router as releases_device_router
 
-    return [device_router, releases_device_router]
+    return [device_router, releases_device_router, deployments_device_router]
 
 
 # Bodies above the 1 MiB default: release upload chunks.

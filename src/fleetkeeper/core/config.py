@@ -63,6 +63,11 @@ class Settings(BaseSettings):
         default=4 * 1024**3, ge=1024, description="largest release artifact accepted"
     )
 
+    webhook_allow_private_targets: bool = Field(
+        default=False,
+        description="let webhooks post to loopback and private addresses (on-premises receivers)",
+    )
+
     trusted_proxies: list[str] = Field(
         default_factory=list,
         description="addresses of reverse proxies whose X-Forwarded-For names the client",

@@ -11,12 +11,14 @@ import sys
 from collections.abc import Callable, Generator
 from typing import Any
 
+import httpx2
 import uvicorn
 
 import fleetkeeper
 from fleetkeeper.access.service import FIRST_ADMIN_USERNAME
 from fleetkeeper.core.app import create_device_app, create_management_app
 from fleetkeeper.core.config import Settings
+from fleetkeeper.core.db import utcnow
 from fleetkeeper.core.jobs import every, once_across_replicas
 from fleetkeeper.core.logging import get_logger
 from fleetkeeper.core.runtime import Runtime, StartupError
@@ -93,14 +95,21 @@ def _listener_configs(runtime: Runtime) -> tuple[uvicorn.Config, uvicorn.Config]
 # CRL's own next-update time); one replica at a time re-signs TUF metadata before it expires.
 CRL_RELOAD_INTERVAL = 30.0
 METADATA_REFRESH_INTERVAL = 60.0
+WEBHOOK_DELIVERY_INTERVAL = 15.0
 
 
 async def serve(settings: Settings) -> None:
+    from fleetkeeper.deployments.webhooks import deliver_due
     from fleetkeeper.devices.certificates import reload_crl
     from fleetkeeper.releases.service import refresh_due_metadata
 
     runtime = await Runtime.start(settings)
     _print_first_admin(runtime)
+    webhook_client = httpx2.AsyncClient(follow_redirects=False)
+
+    async def deliver_webhooks() -> object:
+        return await deliver_due(runtime.database, now=utcnow(), client=webhook_client)
+
     background = [
         asyncio.create_task(every(CRL_RELOAD_INTERVAL, "crl", lambda: reload_crl(runtime))),
         asyncio.create_task(
@@ -112,6 +121,7 @@ async def serve(settings: Settings) -> None:
                 ),
             )
         ),
+        asyncio.create_task(every(WEBHOOK_DELIVERY_INTERVAL, "webhooks", deliver_webhooks)),
     ]
     try:
         management, device = (_Listener(config) for config in _listener_configs(runtime))
@@ -136,6 +146,7 @@ async def serve(settings: Settings) -> None:
     finally:
         for task in background:
             task.cancel()
+        await webhook_client.aclose()
         await runtime.close()
 
 

@@ -6,16 +6,16 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, Integer, case, func, insert, literal, select
+from sqlalchemy import ColumnElement, Integer, case, func, insert, literal, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from fleetkeeper.access.service import Permission, Principal
-from fleetkeeper.audit.service import record
+from fleetkeeper.audit.service import SYSTEM, record
 from fleetkeeper.core.db import utcnow
 from fleetkeeper.core.errors import ForbiddenError, NotFoundError, ProblemError
 from fleetkeeper.core.ids import new_id
 from fleetkeeper.core.runtime import Runtime
-from fleetkeeper.deployments.models import Deployment, DeploymentDevice
+from fleetkeeper.deployments.models import DEVICE_STATUSES, FINAL_STATUSES, Deployment, DeploymentDevice
 from fleetkeeper.deployments.plans import (
     Target,
     parse_failure_threshold,
@@ -23,7 +23,7 @@ from fleetkeeper.deployments.plans import (
     parse_target,
     phase_boundaries,
 )
-from fleetkeeper.deployments.windows import parse_windows
+from fleetkeeper.deployments.windows import is_open, next_open, parse_windows
 from fleetkeeper.devices import service as devices
 from fleetkeeper.devices.models import Device
 from fleetkeeper.releases.models import Release
@@ -124,7 +124,7 @@ async def create(runtime: Runtime, principal: Principal, request: DeploymentRequ
                 status=422,
             )
         await _ensure_may_deploy_to_all(session, principal, condition)
-        now = utcnow()
+        now = clock()
         deployment = Deployment(
             id=new_id("dep"),
             name=request.name.strip(),
@@ -206,3 +206,244 @@ async def phase_counts(runtime: Runtime, deployment_id: str) -> dict[int, dict[s
         for phase, status, count in rows:
             counts.setdefault(phase, {})[status] = count
         return counts
+
+
+# --- the device side ----------------------------------------------------------------------------
+
+# The deployments service reads the time through this, so that tests can move through phases and
+# windows without waiting.
+clock = utcnow
+
+
+async def assignment_for(session: AsyncSession, device_id: str) -> tuple[Deployment, Release] | None:
+    """The release the device must run now: from its oldest active deployment whose phase is open
+    and whose install is not over for this device."""
+    now = clock()
+    row = (
+        await session.execute(
+            select(Deployment, Release)
+            .join(DeploymentDevice, DeploymentDevice.deployment_id == Deployment.id)
+            .join(Release, Release.id == Deployment.release_id)
+            .where(
+                DeploymentDevice.device_id == device_id,
+                # A scheduled deployment is active once its start time has come.
+                Deployment.status.in_(("active", "scheduled")),
+                (Deployment.start_at.is_(None)) | (Deployment.start_at <= now),
+                DeploymentDevice.phase <= Deployment.current_phase,
+                DeploymentDevice.status.not_in(FINAL_STATUSES),
+                Release.deleted_at.is_(None),
+            )
+            .order_by(Deployment.created_at, Deployment.id)
+            .limit(1)
+        )
+    ).first()
+    return (row[0], row[1]) if row else None
+
+
+async def report(
+    runtime: Runtime, device: Device, deployment_id: str, *, status: str, seq: int, detail: str | None
+) -> DeploymentDevice:
+    """A device's progress on a deployment: idempotent (the same report again changes nothing)
+    and ordered (an older sequence number is refused). Final reports move the deployment on."""
+    if status not in DEVICE_STATUSES or status in ("pending", "aborted"):
+        raise ProblemError(f"unknown status {status!r}", code="invalid_status", status=422)
+    async with runtime.database.transaction() as session:
+        entry = await session.get(DeploymentDevice, (deployment_id, device.id), with_for_update=True)
+        deployment = await session.get(Deployment, deployment_id, with_for_update=True)
+        if entry is None or deployment is None:
+            raise NotFoundError("this device is not part of that deployment", code="not_in_deployment")
+        if deployment.status == "scheduled" and (
+            deployment.start_at is None or deployment.start_at <= clock()
+        ):
+            deployment.status = "active"
+        if seq == entry.last_seq and status == entry.status:
+            return entry
+        if seq <= entry.last_seq:
+            raise ProblemError(
+                f"report {seq} is older than the last one received ({entry.last_seq})",
+                code="out_of_order",
+                status=409,
+                last_seq=entry.last_seq,
+            )
+        if deployment.status == "aborted" and entry.status != "success":
+            entry.status = "aborted"
+            raise ProblemError(
+                "the deployment was aborted: stop and keep what you run",
+                code="deployment_aborted",
+                status=409,
+            )
+        if entry.status in FINAL_STATUSES and entry.status != "failure":
+            raise ProblemError(
+                f"the install already ended ({entry.status})", code="already_final", status=409
+            )
+        entry.status = status
+        entry.last_seq = seq
+        entry.detail = (detail or "")[-4000:] or None
+        entry.updated_at = clock()
+        if status == "failure":
+            entry.attempts += 1
+            if entry.attempts <= deployment.max_retries:
+                entry.status = "pending"  # tried again at its next check-in
+        if status in FINAL_STATUSES:
+            await record(
+                session,
+                actor=devices.device_actor(device, None),
+                action=f"deployment.device_{status}",
+                object_type="deployment",
+                object_id=deployment_id,
+                details={"device_id": device.id, "seq": seq, "detail": entry.detail},
+            )
+            await session.flush()
+            await _move_on(session, deployment)
+    return entry
+
+
+async def _counts(session: AsyncSession, deployment_id: str, phase: int | None) -> dict[str, int]:
+    query = select(DeploymentDevice.status, func.count()).where(
+        DeploymentDevice.deployment_id == deployment_id
+    )
+    if phase is not None:
+        query = query.where(DeploymentDevice.phase == phase)
+    rows = await session.execute(query.group_by(DeploymentDevice.status))
+    return {status: count for status, count in rows}
+
+
+async def _move_on(session: AsyncSession, deployment: Deployment) -> None:
+    """After a final report: pause past a failure threshold, advance a phase that succeeded
+    enough, finish when every device is done."""
+    from fleetkeeper.deployments.webhooks import enqueue
+
+    threshold = parse_failure_threshold(deployment.failure_threshold)
+    phase_counts_now = await _counts(session, deployment.id, deployment.current_phase)
+    overall = await _counts(session, deployment.id, None)
+    failed_phase = phase_counts_now.get("failure", 0) + phase_counts_now.get("refused", 0)
+    failed_all = overall.get("failure", 0) + overall.get("refused", 0)
+    crossed = (
+        threshold.phase and threshold.phase.exceeded_by(failed_phase, sum(phase_counts_now.values()))
+    ) or (threshold.overall and threshold.overall.exceeded_by(failed_all, sum(overall.values())))
+    if crossed and deployment.status == "active":
+        deployment.status = "paused"
+        deployment.pause_reason = (
+            f"failure threshold reached: {failed_phase} failed in phase {deployment.current_phase + 1}, "
+            f"{failed_all} overall"
+        )
+        await record(
+            session,
+            actor=SYSTEM,
+            action="deployment.paused",
+            object_type="deployment",
+            object_id=deployment.id,
+            details={"reason": deployment.pause_reason},
+        )
+        payload = {"deployment_id": deployment.id, "name": deployment.name, "reason": deployment.pause_reason}
+        await enqueue(session, "deployment.failure_threshold_reached", payload)
+        await enqueue(session, "deployment.paused", payload)
+        return
+    done = sum(count for status, count in overall.items() if status in FINAL_STATUSES)
+    if done == sum(overall.values()):
+        deployment.status = "finished"
+        deployment.finished_at = clock()
+        await record(
+            session,
+            actor=SYSTEM,
+            action="deployment.finished",
+            object_type="deployment",
+            object_id=deployment.id,
+            details={"counts": overall},
+        )
+        await enqueue(
+            session,
+            "deployment.finished",
+            {"deployment_id": deployment.id, "name": deployment.name, "counts": overall},
+        )
+        return
+    phases = parse_phases(deployment.phases)
+    phase = phases[deployment.current_phase]
+    succeeded = phase_counts_now.get("success", 0) + phase_counts_now.get("already_installed", 0)
+    size = sum(phase_counts_now.values())
+    if (
+        phase.advance == "auto"
+        and deployment.current_phase + 1 < len(phases)
+        and size
+        and succeeded * 100 >= phase.success_percent * size
+    ):
+        deployment.current_phase += 1
+        await record(
+            session,
+            actor=SYSTEM,
+            action="deployment.phase_advanced",
+            object_type="deployment",
+            object_id=deployment.id,
+            details={"phase": deployment.current_phase + 1, "succeeded": succeeded, "of": size},
+        )
+
+
+def install_window(deployment: Deployment) -> tuple[bool, datetime | None]:
+    """Whether the device may install now (it may always download), and when it next may."""
+    windows = parse_windows(deployment.windows)
+    if not windows:
+        return True, None
+    now = clock()
+    return is_open(windows, now), next_open(windows, now)
+
+
+async def get(session: AsyncSession, deployment_id: str) -> Deployment:
+    deployment = await session.get(Deployment, deployment_id)
+    if deployment is None:
+        raise NotFoundError("no such deployment", code="deployment_not_found")
+    return deployment
+
+
+async def change_state(runtime: Runtime, principal: Principal, deployment_id: str, action: str) -> Deployment:
+    """pause, resume, abort, or advance (an operator opening the next phase). Needs devices:deploy
+    on every device of the deployment."""
+    transitions = {
+        "pause": ({"active", "scheduled"}, "paused"),
+        "resume": ({"paused"}, "active"),
+        "abort": ({"active", "paused", "scheduled"}, "aborted"),
+        "advance": ({"active", "paused"}, None),
+    }
+    allowed, target_status = transitions[action]
+    async with runtime.database.transaction() as session:
+        deployment = await session.get(Deployment, deployment_id, with_for_update=True)
+        if deployment is None:
+            raise NotFoundError("no such deployment", code="deployment_not_found")
+        await _ensure_may_deploy_to_all(
+            session,
+            principal,
+            Device.id.in_(
+                select(DeploymentDevice.device_id).where(DeploymentDevice.deployment_id == deployment_id)
+            ),
+        )
+        if deployment.status not in allowed:
+            raise ProblemError(
+                f"a {deployment.status} deployment cannot {action}", code="invalid_transition", status=409
+            )
+        if action == "advance":
+            if deployment.current_phase + 1 >= len(deployment.phases):
+                raise ProblemError("this is the last phase", code="invalid_transition", status=409)
+            deployment.current_phase += 1
+        else:
+            assert target_status is not None
+            deployment.status = target_status
+            deployment.pause_reason = "paused by an operator" if action == "pause" else None
+        if action == "abort":
+            deployment.finished_at = clock()
+            # Devices that have not finished are told to stop; those that did stay as they are.
+            await session.execute(
+                update(DeploymentDevice)
+                .where(
+                    DeploymentDevice.deployment_id == deployment_id,
+                    DeploymentDevice.status.not_in(FINAL_STATUSES),
+                )
+                .values(status="aborted", updated_at=clock())
+            )
+        await record(
+            session,
+            actor=principal.actor,
+            action=f"deployment.{action}d" if action != "abort" else "deployment.aborted",
+            object_type="deployment",
+            object_id=deployment_id,
+            details={"phase": deployment.current_phase + 1},
+        )
+    return deployment

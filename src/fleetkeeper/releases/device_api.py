@@ -7,6 +7,7 @@ from fastapi.responses import RedirectResponse
 
 from fleetkeeper.core.errors import NotFoundError
 from fleetkeeper.core.runtime import runtime_of
+from fleetkeeper.deployments import service as deployments
 from fleetkeeper.devices.auth import AuthenticatedDevice
 from fleetkeeper.releases import repository, service
 from fleetkeeper.releases.api import METADATA_FILE, metadata_response
@@ -48,6 +49,11 @@ async def director_metadata(filename: str, device: AuthenticatedDevice, request:
     version, role = match.group(1), match.group(2)
     if role == "root":
         return await metadata_response(runtime, repository.DIRECTOR, filename)
+    if role == "timestamp":
+        # A check-in: the director names what the device's oldest active deployment wants now.
+        async with runtime.database.session() as session:
+            assignment = await deployments.assignment_for(session, device.id)
+        await service.assign(runtime, device.id, device.device_type, assignment[1] if assignment else None)
     files = await service.director_files(runtime, device.id, device.device_type)
     wanted = {
         "timestamp": (files.timestamp, None),
