@@ -84,7 +84,14 @@ async def fetch(api: Api, certificate: str | None, name: str) -> Metadata:  # ty
 async def test_each_device_gets_its_own_signed_director_metadata(api: Api, tmp_path: Path) -> None:
     await initialize(api, tmp_path)
     mine, theirs = await accepted_device(api), await accepted_device(api)
-    await service.assign(api.runtime, mine.device_id or "", "rpi4", await a_release(api))
+    await a_release(api)
+    # The director lists what the device's deployment wants (checked at each timestamp refresh).
+    deployed = await api.client.post(
+        "/api/v1/deployments",
+        json={"name": "d", "release": "fw", "version": "2.0", "target": {"devices": [mine.device_id]}},
+        headers=await api.admin_headers(),
+    )
+    assert deployed.status_code == 201, deployed.text
 
     root = await fetch(api, mine.certificate, "1.root.json")
     timestamp = await fetch(api, mine.certificate, "timestamp.json")
