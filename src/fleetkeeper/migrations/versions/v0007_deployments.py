@@ -61,18 +61,7 @@ def upgrade() -> None:
         sa.Column("last_seq", sa.Integer(), nullable=False),
         sa.Column("detail", sa.Text(), nullable=True),
         sa.Column("updated_at", UTCDateTime(), nullable=True),
-        sa.ForeignKeyConstraint(
-            ["deployment_id"],
-            ["deployments.id"],
-            name=op.f("fk_deployment_devices_deployment_id_deployments"),
-            ondelete="CASCADE",
-        ),
-        sa.ForeignKeyConstraint(
-            ["device_id"],
-            ["devices.id"],
-            name=op.f("fk_deployment_devices_device_id_devices"),
-            ondelete="CASCADE",
-        ),
+        # No foreign keys: see DeploymentDevice (a fan-out of a million rows).
         sa.PrimaryKeyConstraint("deployment_id", "device_id", name=op.f("pk_deployment_devices")),
     )
     with op.batch_alter_table("deployment_devices", schema=None) as batch_op:
