@@ -109,6 +109,8 @@ async def test_each_device_gets_its_own_signed_director_metadata(api: Api, tmp_p
         "release_counter": 7,
     }
     assert timestamp.signed.expires > datetime.now(UTC)
+    again = await fetch(api, mine.certificate, "timestamp.json")
+    assert again.signed.version == timestamp.signed.version, "an unchanged check-in re-signs nothing"
 
     their_targets = await fetch(api, theirs.certificate, "1.targets.json")
     assert their_targets.signed.targets == {}, "another device sees only its own assignment"

@@ -49,18 +49,21 @@ async def director_metadata(filename: str, device: AuthenticatedDevice, request:
     version, role = match.group(1), match.group(2)
     if role == "root":
         return await metadata_response(runtime, repository.DIRECTOR, filename)
+    wanted_release = None
     if role == "timestamp":
         # A check-in: the director names what the device's oldest active deployment wants now.
         async with runtime.database.session() as session:
             assignment = await deployments.assignment_for(session, device.id)
-        await service.assign(runtime, device.id, device.device_type, assignment[1] if assignment else None)
-    files = await service.director_files(runtime, device.id, device.device_type)
-    wanted = {
+        wanted_release = assignment[1] if assignment else None
+    files = await service.director_files(
+        runtime, device.id, device.device_type, check_in=role == "timestamp", wanted=wanted_release
+    )
+    by_role = {
         "timestamp": (files.timestamp, None),
         "snapshot": (files.snapshot, files.snapshot_version),
         "targets": (files.targets, files.targets_version),
     }
-    content, current = wanted[role]
+    content, current = by_role[role]
     if version is not None and int(version) != current:
         raise NotFoundError(
             "that version is no longer current: refresh from timestamp.json", code="metadata_not_found"

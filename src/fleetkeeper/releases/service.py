@@ -458,12 +458,17 @@ async def assign(runtime: Runtime, device_id: str, device_type: str, release: Re
             )
 
 
-async def director_files(runtime: Runtime, device_id: str, device_type: str) -> DirectorFiles:
-    """The device's current director metadata, made (assigning nothing) the first time it asks."""
+async def director_files(
+    runtime: Runtime, device_id: str, device_type: str, *, check_in: bool, wanted: Release | None = None
+) -> DirectorFiles:
+    """The device's current director metadata. At a check-in (`check_in`, with what the device's
+    deployments want now) it is re-signed only when the assigned target changed: an unchanged
+    check-in stays a read. Made, assigning nothing, the first time a device asks."""
     async with runtime.database.session() as session:
         state = await session.get(DirectorState, device_id)
-    if state is None:
-        await assign(runtime, device_id, device_type, None)
+    target = wanted.target_path if wanted else None
+    if state is None or (check_in and state.target_path != target):
+        await assign(runtime, device_id, device_type, wanted if check_in else None)
         async with runtime.database.session() as session:
             state = await session.get(DirectorState, device_id)
     assert state is not None
