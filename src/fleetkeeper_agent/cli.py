@@ -7,6 +7,8 @@ Exit status: 0 done (or nothing was due), 1 an error (printed as `error: <code>:
 from __future__ import annotations
 
 import argparse
+import asyncio
+import dataclasses
 import json
 import logging
 import sys
@@ -17,6 +19,7 @@ from pathlib import Path
 from cryptography import x509
 
 from fleetkeeper_agent import __version__
+from fleetkeeper_agent.config import DEFAULT_CONFIG, DEFAULT_DATA_DIR, AgentConfig, load_config
 from fleetkeeper_agent.errors import AgentError
 from fleetkeeper_agent.identity import (
     DeviceIdentity,
@@ -30,8 +33,8 @@ from fleetkeeper_agent.identity import (
 )
 from fleetkeeper_agent.inventory import KEY, collect_inventory
 from fleetkeeper_agent.keystore import KEY_TYPES, FileKeyStore, KeyType
+from fleetkeeper_agent.update_state import UpdateState
 
-DEFAULT_DATA_DIR = Path("/var/lib/fleetkeeper-agent")
 EXIT_PENDING = 3
 
 log = logging.getLogger("fleetkeeper_agent")
@@ -39,6 +42,8 @@ log = logging.getLogger("fleetkeeper_agent")
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    args.explicit_data_dir = args.data_dir
+    args.data_dir = args.data_dir or DEFAULT_DATA_DIR
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     # The HTTP client narrates every request at info: noise on a device's console and in scripts.
     logging.getLogger("httpx2").setLevel(logging.WARNING)
@@ -64,8 +69,12 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--data-dir",
         type=Path,
-        default=DEFAULT_DATA_DIR,
-        help=f"where the key, certificates and identity.json live (default {DEFAULT_DATA_DIR})",
+        help=f"where the key, certificates and state live (default: the configuration's, {DEFAULT_DATA_DIR})",
+    )
+    parser.add_argument(
+        "--config",
+        type=Path,
+        help=f"the agent's TOML configuration (default {DEFAULT_CONFIG}, if it exists)",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -108,6 +117,29 @@ def _parser() -> argparse.ArgumentParser:
 
     command = commands.add_parser("identity", help="print the device id, certificate subject and expiry")
     command.set_defaults(run=_identity)
+
+    command = commands.add_parser("run", help="the daemon: enroll, check in, update, report")
+    command.add_argument("--config", type=Path, default=argparse.SUPPRESS, help="as the global option")
+    command.add_argument("--once", action="store_true", help="check in once, do what is due, and exit")
+    command.set_defaults(run=_run)
+
+    command = commands.add_parser("install", help="install an offline bundle; commit or roll back after")
+    command.add_argument("bundle", type=Path, metavar="BUNDLE")
+    command.set_defaults(run=_install)
+
+    command = commands.add_parser("commit", help="health-check and commit an installed offline bundle")
+    command.set_defaults(run=_commit)
+
+    command = commands.add_parser("rollback", help="roll back an installed offline bundle")
+    command.set_defaults(run=_rollback)
+
+    command = commands.add_parser("status", help="the installed release and any install under way, as JSON")
+    command.set_defaults(run=_status)
+
+    command = commands.add_parser("trust", help="store the trusted roots provisioned with the device")
+    command.add_argument("--image-root", type=Path, required=True, help="the image repository's root.json")
+    command.add_argument("--director-root", type=Path, required=True, help="the director's root.json")
+    command.set_defaults(run=_trust)
 
     command = commands.add_parser("version", help="print the version")
     command.set_defaults(run=_version)
@@ -244,6 +276,80 @@ def _identity(args: argparse.Namespace) -> int:
     print(f"not after: {_time(certificate.not_valid_after_utc)}")
     if common_name(certificate) != state.device_id:
         log.warning("the certificate names %s, identity.json %s", common_name(certificate), state.device_id)
+    return 0
+
+
+def _config(args: argparse.Namespace) -> AgentConfig:
+    config = load_config(args.config, required=args.config is not None)
+    if args.explicit_data_dir is not None:
+        config = dataclasses.replace(config, data_dir=args.explicit_data_dir)
+    return config
+
+
+def _run(args: argparse.Namespace) -> int:
+    from fleetkeeper_agent.daemon import run
+
+    return asyncio.run(run(_config(args), once=args.once))
+
+
+def _install(args: argparse.Namespace) -> int:
+    from fleetkeeper_agent.offline import install_bundle
+
+    state = install_bundle(_config(args), args.bundle)
+    if state.phase == "awaiting_commit":
+        print(f"installed {state.target_path}: run `fleetkeeper-agent commit` (or `rollback`)")
+    elif state.phase in ("rebooting", "rolling_back_rebooting"):
+        print(f"installed {state.target_path}: rebooting; commit (or roll back) after the reboot")
+    else:
+        raise AgentError("install_failed", state.detail or f"the install ended in {state.phase}")
+    return 0
+
+
+def _commit(args: argparse.Namespace) -> int:
+    from fleetkeeper_agent.offline import commit_offline
+
+    installed = commit_offline(_config(args))
+    print(f"committed {installed.name} {installed.version}")
+    return 0
+
+
+def _rollback(args: argparse.Namespace) -> int:
+    from fleetkeeper_agent.offline import rollback_offline
+
+    state = rollback_offline(_config(args))
+    if state.phase == "rolling_back_rebooting":
+        print("rolling back: rebooting into the previous release")
+    else:
+        running = (
+            f"{state.installed.name} {state.installed.version}" if state.installed.name else "the old release"
+        )
+        print(f"rolled back; {running} runs")
+    return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    state = UpdateState.load(_config(args).data_dir)
+    print(
+        json.dumps(
+            {
+                "installed": dataclasses.asdict(state.installed),
+                "phase": state.phase,
+                "target_path": state.target_path,
+                "deployment_id": state.deployment_id,
+                "reports_pending": len(state.outbox),
+                "detail": state.detail,
+            },
+            indent=2,
+        )
+    )
+    return 0
+
+
+def _trust(args: argparse.Namespace) -> int:
+    from fleetkeeper_agent.daemon import install_trusted_roots
+
+    install_trusted_roots(_config(args), image=args.image_root, director=args.director_root)
+    print("trusted roots stored")
     return 0
 
 

@@ -34,7 +34,9 @@ COMMAND_TIMEOUT_SECONDS = 20
 
 
 def collect_inventory(
-    device_type: str | None = None, attributes: Mapping[str, str] | None = None
+    device_type: str | None = None,
+    attributes: Mapping[str, str] | None = None,
+    release: Mapping[str, str | int] | None = None,
 ) -> dict[str, Any]:
     """The known keys of the device API, read from the running system, within the limits.
 
@@ -44,6 +46,9 @@ def collect_inventory(
     if device_type:
         document["device_type"] = device_type
     document["agent_version"] = __version__
+    if release:
+        # The release the agent installed and committed (update.json), so that deployments know it.
+        document["release"] = dict(release)
     if os_info := operating_system():
         document["os"] = os_info
     document["kernel"] = os.uname().release

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Body, Depends, Request, Response, WebSocket
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.requests import HTTPConnection
 
 from fleetkeeper.core.peer import PeerCertificate, require_peer_certificate
@@ -85,6 +85,23 @@ async def inventory(
 ) -> Response:
     """The device's latest inventory (limits in docs/device-api.md)."""
     await service.report_inventory(runtime_of(request).database, device.id, report)
+    return Response(status_code=204)
+
+
+class SecurityEvent(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["security"]
+    code: str = Field(pattern=r"^[a-z0-9_]{1,64}$")
+    detail: str = Field(default="", max_length=2000)
+
+
+@router.post("/events", status_code=204)
+async def security_event(device: AuthenticatedDevice, event: SecurityEvent, request: Request) -> Response:
+    """Something the agent refused that only a broken or compromised server, or a man in the middle,
+    causes (expired metadata, a lower release counter, a bad signature): onto the audit log."""
+    await service.record_security_event(
+        runtime_of(request).database, device, event.code, event.detail, address=_address(request)
+    )
     return Response(status_code=204)
 
 

@@ -381,5 +381,20 @@ def group_condition(group: DeviceGroup) -> ColumnElement[bool]:
     return exists().where(GroupMember.device_id == Device.id, GroupMember.group_id == group.id)
 
 
+async def record_security_event(
+    database: Database, device: Device, code: str, detail: str, *, address: str | None
+) -> None:
+    async with database.transaction() as session:
+        await record(
+            session,
+            actor=device_actor(device, address),
+            action="device.security_event",
+            object_type="device",
+            object_id=device.id,
+            outcome="failure",
+            details={"code": code, "detail": detail},
+        )
+
+
 def device_actor(device: Device, address: str | None) -> Actor:
     return Actor(kind="device", id=device.id, name=device.serial or device.device_type, address=address)

@@ -1,0 +1,131 @@
+"""What the agent must remember across a crash or a power cut: where an install stands, what is
+installed, and the reports the server has not acknowledged yet.
+
+Both files are written with fsync and an atomic rename (files.write_atomic) BEFORE the step they
+announce starts, so that on start the agent finds the step to resume, never a torn file.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any, Literal
+
+from fleetkeeper_agent.errors import AgentError
+from fleetkeeper_agent.files import write_atomic
+
+# The install's steps, in order (docs/agent.md, "Updates"). `idle`: nothing under way.
+Phase = Literal[
+    "idle",
+    "downloading",
+    "downloaded",
+    "installing",
+    "rebooting",
+    "verifying",
+    "committing",
+    "rolling_back",
+    "rolling_back_rebooting",
+    "awaiting_commit",
+]
+PHASES: tuple[Phase, ...] = (
+    "idle",
+    "downloading",
+    "downloaded",
+    "installing",
+    "rebooting",
+    "verifying",
+    "committing",
+    "rolling_back",
+    "rolling_back_rebooting",
+    "awaiting_commit",
+)
+
+
+@dataclass(frozen=True)
+class Report:
+    """A status report for the deployments API, kept until the server answered it."""
+
+    deployment_id: str
+    seq: int
+    status: str
+    detail: str | None = None
+
+
+@dataclass(frozen=True)
+class Installed:
+    """The release this device runs, and the highest release counter it ever installed: a release
+    with a lower counter is refused, whatever the server says."""
+
+    name: str | None = None
+    version: str | None = None
+    target_path: str | None = None
+    module: str | None = None
+    release_counter: int = 0
+    highest_counter: int = 0
+
+
+@dataclass(frozen=True)
+class UpdateState:
+    phase: Phase = "idle"
+    deployment_id: str | None = None  # None for an offline install
+    target_path: str | None = None
+    length: int = 0
+    hashes: dict[str, str] = field(default_factory=dict)
+    release: dict[str, Any] = field(default_factory=dict)  # the signed custom fields
+    release_counter: int = 0
+    force: bool = False
+    boot_id: str | None = None  # the boot a reboot was asked from: a different one means it happened
+    detail: str | None = None  # why a rollback runs (a log tail)
+    next_seq: int = 1
+    outbox: tuple[Report, ...] = ()
+    deferred_reason: str | None = None  # the last deferral reported, so that it is reported once
+    refused: tuple[str, str] | None = None  # (deployment, target) refused: not tried again
+    installed: Installed = field(default_factory=Installed)
+
+    FILE = "update.json"
+
+    def moved(self, phase: Phase, **changes: Any) -> UpdateState:
+        return replace(self, phase=phase, **changes)
+
+    def queue(self, deployment_id: str | None, status: str, detail: str | None = None) -> UpdateState:
+        """Adds a report to the outbox with the next sequence number (none for an offline install)."""
+        if deployment_id is None:
+            return self
+        report = Report(deployment_id, self.next_seq, status, detail[-4000:] if detail else None)
+        return replace(self, next_seq=self.next_seq + 1, outbox=(*self.outbox, report))
+
+    def finished(self, **changes: Any) -> UpdateState:
+        """Back to idle, the install's own fields cleared; counters, outbox and installed kept."""
+        return replace(
+            UpdateState(),
+            next_seq=self.next_seq,
+            outbox=self.outbox,
+            installed=self.installed,
+            refused=self.refused,
+            **changes,
+        )
+
+    @classmethod
+    def load(cls, data_dir: Path) -> UpdateState:
+        path = data_dir / cls.FILE
+        try:
+            raw = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return cls()
+        except ValueError as exc:
+            raise AgentError("invalid_state", f"{path}: {exc}") from None
+        try:
+            if raw.get("phase") not in PHASES:
+                raise ValueError(f"unknown phase {raw.get('phase')!r}")
+            raw["outbox"] = tuple(Report(**report) for report in raw.get("outbox", ()))
+            raw["installed"] = Installed(**raw.get("installed", {}))
+            refused = raw.get("refused")
+            raw["refused"] = tuple(refused) if refused else None
+            return cls(**raw)
+        except (TypeError, ValueError) as exc:
+            raise AgentError("invalid_state", f"{path}: {exc}") from None
+
+    def save(self, data_dir: Path) -> None:
+        text = json.dumps(asdict(self), indent=2, sort_keys=True) + "\n"
+        write_atomic(data_dir / self.FILE, text.encode("utf-8"), mode=0o600)

@@ -1,0 +1,401 @@
+"""The update flow of DESIGN.md ("Update on the device"), as a state machine that survives a kill.
+
+    idle ─check-in─> downloading ─> downloaded ─> installing ─> (rebooting) ─> verifying ─> committing ─> idle
+                                                      │              │               │
+                                                      └──────────────┴── failure ────┴─> rolling_back ─> idle
+
+Each step writes the state that announces it (fsync, atomic rename) before it acts, and every
+action is idempotent (the update modules' contract): killed anywhere, the agent starts again at the
+announced step and the device ends on exactly the old release or the new one. Reports go through
+an outbox in the same state file, so the server hears each of them, once, in order.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from fleetkeeper_agent.client import DeviceClient
+from fleetkeeper_agent.commands import run_command, run_health_checks
+from fleetkeeper_agent.config import AgentConfig
+from fleetkeeper_agent.deployment_client import (
+    CurrentDeployment,
+    current_deployment,
+    report_security_event,
+    send_report,
+)
+from fleetkeeper_agent.errors import AgentError
+from fleetkeeper_agent.update_state import Installed, UpdateState
+
+if TYPE_CHECKING:
+    from fleetkeeper_agent.modules import InstallContext, UpdateModule
+    from fleetkeeper_agent.uptane import UpdateChecker, VerifiedUpdate
+
+log = logging.getLogger(__name__)
+
+WHOAMI_PATH = "/device/v1/whoami"
+
+
+@dataclass(frozen=True)
+class TickResult:
+    phase: str
+    committed: bool = False  # a release was committed: time to send the inventory
+    waiting_for_reboot: bool = False
+
+
+class UpdateFlow:
+    """One device's updates. `tick()` is one check-in and every step that can run after it."""
+
+    def __init__(
+        self,
+        config: AgentConfig,
+        client: DeviceClient | None,
+        checker: UpdateChecker | None,
+        *,
+        reboot: Callable[[], None] | None = None,
+    ) -> None:
+        self.config = config
+        self.data_dir = config.data_dir
+        self.client = client
+        self.checker = checker
+        self._reboot = reboot or self._run_reboot_command
+
+    @property
+    def _server(self) -> DeviceClient:
+        if self.client is None:
+            raise AgentError("offline", "this step needs the server")
+        return self.client
+
+    @property
+    def _online_checker(self) -> UpdateChecker:
+        if self.checker is None:
+            raise AgentError("offline", "this step needs the server")
+        return self.checker
+
+    # --- the loop -------------------------------------------------------------------------------------
+
+    def tick(self) -> TickResult:
+        return self.advance(self._flush(UpdateState.load(self.data_dir)))
+
+    def advance(self, state: UpdateState) -> TickResult:
+        """Runs steps from `state` (already saved) until one has to wait."""
+        committed = False
+        while True:
+            handler = getattr(self, f"_{state.phase}")
+            outcome: UpdateState | None = handler(state)
+            if outcome is None:
+                state = self._flush(UpdateState.load(self.data_dir))
+                return TickResult(
+                    state.phase,
+                    committed=committed,
+                    waiting_for_reboot=state.phase in ("rebooting", "rolling_back_rebooting"),
+                )
+            committed = committed or (state.phase == "committing" and outcome.phase == "idle")
+            state = self._flush(outcome)
+
+    def _save(self, state: UpdateState) -> UpdateState:
+        state.save(self.data_dir)
+        return state
+
+    def _flush(self, state: UpdateState) -> UpdateState:
+        """Sends the queued reports in order; keeps them on a network error."""
+        while state.outbox and self.client is not None:
+            report = state.outbox[0]
+            try:
+                answer = send_report(self.client, report)
+            except AgentError as exc:
+                log.warning("report %s for %s kept for later: %s", report.status, report.deployment_id, exc)
+                return state
+            state = self._save(replace(state, outbox=state.outbox[1:]))
+            if answer == "aborted" and state.deployment_id == report.deployment_id:
+                state = self._abandon(state, "the deployment was aborted")
+        return state
+
+    # --- idle: the check-in -------------------------------------------------------------------------
+
+    def _idle(self, state: UpdateState) -> UpdateState | None:
+        found = self._check(state)
+        if found is None:
+            return None
+        update, current = found
+        if (current.deployment_id, update.target_path) == state.refused:
+            return None
+        if update.target_path == state.installed.target_path and not current.force:
+            log.info("%s is installed already", update.target_path)
+            return self._save(state.queue(current.deployment_id, "already_installed"))
+        log.info("deployment %s: downloading %s", current.deployment_id, update.target_path)
+        return self._save(
+            state.moved(
+                "downloading",
+                deployment_id=current.deployment_id,
+                target_path=update.target_path,
+                length=update.length,
+                hashes=dict(update.hashes),
+                release=dict(update.release),
+                release_counter=update.release_counter,
+                force=current.force,
+                deferred_reason=None,
+            ).queue(current.deployment_id, "downloading")
+        )
+
+    def _check(self, state: UpdateState) -> tuple[VerifiedUpdate, CurrentDeployment] | None:
+        """Refreshes the director and the image repository. The update and the deployment it is
+        reported against, when they agree; a refusal is reported as a security event."""
+        from fleetkeeper_agent.uptane import UpdateRefused
+
+        try:
+            update = self._online_checker.check(state.installed.highest_counter)
+            current = current_deployment(self._server)
+        except UpdateRefused as exc:
+            self._refused(state, exc)
+            return None
+        except AgentError as exc:
+            log.warning("check-in failed: %s", exc)
+            return None
+        if update is None or current is None:
+            return None
+        if current.target_path != update.target_path:
+            # The director and the deployments answered a moment apart: ask again next time.
+            log.info(
+                "the director lists %s, the deployment %s: waiting", update.target_path, current.target_path
+            )
+            return None
+        return update, current
+
+    def _refused(self, state: UpdateState, exc: AgentError) -> None:
+        """Verification failed: nothing is installed, the operator hears why, and the same
+        deployment's target is not tried again."""
+        log.error("update refused: %s", exc)
+        try:
+            report_security_event(self._server, exc.code, exc.message)
+            current = current_deployment(self._server)
+        except AgentError as network:
+            log.warning("could not report the refusal yet: %s", network)
+            current = None
+        if current is None and state.deployment_id is None:
+            return
+        deployment_id = current.deployment_id if current else state.deployment_id
+        target_path = current.target_path if current else state.target_path
+        assert deployment_id is not None
+        assert target_path is not None
+        self._save(
+            state.finished(refused=(deployment_id, target_path)).queue(
+                deployment_id, "refused", f"{exc.code}: {exc.message}"
+            )
+        )
+        self._clean(state)
+
+    # --- download -------------------------------------------------------------------------------------
+
+    def _downloading(self, state: UpdateState) -> UpdateState | None:
+        from fleetkeeper_agent.uptane import UpdateRefused
+
+        found = self._still_wanted(state)
+        if found is None:
+            return None
+        if isinstance(found, UpdateState):
+            return found
+        update, _ = found
+        payload = self._payload_path(state)
+        payload.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        try:
+            self._online_checker.download(update, payload)
+        except UpdateRefused as exc:
+            self._refused(state, exc)
+            return None
+        except AgentError as exc:  # the network: the partial file stays, the next tick resumes
+            log.warning("download of %s interrupted: %s", state.target_path, exc)
+            return None
+        return self._save(state.moved("downloaded").queue(state.deployment_id, "downloaded"))
+
+    def _still_wanted(
+        self, state: UpdateState
+    ) -> tuple[VerifiedUpdate, CurrentDeployment] | UpdateState | None:
+        """Before installing, the server may have moved on (an abort, a newer deployment): what was
+        downloaded is then dropped, nothing having been installed."""
+        found = self._check(state)
+        if found is None:
+            try:
+                still = current_deployment(self._server)
+            except AgentError:
+                return None
+            if still is None or still.deployment_id != state.deployment_id:
+                return self._abandon(state, "the deployment no longer asks for this release")
+            return None
+        update, current = found
+        if current.deployment_id != state.deployment_id or update.target_path != state.target_path:
+            return self._abandon(state, "the deployment no longer asks for this release")
+        return found
+
+    def _downloaded(self, state: UpdateState) -> UpdateState | None:
+        found = self._still_wanted(state)
+        if found is None or isinstance(found, UpdateState):
+            return found
+        _, current = found
+        reason = None
+        if not current.install_allowed:
+            reason = "outside the maintenance window" + (
+                f"; next window {current.next_window}" if current.next_window else ""
+            )
+        elif self.config.busy_command:
+            busy = run_command(self.config.busy_command, timeout=self.config.health_timeout)
+            if not busy.ok:
+                reason = "the device is busy" + (f": {busy.tail}" if busy.tail else "")
+        if reason is not None:
+            if reason != state.deferred_reason:
+                log.info("install deferred: %s", reason)
+                return self._save(
+                    state.moved("downloaded", deferred_reason=reason).queue(
+                        state.deployment_id, "deferred", reason
+                    )
+                )
+            return None
+        return self._save(state.moved("installing").queue(state.deployment_id, "installing"))
+
+    # --- install, reboot, health check ------------------------------------------------------------
+
+    def _installing(self, state: UpdateState) -> UpdateState | None:
+        module, context = self._module(state)
+        try:
+            needs_reboot = module.install(context)
+        except AgentError as exc:
+            log.error("install of %s failed: %s", state.target_path, exc)
+            return self._save(state.moved("rolling_back", detail=f"install failed: {exc.message}"))
+        if needs_reboot:
+            return self._reboot_into(
+                state.moved("rebooting", boot_id=self._boot_id()).queue(state.deployment_id, "rebooting")
+            )
+        return self._save(state.moved("verifying"))
+
+    def _rebooting(self, state: UpdateState) -> UpdateState | None:
+        if self._boot_id() == state.boot_id:
+            return self._reboot_into(state)  # killed before the reboot happened: ask again
+        module, context = self._module(state)
+        if not module.activated(context):
+            return self._save(
+                state.moved("rolling_back", detail="the new release did not boot; the old one runs again")
+            )
+        after = "verifying" if state.deployment_id is not None else "awaiting_commit"
+        return self._save(state.moved(after))
+
+    def _verifying(self, state: UpdateState) -> UpdateState | None:
+        if state.deployment_id is None:
+            return self._save(state.moved("awaiting_commit"))
+        outcome = self.health_check()
+        if not outcome[0]:
+            log.error("health check failed: %s", outcome[1])
+            return self._save(state.moved("rolling_back", detail=f"health check failed:\n{outcome[1]}"))
+        return self._save(state.moved("committing"))
+
+    def health_check(self) -> tuple[bool, str]:
+        """The configured commands, then the server: a release that cuts the device off fails."""
+        outcome = run_health_checks(self.config.health_commands, timeout=self.config.health_timeout)
+        if not outcome.ok:
+            return False, outcome.tail
+        try:
+            self._server.call("GET", WHOAMI_PATH)
+        except AgentError as exc:
+            return False, f"{outcome.tail}\nthe server cannot be reached: {exc}".strip()
+        return True, outcome.tail
+
+    def _awaiting_commit(self, state: UpdateState) -> UpdateState | None:
+        return None  # an offline install: `fleetkeeper-agent commit` or `rollback` decides
+
+    # --- commit, rollback -------------------------------------------------------------------------
+
+    def _committing(self, state: UpdateState) -> UpdateState | None:
+        module, context = self._module(state)
+        module.commit(context)
+        release = state.release
+        installed = Installed(
+            name=release.get("name"),
+            version=release.get("version"),
+            target_path=state.target_path,
+            module=release.get("module"),
+            release_counter=state.release_counter,
+            highest_counter=max(state.release_counter, state.installed.highest_counter),
+        )
+        log.info("committed %s", state.target_path)
+        done = self._save(state.finished(installed=installed).queue(state.deployment_id, "success"))
+        self._clean(state)
+        return done
+
+    def _rolling_back(self, state: UpdateState) -> UpdateState | None:
+        module, context = self._module(state)
+        if module.rollback(context):
+            return self._reboot_into(state.moved("rolling_back_rebooting", boot_id=self._boot_id()))
+        return self._rolled_back(state)
+
+    def _rolling_back_rebooting(self, state: UpdateState) -> UpdateState | None:
+        if self._boot_id() == state.boot_id:
+            return self._reboot_into(state)
+        return self._rolled_back(state)
+
+    def _rolled_back(self, state: UpdateState) -> UpdateState:
+        log.warning("rolled back %s: %s", state.target_path, state.detail)
+        done = self._save(state.finished().queue(state.deployment_id, "failure", state.detail))
+        self._clean(state)
+        return done
+
+    def _abandon(self, state: UpdateState, why: str) -> UpdateState:
+        """Drops a download that was not installed: nothing on the device changed."""
+        if state.phase not in ("downloading", "downloaded"):
+            return state
+        log.info("dropping %s: %s", state.target_path, why)
+        done = self._save(state.finished())
+        self._clean(state)
+        return done
+
+    # --- helpers ----------------------------------------------------------------------------------
+
+    def _reboot_into(self, state: UpdateState) -> None:
+        self._save(state)
+        self._flush(state)
+        log.warning("rebooting to finish %s", state.target_path)
+        self._reboot()
+        return None
+
+    def _run_reboot_command(self) -> None:
+        outcome = run_command(self.config.reboot_command, timeout=self.config.health_timeout)
+        if not outcome.ok:
+            raise AgentError("reboot_failed", outcome.tail)
+
+    def _boot_id(self) -> str:
+        try:
+            return self.config.boot_id_file.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise AgentError("io_error", f"{self.config.boot_id_file}: {exc.strerror}") from None
+
+    def payload_path(self, hashes: dict[str, str], target_path: str | None) -> Path:
+        sha256 = hashes.get("sha256", "payload")
+        name = (target_path or "payload").rsplit("/", 1)[-1]
+        return self.data_dir / "downloads" / f"{sha256[:16]}.{name}"
+
+    def _payload_path(self, state: UpdateState) -> Path:
+        return self.payload_path(state.hashes, state.target_path)
+
+    def _work_dir(self, state: UpdateState) -> Path:
+        return self.data_dir / "work" / state.hashes.get("sha256", "install")[:16]
+
+    def _module(self, state: UpdateState) -> tuple[UpdateModule, InstallContext]:
+        from fleetkeeper_agent.modules import InstallContext, load_module
+
+        name = str(state.release.get("module"))
+        module = load_module(name, self.config.modules.get(name, {}))
+        work_dir = self._work_dir(state)
+        work_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        return module, InstallContext(
+            release=state.release,
+            payload=self._payload_path(state),
+            work_dir=work_dir,
+            settings=self.config.modules.get(name, {}),
+        )
+
+    def _clean(self, state: UpdateState) -> None:
+        for path in (self._payload_path(state), self._payload_path(state).with_suffix(".part")):
+            path.unlink(missing_ok=True)
+        shutil.rmtree(self._work_dir(state), ignore_errors=True)
