@@ -373,7 +373,8 @@ class UpdateFlow:
     def payload_path(self, hashes: dict[str, str], target_path: str | None) -> Path:
         sha256 = hashes.get("sha256", "payload")
         name = (target_path or "payload").rsplit("/", 1)[-1]
-        return self.data_dir / "downloads" / f"{sha256[:16]}.{name}"
+        # The payload keeps its signed file name: update modules install it under that name.
+        return self.data_dir / "downloads" / sha256[:16] / name
 
     def _payload_path(self, state: UpdateState) -> Path:
         return self.payload_path(state.hashes, state.target_path)
@@ -396,6 +397,5 @@ class UpdateFlow:
         )
 
     def _clean(self, state: UpdateState) -> None:
-        for path in (self._payload_path(state), self._payload_path(state).with_suffix(".part")):
-            path.unlink(missing_ok=True)
+        shutil.rmtree(self._payload_path(state).parent, ignore_errors=True)
         shutil.rmtree(self._work_dir(state), ignore_errors=True)
