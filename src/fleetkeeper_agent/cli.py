@@ -143,7 +143,29 @@ def _parser() -> argparse.ArgumentParser:
 
     command = commands.add_parser("version", help="print the version")
     command.set_defaults(run=_version)
+
+    _tuf_client_parser(commands)
     return parser
+
+
+def _tuf_client_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """`tuf-client [options] init|refresh|download`: its options come before its own subcommand."""
+    tuf = commands.add_parser(
+        "tuf-client", help="a plain TUF client over HTTP(S): init, refresh, download a target"
+    )
+    tuf.add_argument("--metadata-dir", required=True, type=Path, help="trusted metadata (ngclient layout)")
+    tuf.add_argument("--metadata-url", help="the repository's metadata base URL")
+    tuf.add_argument("--target-name", help="the target path to download")
+    tuf.add_argument("--target-base-url", help="the repository's targets base URL")
+    tuf.add_argument("--target-dir", type=Path, help="where downloaded targets go")
+    actions = tuf.add_subparsers(dest="tuf_command", required=True, metavar="ACTION")
+    action = actions.add_parser("init", help="trust TRUSTED_ROOT: store it as root.json (no network)")
+    action.add_argument("trusted_root", type=Path, metavar="TRUSTED_ROOT")
+    action.set_defaults(run=_tuf_init)
+    action = actions.add_parser("refresh", help="refresh root, timestamp, snapshot and targets")
+    action.set_defaults(run=_tuf_refresh)
+    action = actions.add_parser("download", help="refresh, then download --target-name unless cached")
+    action.set_defaults(run=_tuf_download)
 
 
 def _attribute_option(command: argparse.ArgumentParser) -> None:
@@ -356,6 +378,41 @@ def _trust(args: argparse.Namespace) -> int:
 def _version(args: argparse.Namespace) -> int:
     print(__version__)
     return 0
+
+
+def _tuf_init(args: argparse.Namespace) -> int:
+    from fleetkeeper_agent import tuf_client  # tuf is loaded only by the commands that need it
+
+    tuf_client.init(args.metadata_dir, args.trusted_root)
+    return 0
+
+
+def _tuf_refresh(args: argparse.Namespace) -> int:
+    from fleetkeeper_agent import tuf_client
+
+    tuf_client.refresh(args.metadata_dir, _required(args, "metadata_url"))
+    return 0
+
+
+def _tuf_download(args: argparse.Namespace) -> int:
+    from fleetkeeper_agent import tuf_client
+
+    path, fetched = tuf_client.download(
+        args.metadata_dir,
+        _required(args, "metadata_url"),
+        _required(args, "target_name"),
+        _required(args, "target_base_url"),
+        Path(_required(args, "target_dir")),
+    )
+    print(f"{'downloaded' if fetched else 'up to date'}: {path}")
+    return 0
+
+
+def _required(args: argparse.Namespace, name: str) -> str:
+    value = getattr(args, name)
+    if value is None:
+        raise AgentError("usage", f"tuf-client {args.tuf_command} needs --{name.replace('_', '-')}")
+    return str(value)
 
 
 def _enrolled_store(data_dir: Path) -> tuple[FileKeyStore, IdentityState, x509.Certificate]:

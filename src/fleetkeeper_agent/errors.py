@@ -23,3 +23,10 @@ class ServerError(AgentError):
     def __str__(self) -> str:
         text = f"{self.code}: {self.message} (HTTP {self.status}"
         return text + (f", request id {self.request_id})" if self.request_id else ")")
+
+
+class UpdateRefused(AgentError):  # noqa: N818 - the name the daemon and the docs use
+    """An update the agent will not take because its metadata or payload does not prove itself: what a
+    compromised or broken server could cause (`metadata_expired`, `invalid_metadata`, `rollback_attack`,
+    `device_mismatch`, `device_type_mismatch`, `repositories_disagree`, `unknown_target`,
+    `download_too_large`, `hash_mismatch`). Not retryable as is, unlike `network_error`."""

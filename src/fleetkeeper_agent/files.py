@@ -5,7 +5,10 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
+import shutil
 from pathlib import Path
+
+COPY_CHUNK = 1024 * 1024
 
 
 def write_atomic(path: Path, data: bytes, *, mode: int = 0o644, overwrite: bool = True) -> None:
@@ -27,6 +30,24 @@ def write_atomic(path: Path, data: bytes, *, mode: int = 0o644, overwrite: bool 
         else:
             os.link(tmp, path)
             tmp.unlink()
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_directory(path.parent)
+
+
+def copy_atomic(source: Path, path: Path, *, mode: int = 0o644) -> None:
+    """`write_atomic` for a file too large to hold in memory: streamed from `source`."""
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    try:
+        with os.fdopen(fd, "wb") as out, source.open("rb") as src:
+            shutil.copyfileobj(src, out, COPY_CHUNK)
+            out.flush()
+            os.fsync(out.fileno())
+        # The umask may have narrowed the mode given to os.open; the caller asked for exactly `mode`.
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

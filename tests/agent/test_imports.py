@@ -1,5 +1,5 @@
 """The agent installs on a device without the server: it must never import `fleetkeeper`, and needs
-nothing beyond the stdlib, cryptography, httpx2 and websockets."""
+nothing beyond the stdlib, cryptography, httpx2, websockets and tuf (python-tuf)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 import fleetkeeper_agent
 
 PACKAGE = Path(fleetkeeper_agent.__file__).parent
-ALLOWED = {"fleetkeeper_agent", "cryptography", "httpx2", "websockets"}
+ALLOWED = {"fleetkeeper_agent", "cryptography", "httpx2", "websockets", "tuf"}
 
 
 def imported_modules(path: Path) -> set[str]:

@@ -1,0 +1,45 @@
+"""Update modules: how a verified payload is installed, activated, committed or rolled back.
+
+Built in: file, directory, script, rootfs-ab, container, package. A release whose module is
+`x-<name>` is installed by a module another distribution provides through the entry point group
+`fleetkeeper_agent.modules`, under the entry point name `x-<name>` (docs/update-modules.md).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from importlib.metadata import entry_points
+from typing import Any
+
+from fleetkeeper_agent.errors import AgentError
+from fleetkeeper_agent.modules.base import InstallContext, UpdateModule
+from fleetkeeper_agent.modules.container import ContainerModule
+from fleetkeeper_agent.modules.directory import DirectoryModule
+from fleetkeeper_agent.modules.file import FileModule
+from fleetkeeper_agent.modules.package import PackageModule
+from fleetkeeper_agent.modules.rootfs_ab import RootfsABModule
+from fleetkeeper_agent.modules.script import ScriptModule
+
+ENTRY_POINT_GROUP = "fleetkeeper_agent.modules"
+BUILTIN_MODULES: dict[str, type[UpdateModule]] = {
+    module.name: module
+    for module in (FileModule, DirectoryModule, ScriptModule, RootfsABModule, ContainerModule, PackageModule)
+}
+
+__all__ = ["BUILTIN_MODULES", "ENTRY_POINT_GROUP", "InstallContext", "UpdateModule", "load_module"]
+
+
+def load_module(name: str, settings: Mapping[str, Any]) -> UpdateModule:
+    """The module `name` (a release's `module` field), configured with its settings table."""
+    if name in BUILTIN_MODULES:
+        return BUILTIN_MODULES[name](settings)
+    if name.startswith("x-"):
+        for entry_point in entry_points(group=ENTRY_POINT_GROUP, name=name):
+            try:
+                module_class = entry_point.load()
+            except Exception as exc:  # a third party's import error, whatever it is
+                raise AgentError("module_unavailable", f"the module {name} does not load: {exc}") from exc
+            if not (isinstance(module_class, type) and issubclass(module_class, UpdateModule)):
+                raise AgentError("module_unavailable", f"the entry point {name} is not an UpdateModule class")
+            return module_class(settings)
+    raise AgentError("unknown_module", f"no update module {name!r} is installed on this device")
