@@ -47,7 +47,7 @@ class _Schedule:
 
     def delay(self, config: AgentConfig) -> float:
         if self.failures:
-            return min(config.max_backoff, FIRST_BACKOFF_SECONDS * 2 ** (self.failures - 1))
+            return float(min(config.max_backoff, FIRST_BACKOFF_SECONDS * 2.0 ** (self.failures - 1)))
         spread = config.check_in_interval * config.jitter
         return max(1.0, config.check_in_interval + random.uniform(-spread, spread))  # noqa: S311 - not a secret
 
@@ -70,6 +70,10 @@ async def run(config: AgentConfig, *, stop: asyncio.Event | None = None, once: b
         except AgentError as exc:
             schedule.failures += 1
             log.error("check-in failed (%d in a row): %s", schedule.failures, exc)
+        except Exception:
+            # A bug must not stop the device from checking in: the state on disk says where to resume.
+            schedule.failures += 1
+            log.exception("check-in failed (%d in a row) on an unexpected error", schedule.failures)
         if once:
             return 1 if schedule.failures else 0
         delay = schedule.delay(config)

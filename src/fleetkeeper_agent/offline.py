@@ -124,14 +124,17 @@ def install_bundle(config: AgentConfig, path: Path) -> UpdateState:
         release_counter=update.release_counter,
     )
     started.save(config.data_dir)
-    return flow.advance(started)
+    flow.advance(started)
+    return UpdateState.load(config.data_dir)
 
 
 def _device_type(config: AgentConfig) -> str:
     identity = IdentityState.load(config.data_dir)
     device_type = identity.device_type if identity else config.enrollment.device_type
     if device_type is None:
-        raise AgentError("not_enrolled", "the device type is unknown: enroll, or set [enrollment] device_type")
+        raise AgentError(
+            "not_enrolled", "the device type is unknown: enroll, or set [enrollment] device_type"
+        )
     return device_type
 
 
@@ -143,7 +146,9 @@ def _updater(config: AgentConfig, bundle: Bundle) -> Updater:
         image_root = config.data_dir / TRUST_DIR / "image" / "root.json"
         provisioned = image_root if image_root.exists() else config.image_root
         if provisioned is None or not provisioned.exists():
-            raise AgentError("not_initialized", "no trusted image root: provision it first ([trust] image_root)")
+            raise AgentError(
+                "not_initialized", "no trusted image root: provision it first ([trust] image_root)"
+            )
         directory.mkdir(parents=True, exist_ok=True, mode=0o700)
         shutil.copyfile(provisioned, directory / "root.json")
     return run_tuf_step(
@@ -180,7 +185,9 @@ def _verify_and_copy(
 def commit_offline(config: AgentConfig) -> Installed:
     state = UpdateState.load(config.data_dir)
     if state.phase != "awaiting_commit":
-        raise AgentError("nothing_to_commit", f"no installed release waits for a commit (state: {state.phase})")
+        raise AgentError(
+            "nothing_to_commit", f"no installed release waits for a commit (state: {state.phase})"
+        )
     outcome = run_health_checks(config.health_commands, timeout=config.health_timeout)
     if not outcome.ok:
         raise AgentError("health_check_failed", f"{outcome.tail}\n(nothing committed; `rollback` goes back)")

@@ -97,14 +97,13 @@ class UpdateState:
 
     def finished(self, **changes: Any) -> UpdateState:
         """Back to idle, the install's own fields cleared; counters, outbox and installed kept."""
-        return replace(
-            UpdateState(),
-            next_seq=self.next_seq,
-            outbox=self.outbox,
-            installed=self.installed,
-            refused=self.refused,
-            **changes,
-        )
+        kept: dict[str, Any] = {
+            "next_seq": self.next_seq,
+            "outbox": self.outbox,
+            "installed": self.installed,
+            "refused": self.refused,
+        }
+        return replace(UpdateState(), **(kept | changes))
 
     @classmethod
     def load(cls, data_dir: Path) -> UpdateState:

@@ -145,7 +145,7 @@ class UpdateFlow:
     def _check(self, state: UpdateState) -> tuple[VerifiedUpdate, CurrentDeployment] | None:
         """Refreshes the director and the image repository. The update and the deployment it is
         reported against, when they agree; a refusal is reported as a security event."""
-        from fleetkeeper_agent.uptane import UpdateRefused
+        from fleetkeeper_agent.errors import UpdateRefused
 
         try:
             update = self._online_checker.check(state.installed.highest_counter)
@@ -192,7 +192,7 @@ class UpdateFlow:
     # --- download -------------------------------------------------------------------------------------
 
     def _downloading(self, state: UpdateState) -> UpdateState | None:
-        from fleetkeeper_agent.uptane import UpdateRefused
+        from fleetkeeper_agent.errors import UpdateRefused
 
         found = self._still_wanted(state)
         if found is None:
@@ -266,21 +266,24 @@ class UpdateFlow:
             log.error("install of %s failed: %s", state.target_path, exc)
             return self._save(state.moved("rolling_back", detail=f"install failed: {exc.message}"))
         if needs_reboot:
-            return self._reboot_into(
+            self._reboot_into(
                 state.moved("rebooting", boot_id=self._boot_id()).queue(state.deployment_id, "rebooting")
             )
+            return None
         return self._save(state.moved("verifying"))
 
     def _rebooting(self, state: UpdateState) -> UpdateState | None:
         if self._boot_id() == state.boot_id:
-            return self._reboot_into(state)  # killed before the reboot happened: ask again
+            self._reboot_into(state)  # killed before the reboot happened: ask again
+            return None
         module, context = self._module(state)
         if not module.activated(context):
             return self._save(
                 state.moved("rolling_back", detail="the new release did not boot; the old one runs again")
             )
-        after = "verifying" if state.deployment_id is not None else "awaiting_commit"
-        return self._save(state.moved(after))
+        if state.deployment_id is None:
+            return self._save(state.moved("awaiting_commit"))
+        return self._save(state.moved("verifying"))
 
     def _verifying(self, state: UpdateState) -> UpdateState | None:
         if state.deployment_id is None:
@@ -327,12 +330,14 @@ class UpdateFlow:
     def _rolling_back(self, state: UpdateState) -> UpdateState | None:
         module, context = self._module(state)
         if module.rollback(context):
-            return self._reboot_into(state.moved("rolling_back_rebooting", boot_id=self._boot_id()))
+            self._reboot_into(state.moved("rolling_back_rebooting", boot_id=self._boot_id()))
+            return None
         return self._rolled_back(state)
 
     def _rolling_back_rebooting(self, state: UpdateState) -> UpdateState | None:
         if self._boot_id() == state.boot_id:
-            return self._reboot_into(state)
+            self._reboot_into(state)
+            return None
         return self._rolled_back(state)
 
     def _rolled_back(self, state: UpdateState) -> UpdateState:
@@ -353,6 +358,7 @@ class UpdateFlow:
     # --- helpers ----------------------------------------------------------------------------------
 
     def _reboot_into(self, state: UpdateState) -> None:
+        """Saves the state, reports, asks for the reboot; the step then waits for the next boot."""
         self._save(state)
         self._flush(state)
         log.warning("rebooting to finish %s", state.target_path)

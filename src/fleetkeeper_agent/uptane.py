@@ -169,35 +169,14 @@ class UpdateChecker:
             raise UpdateRefused(
                 "repositories_disagree", f"{wanted.path}: the hashes differ between repositories"
             )
-        release = signed.custom.get(CUSTOM_KEY) if isinstance(signed.custom, dict) else None
-        if not isinstance(release, dict):
-            raise UpdateRefused(
-                "invalid_metadata", f"image target {signed.path!r} has no signed custom.{CUSTOM_KEY}"
-            )
-        device_types = release.get("device_types")
-        if not isinstance(device_types, list) or self.device_type not in device_types:
-            raise UpdateRefused(
-                "device_type_mismatch",
-                f"{signed.path}: signed for device types {device_types!r}, not {self.device_type!r}",
-            )
-        counter = _counter(release.get("release_counter"), "image repository")
-        if counter != assigned_counter:
+        update = signed_release(signed, self.device_type, highest_installed)
+        if update.release_counter != assigned_counter:
             raise UpdateRefused(
                 "repositories_disagree",
-                f"{signed.path}: release counter {assigned_counter} (director), {counter} (image)",
+                f"{signed.path}: release counter {assigned_counter} (director), "
+                f"{update.release_counter} (image)",
             )
-        if counter < highest_installed:
-            raise UpdateRefused(
-                "rollback_attack",
-                f"release counter {counter} is lower than the installed {highest_installed}",
-            )
-        return VerifiedUpdate(
-            target_path=signed.path,
-            length=signed.length,
-            hashes=dict(signed.hashes),
-            release=dict(release),
-            release_counter=counter,
-        )
+        return update
 
     # --- download ------------------------------------------------------------------------------------
 
@@ -229,6 +208,35 @@ class UpdateChecker:
         os.replace(part, dest)
         fsync_directory(dest.parent)
         return dest
+
+
+def signed_release(signed: TargetFile, device_type: str, highest_installed: int) -> VerifiedUpdate:
+    """The image repository's target as a release for this device: signed custom fields present,
+    made for its device type, and not older than the highest release counter installed. Online
+    updates and offline bundles both go through it."""
+    release = signed.custom.get(CUSTOM_KEY) if isinstance(signed.custom, dict) else None
+    if not isinstance(release, dict):
+        raise UpdateRefused(
+            "invalid_metadata", f"image target {signed.path!r} has no signed custom.{CUSTOM_KEY}"
+        )
+    device_types = release.get("device_types")
+    if not isinstance(device_types, list) or device_type not in device_types:
+        raise UpdateRefused(
+            "device_type_mismatch",
+            f"{signed.path}: signed for device types {device_types!r}, not {device_type!r}",
+        )
+    counter = _counter(release.get("release_counter"), "image repository")
+    if counter < highest_installed:
+        raise UpdateRefused(
+            "rollback_attack", f"release counter {counter} is lower than the installed {highest_installed}"
+        )
+    return VerifiedUpdate(
+        target_path=signed.path,
+        length=signed.length,
+        hashes=dict(signed.hashes),
+        release=dict(release),
+        release_counter=counter,
+    )
 
 
 def consistent_target_path(update: VerifiedUpdate) -> str:

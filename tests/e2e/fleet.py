@@ -139,11 +139,13 @@ class Fleet:
     image_root: Path = field(init=False)
     director_root: Path = field(init=False)
     agents: list[Agent] = field(default_factory=list)
+    # Signed in once: the server's sign-in rate limit would refuse a sign-in per request.
+    admin: dict[str, str] = field(default_factory=dict)
 
     async def setup(self) -> None:
         self.keys = self.workdir / "keys"
         init_keys(self.keys, threshold=1, count=1)
-        admin = await self.api.admin_headers()
+        self.admin = admin = await self.api.admin_headers()
         online = await self.api.client.get("/api/v1/repository/online-keys", headers=admin)
         assert online.status_code == 200, online.text
         trust = build_initial_trust(self.keys, online_keys_from_json(online.json()), in_days(365))
@@ -196,7 +198,7 @@ class Fleet:
             payload_paths=[source],
             sbom_path=None,
         )
-        admin = await self.api.admin_headers()
+        admin = self.admin
         current = await self.api.client.get("/api/v1/repository/metadata/targets.json", headers=admin)
         sign_release(artifact, self.keys, Metadata.from_bytes(current.content), in_days(30))
         uploaded = await upload(self.api, admin, artifact)
@@ -204,7 +206,7 @@ class Fleet:
 
     async def accept_pending(self, count: int, within: float = 30) -> list[str]:
         """Accepts enrollments as they arrive until `count` devices are accepted."""
-        admin = await self.api.admin_headers()
+        admin = self.admin
         deadline = time.monotonic() + within
         while time.monotonic() < deadline:
             listed = await self.api.client.get("/api/v1/devices", params={"status": "pending"}, headers=admin)
@@ -220,7 +222,7 @@ class Fleet:
         raise AssertionError(f"fewer than {count} devices enrolled in {within} s")
 
     async def deploy(self, name: str, version: str, devices: list[str], **options: Any) -> str:
-        admin = await self.api.admin_headers()
+        admin = self.admin
         created = await self.api.client.post(
             "/api/v1/deployments",
             json={
@@ -238,7 +240,7 @@ class Fleet:
 
     async def deployment(self, deployment_id: str) -> dict[str, Any]:
         found = await self.api.client.get(
-            f"/api/v1/deployments/{deployment_id}", headers=await self.api.admin_headers()
+            f"/api/v1/deployments/{deployment_id}", headers=self.admin
         )
         assert found.status_code == 200, found.text
         document: dict[str, Any] = found.json()
@@ -256,7 +258,7 @@ class Fleet:
             await asyncio.sleep(0.5)
 
     async def device(self, device_id: str) -> dict[str, Any]:
-        admin = await self.api.admin_headers()
+        admin = self.admin
         found = await self.api.client.get(f"/api/v1/devices/{device_id}", headers=admin)
         assert found.status_code == 200, found.text
         document: dict[str, Any] = found.json()
@@ -264,7 +266,7 @@ class Fleet:
 
     async def audit(self, action: str) -> list[dict[str, Any]]:
         found = await self.api.client.get(
-            "/api/v1/audit/records", params={"action": action}, headers=await self.api.admin_headers()
+            "/api/v1/audit/records", params={"action": action}, headers=self.admin
         )
         assert found.status_code == 200, found.text
         items: list[dict[str, Any]] = found.json()["items"]

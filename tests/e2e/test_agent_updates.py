@@ -69,9 +69,13 @@ async def test_three_agents_update_through_a_phased_deployment_then_roll_back_a_
     for agent in agents:
         assert agent.installed_file("app.bin").read_bytes() == b"application v1\n"
         assert agent.state()["installed"]["version"] == "1.0"
-    # The inventory sent after the commit names the release.
-    device = await fleet.device(devices[0])
-    assert device["inventory"]["release"]["version"] == "1.0"
+    # The inventory sent right after the commit names the release.
+    for _ in range(50):
+        inventory = (await fleet.device(devices[0]))["inventory"]
+        if inventory.get("release", {}).get("version") == "1.0":
+            break
+        await asyncio.sleep(0.2)
+    assert inventory["release"] == {"name": "app", "version": "1.0", "release_counter": 1}
 
     await fleet.release("app", "2.0", b"application v2 BROKEN\n", counter=2, file_name="app.bin")
     broken = await fleet.deploy("app", "2.0", devices)
