@@ -95,7 +95,7 @@ class Agent:
         """One check-in (`run --once`), synchronously; returns the exit status."""
         command = self.command("run", "--once")
         if wrapper:
-            command = [sys.executable, *wrapper, *command[2:]]
+            command = [sys.executable, *wrapper, *command[3:]]
         finished = subprocess.run(
             command, capture_output=True, timeout=120, env={**os.environ, **(env or {})}, check=False
         )
@@ -239,9 +239,7 @@ class Fleet:
         return deployment_id
 
     async def deployment(self, deployment_id: str) -> dict[str, Any]:
-        found = await self.api.client.get(
-            f"/api/v1/deployments/{deployment_id}", headers=self.admin
-        )
+        found = await self.api.client.get(f"/api/v1/deployments/{deployment_id}", headers=self.admin)
         assert found.status_code == 200, found.text
         document: dict[str, Any] = found.json()
         return document

@@ -12,7 +12,7 @@ import pytest
 from tests.conftest import Api, start_server
 from tests.e2e.fleet import Agent, Fleet, management_client
 
-pytestmark = pytest.mark.timeout(300)
+pytestmark = pytest.mark.timeout(900)
 
 CRASHING_AGENT = Path(__file__).with_name("crashing_agent.py")
 
@@ -95,38 +95,42 @@ async def test_a_kill_at_any_step_ends_on_the_old_or_the_new_release_and_the_ser
     agent = fleet.agent("device-k")
     assert agent.run_once() in (0, 1)  # asks to enroll
     (device_id,) = await fleet.accept_pending(1)
-    assert agent.run_once() == 0
-    await fleet.release("app", "1", b"release 1\n", counter=1, file_name="app.bin")
-    first = await fleet.deploy("app", "1", [device_id])
+    # Two releases with the same counter, deployed in turn: each deployment is a real install.
+    releases = {"a": b"release a\n", "b": b"release b\n"}
+    for version, payload in releases.items():
+        await fleet.release("app", version, payload, counter=2, file_name="app.bin")
+    first = await fleet.deploy("app", "a", [device_id])
     assert agent.run_once() == 0
     await fleet.wait_for(first, "finished")
 
-    step = 1
-    version = 1
+    running = "a"
+    step = 0
     while True:
+        step += 1
+        crashed_at_step = False
         for when in ("before", "after"):
-            version += 1
-            old, new = f"release {version - 1}\n".encode(), f"release {version}\n".encode()
-            await fleet.release("app", str(version), new, counter=version, file_name="app.bin")
-            deployment = await fleet.deploy("app", str(version), [device_id])
+            wanted = "b" if running == "a" else "a"
+            deployment = await fleet.deploy("app", wanted, [device_id])
             status = agent.run_once(
                 wrapper=[str(CRASHING_AGENT)], env={"CRASH_AT_SAVE": str(step), "CRASH_WHEN": when}
             )
-            crashed = status == -signal.SIGKILL
+            assert status in (0, -signal.SIGKILL), agent.log()
+            crashed_at_step = crashed_at_step or status == -signal.SIGKILL
             content = agent.installed_file("app.bin").read_bytes()
-            assert content in (old, new), f"kill at save {step} ({when}): {content!r}"
+            assert content in (releases[running], releases[wanted]), (
+                f"kill at save {step} ({when}): {content!r}"
+            )
             at_kill = await fleet.deployment(deployment)
             if any(counts.get("success") for counts in at_kill["progress"].values()):
-                assert content == new, f"the server records success, the device runs {content!r}"
+                assert content == releases[wanted], f"the server records success, the device runs {content!r}"
             # Started again, the agent finishes what it began, and the server records the outcome.
-            for _ in range(3):
-                assert agent.run_once() == 0, agent.log()
+            assert agent.run_once() == 0, agent.log()
             record = await fleet.wait_for(deployment, "finished")
-            assert agent.installed_file("app.bin").read_bytes() == new
+            assert agent.installed_file("app.bin").read_bytes() == releases[wanted]
             assert sum(counts.get("success", 0) for counts in record["progress"].values()) == 1, record
             assert agent.state()["phase"] == "idle"
             assert agent.state()["outbox"] == []
-        if not crashed:
-            break  # the install needed fewer saves than `step`: every transition has been killed
-        step += 1
-    assert step > 6, "the install went through fewer steps than it should"
+            running = wanted
+        if not crashed_at_step:
+            break  # the install made fewer state writes than `step`: every one has been killed
+    assert step > 8, f"an install should write its state more often than {step - 1} times"
