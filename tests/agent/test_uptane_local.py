@@ -116,11 +116,13 @@ def test_an_agreed_target_is_a_verified_update(fleet: Fleet) -> None:
     )
 
 
-def test_without_trusted_roots_nothing_is_fetched(fleet: Fleet) -> None:
-    (fleet.tuf_dir / "director" / "root.json").unlink()
+@pytest.mark.parametrize("missing", ["director", "image"])
+def test_without_trusted_roots_nothing_is_fetched(fleet: Fleet, missing: str) -> None:
+    (fleet.tuf_dir / missing / "root.json").unlink()
     with pytest.raises(AgentError) as caught:
         fleet.checker().check(0)
     assert caught.value.code == "not_initialized"
+    assert missing in caught.value.message
     assert fleet.server.requests.total() == 0
 
 
@@ -274,3 +276,16 @@ def test_a_redirect_to_another_host_is_followed(fleet: Fleet, tmp_path: Path) ->
         dest = fleet.checker().download(update, tmp_path / "fw.bin")
     assert dest.read_bytes() == PAYLOAD
     assert store.requests.total() == 1
+
+
+def test_no_server_during_download_is_a_network_error_and_the_part_is_kept(
+    fleet: Fleet, tmp_path: Path
+) -> None:
+    fleet.assign()
+    update = fleet.check()
+    dest = tmp_path / "fw.bin"
+    dest.with_suffix(".part").write_bytes(PAYLOAD[:1000])
+    with pytest.raises(AgentError) as caught:
+        fleet.checker("http://127.0.0.1:9").download(update, dest)
+    assert caught.value.code == "network_error"
+    assert dest.with_suffix(".part").read_bytes() == PAYLOAD[:1000], "kept for the next attempt"
