@@ -16,7 +16,6 @@ from tuf.ngclient import FetcherInterface
 from fleetkeeper_agent import __version__
 
 TIMEOUT_SECONDS = 30.0
-CHUNK_BYTES = 64 * 1024
 # A presigned-URL redirect is one hop; a chain of them is a misconfiguration or a trap.
 MAX_REDIRECTS = 3
 _REDIRECTS = {301, 302, 303, 307, 308}
@@ -136,7 +135,9 @@ def _send(client: httpx2.Client, url: str, headers: dict[str, str]) -> httpx2.Re
 
 def _chunks(response: httpx2.Response) -> Iterator[bytes]:
     try:
-        yield from response.iter_bytes(CHUNK_BYTES)
+        # As the network delivers them (no re-chunking): whatever arrived before a break gets written,
+        # so a resumed download starts exactly where the bytes stopped.
+        yield from response.iter_bytes()
     except httpx2.TimeoutException as exc:
         raise exceptions.SlowRetrievalError(f"{response.url}: the transfer stalled") from exc
     except httpx2.HTTPError as exc:

@@ -87,6 +87,8 @@ class UpdateChecker:
     def check(self, highest_installed_counter: int) -> VerifiedUpdate | None:
         """Refresh the director, then (only when it lists a target) the image repository; None when
         the director lists nothing. See the module docstring for what is refused."""
+        for name in (DIRECTOR_DIR, IMAGE_DIR):
+            self._require_root(name)
         with self._fetcher() as fetcher:
             director = self._updater(DIRECTOR_DIR, self.director_url, fetcher)
             _refreshed(director, "director")
@@ -109,12 +111,13 @@ class UpdateChecker:
             raise UpdateRefused("unknown_target", f"the image repository has no target {wanted.path!r}")
         return self._agreed_update(wanted, signed, assigned_counter, highest_installed_counter)
 
+    def _require_root(self, name: str) -> None:
+        root = self.tuf_dir / name / "root.json"
+        if not root.is_file():
+            raise AgentError("not_initialized", f"no trusted root in {root}: provision it first")
+
     def _updater(self, name: str, metadata_url: str, fetcher: MtlsFetcher) -> Updater:
         directory = self.tuf_dir / name
-        if not (directory / "root.json").is_file():
-            raise AgentError(
-                "not_initialized", f"no trusted root in {directory / 'root.json'}: provision it first"
-            )
         try:
             return Updater(
                 metadata_dir=str(directory),
