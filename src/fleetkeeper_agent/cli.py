@@ -7,7 +7,6 @@ Exit status: 0 done (or nothing was due), 1 an error (printed as `error: <code>:
 from __future__ import annotations
 
 import argparse
-import asyncio
 import dataclasses
 import json
 import logging
@@ -15,25 +14,22 @@ import sys
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
-
-from cryptography import x509
+from typing import TYPE_CHECKING
 
 from fleetkeeper_agent import __version__
 from fleetkeeper_agent.config import DEFAULT_CONFIG, DEFAULT_DATA_DIR, AgentConfig, load_config
 from fleetkeeper_agent.errors import AgentError
-from fleetkeeper_agent.identity import (
-    DeviceIdentity,
-    IdentityState,
-    common_name,
-    enroll,
-    renew,
-    renewal_due,
-    report_inventory,
-    rotate_key,
-)
-from fleetkeeper_agent.inventory import KEY, collect_inventory
-from fleetkeeper_agent.keystore import KEY_TYPES, FileKeyStore, KeyType
+from fleetkeeper_agent.keytypes import KEY_TYPES, KeyType
 from fleetkeeper_agent.update_state import UpdateState
+
+if TYPE_CHECKING:
+    from cryptography import x509
+
+    from fleetkeeper_agent.identity import IdentityState
+    from fleetkeeper_agent.keystore import FileKeyStore
+
+# The daemon's parent process stays small (docs/agent.md, "Memory"): the identity commands load
+# cryptography and the HTTP client only when they run.
 
 EXIT_PENDING = 3
 
@@ -181,6 +177,8 @@ def _attribute_option(command: argparse.ArgumentParser) -> None:
 
 
 def _attribute(text: str) -> tuple[str, str]:
+    from fleetkeeper_agent.inventory import KEY
+
     key, sep, value = text.partition("=")
     if not sep or not KEY.fullmatch(key):
         raise argparse.ArgumentTypeError(f"{text!r}: expected KEY=VALUE, KEY of 1-64 A-Z a-z 0-9 _ -")
@@ -190,6 +188,8 @@ def _attribute(text: str) -> tuple[str, str]:
 
 
 def _device_type(text: str) -> str:
+    from fleetkeeper_agent.identity import DeviceIdentity
+
     try:
         DeviceIdentity(device_type=text)
     except ValueError as exc:
@@ -221,6 +221,9 @@ def _days(text: str) -> timedelta:
 
 
 def _enroll(args: argparse.Namespace) -> int:
+    from fleetkeeper_agent.identity import DeviceIdentity, IdentityState, enroll
+    from fleetkeeper_agent.keystore import FileKeyStore
+
     try:
         identity = DeviceIdentity(args.device_type, args.serial, args.mac, dict(args.attributes))
     except ValueError as exc:
@@ -245,6 +248,8 @@ def _enroll(args: argparse.Namespace) -> int:
 
 
 def _renew(args: argparse.Namespace) -> int:
+    from fleetkeeper_agent.identity import renew, renewal_due
+
     store, state, certificate = _enrolled_store(args.data_dir)
     if not renewal_due(certificate, within=args.if_expiring_within):
         print(f"not due: the certificate is valid until {_time(certificate.not_valid_after_utc)}")
@@ -255,6 +260,8 @@ def _renew(args: argparse.Namespace) -> int:
 
 
 def _rotate(args: argparse.Namespace) -> int:
+    from fleetkeeper_agent.identity import rotate_key
+
     store, state, _ = _enrolled_store(args.data_dir)
     result = rotate_key(store, state.server_url, key_type=args.key_type)
     if result.status == "pending_approval":
@@ -265,6 +272,9 @@ def _rotate(args: argparse.Namespace) -> int:
 
 
 def _inventory(args: argparse.Namespace) -> int:
+    from fleetkeeper_agent.identity import IdentityState, report_inventory
+    from fleetkeeper_agent.inventory import collect_inventory
+
     data_dir: Path = args.data_dir
     try:
         state = IdentityState.load(data_dir)
@@ -283,6 +293,9 @@ def _inventory(args: argparse.Namespace) -> int:
 
 
 def _identity(args: argparse.Namespace) -> int:
+    from fleetkeeper_agent.identity import IdentityState, common_name
+    from fleetkeeper_agent.keystore import FileKeyStore
+
     data_dir: Path = args.data_dir
     state = IdentityState.load(data_dir)
     if state is None:
@@ -309,9 +322,15 @@ def _config(args: argparse.Namespace) -> AgentConfig:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from fleetkeeper_agent.daemon import run
+    if args.once:
+        from fleetkeeper_agent.checkin import check_in_once
 
-    return asyncio.run(run(_config(args), once=args.once))
+        return check_in_once(_config(args))
+    import asyncio
+
+    from fleetkeeper_agent.supervisor import supervise
+
+    return asyncio.run(supervise(_config(args), args.config))
 
 
 def _install(args: argparse.Namespace) -> int:
@@ -368,7 +387,7 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def _trust(args: argparse.Namespace) -> int:
-    from fleetkeeper_agent.daemon import install_trusted_roots
+    from fleetkeeper_agent.checkin import install_trusted_roots
 
     install_trusted_roots(_config(args), image=args.image_root, director=args.director_root)
     print("trusted roots stored")
@@ -416,6 +435,9 @@ def _required(args: argparse.Namespace, name: str) -> str:
 
 
 def _enrolled_store(data_dir: Path) -> tuple[FileKeyStore, IdentityState, x509.Certificate]:
+    from fleetkeeper_agent.identity import IdentityState
+    from fleetkeeper_agent.keystore import FileKeyStore
+
     state = IdentityState.load(data_dir)
     store = FileKeyStore(data_dir)
     certificate = store.load_certificate()

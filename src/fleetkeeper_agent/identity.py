@@ -24,7 +24,8 @@ from fleetkeeper_agent.client import DeviceClient, check_server_url, tls_context
 from fleetkeeper_agent.errors import AgentError
 from fleetkeeper_agent.files import write_atomic
 from fleetkeeper_agent.inventory import limit_inventory
-from fleetkeeper_agent.keystore import DEFAULT_KEY_TYPE, KeyStore, KeyType
+from fleetkeeper_agent.keystore import KeyStore
+from fleetkeeper_agent.keytypes import DEFAULT_KEY_TYPE, KeyType
 from fleetkeeper_agent.signing import signed_envelope
 
 log = logging.getLogger(__name__)

@@ -21,7 +21,7 @@ import contextlib
 import os
 import ssl
 from pathlib import Path
-from typing import Literal, Protocol, get_args
+from typing import Protocol
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -29,10 +29,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
 from fleetkeeper_agent.errors import AgentError
 from fleetkeeper_agent.files import fsync_directory, write_atomic
-
-KeyType = Literal["ed25519", "ecdsa-p256"]
-KEY_TYPES: tuple[str, ...] = get_args(KeyType)
-DEFAULT_KEY_TYPE: KeyType = "ed25519"
+from fleetkeeper_agent.keytypes import DEFAULT_KEY_TYPE, KEY_TYPES, KeyType
 
 PrivateKey = ed25519.Ed25519PrivateKey | ec.EllipticCurvePrivateKey
 

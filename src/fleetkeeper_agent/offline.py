@@ -21,9 +21,9 @@ from typing import IO
 from tuf.api import exceptions
 from tuf.ngclient import FetcherInterface, Updater, UpdaterConfig
 
+from fleetkeeper_agent.checkin import TRUST_DIR
 from fleetkeeper_agent.commands import run_health_checks
 from fleetkeeper_agent.config import AgentConfig
-from fleetkeeper_agent.daemon import TRUST_DIR
 from fleetkeeper_agent.errors import AgentError, UpdateRefused
 from fleetkeeper_agent.identity import IdentityState
 from fleetkeeper_agent.tuf_client import run_tuf_step

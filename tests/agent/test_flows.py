@@ -27,7 +27,8 @@ from fleetkeeper_agent.identity import (
     report_inventory,
     rotate_key,
 )
-from fleetkeeper_agent.keystore import FileKeyStore, KeyType
+from fleetkeeper_agent.keystore import FileKeyStore
+from fleetkeeper_agent.keytypes import KeyType
 from tests.agent.fakeserver import FakeCA, FakeListener, fake_listener
 
 IDENTITY = DeviceIdentity("rpi4", serial="SN-0042", mac="DC-A6-32-01-02-03", attributes={"site": "plant-3"})

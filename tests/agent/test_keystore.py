@@ -11,7 +11,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
 from fleetkeeper_agent.errors import AgentError
-from fleetkeeper_agent.keystore import FileKeyStore, KeyExistsError, KeyType
+from fleetkeeper_agent.keystore import FileKeyStore, KeyExistsError
+from fleetkeeper_agent.keytypes import KeyType
 from tests.agent.fakeserver import FakeCA
 
 KEY_TYPES: list[KeyType] = ["ed25519", "ecdsa-p256"]

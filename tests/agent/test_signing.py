@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 from cryptography.exceptions import InvalidSignature
 
-from fleetkeeper_agent.keystore import FileKeyStore, KeyType
+from fleetkeeper_agent.keystore import FileKeyStore
+from fleetkeeper_agent.keytypes import KeyType
 from fleetkeeper_agent.signing import b64url_decode, b64url_encode, signed_envelope, utc_timestamp
 from tests.agent.fakeserver import verify_envelope
 

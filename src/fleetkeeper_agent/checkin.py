@@ -1,21 +1,13 @@
-"""`fleetkeeper-agent run`: enroll if needed, then check in on an interval with jitter (exponential
-back-off after errors), renew the certificate when due, report inventory at start, after every
-commit and on an interval, and drive updates (updates.UpdateFlow).
-
-The loop is asyncio so that a signal ends it at once between steps; the work itself (TLS, files,
-update modules) is blocking and runs in a worker thread, one step at a time.
+"""One check-in, as the daemon's worker process runs it (`fleetkeeper-agent run --once`): enroll if
+needed, renew the certificate when due, report inventory when due (at the first check-in, after
+every commit, then on the configured interval) and drive the update flow (updates.UpdateFlow).
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
 import logging
-import random
-import signal
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 from fleetkeeper_agent.client import DeviceClient, tls_context
@@ -36,50 +28,19 @@ from fleetkeeper_agent.update_state import UpdateState
 
 log = logging.getLogger(__name__)
 
-FIRST_BACKOFF_SECONDS = 10.0
 TRUST_DIR = "tuf"
+INVENTORY_SENT = "inventory.sent"  # its modification time: when the inventory was last reported
+EXIT_PENDING = 3
 
 
-@dataclass
-class _Schedule:
-    failures: int = 0
-    next_inventory: float = 0.0  # monotonic; 0: due now
-
-    def delay(self, config: AgentConfig) -> float:
-        if self.failures:
-            return float(min(config.max_backoff, FIRST_BACKOFF_SECONDS * 2.0 ** (self.failures - 1)))
-        spread = config.check_in_interval * config.jitter
-        return max(1.0, config.check_in_interval + random.uniform(-spread, spread))  # noqa: S311 - not a secret
-
-
-async def run(config: AgentConfig, *, stop: asyncio.Event | None = None, once: bool = False) -> int:
-    """Until SIGTERM/SIGINT (or `stop`); with `once`, one check-in (exit status 1 if it failed)."""
-    stop = stop or asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
+def check_in_once(config: AgentConfig) -> int:
+    """0: done; 3: enrollment waits for an operator. Errors raise AgentError."""
     config.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     install_trusted_roots(config)
-    schedule = _Schedule()
-    while not stop.is_set():
-        try:
-            state = await asyncio.to_thread(_ensure_enrolled, config)
-            if state is not None:
-                await asyncio.to_thread(_check_in, config, state, schedule)
-                schedule.failures = 0
-        except AgentError as exc:
-            schedule.failures += 1
-            log.error("check-in failed (%d in a row): %s", schedule.failures, exc)
-        except Exception:
-            # A bug must not stop the device from checking in: the state on disk says where to resume.
-            schedule.failures += 1
-            log.exception("check-in failed (%d in a row) on an unexpected error", schedule.failures)
-        if once:
-            return 1 if schedule.failures else 0
-        delay = schedule.delay(config)
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), timeout=delay)
-    log.info("stopped")
+    identity = _ensure_enrolled(config)
+    if identity is None:
+        return EXIT_PENDING
+    _check_in(config, identity)
     return 0
 
 
@@ -112,7 +73,7 @@ def _ensure_enrolled(config: AgentConfig) -> IdentityState | None:
     return IdentityState.load(config.data_dir)
 
 
-def _check_in(config: AgentConfig, identity: IdentityState, schedule: _Schedule) -> None:
+def _check_in(config: AgentConfig, identity: IdentityState) -> None:
     from fleetkeeper_agent.updates import UpdateFlow
     from fleetkeeper_agent.uptane import UpdateChecker
 
@@ -124,9 +85,8 @@ def _check_in(config: AgentConfig, identity: IdentityState, schedule: _Schedule)
     ca_pem = store.load_ca_pem()
     assert ca_pem is not None  # an accepted identity has it
     context = tls_context(ca_pem, store)
-    if time.monotonic() >= schedule.next_inventory:
+    if _inventory_due(config):
         send_inventory(config, identity)
-        schedule.next_inventory = time.monotonic() + config.inventory_interval
     if not (config.data_dir / TRUST_DIR / "director" / "root.json").exists():
         raise AgentError(
             "not_initialized",
@@ -152,6 +112,15 @@ def send_inventory(config: AgentConfig, identity: IdentityState) -> None:
         }
     document = collect_inventory(identity.device_type, config.enrollment.attributes, release)
     report_inventory(FileKeyStore(config.data_dir), identity.server_url, document)
+    (config.data_dir / INVENTORY_SENT).touch()
+
+
+def _inventory_due(config: AgentConfig) -> bool:
+    try:
+        sent = (config.data_dir / INVENTORY_SENT).stat().st_mtime
+    except FileNotFoundError:
+        return True
+    return not 0 <= time.time() - sent < config.inventory_interval
 
 
 def install_trusted_roots(
