@@ -17,7 +17,9 @@ from typing import Any
 from fleetkeeper_agent.modules import InstallContext
 
 
-def release(payload: Path, module: str, *, name: str = "app", version: str = "1.0", counter: int = 1) -> dict[str, Any]:
+def release(
+    payload: Path, module: str, *, name: str = "app", version: str = "1.0", counter: int = 1
+) -> dict[str, Any]:
     data = payload.read_bytes()
     return {
         "name": name,
@@ -25,7 +27,11 @@ def release(payload: Path, module: str, *, name: str = "app", version: str = "1.
         "release_counter": counter,
         "module": module,
         "device_types": ["rpi4"],
-        "payload": {"path": f"payload/{payload.name}", "length": len(data), "sha256": hashlib.sha256(data).hexdigest()},
+        "payload": {
+            "path": f"payload/{payload.name}",
+            "length": len(data),
+            "sha256": hashlib.sha256(data).hexdigest(),
+        },
     }
 
 
@@ -90,7 +96,7 @@ def fake_command(bin_dir: Path, name: str, body: str) -> Path:
     """An executable `name` in `bin_dir`: a Python script (this interpreter) with `body` as its main code."""
     bin_dir.mkdir(parents=True, exist_ok=True)
     path = bin_dir / name
-    path.write_text(f"#!{sys.executable}\n" + textwrap.dedent(body))
+    path.write_text(f"#!{sys.executable} -S\n" + textwrap.dedent(body))  # -S: no site, quick start
     path.chmod(0o755)
     return path
 

@@ -148,7 +148,8 @@ def fake_uboot_tools(bin_dir: Path, env_file: Path, calls: Path) -> None:
         cat "$2" >> {calls}
         awk 'NR == FNR {{ name = $1; $1 = ""; sub(/^ /, ""); value[name] = $0; order[++n] = name; next }}
              {{ split($0, kv, "="); if (!(kv[1] in value)) print }}
-             END {{ for (i = 1; i <= n; i++) if (value[order[i]] != "") print order[i] "=" value[order[i]] }}' \\
+             END {{ for (i = 1; i <= n; i++)
+                      if (value[order[i]] != "") print order[i] "=" value[order[i]] }}' \\
             "$2" {env_file} > {env_file}.new && mv {env_file}.new {env_file}
         """,
     )
@@ -165,7 +166,9 @@ def fake_grub_editenv(bin_dir: Path, calls: Path) -> None:
         case $command in
           list) grep -v '^#' "$file" ;;
           set) for pair in "$@"; do
-                 grep -v "^${{pair%%=*}}=" "$file" > "$file.new"; echo "$pair" >> "$file.new"; mv "$file.new" "$file"
+                 grep -v "^${{pair%%=*}}=" "$file" > "$file.new"
+                 echo "$pair" >> "$file.new"
+                 mv "$file.new" "$file"
                done ;;
           *) echo "grub-editenv: unknown command $command" >&2; exit 1 ;;
         esac
@@ -199,7 +202,9 @@ def backend_cycle(tmp_path: Path, settings: dict[str, Any], env_file: Path) -> N
     assert (env["boot_slot"], env["upgrade_available"]) == ("b", "0")
 
 
-def test_uboot_backend_through_fw_printenv_and_fw_setenv(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_uboot_backend_through_fw_printenv_and_fw_setenv(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     bin_dir, env_file, calls = tmp_path / "bin", tmp_path / "uboot.env", tmp_path / "calls.log"
     fake_uboot_tools(bin_dir, env_file, calls)
     monkeypatch.setenv("PATH", f"{bin_dir}:{__import__('os').environ['PATH']}")
@@ -239,7 +244,9 @@ def test_a_failing_bootloader_command_is_reported_with_its_output(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     bin_dir = tmp_path / "bin"
-    shell_command(bin_dir, "grub-editenv", 'echo "grub-editenv: error: cannot open /boot/grub/grubenv" >&2\nexit 1\n')
+    shell_command(
+        bin_dir, "grub-editenv", 'echo "grub-editenv: error: cannot open /boot/grub/grubenv" >&2\nexit 1\n'
+    )
     monkeypatch.setenv("PATH", f"{bin_dir}:{__import__('os').environ['PATH']}")
     module = load_module("rootfs-ab", {"bootloader": "grub", "slots": {"a": "/dev/x", "b": "/dev/y"}})
     assert isinstance(module, RootfsABModule)
@@ -248,7 +255,9 @@ def test_a_failing_bootloader_command_is_reported_with_its_output(
     assert caught.value.code == "bootloader_error"
 
 
-def test_a_missing_bootloader_tool_is_module_unavailable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_missing_bootloader_tool_is_module_unavailable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("PATH", str(tmp_path / "empty"))
     module = load_module("rootfs-ab", {"bootloader": "u-boot", "slots": {"a": "/dev/x", "b": "/dev/y"}})
     assert isinstance(module, RootfsABModule)
