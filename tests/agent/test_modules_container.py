@@ -13,77 +13,66 @@ import pytest
 
 from fleetkeeper_agent.errors import AgentError
 from fleetkeeper_agent.modules import InstallContext, UpdateModule, load_module
-from tests.agent.modulekit import context, fake_command
+from tests.agent.modulekit import context, shell_command
 
-FAKE_ENGINE = """
-import json, sys
-from pathlib import Path
-
-state_path = Path(sys.argv[0]).parent / "engine-state.json"
-state = json.loads(state_path.read_text()) if state_path.exists() else {}
-args = sys.argv[1:]
-with open(Path(sys.argv[0]).parent / "engine-calls.log", "a") as log:
-    log.write(" ".join(args) + "\\n")
-
-def save():
-    state_path.write_text(json.dumps(state))
-
-def missing(name):
-    print(f"Error: no such container {name}", file=sys.stderr)
-    sys.exit(125)
-
-command = args[0]
-if command == "container" and args[1] == "inspect":
-    name = args[-1]
-    if name not in state:
-        missing(name)
-    print("true" if state[name]["running"] else "false")
-elif command == "stop":
-    state[args[1]]["running"] = False
-elif command == "start":
-    state[args[1]]["running"] = True
-elif command == "rename":
-    if args[2] in state:
-        print("Error: name in use", file=sys.stderr)
-        sys.exit(125)
-    state[args[2]] = state.pop(args[1])
-elif command == "rm":
-    if args[-1] not in state:
-        missing(args[-1])
-    del state[args[-1]]
-elif command == "pull":
-    if "unreachable" in args[1]:
-        print("Trying to pull " + args[1] + "...", file=sys.stderr)
-        print("Error: initializing source: connection refused", file=sys.stderr)
-        sys.exit(125)
-elif command == "load":
-    print("Getting image source signatures")
-    print("Loaded image: localhost/app:2.0")
-elif command == "run":
-    name = args[args.index("--name") + 1]
-    if name in state:
-        print("Error: name in use", file=sys.stderr)
-        sys.exit(125)
-    rest = args[args.index("--name") + 2:]
-    state[name] = {"running": True, "args": rest}
-else:
-    sys.exit(2)
-save()
+# Containers are directories of engine-state/: `running` (true|false) and `args` (one per line).
+FAKE_ENGINE = r"""
+dir=$(dirname "$0")/engine-state
+mkdir -p "$dir"
+echo "$*" >> "$(dirname "$0")/engine-calls.log"
+missing() { echo "Error: no such container $1" >&2; exit 125; }
+in_use() { echo "Error: the container name $1 is already in use" >&2; exit 125; }
+eval last=\${$#}
+case $1 in
+  container) [ -d "$dir/$last" ] || missing "$last"; cat "$dir/$last/running" ;;
+  stop) echo false > "$dir/$2/running" ;;
+  start) echo true > "$dir/$2/running" ;;
+  rename) [ -e "$dir/$3" ] && in_use "$3"; mv "$dir/$2" "$dir/$3" ;;
+  rm) [ -d "$dir/$last" ] || missing "$last"; rm -r "$dir/$last" ;;
+  pull) case $2 in *unreachable*)
+          echo "Trying to pull $2..." >&2
+          echo "Error: initializing source: connection refused" >&2
+          exit 125 ;;
+        esac ;;
+  load) echo "Getting image source signatures"; echo "Loaded image: localhost/app:2.0" ;;
+  run) name=$4; shift 4  # run --detach --name NAME [options] image [command]
+       [ -e "$dir/$name" ] && in_use "$name"
+       mkdir "$dir/$name"; echo true > "$dir/$name/running"; : > "$dir/$name/args"
+       for arg in "$@"; do echo "$arg" >> "$dir/$name/args"; done ;;
+  *) exit 2 ;;
+esac
 """
+
+
+def write_state(engine: Path, state: dict[str, Any]) -> None:
+    for name, container in state.items():
+        (engine / "engine-state" / name).mkdir(parents=True)
+        (engine / "engine-state" / name / "running").write_text(
+            "true\n" if container["running"] else "false\n"
+        )
+        (engine / "engine-state" / name / "args").write_text("".join(f"{arg}\n" for arg in container["args"]))
+
+
+def containers(engine: Path) -> dict[str, Any]:
+    folder = engine / "engine-state"
+    if not folder.exists():
+        return {}
+    return {
+        path.name: {
+            "running": (path / "running").read_text().strip() == "true",
+            "args": (path / "args").read_text().splitlines(),
+        }
+        for path in sorted(folder.iterdir())
+    }
 
 
 @pytest.fixture
 def engine(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     bin_dir = tmp_path / "bin"
-    fake_command(bin_dir, "podman", FAKE_ENGINE)
-    # PATH holds only the fake: a real docker on this machine must not be reached.
-    monkeypatch.setenv("PATH", str(bin_dir))
+    shell_command(bin_dir, "podman", FAKE_ENGINE)
+    # The fake first, then the base tools the fake uses; not /usr/local/bin, where a real docker may be.
+    monkeypatch.setenv("PATH", f"{bin_dir}:/usr/bin:/bin")
     return bin_dir
-
-
-def containers(engine: Path) -> dict[str, Any]:
-    state = engine / "engine-state.json"
-    return json.loads(state.read_text()) if state.exists() else {}
 
 
 def calls(engine: Path) -> list[str]:
@@ -99,7 +88,7 @@ def document_setup(
 
 
 def existing(engine: Path, **state: Any) -> None:
-    (engine / "engine-state.json").write_text(json.dumps(state))
+    write_state(engine, state)
 
 
 DOCUMENT = {
@@ -174,6 +163,7 @@ def test_a_failed_pull_carries_the_engine_output(tmp_path: Path, engine: Path) -
     with pytest.raises(AgentError, match="connection refused") as caught:
         module.install(ctx)
     assert caught.value.code == "install_failed"
+    assert containers(engine) == before  # the image comes first: the old container never stopped
     module.rollback(ctx)
     assert containers(engine) == before
 

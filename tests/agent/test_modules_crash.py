@@ -19,7 +19,8 @@ import pytest
 
 from fleetkeeper_agent.modules import InstallContext, load_module
 from fleetkeeper_agent.modules.rootfs_ab import RootfsABModule
-from tests.agent.modulekit import Member, build_tar, context, snapshot
+from tests.agent.modulekit import Member, build_tar, context, shell_command, snapshot
+from tests.agent.test_modules_container import FAKE_ENGINE, containers, write_state
 
 DRIVER = """
 import json, os, signal, sys
@@ -40,9 +41,13 @@ def counted(function):
     return step
 
 STEPS = ("replace", "rename", "symlink", "unlink", "rmdir", "mkdir", "link", "write", "fsync", "ftruncate")
-for name in STEPS:
+for name in STEPS if spec["count_files"] else ():
     setattr(os, name, counted(getattr(os, name)))
-base.run_command = counted(base.run_command)
+import fleetkeeper_agent.modules as modules
+run_command = counted(base.run_command)
+for module_file in list(sys.modules.values()):
+    if module_file.__name__.startswith("fleetkeeper_agent.modules") and hasattr(module_file, "run_command"):
+        module_file.run_command = run_command
 module = load_module(spec["module"], spec["settings"])
 ctx = InstallContext(spec["release"], Path(spec["payload"]), Path(spec["work_dir"]), spec["settings"])
 print(json.dumps({"result": getattr(module, spec["method"])(ctx), "steps": steps}))
@@ -56,6 +61,9 @@ class Scenario:
     prepare: Callable[[Path], tuple[str, dict[str, Any], InstallContext]]
     state: Callable[[Path], Any]
     before_commit: Callable[[Path, dict[str, Any]], None] = lambda root, settings: None
+    # A module whose state is all in commands (the engine's) is killed before each command only: its
+    # file steps are its journal, and a kill after the journal is a kill before the next command.
+    count_files: bool = True
 
 
 def file_scenario(root: Path) -> tuple[str, dict[str, Any], InstallContext]:
@@ -102,6 +110,15 @@ def rootfs_scenario(root: Path) -> tuple[str, dict[str, Any], InstallContext]:
     return "rootfs-ab", settings, context(root, payload, "rootfs-ab", settings, version="2.0")
 
 
+def container_scenario(root: Path) -> tuple[str, dict[str, Any], InstallContext]:
+    engine = shell_command(root / "bin", "podman", FAKE_ENGINE)
+    write_state(root / "bin", {"app": {"running": True, "args": ["app:1.0"]}})
+    payload = root / "container.json"
+    payload.write_text(json.dumps({"image": "app:2.0", "options": ["--restart=always"]}))
+    settings = {"engine": str(engine)}
+    return "container", settings, context(root, payload, "container", settings, version="2.0")
+
+
 def boot_the_new_slot(root: Path, settings: dict[str, Any]) -> None:
     module = load_module("rootfs-ab", settings)
     assert isinstance(module, RootfsABModule)
@@ -110,6 +127,11 @@ def boot_the_new_slot(root: Path, settings: dict[str, Any]) -> None:
 
 SCENARIOS = {
     "file": Scenario(file_scenario, lambda root: snapshot(root / "etc")),
+    "container": Scenario(
+        container_scenario,
+        lambda root: containers(root / "bin"),
+        count_files=False,
+    ),
     "directory": Scenario(directory_scenario, lambda root: snapshot(root / "opt")),
     "rootfs-ab": Scenario(
         rootfs_scenario,
@@ -123,7 +145,9 @@ SCENARIOS = {
 }
 
 
-def run_killed(name: str, settings: dict[str, Any], ctx: InstallContext, method: str, kill_at: int) -> bool:
+def run_killed(
+    scenario: Scenario, name: str, settings: dict[str, Any], ctx: InstallContext, method: str, kill_at: int
+) -> bool:
     """Run `method` in a child killed before step `kill_at`; True when killed, False when it finished."""
     spec = {
         "module": name,
@@ -133,6 +157,7 @@ def run_killed(name: str, settings: dict[str, Any], ctx: InstallContext, method:
         "work_dir": str(ctx.work_dir),
         "method": method,
         "kill_at": kill_at,
+        "count_files": scenario.count_files,
     }
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
     result = subprocess.run(
@@ -168,7 +193,7 @@ def kill_points(
             module.install(ctx)
             if killed_method == "commit":
                 scenario.before_commit(root, settings)
-        if not run_killed(name, settings, ctx, killed_method, kill_at):
+        if not run_killed(scenario, name, settings, ctx, killed_method, kill_at):
             break
         for method in then:
             if method == "commit":

@@ -89,7 +89,7 @@ class PackageModule(UpdateModule):
         )
         status, _, version = result.stdout.partition("\t")
         # "ii " installed; "rc " only its configuration left: not installed as far as a rollback goes.
-        if result.returncode != 0 or len(status) < 2 or status[1] not in "iUFHW" or not version.strip():
+        if result.returncode != 0 or len(status) < 2 or status[1] not in "iUFHWt" or not version.strip():
             return None
         return version.strip()
 
