@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import secrets
 import shutil
 from pathlib import Path
@@ -52,6 +53,22 @@ def copy_atomic(source: Path, path: Path, *, mode: int = 0o644) -> None:
         tmp.unlink(missing_ok=True)
         raise
     fsync_directory(path.parent)
+
+
+def remove_stale_temporaries(path: Path) -> None:
+    """Remove the temporary files a write of `path` left when the process was killed in the middle.
+
+    Only for a path that one process writes at a time (an update module's target): another writer's
+    temporary file would be removed from under it.
+    """
+    pattern = re.compile(rf"\.{re.escape(path.name)}\.[0-9a-f]{{12}}\.tmp")
+    try:
+        names = os.listdir(path.parent)
+    except FileNotFoundError:
+        return
+    for name in names:
+        if pattern.fullmatch(name):
+            (path.parent / name).unlink(missing_ok=True)
 
 
 def fsync_directory(directory: Path) -> None:

@@ -11,8 +11,9 @@ entrypoint; `options` go to `run` as they are (they are signed like everything e
 grant anything the engine can: review them as you would code). For an archive, the image is the one
 `load` reports, the container is named after the release and `options` come from the settings.
 
-install: the running container of that name (if any) is stopped and renamed `<name>.fk-previous`;
-the new container is created under the name and started. commit removes the previous container;
+install: the image is pulled (or loaded) first, so a failed download leaves the old container running;
+then the container of that name (if any) is stopped and renamed `<name>.fk-previous`, and the new
+container is created under the name and started. commit removes the previous container;
 rollback removes the new one, renames the previous back and starts it if it was running.
 Images are left to the engine's own pruning.
 
@@ -94,6 +95,12 @@ class ContainerModule(UpdateModule):
         journal = read_journal(ctx, JOURNAL) or self._plan(ctx)
         name, backup = journal["name"], journal["backup"]
         code = "install_failed"
+        # The image first: a pull that fails leaves the old container running, untouched.
+        image = journal["image"]
+        if journal["source"] == "archive":
+            image = self._load(ctx)
+        elif journal["pull"]:
+            self._run(ctx, "pull", image, code=code)
         # The old container still has its name: this is the first time here (or a crash came before the
         # rename). Stop it, then move it aside.
         if (
@@ -103,11 +110,6 @@ class ContainerModule(UpdateModule):
         ):
             self._run(ctx, "stop", name, code=code)
             self._run(ctx, "rename", name, backup, code=code)
-        image = journal["image"]
-        if journal["source"] == "archive":
-            image = self._load(ctx)
-        elif journal["pull"]:
-            self._run(ctx, "pull", image, code=code)
         if self._state(ctx, name, code) is not None:
             self._run(ctx, "rm", "--force", name, code=code)  # a half-made container from a cut-short call
         self._run(

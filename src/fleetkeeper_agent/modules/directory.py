@@ -151,6 +151,7 @@ class DirectoryModule(UpdateModule):
                     fsync_directory(self.parent)
             _remove_tree(self.parent / journal["tree"])
             _remove_tree(self.parent / f".{journal['tree']}.partial")
+            _remove_tree(self.parent / f".{self.path.name}.link")
         except OSError as exc:
             raise AgentError("rollback_failed", f"cannot restore {self.path}: {exc}") from exc
         return False

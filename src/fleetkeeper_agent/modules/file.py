@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from fleetkeeper_agent.errors import AgentError
-from fleetkeeper_agent.files import copy_atomic, fsync_directory
+from fleetkeeper_agent.files import copy_atomic, fsync_directory, remove_stale_temporaries
 from fleetkeeper_agent.modules.base import InstallContext, Settings, UpdateModule, read_journal, write_journal
 
 JOURNAL = "file.json"
@@ -34,6 +34,7 @@ class FileModule(UpdateModule):
             journal = self._record_previous(ctx)
         target = Path(journal["target"])
         try:
+            remove_stale_temporaries(target)
             copy_atomic(ctx.payload, target, mode=self.mode)
         except OSError as exc:
             raise AgentError("install_failed", f"cannot write {target}: {exc}") from exc
@@ -68,6 +69,7 @@ class FileModule(UpdateModule):
             return False  # install never got as far as touching the target
         target = Path(journal["target"])
         try:
+            remove_stale_temporaries(target)
             if journal["had_previous"]:
                 backup = ctx.work_dir / BACKUP
                 # Copied, not moved: a rollback cut short can run again from the same backup.

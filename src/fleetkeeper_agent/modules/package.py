@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from fleetkeeper_agent.errors import AgentError
-from fleetkeeper_agent.files import copy_atomic
+from fleetkeeper_agent.files import copy_atomic, remove_stale_temporaries
 from fleetkeeper_agent.modules.base import (
     InstallContext,
     Settings,
@@ -89,7 +89,7 @@ class PackageModule(UpdateModule):
         )
         status, _, version = result.stdout.partition("\t")
         # "ii " installed; "rc " only its configuration left: not installed as far as a rollback goes.
-        if result.returncode != 0 or len(status) < 2 or status[1] not in "iUFHW" or not version.strip():
+        if result.returncode != 0 or len(status) < 2 or status[1] not in "iUFHWt" or not version.strip():
             return None
         return version.strip()
 
@@ -167,6 +167,7 @@ class PackageModule(UpdateModule):
         try:
             self.cache_directory.mkdir(parents=True, exist_ok=True, mode=0o700)
             keep = f"{package}_{version.replace(':', '%3a')}_{arch or 'all'}.deb"
+            remove_stale_temporaries(self.cache_directory / keep)
             copy_atomic(ctx.payload, self.cache_directory / keep)
             # One .deb per package is enough to go back one release.
             for entry in os.listdir(self.cache_directory):

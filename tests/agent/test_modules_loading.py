@@ -1,0 +1,90 @@
+"""load_module: built-ins by name, a user's own module `x-<name>` through the entry point group."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from fleetkeeper_agent.errors import AgentError
+from fleetkeeper_agent.modules import ENTRY_POINT_GROUP, InstallContext, load_module
+from fleetkeeper_agent.modules.file import FileModule
+
+PLUGIN = """
+from fleetkeeper_agent.modules import InstallContext, UpdateModule
+
+
+class FirmwareModule(UpdateModule):
+    name = "x-firmware"
+
+    def install(self, ctx: InstallContext) -> bool:
+        (ctx.work_dir / "flashed").parent.mkdir(parents=True, exist_ok=True)
+        (ctx.work_dir / "flashed").write_bytes(ctx.payload.read_bytes())
+        return bool(self.settings.get("reboot", False))
+
+    def commit(self, ctx: InstallContext) -> None:
+        pass
+
+    def rollback(self, ctx: InstallContext) -> bool:
+        return False
+
+
+class NotAModule:
+    pass
+"""
+
+
+@pytest.fixture
+def plugin_distribution(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """An installed distribution, as pip would leave it: a module and a .dist-info with entry points."""
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "fk_firmware_plugin.py").write_text(PLUGIN)
+    info = site / "fk_firmware_plugin-1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: fk-firmware-plugin\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text(
+        textwrap.dedent(f"""\
+            [{ENTRY_POINT_GROUP}]
+            x-firmware = fk_firmware_plugin:FirmwareModule
+            x-broken = fk_firmware_plugin:NotAModule
+            x-missing = fk_firmware_plugin_gone:Module
+            """)
+    )
+    monkeypatch.syspath_prepend(str(site))
+    importlib.invalidate_caches()
+    yield site
+    sys.modules.pop("fk_firmware_plugin", None)
+
+
+def test_a_builtin_module_gets_its_settings() -> None:
+    module = load_module("file", {"directory": "/etc/app"})
+    assert isinstance(module, FileModule)
+    assert module.directory == Path("/etc/app")
+
+
+def test_a_custom_module_comes_from_its_entry_point(tmp_path: Path, plugin_distribution: Path) -> None:
+    module = load_module("x-firmware", {"reboot": True})
+    assert module.name == "x-firmware"
+    payload = tmp_path / "fw.bin"
+    payload.write_bytes(b"\x7fFW")
+    ctx = InstallContext(release={"name": "fw"}, payload=payload, work_dir=tmp_path / "work", settings={})
+    assert module.install(ctx) is True
+    assert module.activated(ctx) is True  # the default
+    assert (tmp_path / "work/flashed").read_bytes() == b"\x7fFW"
+
+
+@pytest.mark.parametrize(
+    ("name", "code"),
+    [("x-broken", "module_unavailable"), ("x-missing", "module_unavailable"), ("x-other", "unknown_module")],
+)
+def test_a_custom_module_that_cannot_be_used_has_a_code(
+    plugin_distribution: Path, name: str, code: str
+) -> None:
+    with pytest.raises(AgentError) as caught:
+        load_module(name, {})
+    assert caught.value.code == code
