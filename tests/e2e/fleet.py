@@ -52,7 +52,9 @@ class Agent:
     def installed_file(self, name: str) -> Path:
         return self.root / "app" / name
 
-    def write_config(self, **install: Any) -> None:
+    def write_config(
+        self, *, health: list[list[str]] | None = None, extra_toml: str = "", **install: Any
+    ) -> None:
         server = self.fleet.server
         # Healthy unless the installed application says it is broken: how a test makes a release fail.
         check = (
@@ -62,7 +64,7 @@ class Agent:
             "print('application self-test: BROKEN' if broken else 'application self-test: ok'); "
             "sys.exit(1 if broken else 0)"
         )
-        health = [[sys.executable, "-c", check]]
+        health = health if health is not None else [[sys.executable, "-c", check]]
         lines = [
             f'data_dir = "{self.data_dir}"',
             "[enrollment]",
@@ -86,7 +88,7 @@ class Agent:
         for key, value in install.items():
             lines.append(f"{key} = {json.dumps(value)}")
         lines += ["[modules.file]", f'directory = "{self.root / "app"}"']
-        self.config_path.write_text("\n".join(lines) + "\n")
+        self.config_path.write_text("\n".join(lines) + "\n" + extra_toml)
 
     def command(self, *args: str) -> list[str]:
         return [sys.executable, "-m", "fleetkeeper_agent", "--config", str(self.config_path), *args]
@@ -164,9 +166,9 @@ class Fleet:
         self.director_root = self.workdir / "director-root.json"
         self.director_root.write_bytes(trust.director_root.to_bytes())
 
-    def agent(self, name: str) -> Agent:
+    def agent(self, name: str, **config: Any) -> Agent:
         agent = Agent(name, self.workdir / "agents" / name, self)
-        agent.write_config()
+        agent.write_config(**config)
         self.agents.append(agent)
         return agent
 

@@ -4,32 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import signal
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import Api, start_server
-from tests.e2e.fleet import Agent, Fleet, management_client
+from tests.e2e.fleet import Agent, Fleet
 
 pytestmark = pytest.mark.timeout(900)
 
 CRASHING_AGENT = Path(__file__).with_name("crashing_agent.py")
-
-
-@pytest.fixture
-async def fleet(tmp_path: Path) -> AsyncIterator[Fleet]:
-    server = start_server(tmp_path / "server")
-    try:
-        async with management_client(server) as client:
-            assert server.admin_password
-            api = Api(client, None, server.admin_password)  # type: ignore[arg-type]
-            fleet = Fleet(server, tmp_path, api)
-            await fleet.setup()
-            yield fleet
-            fleet.stop()
-    finally:
-        server.stop()
 
 
 async def enrolled_agents(fleet: Fleet, count: int) -> list[Agent]:
