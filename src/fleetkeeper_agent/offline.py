@@ -104,6 +104,7 @@ class BundleFetcher(FetcherInterface):
 def install_bundle(config: AgentConfig, path: Path) -> UpdateState:
     """Verifies the bundle, installs its release, and stops before committing: `commit` (after its
     health checks) or `rollback` decides. Nothing is installed if anything fails to verify."""
+    config.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     state = UpdateState.load(config.data_dir)
     if state.phase != "idle":
         raise AgentError("busy", f"an install is under way ({state.phase} {state.target_path})")
