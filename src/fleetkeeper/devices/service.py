@@ -392,7 +392,7 @@ async def record_security_event(
             object_type="device",
             object_id=device.id,
             outcome="failure",
-            details={"code": code, "detail": detail},
+            details={"reason": code, "detail": detail},
         )
 
 
