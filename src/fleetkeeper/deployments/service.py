@@ -141,14 +141,19 @@ async def create(runtime: Runtime, principal: Principal, request: DeploymentRequ
     async with runtime.database.transaction() as session:
         release = await _release(session, request.release_name, request.release_version)
         condition = await _target_condition(session, target)
-        total = int(await session.scalar(select(func.count()).select_from(Device).where(condition)) or 0)
+        # One pass over the target for both its size and a device type the release is not for
+        # (two scans of a million devices were a fifth of the time budget).
+        counted, incompatible = (
+            await session.execute(
+                select(
+                    func.count(),
+                    func.min(case((Device.device_type.not_in(release.device_types), Device.device_type))),
+                ).where(condition)
+            )
+        ).one()
+        total = int(counted or 0)
         if total == 0:
             raise ProblemError("the target has no accepted device", code="empty_target", status=422)
-        incompatible = await session.scalar(
-            select(Device.device_type)
-            .where(condition, Device.device_type.not_in(release.device_types))
-            .limit(1)
-        )
         if incompatible is not None:
             raise ProblemError(
                 f"{release.name} {release.version} is for {', '.join(release.device_types)}; "
