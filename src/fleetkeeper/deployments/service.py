@@ -123,7 +123,7 @@ async def _phase_by_device_id(
 
 async def create(runtime: Runtime, principal: Principal, request: DeploymentRequest) -> Deployment:
     """Checks everything, then fans out with one INSERT … SELECT: each targeted device gets its
-    phase from its rank, never through a Python loop over devices."""
+    phase from its place in id order, never through a Python loop over devices."""
     phases = parse_phases(request.phases)
     threshold = parse_failure_threshold(request.failure_threshold)
     parse_windows(request.windows)  # validated now; evaluated when devices check in
