@@ -14,6 +14,7 @@ from fleetkeeper.audit.models import AuditRecord
 from fleetkeeper.core.db import Database, utcnow
 from fleetkeeper.core.errors import ProblemError
 from fleetkeeper.core.ids import new_id
+from fleetkeeper.deployments.models import DeploymentDevice
 from fleetkeeper.deployments.plans import Phase, Size, phase_boundaries
 from fleetkeeper.deployments.service import DeploymentRequest, create, phase_counts
 from fleetkeeper.devices.models import Device, DeviceGroup, GroupMember
@@ -116,6 +117,40 @@ async def test_fan_out_into_phases(api: Api) -> None:
         audit = await session.scalar(select(AuditRecord).where(AuditRecord.action == "deployment.created"))
     assert audit is not None
     assert audit.details_object()["devices"] == 1000
+
+
+async def test_phases_take_the_devices_in_id_order(api: Api) -> None:
+    """The fan-out cuts the target in id order at the phase boundaries: the same devices land in
+    the same phases every time, devices outside the target are skipped, and a phase whose
+    boundary is already reached stays empty."""
+    await a_release(api)
+    ids = sorted(await add_devices(api.runtime.database, 25, group="fleet"))
+    await add_devices(api.runtime.database, 7, group="elsewhere")  # interleaved ids, not targeted
+    phases = [
+        {"size": {"count": 3}},
+        {"size": {"percent": 40}},
+        {"size": {"count": 100}},  # reaches the total: the phases after it are empty
+        {"size": {"count": 1}},
+        {"size": {"percent": 100}},
+    ]
+    first = await create(api.runtime, admin(api), request(phases=phases))
+    second = await create(api.runtime, admin(api), request(phases=phases))
+    async with api.runtime.database.session() as session:
+        assigned = {
+            deployment_id: dict(
+                (
+                    await session.execute(
+                        select(DeploymentDevice.device_id, DeploymentDevice.phase).where(
+                            DeploymentDevice.deployment_id == deployment_id
+                        )
+                    )
+                ).all()
+            )
+            for deployment_id in (first.id, second.id)
+        }
+    expected = {device_id: 0 if rank < 3 else 1 if rank < 13 else 2 for rank, device_id in enumerate(ids)}
+    assert assigned[first.id] == expected
+    assert assigned[second.id] == expected
 
 
 async def test_one_device_outside_the_scope_refuses_the_whole_request(api: Api) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, Boolean, ForeignKey, Index, Integer, String, Text
+from sqlalchemy import JSON, Boolean, ForeignKey, Index, Integer, PrimaryKeyConstraint, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from fleetkeeper.core.db import Base, UTCDateTime, utcnow
@@ -57,12 +57,16 @@ class DeploymentDevice(Base):
 
     No foreign keys, on purpose: a fan-out writes a million rows at once and their per-row checks
     cost three times the insert itself. The rows are written only by the fan-out, from devices and
-    a deployment that exist, and neither devices nor deployments are ever deleted."""
+    a deployment that exist, and neither devices nor deployments are ever deleted.
+
+    Two indexes, each maintained row by row during a fan-out, and each needed: the key leads with
+    the device, so a check-in finds its device's rows (and a report its row) through the key
+    itself; the progress index gives the counts per deployment, phase and status."""
 
     __tablename__ = "deployment_devices"
     __table_args__ = (
+        PrimaryKeyConstraint("device_id", "deployment_id", name="pk_deployment_devices"),
         Index("ix_deployment_devices_progress", "deployment_id", "phase", "status"),
-        Index("ix_deployment_devices_device_status", "device_id", "status"),
     )
 
     deployment_id: Mapped[str] = mapped_column(String(40), primary_key=True)
@@ -73,3 +77,7 @@ class DeploymentDevice(Base):
     last_seq: Mapped[int] = mapped_column(Integer, default=0)
     detail: Mapped[str | None] = mapped_column(Text)
     updated_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+    # Identity stays (deployment_id, device_id), as session.get callers pass it; only the
+    # constraint's column order above is the device's first.
+    __mapper_args__ = {"primary_key": (deployment_id, device_id)}  # noqa: RUF012 (declarative reads it once)

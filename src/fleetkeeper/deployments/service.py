@@ -88,9 +88,42 @@ async def _ensure_may_deploy_to_all(
     )
 
 
+async def _phase_by_device_id(
+    session: AsyncSession, target: ColumnElement[bool], boundaries: list[int], total: int
+) -> ColumnElement[int]:
+    """Each targeted device's phase, as SQL over Device.id: the devices in id order, cut at the
+    phase boundaries. The cut points are the ids at those ranks, each found by a short OFFSET
+    walk along the devices' primary key from the previous cut, so the fan-out itself needs no
+    ranking of the whole target (a window sort cost more than half a second per million)."""
+    cuts: list[tuple[str, int]] = []
+    previous_cut: str | None = None
+    previous_boundary = 0
+    last_phase = next(index for index, boundary in enumerate(boundaries) if boundary >= total)
+    for index, boundary in enumerate(boundaries[:last_phase]):
+        if boundary == previous_boundary:
+            continue  # an empty phase: nobody is ranked between the same two cuts
+        query = select(Device.id).where(target)
+        if previous_cut is not None:
+            query = query.where(Device.id > previous_cut)
+        cut = await session.scalar(
+            query.order_by(Device.id).offset(boundary - previous_boundary - 1).limit(1)
+        )
+        if cut is None:  # devices left the target since it was counted: this phase takes the rest
+            last_phase = index
+            break
+        cuts.append((cut, index))
+        previous_cut, previous_boundary = cut, boundary
+    if not cuts:
+        return literal(last_phase, Integer)
+    return case(
+        *((Device.id <= cut, literal(index, Integer)) for cut, index in cuts),
+        else_=literal(last_phase, Integer),
+    )
+
+
 async def create(runtime: Runtime, principal: Principal, request: DeploymentRequest) -> Deployment:
     """Checks everything, then fans out with one INSERT … SELECT: each targeted device gets its
-    phase from its rank, never through a Python loop over devices."""
+    phase from its place in id order, never through a Python loop over devices."""
     phases = parse_phases(request.phases)
     threshold = parse_failure_threshold(request.failure_threshold)
     parse_windows(request.windows)  # validated now; evaluated when devices check in
@@ -108,14 +141,19 @@ async def create(runtime: Runtime, principal: Principal, request: DeploymentRequ
     async with runtime.database.transaction() as session:
         release = await _release(session, request.release_name, request.release_version)
         condition = await _target_condition(session, target)
-        total = int(await session.scalar(select(func.count()).select_from(Device).where(condition)) or 0)
+        # One pass over the target for both its size and a device type the release is not for
+        # (two scans of a million devices were a fifth of the time budget).
+        counted, incompatible = (
+            await session.execute(
+                select(
+                    func.count(),
+                    func.min(case((Device.device_type.not_in(release.device_types), Device.device_type))),
+                ).where(condition)
+            )
+        ).one()
+        total = int(counted or 0)
         if total == 0:
             raise ProblemError("the target has no accepted device", code="empty_target", status=422)
-        incompatible = await session.scalar(
-            select(Device.device_type)
-            .where(condition, Device.device_type.not_in(release.device_types))
-            .limit(1)
-        )
         if incompatible is not None:
             raise ProblemError(
                 f"{release.name} {release.version} is for {', '.join(release.device_types)}; "
@@ -154,26 +192,18 @@ async def create(runtime: Runtime, principal: Principal, request: DeploymentRequ
         session.add(deployment)
         await session.flush()
         boundaries = phase_boundaries(phases, total)
-        rank = func.row_number().over(order_by=Device.id)
-        ranked = select(Device.id.label("device_id"), rank.label("rank")).where(condition).subquery()
-        phase_of = case(
-            *(
-                (ranked.c.rank <= boundary, literal(index, Integer))
-                for index, boundary in enumerate(boundaries)
-            ),
-            else_=literal(len(boundaries) - 1, Integer),
-        )
+        phase_of = await _phase_by_device_id(session, condition, boundaries, total)
         await session.execute(
             insert(DeploymentDevice).from_select(
                 ["deployment_id", "device_id", "phase", "status", "attempts", "last_seq"],
                 select(
                     literal(deployment.id),
-                    ranked.c.device_id,
+                    Device.id,
                     phase_of,
                     literal("pending"),
                     literal(0),
                     literal(0),
-                ),
+                ).where(condition),
             )
         )
         await record(
