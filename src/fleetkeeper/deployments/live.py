@@ -18,9 +18,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
 
-from sqlalchemy import Integer, delete, exists, func, insert, literal, select
+from sqlalchemy import ColumnElement, Integer, Select, delete, exists, func, insert, literal, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
 
@@ -112,52 +111,113 @@ async def sync_live_deployments(runtime: Runtime) -> LiveSyncStats:
     return LiveSyncStats(len(live_ids), added, removed, incompatible)
 
 
+@dataclass(frozen=True)
+class _Followed:
+    deployment: Deployment
+    group: str
+    members: ColumnElement[bool]  # the group's accepted devices, now
+    device_types: list[str]  # what the release is for
+
+
+async def _followed(session: AsyncSession, deployment_id: str, *, lock: bool) -> _Followed | None:
+    """The deployment and its group's members, or None when it does not follow a group now."""
+    deployment = await session.get(Deployment, deployment_id, with_for_update=lock)
+    if deployment is None:
+        raise NotFoundError("no such deployment", code="deployment_not_found")
+    if not is_live(deployment) or deployment.status not in FOLLOWING_STATUSES:
+        return None
+    name = str(deployment.target["group"])
+    group = await session.scalar(select(DeviceGroup).where(DeviceGroup.name == name))
+    if group is None:
+        # Nothing is added or removed: without the group, who belongs is unknown.
+        log.warning("live deployment's group is gone", deployment_id=deployment_id, group=name)
+        return None
+    release = await session.get(Release, deployment.release_id)
+    assert release is not None  # a release is never deleted while a deployment uses it
+    members = devices.group_condition(group) & (Device.status == "accepted")
+    return _Followed(deployment, name, members, list(release.device_types))
+
+
+def _new_members(deployment_id: str, members: ColumnElement[bool]) -> ColumnElement[bool]:
+    """Members of the group without a row in the deployment (a condition on devices)."""
+    has_row = exists().where(
+        DeploymentDevice.deployment_id == deployment_id, DeploymentDevice.device_id == Device.id
+    )
+    return members & ~has_row
+
+
+def _leavers(deployment_id: str, members: ColumnElement[bool]) -> Select[str]:
+    """Rows of devices that are no longer members and never started: pending, nothing reported.
+    Those that reported anything stay, with their history, until they are done."""
+    candidate = aliased(DeploymentDevice)
+    still_member = exists(select(Device.id).where(Device.id == candidate.device_id, members))
+    return select(candidate.device_id).where(
+        candidate.deployment_id == deployment_id,
+        candidate.status == "pending",
+        candidate.last_seq == 0,
+        ~still_member,
+    )
+
+
 async def sync_live_deployment(runtime: Runtime, deployment_id: str) -> LiveSync:
     """Brings one live deployment's devices in line with its group, set-based.
 
-    Safe to run concurrently (replicas, a test calling it while the job runs): the deployment row
-    is locked first (as reports and operator actions do), so passes over one deployment take turns
-    and each sees the previous one's rows; the devices leaving are locked with SKIP LOCKED, so a
-    pass never waits on a device's report (which holds its row, then wants the deployment's) —
-    a device in the middle of reporting is simply looked at again next time.
+    First a look without locks: most passes find nothing to do, and they must not hold the
+    deployment's row (every report on it waits for that lock) while they scan the group. When
+    there is something to do, the deployment row is locked (as reports and operator actions do),
+    so passes over one deployment take turns and each sees the previous one's rows; the devices
+    leaving are locked with SKIP LOCKED, so a pass never waits on a device's report (which holds
+    its row, then wants the deployment's) — such a device is looked at again next time.
     """
-    async with runtime.database.transaction() as session:
-        deployment = await session.get(Deployment, deployment_id, with_for_update=True)
-        if deployment is None:
-            raise NotFoundError("no such deployment", code="deployment_not_found")
-        if not is_live(deployment) or deployment.status not in FOLLOWING_STATUSES:
+    async with runtime.database.session() as session:
+        found = await _followed(session, deployment_id, lock=False)
+        if found is None:
             return LiveSync(followed=False)
-        group_name = str(deployment.target["group"])
-        group = await session.scalar(select(DeviceGroup).where(DeviceGroup.name == group_name))
-        if group is None:
-            # Nothing is added or removed: without the group, who belongs is unknown.
-            log.warning("live deployment's group is gone", deployment_id=deployment_id, group=group_name)
-            return LiveSync(followed=False)
-        release = await session.get(Release, deployment.release_id)
-        assert release is not None  # a release is never deleted while a deployment is open
-        members = devices.group_condition(group) & (Device.status == "accepted")
-        removed = await _remove_leavers(session, deployment.id, members)
-        added, incompatible = await _add_joiners(session, deployment, members, release.device_types)
-        if added or removed:
-            await record(
-                session,
-                actor=SYSTEM,
-                action="deployment.live_synced",
-                object_type="deployment",
-                object_id=deployment.id,
-                details={
-                    "group": group_name,
-                    "added": added,
-                    "removed": removed,
-                    "phase": deployment.current_phase + 1,
-                    "incompatible_skipped": incompatible,
-                },
+        joining = _new_members(deployment_id, found.members)
+        something_to_do = await session.scalar(
+            select(
+                or_(
+                    select(Device.id).where(joining, Device.device_type.in_(found.device_types)).exists(),
+                    _leavers(deployment_id, found.members).exists(),
+                )
             )
+        )
+        incompatible = int(
+            await session.scalar(
+                select(func.count())
+                .select_from(Device)
+                .where(joining, Device.device_type.not_in(found.device_types))
+            )
+            or 0
+        )
+    added = removed = 0
+    if something_to_do:
+        async with runtime.database.transaction() as session:
+            found = await _followed(session, deployment_id, lock=True)
+            if found is None:
+                return LiveSync(followed=False)
+            removed = await _remove_leavers(session, deployment_id, found.members)
+            added = await _add_joiners(session, found)
+            if added or removed:
+                await record(
+                    session,
+                    actor=SYSTEM,
+                    action="deployment.live_synced",
+                    object_type="deployment",
+                    object_id=deployment_id,
+                    details={
+                        "group": found.group,
+                        "added": added,
+                        "removed": removed,
+                        "phase": found.deployment.current_phase + 1,
+                        "incompatible_skipped": incompatible,
+                    },
+                )
     if added or removed:
         log.info(
             "live deployment followed its group",
             deployment_id=deployment_id,
-            group=group_name,
+            group=found.group,
             added=added,
             removed=removed,
             incompatible_skipped=incompatible,
@@ -168,31 +228,18 @@ async def sync_live_deployment(runtime: Runtime, deployment_id: str) -> LiveSync
             log.warning(
                 "group members of another device type are not added to the live deployment",
                 deployment_id=deployment_id,
-                group=group_name,
+                group=found.group,
                 incompatible_skipped=incompatible,
-                device_types=release.device_types,
+                device_types=found.device_types,
             )
     return LiveSync(added=added, removed=removed, incompatible=incompatible)
 
 
-async def _remove_leavers(session: AsyncSession, deployment_id: str, members: Any) -> int:
-    """Devices that no longer belong and never started (pending, nothing reported) leave; one
-    DELETE. Those that reported anything stay, with their history, until they are done."""
-    candidate = aliased(DeploymentDevice)
-    still_member = exists(select(Device.id).where(Device.id == candidate.device_id, members))
+async def _remove_leavers(session: AsyncSession, deployment_id: str, members: ColumnElement[bool]) -> int:
+    """One DELETE of the leavers that nobody else has locked now."""
     # A CTE, evaluated once: as an IN (subquery) the locking subquery may be rescanned for every
     # row of the deployment (seen on PostgreSQL: minutes for a few hundred rows).
-    leaving = (
-        select(candidate.device_id)
-        .where(
-            candidate.deployment_id == deployment_id,
-            candidate.status == "pending",
-            candidate.last_seq == 0,
-            ~still_member,
-        )
-        .with_for_update(skip_locked=True, of=candidate)
-        .cte("leaving")
-    )
+    leaving = _leavers(deployment_id, members).with_for_update(skip_locked=True).cte("leaving")
     result = await session.execute(
         delete(DeploymentDevice).where(
             DeploymentDevice.deployment_id == deployment_id,
@@ -202,15 +249,10 @@ async def _remove_leavers(session: AsyncSession, deployment_id: str, members: An
     return int(getattr(result, "rowcount", 0) or 0)
 
 
-async def _add_joiners(
-    session: AsyncSession, deployment: Deployment, members: Any, device_types: list[str]
-) -> tuple[int, int]:
-    """Members without a row get one in the current phase: one INSERT … SELECT … WHERE NOT EXISTS.
-    Returns how many joined, and how many members were left out for their device type."""
-    has_row = exists().where(
-        DeploymentDevice.deployment_id == deployment.id, DeploymentDevice.device_id == Device.id
-    )
-    new_members = members & ~has_row
+async def _add_joiners(session: AsyncSession, found: _Followed) -> int:
+    """New members of a device type the release is for get a row in the current phase: one
+    INSERT … SELECT … WHERE NOT EXISTS."""
+    deployment = found.deployment
     result = await session.execute(
         insert(DeploymentDevice).from_select(
             ["deployment_id", "device_id", "phase", "status", "attempts", "last_seq"],
@@ -221,13 +263,10 @@ async def _add_joiners(
                 literal("pending"),
                 literal(0),
                 literal(0),
-            ).where(new_members, Device.device_type.in_(device_types)),
+            ).where(_new_members(deployment.id, found.members), Device.device_type.in_(found.device_types)),
         )
     )
-    incompatible = await session.scalar(
-        select(func.count()).select_from(Device).where(new_members, Device.device_type.not_in(device_types))
-    )
-    return int(getattr(result, "rowcount", 0) or 0), int(incompatible or 0)
+    return int(getattr(result, "rowcount", 0) or 0)
 
 
 async def finish(runtime: Runtime, principal: Principal, deployment_id: str) -> Deployment:
