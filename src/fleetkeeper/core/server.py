@@ -96,9 +96,11 @@ def _listener_configs(runtime: Runtime) -> tuple[uvicorn.Config, uvicorn.Config]
 CRL_RELOAD_INTERVAL = 30.0
 METADATA_REFRESH_INTERVAL = 60.0
 WEBHOOK_DELIVERY_INTERVAL = 15.0
+LIVE_TARGETS_INTERVAL = 15.0  # live deployments take in devices that joined their group
 
 
 async def serve(settings: Settings) -> None:
+    from fleetkeeper.deployments.live import sync_live_deployments
     from fleetkeeper.deployments.webhooks import deliver_due
     from fleetkeeper.devices.certificates import reload_crl
     from fleetkeeper.releases.service import refresh_due_metadata
@@ -122,6 +124,15 @@ async def serve(settings: Settings) -> None:
             )
         ),
         asyncio.create_task(every(WEBHOOK_DELIVERY_INTERVAL, "webhooks", deliver_webhooks)),
+        asyncio.create_task(
+            every(
+                LIVE_TARGETS_INTERVAL,
+                "live-targets",
+                lambda: once_across_replicas(
+                    runtime.database, "live-targets", lambda: sync_live_deployments(runtime)
+                ),
+            )
+        ),
     ]
     try:
         management, device = (_Listener(config) for config in _listener_configs(runtime))

@@ -13,7 +13,7 @@ from fleetkeeper.access.auth import requires
 from fleetkeeper.access.service import Permission, Principal
 from fleetkeeper.core.errors import NotFoundError
 from fleetkeeper.core.runtime import runtime_of
-from fleetkeeper.deployments import service, webhooks
+from fleetkeeper.deployments import live, service, webhooks
 from fleetkeeper.deployments.models import Deployment
 from fleetkeeper.devices.auth import AuthenticatedDevice
 
@@ -52,6 +52,9 @@ class DeploymentOut(BaseModel):
     created_at: datetime
     finished_at: datetime | None
     progress: dict[str, dict[str, int]] = {}
+    waiting_for_devices: bool | None = Field(
+        default=None, description="live: every device so far is done, more may join (null in lists)"
+    )
 
     @classmethod
     def of(cls, deployment: Deployment, progress: dict[int, dict[str, int]] | None = None) -> DeploymentOut:
@@ -69,6 +72,7 @@ class DeploymentOut(BaseModel):
             created_at=deployment.created_at,
             finished_at=deployment.finished_at,
             progress={str(phase + 1): counts for phase, counts in sorted((progress or {}).items())},
+            waiting_for_devices=None if progress is None else live.waiting_for_devices(deployment, progress),
         )
 
 
@@ -111,6 +115,14 @@ async def get(deployment_id: str, principal: Reader, request: Request) -> Deploy
     runtime = runtime_of(request)
     async with runtime.database.session() as session:
         deployment = await service.get(session, deployment_id)
+    return DeploymentOut.of(deployment, await service.phase_counts(runtime, deployment_id))
+
+
+@router.post("/{deployment_id}/finish")
+async def finish(deployment_id: str, principal: Deployer, request: Request) -> DeploymentOut:
+    """Ends a live deployment: it stops following its group and finishes once its devices are done."""
+    runtime = runtime_of(request)
+    deployment = await live.finish(runtime, principal, deployment_id)
     return DeploymentOut.of(deployment, await service.phase_counts(runtime, deployment_id))
 
 

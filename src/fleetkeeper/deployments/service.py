@@ -128,6 +128,10 @@ async def create(runtime: Runtime, principal: Principal, request: DeploymentRequ
     threshold = parse_failure_threshold(request.failure_threshold)
     parse_windows(request.windows)  # validated now; evaluated when devices check in
     target = parse_target(request.target)
+    if target.live:
+        from fleetkeeper.deployments.live import ensure_may_deploy_live  # live.py builds on this module
+
+        ensure_may_deploy_live(principal, str(target.group))
     if not request.name.strip() or len(request.name) > 200:
         raise ProblemError(
             "a deployment needs a name of at most 200 characters", code="invalid_request", status=422
@@ -152,7 +156,7 @@ async def create(runtime: Runtime, principal: Principal, request: DeploymentRequ
             )
         ).one()
         total = int(counted or 0)
-        if total == 0:
+        if total == 0 and not target.live:  # a live target may start empty: devices join later
             raise ProblemError("the target has no accepted device", code="empty_target", status=422)
         if incompatible is not None:
             raise ProblemError(
@@ -370,7 +374,8 @@ async def _move_on(session: AsyncSession, deployment: Deployment) -> None:
         await enqueue(session, "deployment.paused", payload)
         return
     done = sum(count for status, count in overall.items() if status in FINAL_STATUSES)
-    if done == sum(overall.values()):
+    # A live deployment waits for devices to join its group until an operator finishes it (live.py).
+    if done == sum(overall.values()) and not deployment.target.get("live"):
         deployment.status = "finished"
         deployment.finished_at = clock()
         await record(
