@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, Integer, Select, case, func, insert, literal, select, update
+from sqlalchemy import ColumnElement, Integer, Select, any_, case, func, insert, literal, select, update
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -351,13 +351,20 @@ async def after_fan_out(session: AsyncSession, deployment: Deployment, release: 
     unless the deployment forces a reinstall (one set-based UPDATE), then the counters are set."""
     already = 0
     if not deployment.force:
+        running = _devices_running(release)
+        # Driven from the few devices that run the release, each found by the primary key: the
+        # rows just written have no statistics yet, and with `IN (subquery)` (or a status
+        # condition) PostgreSQL believed the deployment had one row and rescanned the subquery
+        # for each of its million rows. `= ANY(ARRAY(subquery))` computes the list once. Every
+        # row is pending right after the fan-out, so the status needs no condition.
+        among_running = (
+            DeploymentDevice.device_id == any_(func.array(running.scalar_subquery()))
+            if session.get_bind().dialect.name == "postgresql"
+            else DeploymentDevice.device_id.in_(running)
+        )
         result = await session.execute(
             update(DeploymentDevice)
-            .where(
-                DeploymentDevice.deployment_id == deployment.id,
-                DeploymentDevice.status == "pending",
-                DeploymentDevice.device_id.in_(_devices_running(release)),
-            )
+            .where(DeploymentDevice.deployment_id == deployment.id, among_running)
             .values(status="already_installed", detail=_ALREADY_INSTALLED, updated_at=clock())
             .execution_options(synchronize_session=False)
         )
