@@ -114,6 +114,8 @@ async def test_statistics_per_phase_and_overall(api: Api) -> None:
         "aborted": 0,
         "percent_done": 25.0,
     }
+    listed = (await api.client.get("/api/v1/deployments", headers=await api.admin_headers())).json()
+    assert listed[0]["statistics"] == stats["statistics"]
     first_phase, second_phase = stats["statistics"]["phases"]
     assert (first_phase["phase"], first_phase["open"], first_phase["percent_done"]) == (1, True, 50.0)
     assert (second_phase["phase"], second_phase["open"], second_phase["total"]) == (2, False, 2)

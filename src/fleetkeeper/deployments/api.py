@@ -153,7 +153,8 @@ async def list_deployments(principal: Reader, request: Request) -> list[Deployme
         rows = (
             await session.scalars(select(Deployment).order_by(Deployment.created_at.desc()).limit(200))
         ).all()
-    return [DeploymentOut.of(row) for row in rows]
+        counts = await service.counts_of_many(session, [row.id for row in rows])
+    return [DeploymentOut.of(row, counts[row.id]) for row in rows]
 
 
 @router.get("/{deployment_id}")

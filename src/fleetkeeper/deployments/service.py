@@ -326,6 +326,24 @@ async def counts_of(session: AsyncSession, deployment_id: str) -> dict[int, dict
     return counts
 
 
+async def counts_of_many(
+    session: AsyncSession, deployment_ids: Sequence[str]
+) -> dict[str, dict[int, dict[str, int]]]:
+    """counts_of for several deployments in one query (a list page)."""
+    rows = await session.execute(
+        select(
+            DeploymentCount.deployment_id,
+            DeploymentCount.phase,
+            DeploymentCount.status,
+            DeploymentCount.count,
+        ).where(DeploymentCount.deployment_id.in_(deployment_ids), DeploymentCount.count != 0)
+    )
+    counts: dict[str, dict[int, dict[str, int]]] = {deployment_id: {} for deployment_id in deployment_ids}
+    for deployment_id, phase, status, count in rows:
+        counts[deployment_id].setdefault(phase, {})[status] = count
+    return counts
+
+
 async def recount(session: AsyncSession, deployment_id: str) -> dict[int, dict[str, int]]:
     """Devices per phase and status counted over the deployment's rows: what the counters must say
     (for tests and repairs; at a million devices this is a full scan of the deployment)."""
