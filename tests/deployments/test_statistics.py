@@ -156,7 +156,9 @@ async def test_the_devices_list_filters_and_pages(api: Api) -> None:
         cursor = page["next_cursor"]
         if cursor is None:
             break
-    assert seen == [device.device_id for device in devices]
+    assert seen == [devices[0].device_id] + [device.device_id for device in devices[1:]], (
+        "by status (failure before pending), then device id"
+    )
     failed = (await api.client.get(url, params={"status": "failure"}, headers=admin)).json()
     assert [(i["device_id"], i["attempts"], i["detail"], i["phase"]) for i in failed["items"]] == [
         (devices[0].device_id, 1, "log tail", 1)
@@ -336,6 +338,14 @@ async def test_force_reinstalls_a_release_already_running(api: Api) -> None:
 
 async def test_the_release_inventory_key_is_checked(api: Api) -> None:
     (device,) = await fleet_of(api, 1)
-    for bad in ["fw 2.0", {"name": "fw"}, {"name": "fw", "version": 2}, {"name": "", "version": "2"}]:
+    agent_sends = {"release": {"name": "fw", "version": "2.0", "release_counter": 7}}
+    assert (await report_inventory(api, device, agent_sends)).status_code == 204
+    for bad in [
+        "fw 2.0",
+        {"name": "fw"},
+        {"name": "fw", "version": 2},
+        {"name": "", "version": "2"},
+        {"name": "fw", "version": "2", "release_counter": "7"},
+    ]:
         refused = await report_inventory(api, device, {"release": bad})
         assert (refused.status_code, refused.json()["code"]) == (422, "invalid_inventory"), bad

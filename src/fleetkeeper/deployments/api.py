@@ -203,8 +203,8 @@ async def list_devices(
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
     cursor: Annotated[str | None, Query(max_length=1000)] = None,
 ) -> DeploymentDevicesPage:
-    """The deployment's devices the caller may read, by device id, filtered by status and phase;
-    pass `next_cursor` back as `cursor` for the next page."""
+    """The deployment's devices the caller may read, by status then device id, filtered by status
+    and phase; pass `next_cursor` back as `cursor` for the next page."""
     async with runtime_of(request).database.session() as session:
         page = await service.list_devices(
             session,

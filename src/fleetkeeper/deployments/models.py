@@ -65,14 +65,15 @@ class DeploymentDevice(Base):
 
     Two indexes, each maintained row by row during a fan-out, and each needed: the key leads with
     the device, so a check-in finds its device's rows (and a report its row) through the key
-    itself; the progress index gives the counts per deployment, phase and status."""
+    itself; the status index serves a deployment's devices by status (see below)."""
 
     __tablename__ = "deployment_devices"
     __table_args__ = (
         PrimaryKeyConstraint("device_id", "deployment_id", name="pk_deployment_devices"),
-        Index("ix_deployment_devices_progress", "deployment_id", "phase", "status"),
-        # Devices of one deployment in one status, in id order: the devices list filtered by status
-        # (keyset on device_id) and the download cap's count of who is downloading now.
+        # A deployment's devices by status, in id order: the devices list (keyset on status and
+        # id), the download cap's count of who is downloading now, abort's update of those not
+        # done. It replaced (deployment_id, phase, status), which counted progress before the
+        # counters (deployment_counts) did: still two indexes to maintain in a fan-out.
         Index("ix_deployment_devices_status", "deployment_id", "status", "device_id"),
     )
 
@@ -88,6 +89,7 @@ class DeploymentDevice(Base):
     # Identity stays (deployment_id, device_id), as session.get callers pass it; only the
     # constraint's column order above is the device's first.
     __mapper_args__ = {"primary_key": (deployment_id, device_id)}  # noqa: RUF012 (declarative reads it once)
+
 
 class DeploymentCount(Base):
     """How many devices of a deployment are in each phase and status, kept in the transaction of

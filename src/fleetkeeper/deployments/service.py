@@ -496,8 +496,9 @@ async def list_devices(
     limit: int = 100,
     cursor: str | None = None,
 ) -> DevicesPage:
-    """The devices of a deployment the caller may read, in device id order, in keyset pages.
-    `phase` counts from 0 here (the API shows phases from 1)."""
+    """The devices of a deployment the caller may read, by status then device id, in keyset pages
+    (a device whose status changes between two pages may be seen twice or not at all, as in any
+    live listing). `phase` counts from 0 here (the API shows phases from 1)."""
     _check_limit(limit)
     deployment = await get(session, deployment_id)
     if status is not None and status not in DEVICE_STATUSES:
@@ -516,15 +517,23 @@ async def list_devices(
     if phase is not None:
         query = query.where(DeploymentDevice.phase == phase)
     if cursor is not None:
-        (after,) = _decode_cursor(cursor, 1)
-        query = query.where(DeploymentDevice.device_id > after)
+        after_status, after_id = _decode_cursor(cursor, 2)
+        query = query.where(
+            (DeploymentDevice.status > after_status)
+            | ((DeploymentDevice.status == after_status) & (DeploymentDevice.device_id > after_id))
+        )
     if principal.grants.scopes(Permission.DEVICES_READ) is not None:
         # Scoped readers see the devices of their groups only (the join is skipped for the others).
         scope = await devices.scope_condition(session, principal, Permission.DEVICES_READ)
         query = query.join(Device, Device.id == DeploymentDevice.device_id).where(scope)
-    rows = (await session.scalars(query.order_by(DeploymentDevice.device_id).limit(limit + 1))).all()
+    # In the order of ix_deployment_devices_status, so that a page reads only its own rows.
+    rows = (
+        await session.scalars(
+            query.order_by(DeploymentDevice.status, DeploymentDevice.device_id).limit(limit + 1)
+        )
+    ).all()
     items = rows[:limit]
-    next_cursor = _encode_cursor([items[-1].device_id]) if len(rows) > limit else None
+    next_cursor = _encode_cursor([items[-1].status, items[-1].device_id]) if len(rows) > limit else None
     return DevicesPage(items, next_cursor)
 
 

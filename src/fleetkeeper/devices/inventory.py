@@ -73,16 +73,21 @@ def check_inventory(report: Any) -> dict[str, Any]:
 
 
 def _check_release(release: Any) -> None:
-    """`release` is reserved: the release the device runs, {"name", "version"}, which deployments
-    compare with theirs (a device that runs it already is not asked to install it again)."""
+    """`release` is reserved: the release the device runs, {"name", "version"} (and the agent adds
+    its "release_counter"), which deployments compare with theirs: a device that runs it already
+    is not asked to install it again."""
     if release is None:
         return
     if (
         not isinstance(release, dict)
-        or set(release) != {"name", "version"}
-        or not all(isinstance(value, str) and value for value in release.values())
+        or not all(isinstance(release.get(key), str) and release[key] for key in ("name", "version"))
+        or not isinstance(release.get("release_counter", 0), int)
+        or isinstance(release.get("release_counter"), bool)
     ):
-        raise _invalid('release is reserved: {"name": "<release name>", "version": "<release version>"}')
+        raise _invalid(
+            'release is reserved: {"name": "<release name>", "version": "<release version>", '
+            '"release_counter": <integer, optional>}'
+        )
 
 
 def inventory_hash(report: dict[str, Any]) -> str:

@@ -1,7 +1,10 @@
 """deployment statistics: per-phase counters, device report history, index by status
 
+(deployment_id, status, device_id) replaces (deployment_id, phase, status): progress is counted in
+deployment_counts now, and a fan-out keeps maintaining two indexes, not three.
+
 Revision ID: 0009
-Revises: 0007 (0008 is being written in parallel; the chain is fixed when both land)
+Revises: 0008
 Create Date: 2026-11-21
 """
 
@@ -13,7 +16,7 @@ from alembic import op
 from fleetkeeper.core.db import UTCDateTime
 
 revision: str = "0009"
-down_revision: str | None = "0007"
+down_revision: str | None = "0008"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
@@ -38,6 +41,7 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("deployment_id", "device_id", "seq", name=op.f("pk_deployment_events")),
     )
     with op.batch_alter_table("deployment_devices", schema=None) as batch_op:
+        batch_op.drop_index("ix_deployment_devices_progress")
         batch_op.create_index(
             "ix_deployment_devices_status", ["deployment_id", "status", "device_id"], unique=False
         )
@@ -52,5 +56,8 @@ def upgrade() -> None:
 def downgrade() -> None:
     with op.batch_alter_table("deployment_devices", schema=None) as batch_op:
         batch_op.drop_index("ix_deployment_devices_status")
+        batch_op.create_index(
+            "ix_deployment_devices_progress", ["deployment_id", "phase", "status"], unique=False
+        )
     op.drop_table("deployment_events")
     op.drop_table("deployment_counts")
