@@ -6,17 +6,32 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, Integer, Select, any_, case, func, insert, literal, select, update
+from sqlalchemy import (
+    ColumnElement,
+    Integer,
+    Select,
+    any_,
+    bindparam,
+    case,
+    func,
+    insert,
+    literal,
+    select,
+    tuple_,
+    update,
+)
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
+from sqlalchemy.sql.elements import BindParameter
 
 from fleetkeeper.access.service import Permission, Principal
 from fleetkeeper.audit.service import SYSTEM, record
@@ -518,9 +533,10 @@ async def list_devices(
         query = query.where(DeploymentDevice.phase == phase)
     if cursor is not None:
         after_status, after_id = _decode_cursor(cursor, 2)
+        # A row comparison, which PostgreSQL reads as a range of the index (an OR of the two
+        # columns' conditions made it walk the primary key instead).
         query = query.where(
-            (DeploymentDevice.status > after_status)
-            | ((DeploymentDevice.status == after_status) & (DeploymentDevice.device_id > after_id))
+            tuple_(DeploymentDevice.status, DeploymentDevice.device_id) > tuple_(after_status, after_id)
         )
     if principal.grants.scopes(Permission.DEVICES_READ) is not None:
         # Scoped readers see the devices of their groups only (the join is skipped for the others).
@@ -640,11 +656,17 @@ class Assignment:
     queued: bool
 
 
-def _assignment_query(device_id: str, now: datetime) -> Select[Any]:
+@functools.cache
+def _assignment_query() -> Select[Any]:
     """One read: the device's oldest active deployment whose phase is open and whose install is
     not over for it, with the two facts a still-pending device needs, each computed only for it:
     how many devices hold a download slot (when the deployment caps them), and whether its
-    inventory says it runs the release already (unless the deployment forces a reinstall)."""
+    inventory says it runs the release already (unless the deployment forces a reinstall).
+
+    Built once, with parameters `device_id`, `now` and `slot_since`: building it took longer
+    than running it (the aliases and expressions of a statement this size)."""
+    device_id: BindParameter[str] = bindparam("device_id")
+    now: BindParameter[datetime] = bindparam("now")
     slot_holders = aliased(DeploymentDevice)
     name, version = aliased(DeviceAttribute), aliased(DeviceAttribute)
     pending = DeploymentDevice.status == "pending"
@@ -654,7 +676,7 @@ def _assignment_query(device_id: str, now: datetime) -> Select[Any]:
         .where(
             slot_holders.deployment_id == Deployment.id,
             slot_holders.status == "downloading",
-            slot_holders.updated_at >= now - DOWNLOAD_SLOT_HELD_FOR,
+            slot_holders.updated_at >= bindparam("slot_since"),
         )
         .scalar_subquery()
     )
@@ -703,7 +725,9 @@ async def current_assignment(session: AsyncSession, device_id: str) -> Assignmen
 
     `session` must not be in a write transaction: the already-installed mark commits on it."""
     while True:
-        row = (await session.execute(_assignment_query(device_id, clock()))).first()
+        now = clock()
+        parameters = {"device_id": device_id, "now": now, "slot_since": now - DOWNLOAD_SLOT_HELD_FOR}
+        row = (await session.execute(_assignment_query(), parameters)).first()
         if row is None:
             return None
         deployment, release, phase, downloading, installed = row
