@@ -145,6 +145,9 @@ async def test_devices_joining_a_dynamic_group_are_added_in_the_current_phase_an
     assert late.device_id not in remaining
     assert remaining[joiner.device_id or ""] == (0, "downloading")
     assert await current(api, late) is None
+    async with api.runtime.database.session() as session:
+        counters = await service.counts_of(session, deployment["id"])
+        assert counters == await service.recount(session, deployment["id"]), "joins and leaves are counted"
     assert [(d["added"], d["removed"]) for d in await audit_details(api, "deployment.live_synced")] == [
         (1, 0),
         (1, 0),
@@ -303,6 +306,10 @@ async def test_two_passes_at_once_add_each_device_once(api: Api) -> None:
             .where(DeploymentDevice.deployment_id == deployment.id)
         )
     assert count == 61
+    async with api.runtime.database.session() as session:
+        assert await service.counts_of(session, deployment.id) == await service.recount(
+            session, deployment.id
+        )
 
 
 async def test_a_live_target_needs_devices_deploy_on_the_group_itself(api: Api, headers: Headers) -> None:

@@ -24,8 +24,8 @@ def management_routers() -> list[APIRouter]:
     from fleetkeeper.access.api import router as access_router
     from fleetkeeper.access.auth_api import auth_router, me_router
     from fleetkeeper.audit.api import router as audit_router
+    from fleetkeeper.deployments.api import device_deployments_router, webhook_router
     from fleetkeeper.deployments.api import router as deployments_router
-    from fleetkeeper.deployments.api import webhook_router
     from fleetkeeper.devices.admin_api import router as devices_router
     from fleetkeeper.releases.api import router as releases_router
     from fleetkeeper.releases.upload_api import router as uploads_router
@@ -40,6 +40,7 @@ def management_routers() -> list[APIRouter]:
         releases_router,
         uploads_router,
         deployments_router,
+        device_deployments_router,
         webhook_router,
     ]
 

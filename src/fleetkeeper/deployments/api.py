@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Query, Request, Response
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 from sqlalchemy import select
 
@@ -14,7 +14,7 @@ from fleetkeeper.access.service import Permission, Principal
 from fleetkeeper.core.errors import NotFoundError
 from fleetkeeper.core.runtime import runtime_of
 from fleetkeeper.deployments import live, service, webhooks
-from fleetkeeper.deployments.models import Deployment
+from fleetkeeper.deployments.models import Deployment, DeploymentDevice
 from fleetkeeper.devices.auth import AuthenticatedDevice
 
 router = APIRouter(prefix="/api/v1/deployments", tags=["deployments"])
@@ -38,6 +38,31 @@ class CreateDeployment(BaseModel):
     max_downloading: int | None = Field(default=None, ge=1)
 
 
+class ProgressOut(BaseModel):
+    counts: dict[str, int] = Field(description="devices per status")
+    total: int
+    succeeded: int = Field(description="success and already_installed")
+    failed: int = Field(description="failure and refused")
+    in_progress: int = Field(description="downloading, downloaded, deferred, installing, rebooting")
+    pending: int
+    aborted: int
+    percent_done: float = Field(description="devices in a final status, in percent of the total")
+
+    @classmethod
+    def of(cls, progress: service.Progress) -> ProgressOut:
+        return cls(**vars(progress))
+
+
+class PhaseProgressOut(ProgressOut):
+    phase: int = Field(description="from 1")
+    open: bool = Field(description="its devices are told to install (the current phase or an earlier one)")
+
+
+class StatisticsOut(BaseModel):
+    overall: ProgressOut
+    phases: list[PhaseProgressOut]
+
+
 class DeploymentOut(BaseModel):
     id: str
     name: str
@@ -48,16 +73,32 @@ class DeploymentOut(BaseModel):
     current_phase: int
     failure_threshold: dict[str, Any]
     windows: list[dict[str, Any]]
+    max_retries: int
+    force: bool
+    max_downloading: int | None
     pause_reason: str | None
     created_at: datetime
+    start_at: datetime | None = Field(description="the scheduled start, if one was given")
+    started_at: datetime | None = Field(description="when devices could first install; none before")
     finished_at: datetime | None
     progress: dict[str, dict[str, int]] = {}
     waiting_for_devices: bool | None = Field(
-        default=None, description="live: every device so far is done, more may join (null in lists)"
+        default=None, description="live: every device so far is done, more may join"
     )
+    statistics: StatisticsOut | None = None
 
     @classmethod
     def of(cls, deployment: Deployment, progress: dict[int, dict[str, int]] | None = None) -> DeploymentOut:
+        statistics = None
+        if progress is not None:
+            numbers = service.statistics(deployment, progress)
+            statistics = StatisticsOut(
+                overall=ProgressOut.of(numbers.overall),
+                phases=[
+                    PhaseProgressOut(**vars(phase), phase=index + 1, open=index <= deployment.current_phase)
+                    for index, phase in enumerate(numbers.phases)
+                ],
+            )
         return cls(
             id=deployment.id,
             name=deployment.name,
@@ -68,11 +109,17 @@ class DeploymentOut(BaseModel):
             current_phase=deployment.current_phase + 1,
             failure_threshold=deployment.failure_threshold,
             windows=deployment.windows,
+            max_retries=deployment.max_retries,
+            force=deployment.force,
+            max_downloading=deployment.max_downloading,
             pause_reason=deployment.pause_reason,
             created_at=deployment.created_at,
+            start_at=deployment.start_at,
+            started_at=service.started_at(deployment),
             finished_at=deployment.finished_at,
             progress={str(phase + 1): counts for phase, counts in sorted((progress or {}).items())},
             waiting_for_devices=None if progress is None else live.waiting_for_devices(deployment, progress),
+            statistics=statistics,
         )
 
 
@@ -106,16 +153,146 @@ async def list_deployments(principal: Reader, request: Request) -> list[Deployme
         rows = (
             await session.scalars(select(Deployment).order_by(Deployment.created_at.desc()).limit(200))
         ).all()
-    return [DeploymentOut.of(row) for row in rows]
+        counts = await service.counts_of_many(session, [row.id for row in rows])
+    return [DeploymentOut.of(row, counts[row.id]) for row in rows]
 
 
 @router.get("/{deployment_id}")
 async def get(deployment_id: str, principal: Reader, request: Request) -> DeploymentOut:
-    """The deployment with its devices per phase and status."""
-    runtime = runtime_of(request)
-    async with runtime.database.session() as session:
+    """The deployment with its statistics, per phase and overall (read from its counters)."""
+    async with runtime_of(request).database.session() as session:
         deployment = await service.get(session, deployment_id)
-    return DeploymentOut.of(deployment, await service.phase_counts(runtime, deployment_id))
+        counts = await service.counts_of(session, deployment_id)
+    return DeploymentOut.of(deployment, counts)
+
+
+class DeploymentDeviceOut(BaseModel):
+    device_id: str
+    phase: int = Field(description="from 1")
+    status: str
+    attempts: int
+    last_seq: int
+    detail: str | None = Field(description="the end of the device's last report (a log tail, a reason)")
+    updated_at: datetime | None
+
+    @classmethod
+    def of(cls, entry: DeploymentDevice) -> DeploymentDeviceOut:
+        return cls(
+            device_id=entry.device_id,
+            phase=entry.phase + 1,
+            status=entry.status,
+            attempts=entry.attempts,
+            last_seq=entry.last_seq,
+            detail=entry.detail,
+            updated_at=entry.updated_at,
+        )
+
+
+class DeploymentDevicesPage(BaseModel):
+    items: list[DeploymentDeviceOut]
+    next_cursor: str | None
+
+
+@router.get("/{deployment_id}/devices")
+async def list_devices(
+    deployment_id: str,
+    principal: Reader,
+    request: Request,
+    status: Annotated[str | None, Query(max_length=20)] = None,
+    phase: Annotated[int | None, Query(ge=1, le=10)] = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 100,
+    cursor: Annotated[str | None, Query(max_length=1000)] = None,
+) -> DeploymentDevicesPage:
+    """The deployment's devices the caller may read, by status then device id, filtered by status
+    and phase; pass `next_cursor` back as `cursor` for the next page."""
+    async with runtime_of(request).database.session() as session:
+        page = await service.list_devices(
+            session,
+            principal,
+            deployment_id,
+            status=status,
+            phase=phase - 1 if phase is not None else None,
+            limit=limit,
+            cursor=cursor,
+        )
+    return DeploymentDevicesPage(
+        items=[DeploymentDeviceOut.of(entry) for entry in page.items], next_cursor=page.next_cursor
+    )
+
+
+class EventOut(BaseModel):
+    seq: int
+    status: str = Field(description="as the device reported it")
+    detail: str | None
+    at: datetime
+
+
+class DeviceHistoryOut(DeploymentDeviceOut):
+    deployment_id: str
+    events: list[EventOut]
+
+
+@router.get("/{deployment_id}/devices/{device_id}")
+async def device_history(
+    deployment_id: str, device_id: str, principal: Reader, request: Request
+) -> DeviceHistoryOut:
+    """One device in the deployment: where it stands and every report it made, oldest first."""
+    async with runtime_of(request).database.session() as session:
+        entry, events = await service.device_history(session, principal, deployment_id, device_id)
+    return DeviceHistoryOut(
+        **DeploymentDeviceOut.of(entry).model_dump(),
+        deployment_id=deployment_id,
+        events=[
+            EventOut(seq=event.seq, status=event.status, detail=event.detail, at=event.created_at)
+            for event in events
+        ],
+    )
+
+
+device_deployments_router = APIRouter(prefix="/api/v1/devices", tags=["deployments"])
+
+
+class DeviceDeploymentOut(BaseModel):
+    deployment_id: str
+    name: str
+    release_id: str
+    deployment_status: str
+    created_at: datetime
+    finished_at: datetime | None
+    device: DeploymentDeviceOut = Field(description="where this device stands in it")
+
+
+class DeviceDeploymentsPage(BaseModel):
+    items: list[DeviceDeploymentOut]
+    next_cursor: str | None
+
+
+@device_deployments_router.get("/{device_id}/deployments")
+async def deployments_of_device(
+    device_id: str,
+    principal: Reader,
+    request: Request,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    cursor: Annotated[str | None, Query(max_length=1000)] = None,
+) -> DeviceDeploymentsPage:
+    """The deployments this device is part of, newest first, with its status in each."""
+    async with runtime_of(request).database.session() as session:
+        page = await service.deployments_of_device(session, principal, device_id, limit=limit, cursor=cursor)
+    return DeviceDeploymentsPage(
+        items=[
+            DeviceDeploymentOut(
+                deployment_id=deployment.id,
+                name=deployment.name,
+                release_id=deployment.release_id,
+                deployment_status=deployment.status,
+                created_at=deployment.created_at,
+                finished_at=deployment.finished_at,
+                device=DeploymentDeviceOut.of(entry),
+            )
+            for deployment, entry in page.items
+        ],
+        next_cursor=page.next_cursor,
+    )
 
 
 @router.post("/{deployment_id}/finish")
@@ -208,20 +385,28 @@ class CurrentDeployment(BaseModel):
     release_counter: int
     install_allowed: bool = Field(description="outside the maintenance windows: download, but do not install")
     next_window: datetime | None
+    queued: bool = Field(
+        default=False,
+        description="the deployment's download slots (max_downloading) are taken: nothing is assigned "
+        "from it yet (the director lists nothing); check in again later",
+    )
+    force: bool = Field(default=False, description="install even if this release is installed already")
 
 
 @device_router.get("/current")
 async def current(device: AuthenticatedDevice, request: Request) -> CurrentDeployment:
     """The deployment the director metadata stands for: what to report progress against."""
     async with runtime_of(request).database.session() as session:
-        found = await service.assignment_for(session, device.id)
+        found = await service.current_assignment(session, device.id)
     if found is None:
         raise NotFoundError("nothing to install now", code="no_deployment")
-    deployment, release = found
+    deployment, release = found.deployment, found.release
     allowed, next_window = service.install_window(deployment)
     return CurrentDeployment(
         install_allowed=allowed,
         next_window=next_window,
+        queued=found.queued,
+        force=deployment.force,
         deployment_id=deployment.id,
         release=release.name,
         version=release.version,

@@ -240,13 +240,22 @@ async def _remove_leavers(session: AsyncSession, deployment_id: str, members: Co
     # A CTE, evaluated once: as an IN (subquery) the locking subquery may be rescanned for every
     # row of the deployment (seen on PostgreSQL: minutes for a few hundred rows).
     leaving = _leavers(deployment_id, members).with_for_update(skip_locked=True).cte("leaving")
-    result = await session.execute(
-        delete(DeploymentDevice).where(
-            DeploymentDevice.deployment_id == deployment_id,
-            DeploymentDevice.device_id.in_(select(leaving.c.device_id)),
+    from fleetkeeper.deployments import service  # service builds on this module (create's check)
+
+    phases = (
+        await session.scalars(
+            delete(DeploymentDevice)
+            .where(
+                DeploymentDevice.deployment_id == deployment_id,
+                DeploymentDevice.device_id.in_(select(leaving.c.device_id)),
+            )
+            .returning(DeploymentDevice.phase)
         )
-    )
-    return int(getattr(result, "rowcount", 0) or 0)
+    ).all()
+    # Leavers are pending: their phases' pending counts go down (service's progress counters).
+    for phase in set(phases):
+        await service.add_to_counts(session, deployment_id, phase, "pending", -phases.count(phase))
+    return len(phases)
 
 
 async def _add_joiners(session: AsyncSession, found: _Followed) -> int:
@@ -266,7 +275,11 @@ async def _add_joiners(session: AsyncSession, found: _Followed) -> int:
             ).where(_new_members(deployment.id, found.members), Device.device_type.in_(found.device_types)),
         )
     )
-    return int(getattr(result, "rowcount", 0) or 0)
+    added = int(getattr(result, "rowcount", 0) or 0)
+    from fleetkeeper.deployments import service  # service builds on this module (create's check)
+
+    await service.add_to_counts(session, deployment.id, deployment.current_phase, "pending", added)
+    return added
 
 
 async def finish(runtime: Runtime, principal: Principal, deployment_id: str) -> Deployment:

@@ -27,6 +27,10 @@ DEVICE_STATUSES = (
     "aborted",
 )
 FINAL_STATUSES = ("success", "failure", "refused", "already_installed", "aborted")
+# How the statistics group the statuses (a failure that will be retried is back to pending).
+SUCCEEDED_STATUSES = ("success", "already_installed")
+FAILED_STATUSES = ("failure", "refused")
+IN_PROGRESS_STATUSES = ("downloading", "downloaded", "deferred", "installing", "rebooting")
 
 
 class Deployment(Base):
@@ -61,12 +65,16 @@ class DeploymentDevice(Base):
 
     Two indexes, each maintained row by row during a fan-out, and each needed: the key leads with
     the device, so a check-in finds its device's rows (and a report its row) through the key
-    itself; the progress index gives the counts per deployment, phase and status."""
+    itself; the status index serves a deployment's devices by status (see below)."""
 
     __tablename__ = "deployment_devices"
     __table_args__ = (
         PrimaryKeyConstraint("device_id", "deployment_id", name="pk_deployment_devices"),
-        Index("ix_deployment_devices_progress", "deployment_id", "phase", "status"),
+        # A deployment's devices by status, in id order: the devices list (keyset on status and
+        # id), the download cap's count of who is downloading now, abort's update of those not
+        # done. It replaced (deployment_id, phase, status), which counted progress before the
+        # counters (deployment_counts) did: still two indexes to maintain in a fan-out.
+        Index("ix_deployment_devices_status", "deployment_id", "status", "device_id"),
     )
 
     deployment_id: Mapped[str] = mapped_column(String(40), primary_key=True)
@@ -81,3 +89,31 @@ class DeploymentDevice(Base):
     # Identity stays (deployment_id, device_id), as session.get callers pass it; only the
     # constraint's column order above is the device's first.
     __mapper_args__ = {"primary_key": (deployment_id, device_id)}  # noqa: RUF012 (declarative reads it once)
+
+
+class DeploymentCount(Base):
+    """How many devices of a deployment are in each phase and status, kept in the transaction of
+    every status change, so that progress is read from a few rows instead of counted over a
+    million. The counts of a deployment always equal a GROUP BY over its deployment_devices."""
+
+    __tablename__ = "deployment_counts"
+
+    deployment_id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    phase: Mapped[int] = mapped_column(Integer, primary_key=True)
+    status: Mapped[str] = mapped_column(String(20), primary_key=True)
+    count: Mapped[int] = mapped_column(Integer)
+
+
+class DeploymentEvent(Base):
+    """One status report of a device on a deployment, kept as its history. A device numbers its
+    reports (seq) and the server accepts each number once, in order: (deployment, device, seq) is
+    unique and orders the history."""
+
+    __tablename__ = "deployment_events"
+
+    deployment_id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    device_id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True)
+    status: Mapped[str] = mapped_column(String(20))
+    detail: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)

@@ -1,21 +1,56 @@
-"""The deployments domain: creating a rollout for a whole fleet in a few set-based statements."""
+"""The deployments domain: creating a rollout for a whole fleet in a few set-based statements,
+the device side (assignment at check-in, status reports), progress kept in counters, statistics
+and each device's history."""
 
 from __future__ import annotations
 
+import base64
+import binascii
+import functools
+import json
+from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, Integer, case, func, insert, literal, select, update
+from sqlalchemy import (
+    ColumnElement,
+    Integer,
+    Select,
+    any_,
+    bindparam,
+    case,
+    func,
+    insert,
+    literal,
+    select,
+    tuple_,
+    update,
+)
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import aliased
+from sqlalchemy.sql.elements import BindParameter
 
 from fleetkeeper.access.service import Permission, Principal
 from fleetkeeper.audit.service import SYSTEM, record
+from fleetkeeper.core.db import _IMMEDIATE as WRITE_LOCK_UP_FRONT
 from fleetkeeper.core.db import utcnow
 from fleetkeeper.core.errors import ForbiddenError, NotFoundError, ProblemError
 from fleetkeeper.core.ids import new_id
 from fleetkeeper.core.runtime import Runtime
-from fleetkeeper.deployments.models import DEVICE_STATUSES, FINAL_STATUSES, Deployment, DeploymentDevice
+from fleetkeeper.deployments.models import (
+    DEVICE_STATUSES,
+    FAILED_STATUSES,
+    FINAL_STATUSES,
+    IN_PROGRESS_STATUSES,
+    SUCCEEDED_STATUSES,
+    Deployment,
+    DeploymentCount,
+    DeploymentDevice,
+    DeploymentEvent,
+)
 from fleetkeeper.deployments.plans import (
     Target,
     parse_failure_threshold,
@@ -25,7 +60,7 @@ from fleetkeeper.deployments.plans import (
 )
 from fleetkeeper.deployments.windows import is_open, next_open, parse_windows
 from fleetkeeper.devices import service as devices
-from fleetkeeper.devices.models import Device
+from fleetkeeper.devices.models import Device, DeviceAttribute
 from fleetkeeper.releases.models import Release
 
 
@@ -225,21 +260,357 @@ async def create(runtime: Runtime, principal: Principal, request: DeploymentRequ
                 "failure_threshold": bool(threshold.phase or threshold.overall),
             },
         )
+        await after_fan_out(session, deployment, release)
     return deployment
+
+
+# --- progress counters --------------------------------------------------------------------------
+#
+# deployment_counts holds, per deployment, phase and status, how many devices are there. Every
+# change of a device's status moves one count in the same transaction; set-based changes (the
+# fan-out, abort) move whole counts. Writers of one deployment's counts hold its row lock
+# (report, abort, the already-installed check) or created it (the fan-out), so that two of them
+# never race on one count.
+
+
+def _upsert(session: AsyncSession) -> Any:
+    """The dialect's INSERT with ON CONFLICT (PostgreSQL and SQLite spell it the same way)."""
+    return postgresql_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
+
+
+async def add_to_counts(
+    session: AsyncSession, deployment_id: str, phase: int, status: str, delta: int
+) -> None:
+    """Adds `delta` (negative: removes) devices to one count. For code that adds or removes rows
+    of deployment_devices after the fan-out."""
+    if delta == 0:
+        return
+    insert_ = _upsert(session)(DeploymentCount).values(
+        deployment_id=deployment_id, phase=phase, status=status, count=delta
+    )
+    await session.execute(
+        insert_.on_conflict_do_update(
+            index_elements=["deployment_id", "phase", "status"],
+            set_={"count": DeploymentCount.count + insert_.excluded.count},
+        )
+    )
+
+
+async def _move_count(session: AsyncSession, deployment_id: str, phase: int, old: str, new: str) -> None:
+    if old == new:
+        return
+    await session.execute(
+        update(DeploymentCount)
+        .where(
+            DeploymentCount.deployment_id == deployment_id,
+            DeploymentCount.phase == phase,
+            DeploymentCount.status == old,
+        )
+        .values(count=DeploymentCount.count - 1)
+    )
+    await add_to_counts(session, deployment_id, phase, new, 1)
+
+
+async def _initialise_counts(session: AsyncSession, deployment_id: str) -> None:
+    """One INSERT … SELECT … GROUP BY over the deployment's rows, right after its fan-out."""
+    await session.execute(
+        insert(DeploymentCount).from_select(
+            ["deployment_id", "phase", "status", "count"],
+            select(
+                DeploymentDevice.deployment_id,
+                DeploymentDevice.phase,
+                DeploymentDevice.status,
+                func.count(),
+            )
+            .where(DeploymentDevice.deployment_id == deployment_id)
+            .group_by(DeploymentDevice.deployment_id, DeploymentDevice.phase, DeploymentDevice.status),
+        )
+    )
+
+
+async def counts_of(session: AsyncSession, deployment_id: str) -> dict[int, dict[str, int]]:
+    """Devices per phase and status, from the counters (statuses with no device left out)."""
+    rows = await session.execute(
+        select(DeploymentCount.phase, DeploymentCount.status, DeploymentCount.count).where(
+            DeploymentCount.deployment_id == deployment_id, DeploymentCount.count != 0
+        )
+    )
+    counts: dict[int, dict[str, int]] = {}
+    for phase, status, count in rows:
+        counts.setdefault(phase, {})[status] = count
+    return counts
+
+
+async def counts_of_many(
+    session: AsyncSession, deployment_ids: Sequence[str]
+) -> dict[str, dict[int, dict[str, int]]]:
+    """counts_of for several deployments in one query (a list page)."""
+    rows = await session.execute(
+        select(
+            DeploymentCount.deployment_id,
+            DeploymentCount.phase,
+            DeploymentCount.status,
+            DeploymentCount.count,
+        ).where(DeploymentCount.deployment_id.in_(deployment_ids), DeploymentCount.count != 0)
+    )
+    counts: dict[str, dict[int, dict[str, int]]] = {deployment_id: {} for deployment_id in deployment_ids}
+    for deployment_id, phase, status, count in rows:
+        counts[deployment_id].setdefault(phase, {})[status] = count
+    return counts
+
+
+async def recount(session: AsyncSession, deployment_id: str) -> dict[int, dict[str, int]]:
+    """Devices per phase and status counted over the deployment's rows: what the counters must say
+    (for tests and repairs; at a million devices this is a full scan of the deployment)."""
+    rows = await session.execute(
+        select(DeploymentDevice.phase, DeploymentDevice.status, func.count())
+        .where(DeploymentDevice.deployment_id == deployment_id)
+        .group_by(DeploymentDevice.phase, DeploymentDevice.status)
+    )
+    counts: dict[int, dict[str, int]] = {}
+    for phase, status, count in rows:
+        counts.setdefault(phase, {})[status] = count
+    return counts
 
 
 async def phase_counts(runtime: Runtime, deployment_id: str) -> dict[int, dict[str, int]]:
     """Devices per phase and status."""
     async with runtime.database.session() as session:
-        rows = await session.execute(
-            select(DeploymentDevice.phase, DeploymentDevice.status, func.count())
-            .where(DeploymentDevice.deployment_id == deployment_id)
-            .group_by(DeploymentDevice.phase, DeploymentDevice.status)
+        return await counts_of(session, deployment_id)
+
+
+async def after_fan_out(session: AsyncSession, deployment: Deployment, release: Release) -> None:
+    """Right after the fan-out, in its transaction: devices that already run the release are done
+    unless the deployment forces a reinstall (one set-based UPDATE), then the counters are set."""
+    already = 0
+    if not deployment.force:
+        running = _devices_running(release)
+        # Driven from the few devices that run the release, each found by the primary key: the
+        # rows just written have no statistics yet, and with `IN (subquery)` (or a status
+        # condition) PostgreSQL believed the deployment had one row and rescanned the subquery
+        # for each of its million rows. `= ANY(ARRAY(subquery))` computes the list once. Every
+        # row is pending right after the fan-out, so the status needs no condition.
+        among_running = (
+            DeploymentDevice.device_id == any_(func.array(running.scalar_subquery()))
+            if session.get_bind().dialect.name == "postgresql"
+            else DeploymentDevice.device_id.in_(running)
         )
-        counts: dict[int, dict[str, int]] = {}
-        for phase, status, count in rows:
-            counts.setdefault(phase, {})[status] = count
-        return counts
+        result = await session.execute(
+            update(DeploymentDevice)
+            .where(DeploymentDevice.deployment_id == deployment.id, among_running)
+            .values(status="already_installed", detail=_ALREADY_INSTALLED, updated_at=clock())
+            .execution_options(synchronize_session=False)
+        )
+        already = int(getattr(result, "rowcount", 0) or 0)
+    await _initialise_counts(session, deployment.id)
+    if already:
+        await record(
+            session,
+            actor=SYSTEM,
+            action="deployment.already_installed",
+            object_type="deployment",
+            object_id=deployment.id,
+            details={"devices": already},
+        )
+        await _move_on(session, deployment)
+
+
+# --- statistics ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Progress:
+    """Where the devices of a phase (or of the whole deployment) stand."""
+
+    counts: dict[str, int]
+    total: int
+    succeeded: int
+    failed: int
+    in_progress: int
+    pending: int
+    aborted: int
+    percent_done: float
+
+    @classmethod
+    def of(cls, counts: dict[str, int]) -> Progress:
+        total = sum(counts.values())
+        done = sum(count for status, count in counts.items() if status in FINAL_STATUSES)
+        return cls(
+            counts=dict(sorted(counts.items())),
+            total=total,
+            succeeded=sum(counts.get(status, 0) for status in SUCCEEDED_STATUSES),
+            failed=sum(counts.get(status, 0) for status in FAILED_STATUSES),
+            in_progress=sum(counts.get(status, 0) for status in IN_PROGRESS_STATUSES),
+            pending=counts.get("pending", 0),
+            aborted=counts.get("aborted", 0),
+            percent_done=round(done * 100 / total, 1) if total else 0.0,
+        )
+
+
+@dataclass(frozen=True)
+class Statistics:
+    overall: Progress
+    phases: list[Progress]  # in phase order, one per phase of the plan
+
+
+def statistics(deployment: Deployment, counts: dict[int, dict[str, int]]) -> Statistics:
+    overall: dict[str, int] = {}
+    for by_status in counts.values():
+        for status, count in by_status.items():
+            overall[status] = overall.get(status, 0) + count
+    return Statistics(
+        overall=Progress.of(overall),
+        phases=[Progress.of(counts.get(index, {})) for index in range(len(deployment.phases))],
+    )
+
+
+def started_at(deployment: Deployment) -> datetime | None:
+    """When devices could first be told to install: at creation, or at the scheduled start."""
+    if deployment.start_at is None:
+        return deployment.created_at
+    return max(deployment.start_at, deployment.created_at) if deployment.start_at <= clock() else None
+
+
+# --- listing devices and history ----------------------------------------------------------------
+
+MAX_PAGE = 500
+
+
+def _encode_cursor(values: list[Any]) -> str:
+    return base64.urlsafe_b64encode(json.dumps(values).encode()).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str, length: int) -> list[str]:
+    try:
+        values = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+    except (binascii.Error, ValueError, UnicodeDecodeError):
+        values = None
+    if not isinstance(values, list) or len(values) != length or not all(isinstance(v, str) for v in values):
+        raise ProblemError("the cursor is not one this server gave out", code="invalid_cursor")
+    return values
+
+
+def _check_limit(limit: int) -> None:
+    if not 1 <= limit <= MAX_PAGE:
+        raise ProblemError(f"limit must be between 1 and {MAX_PAGE}", code="invalid_limit")
+
+
+@dataclass(frozen=True)
+class DevicesPage:
+    items: Sequence[DeploymentDevice]
+    next_cursor: str | None
+
+
+async def list_devices(
+    session: AsyncSession,
+    principal: Principal,
+    deployment_id: str,
+    *,
+    status: str | None = None,
+    phase: int | None = None,
+    limit: int = 100,
+    cursor: str | None = None,
+) -> DevicesPage:
+    """The devices of a deployment the caller may read, by status then device id, in keyset pages
+    (a device whose status changes between two pages may be seen twice or not at all, as in any
+    live listing). `phase` counts from 0 here (the API shows phases from 1)."""
+    _check_limit(limit)
+    deployment = await get(session, deployment_id)
+    if status is not None and status not in DEVICE_STATUSES:
+        raise ProblemError(
+            f"unknown status {status!r}; one of {', '.join(DEVICE_STATUSES)}",
+            code="invalid_status",
+            status=422,
+        )
+    if phase is not None and not 0 <= phase < len(deployment.phases):
+        raise ProblemError(
+            f"this deployment has phases 1 to {len(deployment.phases)}", code="invalid_phase", status=422
+        )
+    query = select(DeploymentDevice).where(DeploymentDevice.deployment_id == deployment_id)
+    if status is not None:
+        query = query.where(DeploymentDevice.status == status)
+    if phase is not None:
+        query = query.where(DeploymentDevice.phase == phase)
+    if cursor is not None:
+        after_status, after_id = _decode_cursor(cursor, 2)
+        # A row comparison, which PostgreSQL reads as a range of the index (an OR of the two
+        # columns' conditions made it walk the primary key instead).
+        query = query.where(
+            tuple_(DeploymentDevice.status, DeploymentDevice.device_id) > tuple_(after_status, after_id)
+        )
+    if principal.grants.scopes(Permission.DEVICES_READ) is not None:
+        # Scoped readers see the devices of their groups only (the join is skipped for the others).
+        scope = await devices.scope_condition(session, principal, Permission.DEVICES_READ)
+        query = query.join(Device, Device.id == DeploymentDevice.device_id).where(scope)
+    # In the order of ix_deployment_devices_status, so that a page reads only its own rows.
+    rows = (
+        await session.scalars(
+            query.order_by(DeploymentDevice.status, DeploymentDevice.device_id).limit(limit + 1)
+        )
+    ).all()
+    items = rows[:limit]
+    next_cursor = _encode_cursor([items[-1].status, items[-1].device_id]) if len(rows) > limit else None
+    return DevicesPage(items, next_cursor)
+
+
+@dataclass(frozen=True)
+class DeviceDeploymentsPage:
+    items: Sequence[tuple[Deployment, DeploymentDevice]]
+    next_cursor: str | None
+
+
+async def deployments_of_device(
+    session: AsyncSession, principal: Principal, device_id: str, *, limit: int = 50, cursor: str | None = None
+) -> DeviceDeploymentsPage:
+    """The deployments a device is part of, newest first, each with where the device stands.
+    devices:read on the device (outside the caller's groups: 404, as for other device reads)."""
+    _check_limit(limit)
+    await devices.device_for(session, principal, device_id, Permission.DEVICES_READ)
+    query = (
+        select(Deployment, DeploymentDevice)
+        .join(DeploymentDevice, DeploymentDevice.deployment_id == Deployment.id)
+        .where(DeploymentDevice.device_id == device_id)
+    )
+    if cursor is not None:
+        created, last_id = _decode_cursor(cursor, 2)
+        try:
+            created_at = datetime.fromisoformat(created)
+        except ValueError:
+            raise ProblemError("the cursor is not one this server gave out", code="invalid_cursor") from None
+        query = query.where(
+            (Deployment.created_at < created_at)
+            | ((Deployment.created_at == created_at) & (Deployment.id < last_id))
+        )
+    rows = (
+        await session.execute(
+            query.order_by(Deployment.created_at.desc(), Deployment.id.desc()).limit(limit + 1)
+        )
+    ).all()
+    items = [(row[0], row[1]) for row in rows[:limit]]
+    next_cursor = None
+    if len(rows) > limit:
+        last = items[-1][0]
+        next_cursor = _encode_cursor([last.created_at.isoformat(), last.id])
+    return DeviceDeploymentsPage(items, next_cursor)
+
+
+async def device_history(
+    session: AsyncSession, principal: Principal, deployment_id: str, device_id: str
+) -> tuple[DeploymentDevice, Sequence[DeploymentEvent]]:
+    """One device's row in a deployment and every report it made on it, oldest first."""
+    await devices.device_for(session, principal, device_id, Permission.DEVICES_READ)
+    await get(session, deployment_id)
+    entry = await session.get(DeploymentDevice, (deployment_id, device_id))
+    if entry is None:
+        raise NotFoundError("this device is not part of that deployment", code="not_in_deployment")
+    events = (
+        await session.scalars(
+            select(DeploymentEvent)
+            .where(DeploymentEvent.deployment_id == deployment_id, DeploymentEvent.device_id == device_id)
+            .order_by(DeploymentEvent.seq)
+        )
+    ).all()
+    return entry, events
 
 
 # --- the device side ----------------------------------------------------------------------------
@@ -248,42 +619,186 @@ async def phase_counts(runtime: Runtime, deployment_id: str) -> dict[int, dict[s
 # windows without waiting.
 clock = utcnow
 
+# A device in `downloading` holds one of its deployment's download slots (max_downloading) until
+# it reports again; one silent for longer than this no longer does, so that a dead device does not
+# hold a slot forever.
+DOWNLOAD_SLOT_HELD_FOR = timedelta(minutes=30)
+
+# Inventory keys (docs/device-api.md) by which a device says which release it runs: `release`:
+# {"name", "version"} in its inventory report, indexed as these attributes.
+RELEASE_NAME_KEY = "release.name"
+RELEASE_VERSION_KEY = "release.version"
+_ALREADY_INSTALLED = "the device's inventory reports this release as installed"
+
+
+def _devices_running(release: Release) -> Select[Any]:
+    """Ids of the devices whose inventory names this release as the one installed."""
+    version = aliased(DeviceAttribute)
+    return (
+        select(DeviceAttribute.device_id)
+        .join(
+            version,
+            (version.device_id == DeviceAttribute.device_id)
+            & (version.key == RELEASE_VERSION_KEY)
+            & (version.value_text == release.version),
+        )
+        .where(DeviceAttribute.key == RELEASE_NAME_KEY, DeviceAttribute.value_text == release.name)
+    )
+
+
+@dataclass(frozen=True)
+class Assignment:
+    """What a check-in finds for a device: its oldest open deployment, and whether the device waits
+    for a download slot (`queued`: nothing is assigned from it yet)."""
+
+    deployment: Deployment
+    release: Release
+    queued: bool
+
+
+@functools.cache
+def _assignment_query() -> Select[Any]:
+    """One read: the device's oldest active deployment whose phase is open and whose install is
+    not over for it, with the two facts a still-pending device needs, each computed only for it:
+    how many devices hold a download slot (when the deployment caps them), and whether its
+    inventory says it runs the release already (unless the deployment forces a reinstall).
+
+    Built once, with parameters `device_id`, `now` and `slot_since`: building it took longer
+    than running it (the aliases and expressions of a statement this size)."""
+    device_id: BindParameter[str] = bindparam("device_id")
+    now: BindParameter[datetime] = bindparam("now")
+    slot_holders = aliased(DeploymentDevice)
+    name, version = aliased(DeviceAttribute), aliased(DeviceAttribute)
+    pending = DeploymentDevice.status == "pending"
+    downloading = (
+        select(func.count())
+        .select_from(slot_holders)
+        .where(
+            slot_holders.deployment_id == Deployment.id,
+            slot_holders.status == "downloading",
+            slot_holders.updated_at >= bindparam("slot_since"),
+        )
+        .scalar_subquery()
+    )
+    installed = (
+        select(literal(1))
+        .select_from(name)
+        .join(
+            version,
+            (version.device_id == name.device_id)
+            & (version.key == RELEASE_VERSION_KEY)
+            & (version.value_text == Release.version),
+        )
+        .where(name.device_id == device_id, name.key == RELEASE_NAME_KEY, name.value_text == Release.name)
+        .exists()
+    )
+    return (
+        select(
+            Deployment,
+            Release,
+            DeploymentDevice.phase,
+            case((Deployment.max_downloading.is_not(None) & pending, downloading)).label("downloading"),
+            case((~Deployment.force & pending & installed, literal(True)), else_=literal(False)).label(
+                "installed"
+            ),
+        )
+        .join(DeploymentDevice, DeploymentDevice.deployment_id == Deployment.id)
+        .join(Release, Release.id == Deployment.release_id)
+        .where(
+            DeploymentDevice.device_id == device_id,
+            # A scheduled deployment is active once its start time has come.
+            Deployment.status.in_(("active", "scheduled")),
+            (Deployment.start_at.is_(None)) | (Deployment.start_at <= now),
+            DeploymentDevice.phase <= Deployment.current_phase,
+            DeploymentDevice.status.not_in(FINAL_STATUSES),
+            Release.deleted_at.is_(None),
+        )
+        .order_by(Deployment.created_at, Deployment.id)
+        .limit(1)
+    )
+
+
+async def current_assignment(session: AsyncSession, device_id: str) -> Assignment | None:
+    """The device's oldest open deployment, queued or not. A still-pending device that already
+    runs the release (and the deployment does not force) is marked `already_installed` here — the
+    only write a check-in can make, once per device and deployment — and the next one is looked at.
+
+    `session` must not be in a write transaction: the already-installed mark commits on it."""
+    while True:
+        now = clock()
+        parameters = {"device_id": device_id, "now": now, "slot_since": now - DOWNLOAD_SLOT_HELD_FOR}
+        row = (await session.execute(_assignment_query(), parameters)).first()
+        if row is None:
+            return None
+        deployment, release, phase, downloading, installed = row
+        if installed:
+            await _mark_already_installed(session, deployment.id, device_id, phase)
+            continue
+        queued = downloading is not None and downloading >= (deployment.max_downloading or 0)
+        return Assignment(deployment, release, queued)
+
 
 async def assignment_for(session: AsyncSession, device_id: str) -> tuple[Deployment, Release] | None:
-    """The release the device must run now: from its oldest active deployment whose phase is open
-    and whose install is not over for this device."""
-    now = clock()
-    row = (
-        await session.execute(
-            select(Deployment, Release)
-            .join(DeploymentDevice, DeploymentDevice.deployment_id == Deployment.id)
-            .join(Release, Release.id == Deployment.release_id)
-            .where(
-                DeploymentDevice.device_id == device_id,
-                # A scheduled deployment is active once its start time has come.
-                Deployment.status.in_(("active", "scheduled")),
-                (Deployment.start_at.is_(None)) | (Deployment.start_at <= now),
-                DeploymentDevice.phase <= Deployment.current_phase,
-                DeploymentDevice.status.not_in(FINAL_STATUSES),
-                Release.deleted_at.is_(None),
-            )
-            .order_by(Deployment.created_at, Deployment.id)
-            .limit(1)
+    """The release the device must run now, for its director metadata: from its oldest active
+    deployment whose phase is open and whose install is not over for this device; nothing while
+    the device waits for a download slot of that deployment."""
+    found = await current_assignment(session, device_id)
+    if found is None or found.queued:
+        return None
+    return found.deployment, found.release
+
+
+async def _mark_already_installed(
+    session: AsyncSession, deployment_id: str, device_id: str, phase: int
+) -> None:
+    # End the check-in's read transaction: the write is a transaction of its own, on SQLite one that
+    # takes the write lock up front like Database.transaction (a read snapshot cannot be upgraded
+    # once another writer committed), and it locks the deployment before the device's row, the
+    # order report and abort lock them in.
+    await session.commit()
+    async with session.begin():
+        await session.connection(execution_options={WRITE_LOCK_UP_FRONT: True})
+        deployment = await session.get(
+            Deployment, deployment_id, with_for_update=True, populate_existing=True
         )
-    ).first()
-    return (row[0], row[1]) if row else None
+        if deployment is None:
+            return
+        result = await session.execute(
+            update(DeploymentDevice)
+            .where(
+                DeploymentDevice.deployment_id == deployment_id,
+                DeploymentDevice.device_id == device_id,
+                DeploymentDevice.status == "pending",
+            )
+            .values(status="already_installed", detail=_ALREADY_INSTALLED, updated_at=clock())
+            .execution_options(synchronize_session=False)
+        )
+        if not getattr(result, "rowcount", 0):
+            return  # the device reported in between: its report wins
+        await _move_count(session, deployment_id, phase, "pending", "already_installed")
+        await record(
+            session,
+            actor=SYSTEM,
+            action="deployment.device_already_installed",
+            object_type="deployment",
+            object_id=deployment_id,
+            details={"device_id": device_id, "found_at": "check-in"},
+        )
+        await _move_on(session, deployment)
 
 
 async def report(
     runtime: Runtime, device: Device, deployment_id: str, *, status: str, seq: int, detail: str | None
 ) -> DeploymentDevice:
     """A device's progress on a deployment: idempotent (the same report again changes nothing)
-    and ordered (an older sequence number is refused). Final reports move the deployment on."""
+    and ordered (an older sequence number is refused). Each accepted report moves the counters and
+    is kept in the history; final reports move the deployment on."""
     if status not in DEVICE_STATUSES or status in ("pending", "aborted"):
         raise ProblemError(f"unknown status {status!r}", code="invalid_status", status=422)
     async with runtime.database.transaction() as session:
-        entry = await session.get(DeploymentDevice, (deployment_id, device.id), with_for_update=True)
+        # The deployment first, then the device's row: the order abort locks them in.
         deployment = await session.get(Deployment, deployment_id, with_for_update=True)
+        entry = await session.get(DeploymentDevice, (deployment_id, device.id), with_for_update=True)
         if entry is None or deployment is None:
             raise NotFoundError("this device is not part of that deployment", code="not_in_deployment")
         if deployment.status == "scheduled" and (
@@ -300,7 +815,6 @@ async def report(
                 last_seq=entry.last_seq,
             )
         if deployment.status == "aborted" and entry.status != "success":
-            entry.status = "aborted"
             raise ProblemError(
                 "the deployment was aborted: stop and keep what you run",
                 code="deployment_aborted",
@@ -310,14 +824,28 @@ async def report(
             raise ProblemError(
                 f"the install already ended ({entry.status})", code="already_final", status=409
             )
+        previous = entry.status
+        now = clock()
         entry.status = status
         entry.last_seq = seq
-        entry.detail = (detail or "")[-4000:] or None
-        entry.updated_at = clock()
+        entry.detail = (detail or "")[-DETAIL_KEPT:] or None
+        entry.updated_at = now
         if status == "failure":
             entry.attempts += 1
             if entry.attempts <= deployment.max_retries:
                 entry.status = "pending"  # tried again at its next check-in
+        session.add(
+            DeploymentEvent(
+                deployment_id=deployment_id,
+                device_id=device.id,
+                seq=seq,
+                status=status,
+                detail=entry.detail,
+                created_at=now,
+            )
+        )
+        await session.flush()
+        await _move_count(session, deployment_id, entry.phase, previous, entry.status)
         if status in FINAL_STATUSES:
             await record(
                 session,
@@ -327,31 +855,28 @@ async def report(
                 object_id=deployment_id,
                 details={"device_id": device.id, "seq": seq, "detail": entry.detail},
             )
-            await session.flush()
             await _move_on(session, deployment)
     return entry
 
 
-async def _counts(session: AsyncSession, deployment_id: str, phase: int | None) -> dict[str, int]:
-    query = select(DeploymentDevice.status, func.count()).where(
-        DeploymentDevice.deployment_id == deployment_id
-    )
-    if phase is not None:
-        query = query.where(DeploymentDevice.phase == phase)
-    rows = await session.execute(query.group_by(DeploymentDevice.status))
-    return {status: count for status, count in rows}
+# The end of a device's log (detail) kept with its row and each history event.
+DETAIL_KEPT = 4000
 
 
 async def _move_on(session: AsyncSession, deployment: Deployment) -> None:
-    """After a final report: pause past a failure threshold, advance a phase that succeeded
-    enough, finish when every device is done."""
+    """After final reports: pause past a failure threshold, advance phases that succeeded
+    enough, finish when every device is done. Reads the counters, never the device rows."""
     from fleetkeeper.deployments.webhooks import enqueue
 
     threshold = parse_failure_threshold(deployment.failure_threshold)
-    phase_counts_now = await _counts(session, deployment.id, deployment.current_phase)
-    overall = await _counts(session, deployment.id, None)
-    failed_phase = phase_counts_now.get("failure", 0) + phase_counts_now.get("refused", 0)
-    failed_all = overall.get("failure", 0) + overall.get("refused", 0)
+    counts = await counts_of(session, deployment.id)
+    overall: dict[str, int] = {}
+    for by_status in counts.values():
+        for status, count in by_status.items():
+            overall[status] = overall.get(status, 0) + count
+    phase_counts_now = counts.get(deployment.current_phase, {})
+    failed_phase = sum(phase_counts_now.get(status, 0) for status in FAILED_STATUSES)
+    failed_all = sum(overall.get(status, 0) for status in FAILED_STATUSES)
     crossed = (
         threshold.phase and threshold.phase.exceeded_by(failed_phase, sum(phase_counts_now.values()))
     ) or (threshold.overall and threshold.overall.exceeded_by(failed_all, sum(overall.values())))
@@ -393,15 +918,19 @@ async def _move_on(session: AsyncSession, deployment: Deployment) -> None:
         )
         return
     phases = parse_phases(deployment.phases)
-    phase = phases[deployment.current_phase]
-    succeeded = phase_counts_now.get("success", 0) + phase_counts_now.get("already_installed", 0)
-    size = sum(phase_counts_now.values())
-    if (
-        phase.advance == "auto"
-        and deployment.current_phase + 1 < len(phases)
-        and size
-        and succeeded * 100 >= phase.success_percent * size
-    ):
+    # A phase whose devices were all done before it opened (already installed) advances at once.
+    while True:
+        phase = phases[deployment.current_phase]
+        phase_counts_now = counts.get(deployment.current_phase, {})
+        succeeded = sum(phase_counts_now.get(status, 0) for status in SUCCEEDED_STATUSES)
+        size = sum(phase_counts_now.values())
+        if not (
+            phase.advance == "auto"
+            and deployment.current_phase + 1 < len(phases)
+            and size
+            and succeeded * 100 >= phase.success_percent * size
+        ):
+            return
         deployment.current_phase += 1
         await record(
             session,
@@ -472,7 +1001,9 @@ async def change_state(runtime: Runtime, principal: Principal, deployment_id: st
                     DeploymentDevice.status.not_in(FINAL_STATUSES),
                 )
                 .values(status="aborted", updated_at=clock())
+                .execution_options(synchronize_session=False)
             )
+            await _abort_counts(session, deployment_id)
         await record(
             session,
             actor=principal.actor,
@@ -482,3 +1013,27 @@ async def change_state(runtime: Runtime, principal: Principal, deployment_id: st
             details={"phase": deployment.current_phase + 1},
         )
     return deployment
+
+
+async def _abort_counts(session: AsyncSession, deployment_id: str) -> None:
+    """Abort's set-based update, on the counters: every count of a status not final moves to
+    `aborted` in its phase (a few rows per phase, whatever the number of devices)."""
+    moving = (
+        await session.execute(
+            select(DeploymentCount.phase, DeploymentCount.status, DeploymentCount.count).where(
+                DeploymentCount.deployment_id == deployment_id,
+                DeploymentCount.status.not_in(FINAL_STATUSES),
+                DeploymentCount.count != 0,
+            )
+        )
+    ).all()
+    aborted_per_phase: dict[int, int] = {}
+    for phase, _status, count in moving:
+        aborted_per_phase[phase] = aborted_per_phase.get(phase, 0) + count
+    await session.execute(
+        update(DeploymentCount)
+        .where(DeploymentCount.deployment_id == deployment_id, DeploymentCount.status.not_in(FINAL_STATUSES))
+        .values(count=0)
+    )
+    for phase, count in aborted_per_phase.items():
+        await add_to_counts(session, deployment_id, phase, "aborted", count)

@@ -44,6 +44,7 @@ def check_inventory(report: Any) -> dict[str, Any]:
     if reserved:
         # Operators own tags and the enrollment owns identity: a device must not write either.
         raise _invalid(f"the keys {', '.join(reserved)} are reserved for tags and the enrollment identity")
+    _check_release(report.get("release"))
     count = 0
 
     def walk(value: Any, depth: int, where: str) -> None:
@@ -69,6 +70,24 @@ def check_inventory(report: Any) -> dict[str, Any]:
 
     walk(report, 0, "")
     return report
+
+
+def _check_release(release: Any) -> None:
+    """`release` is reserved: the release the device runs, {"name", "version"} (and the agent adds
+    its "release_counter"), which deployments compare with theirs: a device that runs it already
+    is not asked to install it again."""
+    if release is None:
+        return
+    if (
+        not isinstance(release, dict)
+        or not all(isinstance(release.get(key), str) and release[key] for key in ("name", "version"))
+        or not isinstance(release.get("release_counter", 0), int)
+        or isinstance(release.get("release_counter"), bool)
+    ):
+        raise _invalid(
+            'release is reserved: {"name": "<release name>", "version": "<release version>", '
+            '"release_counter": <integer, optional>}'
+        )
 
 
 def inventory_hash(report: dict[str, Any]) -> str:
