@@ -138,6 +138,18 @@ async def test_the_failure_threshold_pauses_and_notifies(api: Api) -> None:
         f"/api/v1/deployments/{deployment['id']}/resume", headers=await api.admin_headers()
     )
     assert resumed.json()["status"] == "active"
+    # Resuming accepts the failures so far: the next success does not pause again, a new failure does.
+    await send(api, devices[1], deployment["id"], "success", 1)
+    shown = (
+        await api.client.get(f"/api/v1/deployments/{deployment['id']}", headers=await api.admin_headers())
+    ).json()
+    assert shown["status"] == "active"
+    await send(api, devices[2], deployment["id"], "failure", 1, detail="exit 1")
+    shown = (
+        await api.client.get(f"/api/v1/deployments/{deployment['id']}", headers=await api.admin_headers())
+    ).json()
+    assert shown["status"] == "paused"
+    assert "2 overall" in shown["pause_reason"]
 
 
 async def test_abort_stops_the_rest_and_keeps_what_is_done(api: Api) -> None:

@@ -51,6 +51,10 @@ class Deployment(Base):
     force: Mapped[bool] = mapped_column(Boolean, default=False)
     max_downloading: Mapped[int | None] = mapped_column(Integer)
     pause_reason: Mapped[str | None] = mapped_column(Text)
+    # The failures an operator accepted by resuming: {"phase": index, "in_phase": n, "overall": n}.
+    # Thresholds count only the failures after them, or a resumed deployment would pause again at
+    # the next report.
+    accepted_failures: Mapped[dict[str, int] | None] = mapped_column(JSON)
     created_by: Mapped[str | None] = mapped_column(String(40))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)

@@ -863,6 +863,19 @@ async def report(
 DETAIL_KEPT = 4000
 
 
+async def _failures_now(session: AsyncSession, deployment: Deployment) -> dict[str, int]:
+    counts = await counts_of(session, deployment.id)
+    return {
+        "phase": deployment.current_phase,
+        "in_phase": sum(
+            counts.get(deployment.current_phase, {}).get(status, 0) for status in FAILED_STATUSES
+        ),
+        "overall": sum(
+            by_status.get(status, 0) for by_status in counts.values() for status in FAILED_STATUSES
+        ),
+    }
+
+
 async def _move_on(session: AsyncSession, deployment: Deployment) -> None:
     """After final reports: pause past a failure threshold, advance phases that succeeded
     enough, finish when every device is done. Reads the counters, never the device rows."""
@@ -877,14 +890,22 @@ async def _move_on(session: AsyncSession, deployment: Deployment) -> None:
     phase_counts_now = counts.get(deployment.current_phase, {})
     failed_phase = sum(phase_counts_now.get(status, 0) for status in FAILED_STATUSES)
     failed_all = sum(overall.get(status, 0) for status in FAILED_STATUSES)
+    accepted = deployment.accepted_failures or {}
+    accepted_in_phase = (
+        accepted.get("in_phase", 0) if accepted.get("phase") == deployment.current_phase else 0
+    )
+    accepted_all = accepted.get("overall", 0)
     crossed = (
-        threshold.phase and threshold.phase.exceeded_by(failed_phase, sum(phase_counts_now.values()))
-    ) or (threshold.overall and threshold.overall.exceeded_by(failed_all, sum(overall.values())))
+        threshold.phase
+        and threshold.phase.exceeded_by(failed_phase - accepted_in_phase, sum(phase_counts_now.values()))
+    ) or (
+        threshold.overall and threshold.overall.exceeded_by(failed_all - accepted_all, sum(overall.values()))
+    )
     if crossed and deployment.status == "active":
         deployment.status = "paused"
         deployment.pause_reason = (
             f"failure threshold reached: {failed_phase} failed in phase {deployment.current_phase + 1}, "
-            f"{failed_all} overall"
+            f"{failed_all} overall" + (f" ({accepted_all} accepted on resume)" if accepted_all else "")
         )
         await record(
             session,
@@ -991,6 +1012,8 @@ async def change_state(runtime: Runtime, principal: Principal, deployment_id: st
             assert target_status is not None
             deployment.status = target_status
             deployment.pause_reason = "paused by an operator" if action == "pause" else None
+        if action == "resume":
+            deployment.accepted_failures = await _failures_now(session, deployment)
         if action == "abort":
             deployment.finished_at = clock()
             # Devices that have not finished are told to stop; those that did stay as they are.
