@@ -106,7 +106,7 @@ class Database:
     async def read(self) -> AsyncIterator[AsyncSession]:
         """For the few reads of a hot path (a device check-in), without transaction round trips.
 
-        On PostgreSQL, a session from a second, smaller pool in autocommit: no BEGIN and ROLLBACK
+        On PostgreSQL, a session from a second pool (as large as the first) in autocommit: no BEGIN and ROLLBACK
         around the statements, and the pool's liveness check is one round trip instead of three
         (it wraps its probe in a transaction otherwise). Each statement sees what was committed
         when it started — as in the default READ COMMITTED transaction. Nothing may be written
@@ -119,7 +119,7 @@ class Database:
             self._read_engine = create_async_engine(
                 self.url,
                 pool_size=10,
-                max_overflow=10,
+                max_overflow=20,
                 pool_pre_ping=True,
                 isolation_level="AUTOCOMMIT",
             )
