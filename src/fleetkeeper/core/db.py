@@ -106,11 +106,11 @@ class Database:
     async def read(self) -> AsyncIterator[AsyncSession]:
         """For the few reads of a hot path (a device check-in), without transaction round trips.
 
-        On PostgreSQL, a session from a second pool (as large as the first) in autocommit: no BEGIN and ROLLBACK
-        around the statements, and the pool's liveness check is one round trip instead of three
-        (it wraps its probe in a transaction otherwise). Each statement sees what was committed
-        when it started — as in the default READ COMMITTED transaction. Nothing may be written
-        through it. On SQLite, the same as `session()`."""
+        On PostgreSQL, a session from a second pool (as large as the first) in autocommit: no
+        BEGIN and ROLLBACK around the statements, and the pool's liveness check is one round trip
+        instead of three (it wraps its probe in a transaction otherwise). Each statement sees what
+        was committed when it started — as in the default READ COMMITTED transaction. Nothing may
+        be written through it. On SQLite, the same as `session()`."""
         if not self.url.startswith("postgresql"):
             async with self.session() as session:
                 yield session
