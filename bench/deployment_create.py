@@ -2,11 +2,11 @@
 
     python -m bench.deployment_create [--devices 1000000]
 
-Makes a fresh PostgreSQL database (FLEETKEEPER_BENCH_POSTGRES_URL, default 127.0.0.1:5432),
-migrates it, inserts N accepted devices in bulk, then times `deployments.service.create` for a
-dynamic group holding all of them, in three phases — the whole request: checks, the scope and
-device-type queries, and the set-based fan-out — and, as the reference in the same run, a plain
-`INSERT … SELECT` of the same rows without ranking (the floor of any fan-out). Prints one JSON line.
+Makes a fresh PostgreSQL database and inserts N accepted devices in bulk (bench/fleet.py),
+then times `deployments.service.create` for a dynamic group holding all of them, in three
+phases — the whole request: checks, the scope and device-type queries, and the set-based
+fan-out — and, as the reference in the same run, a plain `INSERT … SELECT` of the same rows
+without ranking (the floor of any fan-out). Prints one JSON line.
 """
 
 from __future__ import annotations
@@ -14,97 +14,23 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import secrets
 import sys
 import time
-from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
 from typing import Any
 
-import asyncpg
-from sqlalchemy import func, insert, select, text
+from sqlalchemy import func, select, text
 
+from bench.fleet import fill, fresh_database
 from fleetkeeper.access.permissions import GrantSet
 from fleetkeeper.access.principal import Principal
-from fleetkeeper.core.db import Database, utcnow
-from fleetkeeper.core.migrations import upgrade
+from fleetkeeper.core.db import Database
 from fleetkeeper.deployments.models import DeploymentDevice
 from fleetkeeper.deployments.service import DeploymentRequest, create
-from fleetkeeper.devices.models import Device, DeviceGroup
-from fleetkeeper.releases.models import Release
-
-POSTGRES_URL = os.environ.get(
-    "FLEETKEEPER_BENCH_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
-)
-CHUNK = 20_000
-
-
-async def fill(database: Database, count: int) -> None:
-    start = datetime(2026, 1, 1, tzinfo=UTC)
-    async with database.engine.begin() as connection:
-        for offset in range(0, count, CHUNK):
-            rows = [
-                {
-                    "id": f"dev_{number:08d}",
-                    "status": "accepted",
-                    "device_type": "rpi4",
-                    "serial": None,
-                    "mac": None,
-                    "identity": {},
-                    "public_key_pem": "",
-                    "key_fingerprint": f"{number:064x}",
-                    "enrolled_via": "request",
-                    "created_at": start + timedelta(seconds=number),
-                    "inventory": {},
-                    "tags": {},
-                }
-                for number in range(offset, min(count, offset + CHUNK))
-            ]
-            await connection.execute(insert(Device), rows)
-        await connection.execute(
-            insert(DeviceGroup).values(
-                id="grp_all",
-                name="everything",
-                description="",
-                kind="dynamic",
-                filter='status == "accepted"',
-                created_at=utcnow(),
-            )
-        )
-        await connection.execute(
-            insert(Release).values(
-                id="rel_bench",
-                name="fw",
-                version="2.0",
-                release_counter=2,
-                module="file",
-                device_types=["rpi4"],
-                depends={},
-                provides={},
-                target_path="fw/2.0/fw.bin",
-                length=1,
-                sha256="0" * 64,
-                object_key="targets/fw/2.0/x.fw.bin",
-                sbom=None,
-                sbom_sha256=None,
-                targets_version=2,
-                signer_keyids=[],
-                uploaded_by=None,
-                created_at=utcnow(),
-            )
-        )
-    async with database.engine.begin() as connection:
-        await connection.execute(text("ANALYZE"))
 
 
 async def main(count: int) -> dict[str, Any]:
-    name = f"fk_bench_{secrets.token_hex(4)}"
-    admin = await asyncpg.connect(POSTGRES_URL)
-    await admin.execute(f'CREATE DATABASE "{name}"')
-    url = f"postgresql+asyncpg://{POSTGRES_URL.split('://', 1)[1].rsplit('/', 1)[0]}/{name}"
-    try:
-        await asyncio.to_thread(upgrade, url)
+    async with fresh_database() as url:
         database = Database(url)
         try:
             started = time.perf_counter()
@@ -140,9 +66,6 @@ async def main(count: int) -> dict[str, Any]:
             assert fanned == count, (fanned, count)
         finally:
             await database.dispose()
-    finally:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
     return {
         "benchmark": "deployment_create",
         "backend": "postgresql",

@@ -3,7 +3,7 @@
     python -m bench.live_targets [--devices 100000] [--churn 1000]
 
 Makes a fresh PostgreSQL database (FLEETKEEPER_BENCH_POSTGRES_URL), fills N accepted devices in
-the dynamic group "everything" (bench.deployment_create's fill), creates a live deployment to it,
+the dynamic group "everything" (bench.fleet's fill), creates a live deployment to it,
 then times `sync_live_deployment`: a pass with nothing to do (what every 15 s costs), a pass after
 `churn` devices were accepted (joining), and a pass after `churn` devices were rejected (leaving).
 The reference, in the same run, is counting the group's members with its filter. The pass holds
@@ -24,7 +24,7 @@ from typing import Any
 import asyncpg
 from sqlalchemy import func, select, text
 
-from bench.deployment_create import POSTGRES_URL, fill
+from bench.fleet import POSTGRES_URL, fill
 from fleetkeeper.access.permissions import GrantSet
 from fleetkeeper.access.principal import Principal
 from fleetkeeper.core.db import Database

@@ -124,3 +124,20 @@ def test_revoked_certificate_fails_the_handshake(fleet: Fleet, tmp_path: Path) -
         fleet.put_inventory(files)
     crl = httpx2.get(f"{fleet.server.management_url}/api/v1/pki/crl.pem")
     assert (fleet.server.data_dir / "pki" / "crl.pem").read_bytes() == crl.content
+
+
+def test_ping_answers_any_certificate_of_the_fleet_ca_without_reading_the_database(
+    fleet: Fleet, tmp_path: Path
+) -> None:
+    device = FakeDevice()
+    files = fleet.accepted(device, tmp_path)
+    # Never issued: the database would refuse it, the reachability probe does not ask the database.
+    unknown = fleet.server.certificates(tmp_path).issue(device.device_id or "")
+    for client in (files, unknown):
+        with httpx2.Client(verify=fleet.tls(client), timeout=10) as http:
+            response = http.get(f"{fleet.server.device_url}/device/v1/ping")
+        assert (response.status_code, response.content) == (204, b"")
+    with httpx2.Client(verify=fleet.tls(), timeout=10) as http:
+        refused = http.get(f"{fleet.server.device_url}/device/v1/ping")
+    assert refused.status_code == 401
+    assert refused.json()["code"] == "client_certificate_required"

@@ -3,14 +3,19 @@ fleet-wide director root, served to that device only, re-signed by the backgroun
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from sqlalchemy import event, update
+from sqlalchemy.engine import Engine
 from tuf.api.metadata import Metadata
 
 from fleetkeeper.core.db import utcnow
 from fleetkeeper.core.ids import new_id
+from fleetkeeper.devices.models import Device
 from fleetkeeper.releases import service
 from fleetkeeper.releases.keys import init_keys
 from fleetkeeper.releases.models import Release
@@ -140,3 +145,53 @@ async def test_the_background_job_re_signs_before_expiry(
         image_timestamp = await latest(session, IMAGE, "timestamp")
     assert image_timestamp is not None
     assert image_timestamp.signed.expires > later
+
+
+@contextmanager
+def statements_run() -> Iterator[list[str]]:
+    """The SQL statements every engine runs meanwhile (the check-in's read pool included)."""
+    seen: list[str] = []
+
+    def record(conn: object, cursor: object, statement: str, *args: object) -> None:
+        seen.append(statement.lstrip().split(None, 1)[0].upper())
+
+    event.listen(Engine, "before_cursor_execute", record)
+    try:
+        yield seen
+    finally:
+        event.remove(Engine, "before_cursor_execute", record)
+
+
+async def test_an_unchanged_check_in_is_two_reads_and_no_write(api: Api, tmp_path: Path) -> None:
+    await initialize(api, tmp_path)
+    device = await accepted_device(api)
+    await a_release(api)
+    deployed = await api.client.post(
+        "/api/v1/deployments",
+        json={"name": "d", "release": "fw", "version": "2.0", "target": {"devices": [device.device_id]}},
+        headers=await api.admin_headers(),
+    )
+    assert deployed.status_code == 201, deployed.text
+    with statements_run() as first:
+        signed = await fetch(api, device.certificate, "timestamp.json")
+    assert {"INSERT", "UPDATE"} & set(first), "the first check-in signs and records last seen"
+    with statements_run() as again:
+        unchanged = await fetch(api, device.certificate, "timestamp.json")
+    assert unchanged.signed.version == signed.signed.version
+    # Device, certificate and director state in one query; the deployments' assignment in another.
+    assert [kind for kind in again if kind not in ("BEGIN", "COMMIT", "ROLLBACK")] == ["SELECT", "SELECT"]
+
+
+async def test_a_check_in_is_refused_once_the_device_or_its_certificate_is_not_good(api: Api) -> None:
+    revoked, rejected = await accepted_device(api), await accepted_device(api)
+    for device in (revoked, rejected):
+        await fetch(api, device.certificate, "timestamp.json")
+    admin = await api.admin_headers()
+    decommissioned = await api.client.post(f"/api/v1/devices/{revoked.device_id}/decommission", headers=admin)
+    assert decommissioned.status_code == 200, decommissioned.text
+    async with api.runtime.database.transaction() as session:
+        await session.execute(update(Device).where(Device.id == rejected.device_id).values(status="rejected"))
+    for device, code in ((revoked, "certificate_revoked"), (rejected, "device_not_accepted")):
+        async with device_client(api.runtime, device.certificate) as client:
+            response = await client.get("/device/v1/director/metadata/timestamp.json")
+        assert (response.status_code, response.json()["code"]) == (401, code)

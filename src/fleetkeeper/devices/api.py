@@ -55,6 +55,13 @@ async def crl(request: Request) -> Response:
     return Response(runtime_of(request).pki.crl.read_bytes(), media_type="application/x-pem-file")
 
 
+@router.get("/ping", status_code=204, dependencies=[Depends(require_peer_certificate)])
+async def ping() -> Response:
+    """Nothing but the device listener itself: TLS has verified the client certificate against the
+    fleet CA and its CRL, and no database is read. The reference the check-in benchmark compares with."""
+    return Response(status_code=204)
+
+
 @router.post("/certificate/renew")
 async def renew(device: AuthenticatedDevice, request: Request) -> CertificateOut:
     runtime = runtime_of(request)

@@ -3,44 +3,92 @@ device routes use it too."""
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any, TypeVar
 
 from fastapi import Depends
-from sqlalchemy import select
+from sqlalchemy import Row, Select, bindparam, select
+from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.requests import HTTPConnection
 
 from fleetkeeper.core.errors import UnauthenticatedError
-from fleetkeeper.core.peer import require_peer_certificate
+from fleetkeeper.core.peer import PeerCertificate, require_peer_certificate
 from fleetkeeper.core.routeaccess import AccessRule, mark
 from fleetkeeper.core.runtime import runtime_of
 from fleetkeeper.devices import service
 from fleetkeeper.devices.models import Device, DeviceCertificate
 
+C = TypeVar("C")
 
-async def _authenticated_device(connection: HTTPConnection) -> Device:
-    """The device whose certificate this is: issued by us, not revoked, device accepted. The TLS
-    layer checks the CA and the CRL; this check also holds before a new CRL is loaded."""
-    peer = require_peer_certificate(connection)
-    runtime = runtime_of(connection)
-    async with runtime.database.session() as session:
-        found = (
-            await session.execute(
-                select(Device, DeviceCertificate.revoked_at)
-                .join(DeviceCertificate, DeviceCertificate.device_id == Device.id)
-                .where(DeviceCertificate.serial == format(peer.serial_number, "x"))
-            )
-        ).one_or_none()
-    if found is None or found[0].id != peer.common_name:
+
+def _by_serial(*companions: Any) -> Select[Any]:
+    """Device and revocation of the certificate whose serial is bound as `serial`, with the row of
+    each companion table (keyed by `device_id`, outer-joined: None when the device has none)."""
+    query = (
+        select(Device, DeviceCertificate.revoked_at, *companions)
+        .join(DeviceCertificate, DeviceCertificate.device_id == Device.id)
+        .where(DeviceCertificate.serial == bindparam("serial"))
+    )
+    for companion in companions:
+        query = query.outerjoin(companion, companion.device_id == Device.id)
+    return query
+
+
+# Built once: building the statement costs more CPU than PostgreSQL takes to answer it.
+_DEVICE_BY_SERIAL = _by_serial()
+
+
+async def authenticate(session: AsyncSession, peer: PeerCertificate) -> Device:
+    """The device whose certificate this is: issued by us, not revoked, device accepted (one
+    query). The TLS layer checks the CA and the CRL; this check also holds before a new CRL is
+    loaded. For a route that reads more in the same session: it `touch`es the device afterwards."""
+    found = (await session.execute(_DEVICE_BY_SERIAL, {"serial": _serial(peer)})).one_or_none()
+    return _accepted(peer, found)
+
+
+async def authenticate_with(
+    session: AsyncSession, peer: PeerCertificate, companion: type[C]
+) -> tuple[Device, C | None]:
+    """`authenticate`, and in the same query the device's row of another domain's table keyed by
+    `device_id` (None when there is none): one round trip for a check-in."""
+    query = _COMPANION_QUERIES.get(companion)
+    if query is None:
+        query = _COMPANION_QUERIES[companion] = _by_serial(companion)
+    found = (await session.execute(query, {"serial": _serial(peer)})).one_or_none()
+    companion_row: C | None = list(found)[2] if found is not None else None
+    return _accepted(peer, found), companion_row
+
+
+_COMPANION_QUERIES: dict[type[Any], Select[Any]] = {}
+
+
+def _serial(peer: PeerCertificate) -> str:
+    return format(peer.serial_number, "x")
+
+
+def _accepted(peer: PeerCertificate, found: Row[Any] | None) -> Device:
+    device, revoked_at = (found[0], list(found)[1]) if found is not None else (None, None)
+    if device is None or device.id != peer.common_name:
         raise UnauthenticatedError(
             "this certificate does not belong to a known device", code="unknown_certificate"
         )
-    device, revoked_at = found
     if revoked_at is not None:
         raise UnauthenticatedError("this certificate was revoked", code="certificate_revoked")
     if device.status != "accepted":
         raise UnauthenticatedError(f"this device is {device.status}", code="device_not_accepted")
+    assert isinstance(device, Device)
+    return device
+
+
+async def _authenticated_device(connection: HTTPConnection) -> Device:
+    peer = require_peer_certificate(connection)
+    runtime = runtime_of(connection)
+    async with runtime.database.read() as session:
+        device = await authenticate(session, peer)
     await service.touch(runtime.database, device)
     return device
 
 
 AuthenticatedDevice = Annotated[Device, Depends(mark(AccessRule("device"), _authenticated_device))]
+# For routes that call `authenticate` themselves, in a session that reads more: the TLS peer,
+# declared as a device route.
+DevicePeer = Annotated[PeerCertificate, Depends(require_peer_certificate)]

@@ -8,9 +8,11 @@ from fastapi.responses import RedirectResponse
 from fleetkeeper.core.errors import NotFoundError
 from fleetkeeper.core.runtime import runtime_of
 from fleetkeeper.deployments import service as deployments
-from fleetkeeper.devices.auth import AuthenticatedDevice
+from fleetkeeper.devices import service as devices
+from fleetkeeper.devices.auth import AuthenticatedDevice, DevicePeer, authenticate, authenticate_with
 from fleetkeeper.releases import repository, service
 from fleetkeeper.releases.api import METADATA_FILE, metadata_response
+from fleetkeeper.releases.models import DirectorState
 from fleetkeeper.releases.ranges import range_response
 
 router = APIRouter(prefix="/device/v1", tags=["device"])
@@ -40,23 +42,38 @@ async def target(path: str, device: AuthenticatedDevice, request: Request) -> Re
 
 
 @router.get("/director/metadata/{filename}")
-async def director_metadata(filename: str, device: AuthenticatedDevice, request: Request) -> Response:
-    """This device's director metadata (the device is known from its certificate)."""
+async def director_metadata(filename: str, peer: DevicePeer, request: Request) -> Response:
+    """This device's director metadata (the device is known from its certificate).
+
+    A check-in (timestamp.json) reads the device, what its deployments want now and its director
+    state in one session without a transaction; it writes only when the assignment changed (the
+    metadata is re-signed) or when the device's last-seen time is a minute old."""
     runtime = runtime_of(request)
     match = METADATA_FILE.match(filename)
-    if match is None:
+    version, role = (match.group(1), match.group(2)) if match else (None, None)
+    wanted_release = None
+    state = None
+    async with runtime.database.read() as session:
+        if role in ("timestamp", "snapshot", "targets"):
+            device, state = await authenticate_with(session, peer, DirectorState)
+        else:
+            device = await authenticate(session, peer)
+        if role == "timestamp":
+            # A check-in: the director names what the device's oldest active deployment wants now.
+            assignment = await deployments.assignment_for(session, device.id)
+            wanted_release = assignment[1] if assignment else None
+    await devices.touch(runtime.database, device)
+    if role is None:
         raise NotFoundError("no such metadata", code="metadata_not_found")
-    version, role = match.group(1), match.group(2)
     if role == "root":
         return await metadata_response(runtime, repository.DIRECTOR, filename)
-    wanted_release = None
-    if role == "timestamp":
-        # A check-in: the director names what the device's oldest active deployment wants now.
-        async with runtime.database.session() as session:
-            assignment = await deployments.assignment_for(session, device.id)
-        wanted_release = assignment[1] if assignment else None
     files = await service.director_files(
-        runtime, device.id, device.device_type, check_in=role == "timestamp", wanted=wanted_release
+        runtime,
+        device.id,
+        device.device_type,
+        check_in=role == "timestamp",
+        wanted=wanted_release,
+        state=state,
     )
     by_role = {
         "timestamp": (files.timestamp, None),

@@ -458,19 +458,33 @@ async def assign(runtime: Runtime, device_id: str, device_type: str, release: Re
             )
 
 
+async def director_state(session: AsyncSession, device_id: str) -> DirectorState | None:
+    """The device's director metadata as served, read in the caller's session."""
+    state: DirectorState | None = await session.get(DirectorState, device_id)
+    return state
+
+
 async def director_files(
-    runtime: Runtime, device_id: str, device_type: str, *, check_in: bool, wanted: Release | None = None
+    runtime: Runtime,
+    device_id: str,
+    device_type: str,
+    *,
+    check_in: bool,
+    wanted: Release | None = None,
+    state: DirectorState | None = None,
 ) -> DirectorFiles:
     """The device's current director metadata. At a check-in (`check_in`, with what the device's
     deployments want now) it is re-signed only when the assigned target changed: an unchanged
-    check-in stays a read. Made, assigning nothing, the first time a device asks."""
-    async with runtime.database.session() as session:
-        state = await session.get(DirectorState, device_id)
+    check-in stays a read. Made, assigning nothing, the first time a device asks. `state` is the
+    device's director state when the caller has just read it (`director_state`)."""
+    if state is None:
+        async with runtime.database.read() as session:
+            state = await director_state(session, device_id)
     target = wanted.target_path if wanted else None
     if state is None or (check_in and state.target_path != target):
         await assign(runtime, device_id, device_type, wanted if check_in else None)
         async with runtime.database.session() as session:
-            state = await session.get(DirectorState, device_id)
+            state = await director_state(session, device_id)
     assert state is not None
     return DirectorFiles(
         state.targets, state.snapshot, state.timestamp, state.targets_version, state.snapshot_version

@@ -1,0 +1,459 @@
+"""Device check-ins against a real server on PostgreSQL with a large fleet registered.
+
+    python -m bench.checkin [--devices 1000000] [--duration 20] [--concurrency 64]
+                            [--certified 1000] [--processes 2]
+
+Makes a fresh PostgreSQL database with N accepted devices (bench/fleet.py), one active deployment
+of release fw 2.0 to all of them (`deployments.service.create`, one phase), starts `fleetkeeper
+serve` on it (free ports, temporary data directory), and gives `--certified` devices, spread over
+the fleet, a client certificate from the server's CA (recorded as enrollment records it).
+
+Load: `--processes` worker processes, each an asyncio loop holding its share of `--concurrency`
+keep-alive mTLS connections (raw `asyncio.open_connection`, hand-written HTTP/1.1), each
+connection one device sending one request after the other. Steps, on the same server:
+
+1. warm-up: every certified device checks in once (its first check-in signs its director
+   metadata for the deployment) and fetches its director targets, which must name the device and
+   the release;
+2. check-ins: `GET /device/v1/director/metadata/timestamp.json` for `--duration` seconds; each
+   answer must be 200 and the same signed timestamp the device got when it connected;
+3. reference: `GET /device/v1/ping` (204, no database) for `--duration` seconds.
+
+Prints one JSON line with rates, latency percentiles, their ratio and the errors (non-200/204
+answers, wrong bodies, broken connections).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import ssl
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from datetime import timedelta
+from multiprocessing import get_context
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+from urllib.parse import urlsplit
+
+import asyncpg
+from tests.conftest import start_server
+
+from bench.fleet import GROUP_NAME, RELEASE, RELEASE_TARGET_PATH, analyze, device_id, fill, fresh_database
+from fleetkeeper.access.permissions import GrantSet
+from fleetkeeper.access.principal import Principal
+from fleetkeeper.core.db import Database
+from fleetkeeper.core.pki import (
+    CertificateAuthority,
+    PkiPaths,
+    generate_private_key,
+    load_certificate,
+    load_private_key,
+    write_private_key,
+)
+from fleetkeeper.deployments.service import DeploymentRequest, create
+from fleetkeeper.devices.certificates import issue
+
+CHECKIN_PATH = "/device/v1/director/metadata/timestamp.json"
+TARGETS_PATH = "/device/v1/director/metadata/targets.json"
+NOOP_PATH = "/device/v1/ping"
+
+
+@dataclass(frozen=True)
+class Credential:
+    device_id: str
+    cert: str
+    key: str
+
+
+@dataclass(frozen=True)
+class WorkerJob:
+    host: str
+    port: int
+    ca: str
+    credentials: list[Credential]
+    path: str
+    start_at: float  # time.time() when the measured window opens
+    duration: float
+
+
+# --- HTTP/1.1 over one keep-alive mTLS connection -----------------------------------------------
+
+
+class Connection:
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+
+    @classmethod
+    async def open(cls, host: str, port: int, context: ssl.SSLContext) -> Connection:
+        reader, writer = await asyncio.open_connection(host, port, ssl=context, server_hostname="localhost")
+        return cls(reader, writer)
+
+    async def get(self, path: str) -> tuple[int, bytes]:
+        self.writer.write(f"GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n".encode())
+        head = await self.reader.readuntil(b"\r\n\r\n")
+        lines = head.split(b"\r\n")
+        status = int(lines[0].split(b" ", 2)[1])
+        length = 0
+        for line in lines[1:]:
+            name, _, value = line.partition(b":")
+            if name.strip().lower() == b"content-length":
+                length = int(value)
+            elif name.strip().lower() == b"transfer-encoding":
+                raise RuntimeError("chunked answers are not expected here")
+        body = await self.reader.readexactly(length) if length else b""
+        return status, body
+
+    async def close(self) -> None:
+        self.writer.close()
+        with contextlib.suppress(OSError, ssl.SSLError):
+            await self.writer.wait_closed()
+
+
+def _context(ca: str, credential: Credential) -> ssl.SSLContext:
+    context = ssl.create_default_context(cafile=ca)
+    context.load_cert_chain(credential.cert, credential.key)
+    return context
+
+
+def _is_timestamp(body: bytes) -> bool:
+    try:
+        return bool(json.loads(body)["signed"]["_type"] == "timestamp")
+    except (ValueError, KeyError, TypeError):
+        return False
+
+
+def _names_device(body: bytes, device: str) -> bool:
+    """Director targets that assign the deployment's release to this device."""
+    try:
+        entry = json.loads(body)["signed"]["targets"][RELEASE_TARGET_PATH]
+        return any(
+            isinstance(custom, dict) and custom.get("device_id") == device
+            for custom in entry["custom"].values()
+        )
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return False
+
+
+# --- the worker processes -----------------------------------------------------------------------
+
+
+def warm_up(job: WorkerJob) -> dict[str, Any]:
+    return asyncio.run(_warm_up(job))
+
+
+async def _warm_up(job: WorkerJob) -> dict[str, Any]:
+    errors: list[str] = []
+
+    async def one(credential: Credential) -> None:
+        connection = await Connection.open(job.host, job.port, _context(job.ca, credential))
+        try:
+            status, body = await connection.get(CHECKIN_PATH)
+            if status != 200 or not _is_timestamp(body):
+                errors.append(f"{credential.device_id}: check-in {status} {body[:200]!r}")
+                return
+            status, body = await connection.get(TARGETS_PATH)
+            if status != 200 or not _names_device(body, credential.device_id):
+                errors.append(f"{credential.device_id}: targets {status} {body[:200]!r}")
+        finally:
+            await connection.close()
+
+    limit = asyncio.Semaphore(16)
+
+    async def bounded(credential: Credential) -> None:
+        async with limit:
+            await one(credential)
+
+    await asyncio.gather(*(bounded(credential) for credential in job.credentials))
+    return {"devices": len(job.credentials), "errors": errors}
+
+
+def drive(job: WorkerJob) -> dict[str, Any]:
+    return asyncio.run(_drive(job))
+
+
+async def _drive(job: WorkerJob) -> dict[str, Any]:
+    """One request after the other on each connection; latencies of those sent in the window."""
+    latencies: list[float] = []
+    failures: dict[str, int] = {}
+    end_at = job.start_at + job.duration
+
+    def fail(kind: str) -> None:
+        failures[kind] = failures.get(kind, 0) + 1
+
+    async def run(credential: Credential) -> None:
+        connection = await Connection.open(job.host, job.port, _context(job.ca, credential))
+        try:
+            # The first answer is what every later one must equal (an unchanged check-in).
+            status, expected = await connection.get(job.path)
+            if status not in (200, 204) or (status == 200 and not _is_timestamp(expected)):
+                fail(f"first answer {status}")
+                return
+            await asyncio.sleep(max(0.0, job.start_at - time.time()))
+            while True:
+                started = time.perf_counter()
+                if time.time() >= end_at:
+                    return
+                status, body = await connection.get(job.path)
+                latencies.append(time.perf_counter() - started)
+                if status not in (200, 204):
+                    fail(f"status {status}")
+                elif body != expected:
+                    fail("unexpected body")
+        except (OSError, ssl.SSLError, asyncio.IncompleteReadError, ValueError) as error:
+            fail(type(error).__name__)
+        finally:
+            await connection.close()
+
+    await asyncio.gather(*(run(credential) for credential in job.credentials))
+    return {"latencies": latencies, "failures": failures}
+
+
+# --- the run ------------------------------------------------------------------------------------
+
+
+def _percentile(ordered: list[float], fraction: float) -> float:
+    if not ordered:
+        return float("nan")
+    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
+
+
+def _split(items: list[Credential], parts: int) -> list[list[Credential]]:
+    return [items[index::parts] for index in range(parts)]
+
+
+def _profile_later(start_at: float, duration: float, pid: int, out: str) -> None:
+    """Samples the server's stacks with py-spy during the window (collapsed stacks, one per line)."""
+    command = ["py-spy", "record", "--pid", str(pid), "--duration", str(int(duration)), "--rate", "250"]
+    command += ["--nonblocking", "--format", "raw", "--output", out]
+
+    def start() -> None:
+        subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    threading.Timer(max(0.0, start_at - time.time()), start).start()
+
+
+def measure(
+    pool: ProcessPoolExecutor,
+    *,
+    host: str,
+    port: int,
+    ca: str,
+    credentials: list[Credential],
+    path: str,
+    processes: int,
+    duration: float,
+    profile: tuple[int, str] | None = None,
+) -> dict[str, Any]:
+    start_at = time.time() + 3 + len(credentials) / 200  # time to connect before the window opens
+    if profile is not None:
+        _profile_later(start_at, duration, *profile)
+    jobs = [
+        WorkerJob(host, port, ca, share, path, start_at, duration)
+        for share in _split(credentials, processes)
+        if share
+    ]
+    results = list(pool.map(drive, jobs))
+    ordered = sorted(latency for result in results for latency in result["latencies"])
+    failures: dict[str, int] = {}
+    for result in results:
+        for kind, count in result["failures"].items():
+            failures[kind] = failures.get(kind, 0) + count
+    return {
+        "requests": len(ordered) + len(credentials),  # with each connection's first request
+        "per_s": len(ordered) / duration,
+        "p50_ms": _percentile(ordered, 0.50) * 1000,
+        "p99_ms": _percentile(ordered, 0.99) * 1000,
+        "mean_ms": (statistics.fmean(ordered) * 1000) if ordered else float("nan"),
+        "errors": sum(failures.values()),
+        "failures": failures,
+    }
+
+
+async def pg_transactions(url: str) -> int:
+    """Transactions PostgreSQL counted in the database so far (an autocommit statement is one)."""
+    connection = await asyncpg.connect(url.replace("postgresql+asyncpg://", "postgresql://"))
+    try:
+        count = await connection.fetchval(
+            "SELECT xact_commit + xact_rollback FROM pg_stat_database WHERE datname = current_database()"
+        )
+    finally:
+        await connection.close()
+    return int(count)
+
+
+async def per_request(url: str, step: Any) -> tuple[dict[str, Any], float]:
+    """Runs a measured step; also returns how many PostgreSQL transactions each request cost."""
+    before = await pg_transactions(url)
+    result = await asyncio.to_thread(step)
+    await asyncio.sleep(1.5)  # backends publish their counters at most once a second
+    after = await pg_transactions(url)
+    return result, (after - before - 1) / max(1, result["requests"])
+
+
+async def certify(database: Database, pki_dir: Path, out_dir: Path, devices: list[str]) -> list[Credential]:
+    """Client certificates from the server's CA, recorded the way enrollment records them."""
+    paths = PkiPaths(pki_dir)
+    ca = CertificateAuthority(load_private_key(paths.ca_key), load_certificate(paths.ca_cert))
+    issued = []
+    async with database.transaction() as session:
+        for device in devices:
+            key = generate_private_key()
+            row = await issue(session, ca, device, key.public_key(), timedelta(days=1))
+            issued.append((device, row.pem, key))
+
+    def write() -> list[Credential]:
+        credentials = []
+        for device, pem, key in issued:
+            credential = Credential(device, str(out_dir / f"{device}.crt"), str(out_dir / f"{device}.key"))
+            Path(credential.cert).write_text(pem)
+            write_private_key(Path(credential.key), key)
+            credentials.append(credential)
+        return credentials
+
+    return await asyncio.to_thread(write)
+
+
+async def prepare(database: Database, count: int) -> None:
+    started = time.perf_counter()
+    await fill(database, count)
+    print(f"inserted {count} devices in {time.perf_counter() - started:.1f} s", file=sys.stderr)
+    started = time.perf_counter()
+    principal = Principal(
+        user_id="usr_bench", username="bench", grants=GrantSet.everything(), method="password"
+    )
+    request = DeploymentRequest(
+        name="check-in benchmark",
+        release_name=RELEASE[0],
+        release_version=RELEASE[1],
+        target={"group": GROUP_NAME},
+        phases=[{"size": {"percent": 100}}],
+    )
+    await create(SimpleNamespace(database=database), principal, request)  # type: ignore[arg-type]
+    await analyze(database)
+    print(f"deployment to all of them in {time.perf_counter() - started:.1f} s", file=sys.stderr)
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    return asyncio.run(_run(args))
+
+
+async def _run(args: argparse.Namespace) -> dict[str, Any]:
+    certified = min(args.certified, args.devices)
+    concurrency = min(args.concurrency, certified)
+    stride = args.devices // certified
+    async with fresh_database() as url:
+        database = Database(url)
+        try:
+            await prepare(database, args.devices)
+            with tempfile.TemporaryDirectory(prefix="fk-checkin-") as work_dir:
+                work = Path(work_dir)
+                (work / "certs").mkdir()
+                server = await asyncio.to_thread(start_server, work / "data", url, timeout=120)
+                try:
+                    credentials = await certify(
+                        database,
+                        work / "data" / "pki",
+                        work / "certs",
+                        [device_id(number * stride) for number in range(certified)],
+                    )
+                    print(f"server up, {certified} devices certified", file=sys.stderr)
+                    device_url = urlsplit(server.device_url)
+                    host, port = device_url.hostname or "127.0.0.1", device_url.port or 443
+                    ca = str(server.ca_cert)
+                    context = get_context("spawn")
+                    with ProcessPoolExecutor(args.processes, mp_context=context) as pool:
+                        started = time.perf_counter()
+                        warm = list(
+                            pool.map(
+                                warm_up,
+                                [
+                                    WorkerJob(host, port, ca, share, CHECKIN_PATH, 0, 0)
+                                    for share in _split(credentials, args.processes)
+                                ],
+                            )
+                        )
+                        warm_errors = [error for result in warm for error in result["errors"]]
+                        print(
+                            f"warm-up: {certified} first check-ins in "
+                            f"{time.perf_counter() - started:.1f} s, {len(warm_errors)} errors "
+                            f"{warm_errors[:3]}",
+                            file=sys.stderr,
+                        )
+                        common = {
+                            "host": host,
+                            "port": port,
+                            "ca": ca,
+                            "processes": args.processes,
+                            "duration": args.duration,
+                        }
+                        # Connection i is device i; the others checked in at warm-up only.
+                        connected = credentials[:concurrency]
+                        profile = (server.process.pid, args.profile) if args.profile else None
+                        checkins, checkin_transactions = await per_request(
+                            url,
+                            lambda: measure(
+                                pool, credentials=connected, path=CHECKIN_PATH, profile=profile, **common
+                            ),
+                        )
+                        print(f"check-ins: {checkins}", file=sys.stderr)
+                        noop, noop_transactions = await per_request(
+                            url, lambda: measure(pool, credentials=connected, path=NOOP_PATH, **common)
+                        )
+                        print(f"no-op: {noop}", file=sys.stderr)
+                finally:
+                    server.stop()
+        finally:
+            await database.dispose()
+    return {
+        "benchmark": "device_checkin",
+        "backend": "postgresql",
+        "devices": args.devices,
+        "certified_devices": certified,
+        "concurrency": concurrency,
+        "processes": args.processes,
+        "duration_s": args.duration,
+        "checkins_per_s": round(checkins["per_s"], 1),
+        "p50_ms": round(checkins["p50_ms"], 2),
+        "p99_ms": round(checkins["p99_ms"], 2),
+        "noop_per_s": round(noop["per_s"], 1),
+        "noop_p50_ms": round(noop["p50_ms"], 2),
+        "noop_p99_ms": round(noop["p99_ms"], 2),
+        "ratio": round(checkins["per_s"] / noop["per_s"], 3) if noop["per_s"] else None,
+        "errors": checkins["errors"] + noop["errors"] + len(warm_errors),
+        "pg_transactions_per_checkin": round(checkin_transactions, 2),
+        "pg_transactions_per_noop": round(noop_transactions, 2),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser.add_argument("--devices", type=int, default=1_000_000)
+    parser.add_argument("--duration", type=float, default=20.0, help="seconds per measured step")
+    parser.add_argument("--concurrency", type=int, default=64, help="keep-alive connections")
+    parser.add_argument("--certified", type=int, default=1000, help="devices given a certificate")
+    parser.add_argument("--processes", type=int, default=2, help="load generator processes")
+    parser.add_argument(
+        "--profile", help="write py-spy's collapsed stacks of the server during the check-ins here"
+    )
+    args = parser.parse_args()
+    for name in ("devices", "concurrency", "certified", "processes"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name} must be at least 1")
+    if not 0 < args.duration <= 600:
+        parser.error("--duration must be between 0 and 600 seconds")
+    print(json.dumps(run(args)))
+
+
+if __name__ == "__main__":
+    main()
