@@ -24,12 +24,11 @@ from fleetkeeper_agent.identity import (
 )
 from fleetkeeper_agent.inventory import collect_inventory
 from fleetkeeper_agent.keystore import FileKeyStore
-from fleetkeeper_agent.update_state import UpdateState
+from fleetkeeper_agent.update_state import INVENTORY_SENT, UpdateState
 
 log = logging.getLogger(__name__)
 
 TRUST_DIR = "tuf"
-INVENTORY_SENT = "inventory.sent"  # its modification time: when the inventory was last reported
 EXIT_PENDING = 3
 
 
@@ -96,8 +95,8 @@ def _check_in(config: AgentConfig, identity: IdentityState) -> None:
         config.data_dir / TRUST_DIR, identity.server_url, context, identity.device_id, identity.device_type
     )
     with DeviceClient(identity.server_url, context) as client:
-        result = UpdateFlow(config, client, checker).tick()
-    if result.committed:
+        UpdateFlow(config, client, checker).tick()
+    if _inventory_due(config):  # a commit made it due (also one a killed agent did not report)
         send_inventory(config, identity)
 
 

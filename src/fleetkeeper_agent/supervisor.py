@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 
 from fleetkeeper_agent.config import AgentConfig
+from fleetkeeper_agent.update_state import mark_inventory_due
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +43,7 @@ async def supervise(config: AgentConfig, config_path: Path | None) -> int:
         loop.add_signal_handler(signum, stop.set)
     config.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     # The inventory is reported at start: the first worker finds it due.
-    (config.data_dir / "inventory.sent").unlink(missing_ok=True)
+    mark_inventory_due(config.data_dir)
     command = [sys.executable, "-m", "fleetkeeper_agent", "--data-dir", str(config.data_dir)]
     if config_path is not None:
         command += ["--config", str(config_path)]

@@ -15,6 +15,16 @@ from typing import Any, Literal
 from fleetkeeper_agent.errors import AgentError
 from fleetkeeper_agent.files import write_atomic
 
+# Its modification time is when the inventory was last reported; absent: report it at the next check-in.
+INVENTORY_SENT = "inventory.sent"
+
+
+def mark_inventory_due(data_dir: Path) -> None:
+    """After a commit, the server must hear what runs now, even if the agent is killed before it
+    sends the inventory: this is written before the commit's state, and survives restarts."""
+    (data_dir / INVENTORY_SENT).unlink(missing_ok=True)
+
+
 # The install's steps, in order (docs/agent.md, "Updates"). `idle`: nothing under way.
 Phase = Literal[
     "idle",

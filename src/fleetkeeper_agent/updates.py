@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import shutil
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -29,7 +29,7 @@ from fleetkeeper_agent.deployment_client import (
     send_report,
 )
 from fleetkeeper_agent.errors import AgentError
-from fleetkeeper_agent.update_state import Installed, UpdateState
+from fleetkeeper_agent.update_state import Installed, UpdateState, mark_inventory_due
 
 if TYPE_CHECKING:
     from fleetkeeper_agent.modules import InstallContext, UpdateModule
@@ -38,13 +38,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 WHOAMI_PATH = "/device/v1/whoami"
-
-
-@dataclass(frozen=True)
-class TickResult:
-    phase: str
-    committed: bool = False  # a release was committed: time to send the inventory
-    waiting_for_reboot: bool = False
 
 
 class UpdateFlow:
@@ -78,23 +71,16 @@ class UpdateFlow:
 
     # --- the loop -------------------------------------------------------------------------------------
 
-    def tick(self) -> TickResult:
+    def tick(self) -> UpdateState:
         return self.advance(self._flush(UpdateState.load(self.data_dir)))
 
-    def advance(self, state: UpdateState) -> TickResult:
-        """Runs steps from `state` (already saved) until one has to wait."""
-        committed = False
+    def advance(self, state: UpdateState) -> UpdateState:
+        """Runs steps from `state` (already saved) until one has to wait; returns where it stands."""
         while True:
             handler = getattr(self, f"_{state.phase}")
             outcome: UpdateState | None = handler(state)
             if outcome is None:
-                state = self._flush(UpdateState.load(self.data_dir))
-                return TickResult(
-                    state.phase,
-                    committed=committed,
-                    waiting_for_reboot=state.phase in ("rebooting", "rolling_back_rebooting"),
-                )
-            committed = committed or (state.phase == "committing" and outcome.phase == "idle")
+                return self._flush(UpdateState.load(self.data_dir))
             state = self._flush(outcome)
 
     def _save(self, state: UpdateState) -> UpdateState:
@@ -323,6 +309,7 @@ class UpdateFlow:
             highest_counter=max(state.release_counter, state.installed.highest_counter),
         )
         log.info("committed %s", state.target_path)
+        mark_inventory_due(self.data_dir)
         done = self._save(state.finished(installed=installed).queue(state.deployment_id, "success"))
         self._clean(state)
         return done
