@@ -209,7 +209,8 @@ def test_valid_keys() -> None:
 
 async def test_presigned_url_downloads_then_expires(object_store: ObjectStore) -> None:
     await put_bytes(object_store, "dl/file.bin", b"payload bytes")
-    url = await object_store.presigned_url("dl/file.bin", 1)
+    url = await object_store.presigned_url("dl/file.bin", 60)
+    short_lived = await object_store.presigned_url("dl/file.bin", 1)
     if isinstance(object_store, FilesystemStore):
         assert url is None
         assert object_store.local_path("dl/file.bin") == object_store.root / "dl" / "file.bin"
@@ -220,10 +221,12 @@ async def test_presigned_url_downloads_then_expires(object_store: ObjectStore) -
         fetched = await client.get(url)
         assert fetched.status_code == 200
         assert fetched.content == b"payload bytes"
-        # Signatures carry whole seconds: past 2 s a 1 s link has certainly expired. (s3rver checks
-        # the expiry and the access key of a V4 presigned URL, but not the signature itself.)
+        # Signatures carry whole seconds: past 2 s a 1 s link has certainly expired (and a 1 s link
+        # may expire before its first use, hence the 60 s one above). s3rver checks the expiry and
+        # the access key of a V4 presigned URL, but not the signature itself.
+        assert short_lived is not None
         await asyncio.sleep(2.1)
-        expired = await client.get(url)
+        expired = await client.get(short_lived)
         assert expired.status_code == 403
         assert "expired" in expired.text
 
