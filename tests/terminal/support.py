@@ -27,13 +27,13 @@ async def enrolled_agent(fleet: Fleet, name: str, **terminal: Any) -> Agent:
     agent = fleet.agent(name, extra_toml=terminal_toml(**terminal))
     # Check-ins are not what these tests are about: one a day is enough.
     agent.config_path.write_text(agent.config_path.read_text().replace("interval = 1\n", "interval = 86400\n", 1))
-    assert agent.run_once() in (0, 1, 3), agent.log()
+    assert await asyncio.to_thread(agent.run_once) in (0, 1, 3), agent.log()
     pending = await fleet.api.client.get("/api/v1/devices", params={"status": "pending"}, headers=fleet.admin)
     for device in pending.json()["items"]:
         if device["serial"] == name:
             accepted = await fleet.api.client.post(f"/api/v1/devices/{device['id']}/accept", headers=fleet.admin)
             assert accepted.status_code == 200, accepted.text
-    assert agent.run_once() in (0, 1), agent.log()
+    assert await asyncio.to_thread(agent.run_once) in (0, 1), agent.log()
     agent.device_id = agent.identity()["device_id"]
     return agent
 

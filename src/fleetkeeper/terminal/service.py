@@ -88,7 +88,7 @@ async def begin(
             action,
             device_id,
             outcome,
-            {"code": exc.code, "reason": exc.detail, **({"path": path} if path else {})},
+            {"refusal": exc.code, "reason": exc.detail, **({"path": path} if path else {})},
         )
         raise
 
@@ -121,7 +121,7 @@ async def refused(runtime: Runtime, row: TerminalSession, actor: Actor, code: st
             stored.closed_at = utcnow()
             stored.close_reason = code[:64]
         action = "terminal.session_refused" if row.kind == "terminal" else f"terminal.file_{row.kind}_refused"
-        details: dict[str, Any] = {"session": row.id, "code": code, "reason": message[:500]}
+        details: dict[str, Any] = {"session": row.id, "refusal": code, "reason": message[:500]}
         if row.path:
             details["path"] = row.path
         await record(
