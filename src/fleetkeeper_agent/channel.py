@@ -62,7 +62,7 @@ def decode_data(frame: bytes) -> tuple[str, bytes] | None:
         return None
 
 
-class Refusal(Exception):
+class RefusedError(Exception):
     def __init__(self, code: str, message: str) -> None:
         super().__init__(message)
         self.code = code
@@ -114,10 +114,12 @@ class Channel:
         elif isinstance(transfer := self.transfers.get(session), Upload):
             try:
                 await transfer.write(data)
-            except Refusal as exc:
+            except RefusedError as exc:
                 self.transfers.pop(session, None)
                 transfer.abort()
-                await self.send_json({"type": "file_error", "session": session, "code": exc.code, "message": exc.message})
+                await self.send_json(
+                    {"type": "file_error", "session": session, "code": exc.code, "message": exc.message}
+                )
 
     async def _control(self, text: str) -> None:
         try:
@@ -152,35 +154,41 @@ class Channel:
                 await self.send_json({"type": "file_end", "session": session, "size": size, "sha256": digest})
             elif kind == "file_get":
                 self._check_files_allowed()
-                limit = min(int(message.get("max_bytes", self.config.max_file_bytes)), self.config.max_file_bytes)
+                limit = min(
+                    int(message.get("max_bytes", self.config.max_file_bytes)), self.config.max_file_bytes
+                )
                 sender = DownloadSender(self, session, str(message["path"]), limit)
                 self.transfers[session] = sender
                 sender.start()
             elif kind == "file_ack" and isinstance(transfer := self.transfers.get(session), DownloadSender):
                 transfer.acknowledge(int(message["received"]))
-        except Refusal as exc:
+        except RefusedError as exc:
             transfer = self.transfers.pop(session, None)
             if transfer is not None:
                 transfer.abort()
             answer = "refused" if kind == "open" else "file_error"
-            await self.send_json({"type": answer, "session": session, "code": exc.code, "message": exc.message})
+            await self.send_json(
+                {"type": answer, "session": session, "code": exc.code, "message": exc.message}
+            )
         except (KeyError, ValueError, TypeError) as exc:
             log.warning("channel: a malformed %s from the server: %s", kind, exc)
 
     def _check_files_allowed(self) -> None:
         if not self.config.enabled:
-            raise Refusal("terminal_disabled", "the device's owner switched remote access off")
+            raise RefusedError("terminal_disabled", "the device's owner switched remote access off")
         if not self.config.file_roots:
-            raise Refusal("files_disabled", "no file_roots are configured on the device")
+            raise RefusedError("files_disabled", "no file_roots are configured on the device")
 
     async def _open(self, session: str, message: dict[str, Any]) -> None:
         if not self.config.enabled:
-            raise Refusal("terminal_disabled", "the device's owner switched the terminal off")
+            raise RefusedError("terminal_disabled", "the device's owner switched the terminal off")
         if len(self.terminals) >= self.config.max_sessions:
-            raise Refusal("too_many_sessions", f"the device allows {self.config.max_sessions} sessions at once")
+            raise RefusedError(
+                "too_many_sessions", f"the device allows {self.config.max_sessions} sessions at once"
+            )
         cols, rows = int(message.get("cols", 80)), int(message.get("rows", 24))
         if not (1 <= cols <= 1000 and 1 <= rows <= 1000):
-            raise Refusal("invalid_size", "cols and rows are 1 to 1000")
+            raise RefusedError("invalid_size", "cols and rows are 1 to 1000")
         pty_session = PtySession(self, session, self.config)
         pty_session.spawn(cols, rows)
         self.terminals[session] = pty_session
@@ -197,10 +205,10 @@ def _login(config: TerminalConfig) -> tuple[pwd.struct_passwd, str]:
     try:
         account = pwd.getpwnam(config.user) if os.geteuid() == 0 else pwd.getpwuid(os.getuid())
     except KeyError:
-        raise Refusal("terminal_user_missing", f"no user {config.user!r} on the device") from None
+        raise RefusedError("terminal_user_missing", f"no user {config.user!r} on the device") from None
     shell = config.shell or account.pw_shell or "/bin/sh"
     if not os.access(shell, os.X_OK):
-        raise Refusal("shell_not_found", f"{shell} is not an executable shell")
+        raise RefusedError("shell_not_found", f"{shell} is not an executable shell")
     return account, shell
 
 
@@ -276,7 +284,7 @@ class PtySession:
         """The shell's exit, the idle timeout and the session's maximum length."""
         while not self.closed:
             await asyncio.sleep(0.2)
-            pid, status = os.waitpid(self.pid, os.WNOHANG)
+            pid, status = os.waitpid(self.pid, os.WNOHANG)  # noqa: ASYNC222 - WNOHANG does not block
             if pid:
                 self.exit_status = os.waitstatus_to_exitcode(status)
                 await self._drain()
@@ -390,7 +398,7 @@ def _exec_shell(master: int, slave: int, account: pwd.struct_passwd, shell: str)
             os.chdir("/")
         signal.signal(signal.SIGINT, signal.SIG_DFL)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        os.execve(shell, ["-" + os.path.basename(shell)], env)
+        os.execve(shell, ["-" + os.path.basename(shell)], env)  # noqa: S606 - the user's login shell
     finally:
         os._exit(127)
 
@@ -404,7 +412,7 @@ async def _end_process_group(pid: int) -> int | None:
     deadline = time.monotonic() + KILL_GRACE_SECONDS
     while time.monotonic() < deadline:
         try:
-            done, status = os.waitpid(pid, os.WNOHANG)
+            done, status = os.waitpid(pid, os.WNOHANG)  # noqa: ASYNC222 - WNOHANG does not block
         except ChildProcessError:
             return None
         if done:
@@ -415,7 +423,8 @@ async def _end_process_group(pid: int) -> int | None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pid, signal.SIGKILL)
     try:
-        _, status = os.waitpid(pid, 0)
+        # After SIGKILL the exit is immediate; this wait does not hold the loop.
+        _, status = os.waitpid(pid, 0)  # noqa: ASYNC222
     except ChildProcessError:
         return None
     return os.waitstatus_to_exitcode(status)
@@ -426,15 +435,15 @@ async def _end_process_group(pid: int) -> int | None:
 
 def allowed_path(path: str, roots: tuple[Path, ...]) -> Path:
     """`path` with symlinks and `..` resolved, if it lies inside one of `roots` (resolved the same
-    way); Refusal otherwise."""
+    way); RefusedError otherwise."""
     if not path.startswith("/") or "\x00" in path:
-        raise Refusal("path_not_allowed", "the path must be absolute")
+        raise RefusedError("path_not_allowed", "the path must be absolute")
     resolved = Path(os.path.realpath(path))
     for root in roots:
         real_root = Path(os.path.realpath(root))
         if resolved == real_root or real_root in resolved.parents:
             return resolved
-    raise Refusal("path_not_allowed", f"{path} is outside the device's file roots")
+    raise RefusedError("path_not_allowed", f"{path} is outside the device's file roots")
 
 
 class Upload:
@@ -444,12 +453,14 @@ class Upload:
     def __init__(self, channel: Channel, session: str, path: str, size: int) -> None:
         config = channel.config
         if size < 0 or size > config.max_file_bytes:
-            raise Refusal("file_too_large", f"the device accepts files up to {config.max_file_bytes} bytes")
+            raise RefusedError(
+                "file_too_large", f"the device accepts files up to {config.max_file_bytes} bytes"
+            )
         self.target = allowed_path(path, config.file_roots)
         if self.target.is_dir():
-            raise Refusal("is_a_directory", f"{self.target} is a directory")
+            raise RefusedError("is_a_directory", f"{self.target} is a directory")
         if not self.target.parent.is_dir():
-            raise Refusal("not_found", f"{self.target.parent} does not exist")
+            raise RefusedError("not_found", f"{self.target.parent} does not exist")
         self.channel = channel
         self.session = session
         self.size = size
@@ -463,17 +474,19 @@ class Upload:
     async def write(self, data: bytes) -> None:
         self.received += len(data)
         if self.received > self.size:
-            raise Refusal("length_mismatch", "more bytes than announced")
+            raise RefusedError("length_mismatch", "more bytes than announced")
         self.digest.update(data)
         os.write(self.fd, data)
         if self.received - self.acked >= FILE_ACK_EVERY:
             self.acked = self.received
-            await self.channel.send_json({"type": "file_ack", "session": self.session, "received": self.received})
+            await self.channel.send_json(
+                {"type": "file_ack", "session": self.session, "received": self.received}
+            )
 
     def finish(self) -> tuple[int, str]:
         if self.received != self.size:
             self.abort()
-            raise Refusal("length_mismatch", f"{self.received} bytes arrived, {self.size} announced")
+            raise RefusedError("length_mismatch", f"{self.received} bytes arrived, {self.size} announced")
         os.fsync(self.fd)
         os.close(self.fd)
         self.fd = -1
@@ -494,13 +507,13 @@ class DownloadSender:
         try:
             info = self.source.stat()
         except FileNotFoundError:
-            raise Refusal("not_found", f"{self.source} does not exist") from None
+            raise RefusedError("not_found", f"{self.source} does not exist") from None
         if stat.S_ISDIR(info.st_mode):
-            raise Refusal("is_a_directory", f"{self.source} is a directory")
+            raise RefusedError("is_a_directory", f"{self.source} is a directory")
         if not stat.S_ISREG(info.st_mode):
-            raise Refusal("path_not_allowed", f"{self.source} is not a regular file")
+            raise RefusedError("path_not_allowed", f"{self.source} is not a regular file")
         if info.st_size > limit:
-            raise Refusal("file_too_large", f"{self.source} is over {limit} bytes")
+            raise RefusedError("file_too_large", f"{self.source} is over {limit} bytes")
         self.channel = channel
         self.session = session
         self.size = info.st_size
@@ -543,7 +556,9 @@ class DownloadSender:
             return
         finally:
             channel.transfers.pop(session, None)
-        await channel.send_json({"type": "file_end", "session": session, "size": sent, "sha256": digest.hexdigest()})
+        await channel.send_json(
+            {"type": "file_end", "session": session, "size": sent, "sha256": digest.hexdigest()}
+        )
 
 
 # --- the process ------------------------------------------------------------------------------
@@ -562,7 +577,12 @@ async def keep_channel_open(config: AgentConfig, stop: asyncio.Event) -> None:
             state = IdentityState.load(config.data_dir)
             store = FileKeyStore(config.data_dir)
             ca_pem = store.load_ca_pem() if state is not None else None
-            if state is None or state.status != "accepted" or ca_pem is None or store.load_certificate() is None:
+            if (
+                state is None
+                or state.status != "accepted"
+                or ca_pem is None
+                or store.load_certificate() is None
+            ):
                 log.info("channel: not enrolled yet; waiting")
             else:
                 # A new context each time: the certificate may have been renewed since.
@@ -584,7 +604,7 @@ async def keep_channel_open(config: AgentConfig, stop: asyncio.Event) -> None:
                     log.info("channel: disconnected")
         except (OSError, ssl.SSLError, InvalidHandshake, InvalidURI, ConnectionClosed, TimeoutError) as exc:
             log.warning("channel: %s", getattr(exc, "strerror", None) or exc or type(exc).__name__)
-        except Exception as exc:  # noqa: BLE001 - an identity or key store read failing: retry later
+        except Exception as exc:
             log.warning("channel: %s", exc)
         if not connected:
             failures += 1
@@ -600,4 +620,3 @@ async def run_channel(config: AgentConfig) -> int:
         loop.add_signal_handler(signum, stop.set)
     await keep_channel_open(config, stop)
     return 0
-

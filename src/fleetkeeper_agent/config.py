@@ -188,7 +188,16 @@ def _terminal(table: dict[str, Any], base: Path) -> TerminalConfig:
     _no_unknown(
         "terminal.",
         table,
-        {"enabled", "user", "shell", "idle_timeout", "max_session_seconds", "max_sessions", "file_roots", "max_file_bytes"},
+        {
+            "enabled",
+            "user",
+            "shell",
+            "idle_timeout",
+            "max_session_seconds",
+            "max_sessions",
+            "file_roots",
+            "max_file_bytes",
+        },
     )
     values: dict[str, Any] = {}
     if "enabled" in table:

@@ -94,6 +94,8 @@ async def _keep_channel_running(command: list[str], stop: asyncio.Event) -> None
         ran = asyncio.get_running_loop().time() - started
         crashes = 0 if ran > CHANNEL_HEALTHY_SECONDS else crashes + 1
         delay = min(CHANNEL_MAX_BACKOFF, CHANNEL_FIRST_BACKOFF * 2.0 ** max(0, crashes - 1))
-        log.warning("the control channel stopped (exit status %s); restarting in %g s", waiting.result(), delay)
+        log.warning(
+            "the control channel stopped (exit status %s); restarting in %g s", waiting.result(), delay
+        )
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), timeout=delay)

@@ -6,7 +6,6 @@ import asyncio
 import json
 import os
 import subprocess
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,12 +25,16 @@ def terminal_toml(**settings: Any) -> str:
 async def enrolled_agent(fleet: Fleet, name: str, **terminal: Any) -> Agent:
     agent = fleet.agent(name, extra_toml=terminal_toml(**terminal))
     # Check-ins are not what these tests are about: one a day is enough.
-    agent.config_path.write_text(agent.config_path.read_text().replace("interval = 1\n", "interval = 86400\n", 1))
+    agent.config_path.write_text(
+        agent.config_path.read_text().replace("interval = 1\n", "interval = 86400\n", 1)
+    )
     assert await asyncio.to_thread(agent.run_once) in (0, 1, 3), agent.log()
     pending = await fleet.api.client.get("/api/v1/devices", params={"status": "pending"}, headers=fleet.admin)
     for device in pending.json()["items"]:
         if device["serial"] == name:
-            accepted = await fleet.api.client.post(f"/api/v1/devices/{device['id']}/accept", headers=fleet.admin)
+            accepted = await fleet.api.client.post(
+                f"/api/v1/devices/{device['id']}/accept", headers=fleet.admin
+            )
             assert accepted.status_code == 200, accepted.text
     assert await asyncio.to_thread(agent.run_once) in (0, 1), agent.log()
     agent.device_id = agent.identity()["device_id"]
@@ -106,21 +109,23 @@ def descendants(pid: int) -> list[int]:
     return found
 
 
-def run_terminal(
-    server_url: str, token: str, device_id: str, typed: str, *args: str, timeout: float = 60
+async def run_terminal(
+    server_url: str, token: str, device_id: str, typed: str, *args: str
 ) -> subprocess.CompletedProcess[str]:
     """`fleetkeeper terminal DEVICE` with `typed` on its standard input (a pipe, not a tty)."""
+    return await run_cli("terminal", device_id, "--server", server_url, "--token", token, *args, typed=typed)
+
+
+async def run_cli(*args: str, typed: str = "") -> subprocess.CompletedProcess[str]:
+    """The operator's CLI, as a user runs it (no FLEETKEEPER_* settings from the test's environment)."""
     env = {key: value for key, value in os.environ.items() if not key.startswith("FLEETKEEPER_")}
-    return subprocess.run(
-        fleetkeeper_command("terminal", device_id, "--server", server_url, "--token", token, *args),
+    return await asyncio.to_thread(
+        subprocess.run,
+        fleetkeeper_command(*args),
         input=typed,
         capture_output=True,
         text=True,
-        timeout=timeout,
+        timeout=90,
         env=env,
         check=False,
     )
-
-
-def python() -> str:
-    return sys.executable

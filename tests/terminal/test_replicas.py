@@ -43,8 +43,7 @@ async def test_an_operator_on_one_replica_reaches_a_device_on_another(tmp_path: 
                 try:
                     await channel.wait_connected()
                     token = fleet.admin["authorization"].split()[1]
-                    result = await asyncio.to_thread(
-                        run_terminal,
+                    result = await run_terminal(
                         replica_b.management_url,
                         token,
                         str(agent.device_id),
@@ -54,7 +53,9 @@ async def test_an_operator_on_one_replica_reaches_a_device_on_another(tmp_path: 
                     assert "session closed: exited" in result.stderr
                     # Recorded by replica B, readable from either.
                     sessions = await client.get(
-                        "/api/v1/terminal/sessions", params={"device_id": agent.device_id}, headers=fleet.admin
+                        "/api/v1/terminal/sessions",
+                        params={"device_id": agent.device_id},
+                        headers=fleet.admin,
                     )
                     recording = await client.get(
                         f"/api/v1/terminal/sessions/{sessions.json()[0]['id']}/recording", headers=fleet.admin

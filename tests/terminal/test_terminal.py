@@ -10,7 +10,6 @@ import json
 import os
 import re
 import ssl
-import subprocess
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -19,9 +18,8 @@ import pytest
 from websockets.asyncio.client import ClientConnection, connect
 
 from fleetkeeper.terminal.protocol import decode_data, encode_data
-from tests.conftest import fleetkeeper_command
 from tests.e2e.fleet import Agent, Fleet
-from tests.terminal.support import ChannelProcess, enrolled_agent, run_terminal
+from tests.terminal.support import ChannelProcess, enrolled_agent, run_cli, run_terminal
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -123,15 +121,24 @@ def printed(output: str, line: str) -> bool:
 
 
 async def operator(fleet: Fleet, device_id: str, token: str, **query: int) -> Operator:
-    connection = await connect(ws_url(fleet, device_id, **query), additional_headers={"Authorization": f"Bearer {token}"})
+    connection = await connect(
+        ws_url(fleet, device_id, **query), additional_headers={"Authorization": f"Bearer {token}"}
+    )
     return Operator(connection)
 
 
 async def test_a_shell_through_the_cli_echoes_applies_the_size_and_replays(devices: Devices) -> None:
     fleet = devices.fleet
     typed = "echo hello-from-device\nstty size\nid -un\nexit 7\n"
-    result = run_terminal(
-        fleet.server.management_url, devices.token, devices.shell.device_id, typed, "--cols", "111", "--rows", "33"
+    result = await run_terminal(
+        fleet.server.management_url,
+        devices.token,
+        devices.shell.device_id,
+        typed,
+        "--cols",
+        "111",
+        "--rows",
+        "33",
     )
     assert printed(result.stdout, "hello-from-device"), result.stderr
     assert "33 111" in result.stdout
@@ -143,27 +150,32 @@ async def test_a_shell_through_the_cli_echoes_applies_the_size_and_replays(devic
     opened = await fleet.audit("terminal.session_opened")
     closed = await fleet.audit("terminal.session_closed")
     assert opened[0]["object_id"] == devices.shell.device_id
-    assert opened[0]["actor_name"] == "admin" and opened[0]["actor_address"] == "127.0.0.1"
+    assert opened[0]["actor_name"] == "admin"
+    assert opened[0]["actor_address"] == "127.0.0.1"
     session = closed[0]["details"]["session"]
     assert closed[0]["details"]["exit_status"] == 7
     assert closed[0]["details"]["bytes_in"] == len(typed)
     assert closed[0]["details"]["duration_seconds"] > 0
 
-    replayed = subprocess.run(
-        fleetkeeper_command(
-            "terminal", "replay", session, "--server", fleet.server.management_url, "--token", devices.token, "--speed", "0"
-        ),
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
+    replayed = await run_cli(
+        "terminal",
+        "replay",
+        session,
+        "--server",
+        fleet.server.management_url,
+        "--token",
+        devices.token,
+        "--speed",
+        "0",
     )
     assert replayed.returncode == 0, replayed.stderr
-    assert printed(replayed.stdout, "hello-from-device") and "33 111" in replayed.stdout
+    assert printed(replayed.stdout, "hello-from-device")
+    assert "33 111" in replayed.stdout
     listed = await fleet.api.client.get(
         "/api/v1/terminal/sessions", params={"device_id": devices.shell.device_id}, headers=fleet.admin
     )
-    assert listed.json()[0]["id"] == session and listed.json()[0]["close_reason"] == "exited"
+    assert listed.json()[0]["id"] == session
+    assert listed.json()[0]["close_reason"] == "exited"
 
 
 async def test_resize_reaches_the_shell(devices: Devices) -> None:
@@ -182,20 +194,9 @@ async def test_resize_reaches_the_shell(devices: Devices) -> None:
 
 async def test_the_idle_timeout_closes_the_session(devices: Devices) -> None:
     fleet = devices.fleet
-    process = subprocess.Popen(
-        fleetkeeper_command(
-            "terminal", devices.idle.device_id, "--server", fleet.server.management_url, "--token", devices.token
-        ),
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        out, err = process.communicate(timeout=60)  # types nothing and keeps the session open
-    finally:
-        process.kill()
-    assert "session closed: idle_timeout" in err, err
+    # Types nothing: the session stays open until the device's idle timeout (2 s) ends it.
+    result = await run_terminal(fleet.server.management_url, devices.token, devices.idle.device_id, "")
+    assert "session closed: idle_timeout" in result.stderr, result.stderr
     closed = await fleet.audit("terminal.session_closed")
     assert closed[0]["object_id"] == devices.idle.device_id
     assert closed[0]["details"]["reason"] == "idle_timeout"
@@ -203,7 +204,9 @@ async def test_the_idle_timeout_closes_the_session(devices: Devices) -> None:
 
 async def test_a_device_with_the_terminal_off_refuses_and_it_is_audited(devices: Devices) -> None:
     fleet = devices.fleet
-    result = run_terminal(fleet.server.management_url, devices.token, devices.disabled.device_id, "id\n")
+    result = await run_terminal(
+        fleet.server.management_url, devices.token, devices.disabled.device_id, "id\n"
+    )
     assert result.returncode == 3
     assert "terminal_disabled" in result.stderr
     refused = await fleet.audit("terminal.session_refused")
@@ -215,9 +218,7 @@ async def test_without_devices_connect_in_the_devices_group_the_operator_is_refu
     fleet = devices.fleet
     admin = fleet.admin
     for name, members in (("plant-1", [devices.shell.device_id]), ("plant-2", [])):
-        created = await fleet.api.client.post(
-            "/api/v1/device-groups", json={"name": name}, headers=admin
-        )
+        created = await fleet.api.client.post("/api/v1/device-groups", json={"name": name}, headers=admin)
         assert created.status_code == 201, created.text
         if members:
             added = await fleet.api.client.post(
@@ -228,19 +229,26 @@ async def test_without_devices_connect_in_the_devices_group_the_operator_is_refu
     here = await create_user(fleet, "tom", "troubleshooter", ["plant-1"])
     reader = await create_user(fleet, "rita", "read-only", None)
 
-    refused = run_terminal(fleet.server.management_url, elsewhere, devices.shell.device_id, "id\n")
+    refused = await run_terminal(fleet.server.management_url, elsewhere, devices.shell.device_id, "id\n")
     # Outside its scope the device is not even visible: refused as not found, so ids cannot be probed.
-    assert refused.returncode == 3 and "device_not_found" in refused.stderr, refused.stderr
+    assert refused.returncode == 3, refused.stderr
+    assert "device_not_found" in refused.stderr, refused.stderr
     denied = await fleet.audit("terminal.session_refused")
-    assert denied[0]["outcome"] == "denied" and denied[0]["actor_name"] == "tina"
+    assert denied[0]["outcome"] == "denied"
+    assert denied[0]["actor_name"] == "tina"
 
-    no_role = run_terminal(fleet.server.management_url, reader, devices.shell.device_id, "id\n")
-    assert no_role.returncode == 3 and "devices:connect" in no_role.stderr, no_role.stderr
+    no_role = await run_terminal(fleet.server.management_url, reader, devices.shell.device_id, "id\n")
+    assert no_role.returncode == 3, no_role.stderr
+    assert "devices:connect" in no_role.stderr, no_role.stderr
 
-    allowed = run_terminal(fleet.server.management_url, here, devices.shell.device_id, "echo in-scope\nexit\n")
+    allowed = await run_terminal(
+        fleet.server.management_url, here, devices.shell.device_id, "echo in-scope\nexit\n"
+    )
     assert printed(allowed.stdout, "in-scope"), allowed.stderr
     # Recordings need audit:read.
-    sessions = await fleet.api.client.get("/api/v1/terminal/sessions", headers={"authorization": f"Bearer {here}"})
+    sessions = await fleet.api.client.get(
+        "/api/v1/terminal/sessions", headers={"authorization": f"Bearer {here}"}
+    )
     assert sessions.status_code == 403
 
 
@@ -248,7 +256,11 @@ async def create_user(fleet: Fleet, name: str, role: str, groups: list[str] | No
     password = "tulip-orbit-canyon-7"
     created = await fleet.api.client.post(
         "/api/v1/users",
-        json={"username": name, "password": password + "-x", "roles": [{"role": role, "device_groups": groups}]},
+        json={
+            "username": name,
+            "password": password + "-x",
+            "roles": [{"role": role, "device_groups": groups}],
+        },
         headers=fleet.admin,
     )
     assert created.status_code == 201, created.text
@@ -274,7 +286,8 @@ async def test_a_browser_sends_the_token_in_its_first_message(devices: Devices) 
     anonymous = await connect(ws_url(devices.fleet, devices.shell.device_id))
     await anonymous.send(json.dumps({"type": "auth", "token": "not-a-token"}))
     error = json.loads(await anonymous.recv())
-    assert error["type"] == "error" and error["code"] == "invalid_token"
+    assert error["type"] == "error"
+    assert error["code"] == "invalid_token"
 
 
 # --- file transfer ------------------------------------------------------------------------------
@@ -307,12 +320,15 @@ async def test_files_round_trip_within_the_roots_and_nothing_else(devices: Devic
 
     too_big = os.urandom(1024 * 1024 + 1)  # the device's max_file_bytes is 1 MiB
     over = await client.put(url, params={"path": str(files / "big.bin")}, content=too_big, headers=admin)
-    assert over.status_code == 413 and over.json()["code"] == "file_too_large", over.text
+    assert over.status_code == 413, over.text
+    assert over.json()["code"] == "file_too_large", over.text
     (files / "big.bin").write_bytes(too_big)
     over = await client.get(url, params={"path": str(files / "big.bin")}, headers=admin)
-    assert over.status_code == 413 and over.json()["code"] == "file_too_large", over.text
+    assert over.status_code == 413, over.text
+    assert over.json()["code"] == "file_too_large", over.text
     missing = await client.get(url, params={"path": str(files / "nothing")}, headers=admin)
-    assert missing.status_code == 404 and missing.json()["code"] == "not_found"
+    assert missing.status_code == 404
+    assert missing.json()["code"] == "not_found"
     relative = await client.get(url, params={"path": "etc/passwd"}, headers=admin)
     assert relative.json()["code"] == "invalid_path"
     assert sorted(path.name for path in files.iterdir()) == ["big.bin", "blob.bin", "escape"]  # no .part left
@@ -329,15 +345,29 @@ async def test_files_round_trip_within_the_roots_and_nothing_else(devices: Devic
     source = devices.shell.root / "local.txt"
     source.write_text("from the operator\n")
     server = fleet.server.management_url
-    sent = subprocess.run(
-        fleetkeeper_command("terminal", "put", device, str(source), str(files / "note.txt"), "--server", server, "--token", devices.token),
-        capture_output=True, text=True, timeout=60, check=False,
+    sent = await run_cli(
+        "terminal",
+        "put",
+        device,
+        str(source),
+        str(files / "note.txt"),
+        "--server",
+        server,
+        "--token",
+        devices.token,
     )
     assert sent.returncode == 0, sent.stderr
     back = devices.shell.root / "back.txt"
-    received = subprocess.run(
-        fleetkeeper_command("terminal", "get", device, str(files / "note.txt"), str(back), "--server", server, "--token", devices.token),
-        capture_output=True, text=True, timeout=60, check=False,
+    received = await run_cli(
+        "terminal",
+        "get",
+        device,
+        str(files / "note.txt"),
+        str(back),
+        "--server",
+        server,
+        "--token",
+        devices.token,
     )
     assert received.returncode == 0, received.stderr
     assert back.read_text() == "from the operator\n"
@@ -382,7 +412,9 @@ async def test_a_session_of_another_user_cannot_be_written_to(devices: Devices) 
     assert (await theirs.control("closed"))["reason"] == "operator_closed"
 
 
-async def test_an_input_flood_ends_the_session_with_a_reason_and_leaves_nothing_behind(devices: Devices) -> None:
+async def test_an_input_flood_ends_the_session_with_a_reason_and_leaves_nothing_behind(
+    devices: Devices,
+) -> None:
     me = await operator(devices.fleet, devices.shell.device_id, devices.token)
     assert (await me.open())["type"] == "opened"
     await me.type("sleep 600\n")  # the shell reads nothing while this runs
@@ -391,14 +423,19 @@ async def test_an_input_flood_ends_the_session_with_a_reason_and_leaves_nothing_
     for _ in range(64):  # 4 MiB
         try:
             await me.connection.send(encode_data(me.session, block))
-        except Exception:  # noqa: BLE001 - the server may close the connection first
+        except Exception:
             break
     closed = await me.control("closed", within=60)
     assert closed["reason"] in ("input_flood", "device_overloaded"), closed
     assert devices.shell_channel.children() == []
     assert devices.shell_channel.open_ptys() == 0
     # The device goes on serving.
-    again = run_terminal(devices.fleet.server.management_url, devices.token, devices.shell.device_id, "echo after-flood\nexit\n")
+    again = await run_terminal(
+        devices.fleet.server.management_url,
+        devices.token,
+        devices.shell.device_id,
+        "echo after-flood\nexit\n",
+    )
     assert printed(again.stdout, "after-flood"), again.stderr
 
 
@@ -430,5 +467,9 @@ async def test_malformed_device_frames_get_an_error_and_the_channel_goes_on(devi
         assert (await me.open())["type"] == "opened"
         await device.send(encode_data(opening["session"], b"hello from a hand-made device"))
         await me.read_until(b"hand-made")
-        await device.send(json.dumps({"type": "closed", "session": opening["session"], "reason": "exited", "exit_status": 0}))
+        await device.send(
+            json.dumps(
+                {"type": "closed", "session": opening["session"], "reason": "exited", "exit_status": 0}
+            )
+        )
         assert (await me.control("closed"))["reason"] == "exited"

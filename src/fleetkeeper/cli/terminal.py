@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import quote, urlsplit
 
-import click
 import httpx2
 import typer
 from typer.core import TyperGroup
@@ -33,7 +32,7 @@ class _DeviceByDefault(TyperGroup):
     """`fleetkeeper terminal DEVICE` opens a terminal: a first word that names no subcommand is the
     device of `open`."""
 
-    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:  # typer's own click Context
         if args and not args[0].startswith("-") and args[0] not in self.commands:
             args = ["open", *args]
         return super().parse_args(ctx, args)
@@ -63,7 +62,8 @@ def _terminal_url(server: str, device: str, cols: int, rows: int) -> str:
     if parts.scheme not in ("http", "https") or not parts.netloc:
         raise _fail(f"--server {server!r}: expected http(s)://host:port", 2)
     scheme = "wss" if parts.scheme == "https" else "ws"
-    return f"{scheme}://{parts.netloc}{parts.path}/api/v1/devices/{quote(device, safe='')}/terminal?cols={cols}&rows={rows}"
+    path = f"{parts.path}/api/v1/devices/{quote(device, safe='')}/terminal"
+    return f"{scheme}://{parts.netloc}{path}?cols={cols}&rows={rows}"
 
 
 def _size(cols: int | None, rows: int | None) -> tuple[int, int]:
@@ -90,7 +90,9 @@ def open_terminal(
 
 async def _session(url: str, token: str) -> int:
     try:
-        async with connect(url, additional_headers={"Authorization": f"Bearer {token}"}, max_size=2**20) as ws:
+        async with connect(
+            url, additional_headers={"Authorization": f"Bearer {token}"}, max_size=2**20
+        ) as ws:
             return await _Session(ws).run()
     except InvalidStatus as exc:
         raise _fail(f"the server refused the connection: HTTP {exc.response.status_code}") from None
@@ -221,7 +223,9 @@ def replay(
     max_wait: Annotated[float, typer.Option(help="longest pause between outputs, in seconds", min=0)] = 2.0,
 ) -> None:
     """Play a recorded session back (asciicast v2) on this terminal. Needs audit:read."""
-    response = _request("GET", server, f"/api/v1/terminal/sessions/{quote(session, safe='')}/recording", token)
+    response = _request(
+        "GET", server, f"/api/v1/terminal/sessions/{quote(session, safe='')}/recording", token
+    )
     lines = response.content.decode("utf-8", errors="replace").splitlines()
     previous = 0.0
     for line in lines[1:]:

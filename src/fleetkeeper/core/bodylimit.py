@@ -22,7 +22,12 @@ class BodySizeLimitMiddleware:
         self.app = app
         self.default = default
         self.limits = [
-            (re.compile("".join("[^/]+" if part == "*" else re.escape(part) for part in re.split(r"(\*)", prefix))), limit)
+            (
+                re.compile(
+                    "".join("[^/]+" if part == "*" else re.escape(part) for part in re.split(r"(\*)", prefix))
+                ),
+                limit,
+            )
             for prefix, limit in sorted((limits or {}).items(), key=lambda item: len(item[0]), reverse=True)
         ]
 

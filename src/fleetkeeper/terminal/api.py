@@ -52,7 +52,9 @@ TerminalAccess = Annotated[
 
 
 def _close_code(status: int) -> int:
-    return {401: CLOSE_UNAUTHENTICATED, 403: CLOSE_FORBIDDEN, 404: CLOSE_NOT_FOUND}.get(status, CLOSE_CONFLICT)
+    return {401: CLOSE_UNAUTHENTICATED, 403: CLOSE_FORBIDDEN, 404: CLOSE_NOT_FOUND}.get(
+        status, CLOSE_CONFLICT
+    )
 
 
 async def _refuse(websocket: WebSocket, error: ProblemError) -> None:
@@ -67,7 +69,7 @@ async def _principal_from_first_message(websocket: WebSocket) -> Principal:
         message = decode_control(text, {"auth": OPERATOR_TO_SERVER["auth"]})
     except (TimeoutError, MalformedFrameError, KeyError, RuntimeError):
         raise ProblemError(
-            "send the access token first: {\"type\": \"auth\", \"token\": \"…\"}", code="unauthenticated", status=401
+            'send the access token first: {"type": "auth", "token": "…"}', code="unauthenticated", status=401
         ) from None
     token = message["token"]
     if not isinstance(token, str) or not token:
@@ -97,7 +99,9 @@ async def terminal(
     await bridge.TerminalBridge(runtime, websocket, principal, row, cols, rows).run()
 
 
-DevicePath = Annotated[str, Query(min_length=1, max_length=service.MAX_PATH_LENGTH, description="absolute path")]
+DevicePath = Annotated[
+    str, Query(min_length=1, max_length=service.MAX_PATH_LENGTH, description="absolute path")
+]
 
 
 class FileOut(BaseModel):
@@ -118,7 +122,9 @@ async def put_file(device_id: str, path: DevicePath, request: Request, principal
     size = int(declared)
     if size > runtime.settings.terminal_max_file_bytes:
         raise ProblemError(
-            f"the file is over {runtime.settings.terminal_max_file_bytes} bytes", code="file_too_large", status=413
+            f"the file is over {runtime.settings.terminal_max_file_bytes} bytes",
+            code="file_too_large",
+            status=413,
         )
     row = await service.begin(runtime, principal, device_id, "upload", path=path)
     result = await bridge.upload(runtime, principal, row, size, request.stream())
@@ -215,5 +221,7 @@ async def recording(session_id: str, request: Request, principal: Auditor) -> Re
     except ObjectNotFoundError:
         first = None
     if first is None:
-        raise ProblemError("the recording is missing from the object store", code="recording_not_found", status=404)
+        raise ProblemError(
+            "the recording is missing from the object store", code="recording_not_found", status=404
+        )
     return StreamingResponse(body(), media_type="application/x-asciicast")

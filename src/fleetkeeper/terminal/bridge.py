@@ -13,7 +13,8 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from starlette.websockets import WebSocket, WebSocketDisconnect
+from starlette.types import Message
+from starlette.websockets import WebSocket
 
 from fleetkeeper.access.principal import Principal
 from fleetkeeper.core.errors import ProblemError
@@ -85,12 +86,12 @@ def _refusal(code: str, message: str) -> DeviceRefusedError:
 
 
 async def _await_answer(
-    subscription: Subscription, timeout: float, wanted: tuple[str, ...]
+    subscription: Subscription, seconds: float, wanted: tuple[str, ...]
 ) -> dict[str, Any]:
     """The device's answer to an open (or a file request); `device_not_connected` when none comes
     in time: a device whose channel is up answers at once."""
     try:
-        async with asyncio.timeout(timeout):
+        async with asyncio.timeout(seconds):
             while True:
                 message = await subscription.get()
                 if message.get("type") in wanted:
@@ -133,13 +134,17 @@ class TerminalBridge:
                 },
             )
             try:
-                answer = await _await_answer(subscription, settings.terminal_open_timeout, ("opened", "refused"))
+                answer = await _await_answer(
+                    subscription, settings.terminal_open_timeout, ("opened", "refused")
+                )
             except DeviceRefusedError as exc:
                 answer = {"type": "refused", "code": exc.code, "message": exc.detail}
             if answer["type"] == "refused":
                 code, message = str(answer.get("code")), str(answer.get("message"))
                 await service.refused(self.runtime, self.row, actor, code, message)
-                await self._send_json({"type": "refused", "session": self.row.id, "code": code, "message": message})
+                await self._send_json(
+                    {"type": "refused", "session": self.row.id, "code": code, "message": message}
+                )
                 await self.websocket.close(4409)
                 return
             await service.opened(self.runtime, self.row, actor, self.cols, self.rows)
@@ -227,11 +232,12 @@ class TerminalBridge:
         elif kind == "closed":
             status = message.get("exit_status")
             return service.Ending(
-                str(message.get("reason") or "exited"), exit_status=status if isinstance(status, int) else None
+                str(message.get("reason") or "exited"),
+                exit_status=status if isinstance(status, int) else None,
             )
         return None
 
-    async def _from_operator(self, event: dict[str, Any], recording: Recording) -> service.Ending | None:
+    async def _from_operator(self, event: Message, recording: Recording) -> service.Ending | None:
         if event["type"] == "websocket.disconnect":
             return service.Ending("operator_disconnected")
         relay = self.runtime.terminal_relay
@@ -257,8 +263,12 @@ class TerminalBridge:
             return None
         if message["type"] == "resize":
             cols, rows = message.get("cols"), message.get("rows")
-            if not (isinstance(cols, int) and isinstance(rows, int) and 1 <= cols <= 1000 and 1 <= rows <= 1000):
-                await self.websocket.send_text(error_frame("malformed_frame", "resize: cols and rows are 1 to 1000"))
+            if not (
+                isinstance(cols, int) and isinstance(rows, int) and 1 <= cols <= 1000 and 1 <= rows <= 1000
+            ):
+                await self.websocket.send_text(
+                    error_frame("malformed_frame", "resize: cols and rows are 1 to 1000")
+                )
                 return None
             recording.resize(cols, rows)
             await relay.publish(topic, {"type": "resize", "session": self.row.id, "cols": cols, "rows": rows})
@@ -288,7 +298,9 @@ async def upload(
     ending = service.Ending(reason="failed", failed=True, size=size)
     try:
         async with relay.subscribe(session_topic(row.id)) as subscription:
-            await relay.publish(topic, {"type": "file_put", "session": row.id, "path": row.path, "size": size})
+            await relay.publish(
+                topic, {"type": "file_put", "session": row.id, "path": row.path, "size": size}
+            )
             answer = await _await_answer(
                 subscription, runtime.settings.terminal_open_timeout, ("file_ready", "file_error", "refused")
             )
@@ -303,7 +315,9 @@ async def upload(
                         acked = _acked(await _next_file_message(subscription, runtime), acked)
                     sent += len(chunk)
                     if sent > size:
-                        raise ProblemError("the body is longer than its Content-Length", code="length_mismatch")
+                        raise ProblemError(
+                            "the body is longer than its Content-Length", code="length_mismatch"
+                        )
                     digest.update(chunk)
                     await relay.publish(topic, {"type": "data", "session": row.id, "data": chunk})
             if sent != size:
@@ -314,7 +328,9 @@ async def upload(
                 if message["type"] == "file_end":
                     break
             if message.get("sha256") != digest.hexdigest() or message.get("size") != size:
-                raise ProblemError("the device stored something else than was sent", code="transfer_corrupted")
+                raise ProblemError(
+                    "the device stored something else than was sent", code="transfer_corrupted"
+                )
             ending = service.Ending(reason="complete", bytes_in=size, size=size, sha256=digest.hexdigest())
             return FileResult(row.id, row.path, size, digest.hexdigest())
     except DeviceRefusedError as exc:
@@ -381,7 +397,9 @@ class Download:
                     yield data
                     if received - last_ack >= FILE_ACK_EVERY:
                         last_ack = received
-                        await relay.publish(topic, {"type": "file_ack", "session": self.row.id, "received": received})
+                        await relay.publish(
+                            topic, {"type": "file_ack", "session": self.row.id, "received": received}
+                        )
                 elif kind == "file_end":
                     if received != self.size or message.get("sha256") != digest.hexdigest():
                         raise _refusal("transfer_corrupted", "the device's file changed during the transfer")
@@ -396,7 +414,9 @@ class Download:
             ending.bytes_out = received
             if ending.failed:
                 with contextlib.suppress(Exception):
-                    await relay.publish(topic, {"type": "close", "session": self.row.id, "reason": ending.reason})
+                    await relay.publish(
+                        topic, {"type": "close", "session": self.row.id, "reason": ending.reason}
+                    )
             await asyncio.shield(service.finish(self.runtime, self.row, self.principal.actor, ending))
             await self.stack.aclose()
 
@@ -422,11 +442,11 @@ async def start_download(runtime: Runtime, principal: Principal, row: TerminalSe
             raise _refusal(str(answer.get("code")), str(answer.get("message")))
         size = answer.get("size")
         if not isinstance(size, int) or not 0 <= size <= runtime.settings.terminal_max_file_bytes:
-            raise _refusal("file_too_large", f"the file is over {runtime.settings.terminal_max_file_bytes} bytes")
+            raise _refusal(
+                "file_too_large", f"the file is over {runtime.settings.terminal_max_file_bytes} bytes"
+            )
     except ProblemError as exc:
         await stack.aclose()
-        await service.finish(
-            runtime, row, principal.actor, service.Ending(reason=exc.code, failed=True)
-        )
+        await service.finish(runtime, row, principal.actor, service.Ending(reason=exc.code, failed=True))
         raise
     return Download(runtime, principal, row, size, subscription, stack)

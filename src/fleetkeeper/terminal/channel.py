@@ -12,6 +12,7 @@ import contextlib
 import json
 from typing import Any
 
+from starlette.types import Message
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from fleetkeeper.core.logging import get_logger
@@ -63,7 +64,9 @@ class DeviceChannel:
                 del _channels[self.device_id]
             for session in list(self.sessions):
                 with contextlib.suppress(Exception):
-                    await relay.publish(session_topic(session), {"type": "closed", "session": session, "reason": reason})
+                    await relay.publish(
+                        session_topic(session), {"type": "closed", "session": session, "reason": reason}
+                    )
             with contextlib.suppress(Exception):
                 await self.websocket.close(1000 if reason == "replaced" else 1011)
 
@@ -83,7 +86,9 @@ class DeviceChannel:
                         await self._to_device(from_relay.result())
                     except RelayOverflowError:
                         for session in list(self.sessions):
-                            await self._send({"type": "close", "session": session, "reason": "device_overloaded"})
+                            await self._send(
+                                {"type": "close", "session": session, "reason": "device_overloaded"}
+                            )
                         return "device_overloaded"
                     from_relay = asyncio.create_task(subscription.get())
                 if from_device in done:
@@ -119,7 +124,7 @@ class DeviceChannel:
                 self.sessions.discard(session)
             await self._send(message)
 
-    async def _from_device(self, event: dict[str, Any]) -> None:
+    async def _from_device(self, event: Message) -> None:
         relay = self.runtime.terminal_relay
         try:
             if event.get("bytes") is not None:
@@ -127,7 +132,10 @@ class DeviceChannel:
                 self._ensure_known(frame.session)
                 for start in range(0, len(frame.data), DATA_CHUNK):
                     chunk = frame.data[start : start + DATA_CHUNK]
-                    await relay.publish(session_topic(frame.session), {"type": "data", "session": frame.session, "data": chunk})
+                    await relay.publish(
+                        session_topic(frame.session),
+                        {"type": "data", "session": frame.session, "data": chunk},
+                    )
                 return
             message = decode_control(event.get("text") or "", DEVICE_TO_SERVER)
         except MalformedFrameError as exc:
