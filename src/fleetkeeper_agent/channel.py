@@ -29,10 +29,7 @@ from typing import Any
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 
-from fleetkeeper_agent.client import tls_context
 from fleetkeeper_agent.config import AgentConfig, TerminalConfig
-from fleetkeeper_agent.identity import IdentityState
-from fleetkeeper_agent.keystore import FileKeyStore
 
 log = logging.getLogger(__name__)
 
@@ -564,6 +561,32 @@ class DownloadSender:
 # --- the process ------------------------------------------------------------------------------
 
 
+def enrolled_connection(data_dir: Path) -> tuple[str, ssl.SSLContext] | None:
+    """The channel's URL and an mTLS context from the files enrollment left (identity.json,
+    device.crt, device.key, ca.crt), or None before the device is accepted.
+
+    Read with the standard library alone: this process stays resident, and the identity module's
+    imports (the HTTP client, cryptography) would double its memory for nothing it needs. The
+    context is the one `client.tls_context` makes: the fleet CA alone, the server's name checked."""
+    try:
+        identity = json.loads((data_dir / "identity.json").read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    if not isinstance(identity, dict) or identity.get("status") != "accepted":
+        return None
+    server_url = identity.get("server_url")
+    if not isinstance(server_url, str) or not server_url.startswith("https://"):
+        raise ValueError(f"identity.json: server_url {server_url!r} is not an https URL")
+    if not (data_dir / "device.crt").exists() or not (data_dir / "ca.crt").exists():
+        return None
+    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(data_dir / "ca.crt"))
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.check_hostname = True
+    context.verify_mode = ssl.CERT_REQUIRED
+    context.load_cert_chain(data_dir / "device.crt", data_dir / "device.key")
+    return channel_url(server_url), context
+
+
 def channel_url(server_url: str) -> str:
     return "wss://" + server_url.split("://", 1)[1].rstrip("/") + CHANNEL_PATH
 
@@ -574,25 +597,16 @@ async def keep_channel_open(config: AgentConfig, stop: asyncio.Event) -> None:
     while not stop.is_set():
         connected = False
         try:
-            state = IdentityState.load(config.data_dir)
-            store = FileKeyStore(config.data_dir)
-            ca_pem = store.load_ca_pem() if state is not None else None
-            if (
-                state is None
-                or state.status != "accepted"
-                or ca_pem is None
-                or store.load_certificate() is None
-            ):
+            # Read again each time: the certificate may have been renewed or the key rotated since.
+            enrolled = enrolled_connection(config.data_dir)
+            if enrolled is None:
                 log.info("channel: not enrolled yet; waiting")
             else:
-                # A new context each time: the certificate may have been renewed since.
-                context = tls_context(ca_pem, store)
-                async with connect(
-                    channel_url(state.server_url), ssl=context, max_size=MAX_FRAME, open_timeout=30
-                ) as connection:
+                url, context = enrolled
+                async with connect(url, ssl=context, max_size=MAX_FRAME, open_timeout=30) as connection:
                     connected = True
                     failures = 0
-                    log.info("channel: connected to %s", state.server_url)
+                    log.info("channel: connected to %s", url)
                     serving = asyncio.create_task(Channel(connection, config.terminal).serve())
                     stopping = asyncio.create_task(stop.wait())
                     await asyncio.wait({serving, stopping}, return_when=asyncio.FIRST_COMPLETED)
