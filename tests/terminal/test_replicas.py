@@ -4,11 +4,14 @@ operator to the other, and the session is relayed between them (LISTEN/NOTIFY)."
 from __future__ import annotations
 
 import asyncio
+import json
 import subprocess
 from pathlib import Path
 
 import pytest
+from websockets.asyncio.client import connect
 
+from fleetkeeper.terminal.protocol import encode_data
 from tests.conftest import POSTGRES_URL, Api, PostgresServer, fleetkeeper_command, start_server
 from tests.e2e.fleet import Fleet, management_client
 from tests.terminal.support import ChannelProcess, enrolled_agent, run_terminal
@@ -63,6 +66,35 @@ async def test_an_operator_on_one_replica_reaches_a_device_on_another(tmp_path: 
                     assert recording.status_code == 200, recording.text
                     assert "hello-from-device" in recording.text
                     assert channel.children() == []
+
+                    # A replica that stops ends its sessions and stores their recordings first.
+                    url = replica_b.management_url.replace("http://", "ws://")
+                    async with connect(
+                        f"{url}/api/v1/devices/{agent.device_id}/terminal",
+                        additional_headers={"Authorization": f"Bearer {token}"},
+                    ) as operator:
+                        opened = json.loads(await operator.recv())
+                        assert opened["type"] == "opened", opened
+                        await operator.send(encode_data(opened["session"], b"echo before-$((6*7))\n"))
+                        output = b""
+                        while b"before-42" not in output:
+                            frame = await operator.recv()
+                            if isinstance(frame, bytes):
+                                output += frame
+                        await asyncio.to_thread(replica_b.stop)
+                    ended = await client.get(
+                        f"/api/v1/terminal/sessions/{opened['session']}", headers=fleet.admin
+                    )
+                    assert ended.json()["close_reason"] == "server_shutdown", ended.text
+                    recording = await client.get(
+                        f"/api/v1/terminal/sessions/{opened['session']}/recording", headers=fleet.admin
+                    )
+                    assert "before-42" in recording.text
+                    for _ in range(300):  # the device ends the shell when the relay tells it to
+                        if not channel.children():
+                            break
+                        await asyncio.sleep(0.1)
+                    assert channel.children() == [], channel.log()
                 finally:
                     channel.stop()
         finally:

@@ -46,10 +46,16 @@ async def devices(module_fleet: Fleet) -> AsyncIterator[Devices]:
         # No agent runs for this one: the tests speak its side of the channel themselves.
         enrolled_agent(fleet, "raw-device"),
     )
-    channels = [ChannelProcess.start(agent) for agent in (shell, idle, disabled)]
+    channels = [ChannelProcess.start(agent) for agent in (shell, disabled)]
+    # This one runs as the daemon does in production: `run` starts the channel's process itself.
+    idle.start()
     try:
         for channel in channels:
             await channel.wait_connected()
+        while "channel: connected" not in idle.log():
+            assert idle.process is not None
+            assert idle.process.poll() is None, idle.log()
+            await asyncio.sleep(0.1)
         yield Devices(fleet, shell, channels[0], idle, disabled, raw, fleet.admin["authorization"].split()[1])
         assert channels[0].children() == [], "a shell was left behind"
         assert channels[0].open_ptys() == 0, "a PTY was left open"

@@ -40,6 +40,7 @@ log = get_logger(__name__)
 # well under what a relay queue holds means a transfer never overflows one.
 FILE_WINDOW = 512 * 1024
 FILE_ACK_EVERY = 64 * 1024
+SERVICE_RESTART = 1012
 
 CLOSE_MESSAGES = {
     "exited": "the shell exited",
@@ -239,7 +240,9 @@ class TerminalBridge:
 
     async def _from_operator(self, event: Message, recording: Recording) -> service.Ending | None:
         if event["type"] == "websocket.disconnect":
-            return service.Ending("operator_disconnected")
+            # uvicorn closes every WebSocket with 1012 (service restart) when the server stops.
+            stopping = event.get("code") == SERVICE_RESTART
+            return service.Ending("server_shutdown" if stopping else "operator_disconnected")
         relay = self.runtime.terminal_relay
         topic = device_topic(self.row.device_id)
         try:
