@@ -122,6 +122,10 @@ def decode_message(payload: str) -> tuple[str, dict[str, Any]]:
     return topic, message
 
 
+# A connection that failed in any of these ways is dropped and a new one opened.
+_CONNECTION_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError)
+
+
 def channel_name(topic: str) -> str:
     """A PostgreSQL identifier for the topic: device and session ids are not all identifier-safe,
     and an identifier is at most 63 bytes."""
@@ -140,15 +144,54 @@ class PostgresRelay:
         self._lock = asyncio.Lock()
         self._subscribers = _Subscribers()
         self._listening: set[str] = set()
+        self._closing = False
+        self._reconnecting: asyncio.Task[None] | None = None
 
     async def _connected(self) -> asyncpg.Connection:
         if self._connection is not None and not self._connection.is_closed():
             return self._connection
-        self._connection = await asyncpg.connect(self._dsn)
+        connection = await asyncpg.connect(self._dsn)
+        connection.add_termination_listener(self._lost)
+        self._connection = connection
         self._listening = set()
         for topic in list(self._subscribers.by_topic):
-            await self._listen(self._connection, topic)
-        return self._connection
+            await self._listen(connection, topic)
+        return connection
+
+    def _drop(self) -> None:
+        """Forget a connection that failed: the next use opens a new one."""
+        if self._connection is not None:
+            self._connection.terminate()
+        self._connection = None
+
+    def _lost(self, connection: object) -> None:
+        """The server closed the listening connection (a restart, a failover): listen again at
+        once, not at the next publish, so that a replica that only listens keeps hearing."""
+        if connection is self._connection and not self._closing and self._subscribers.by_topic:
+            self._connection = None
+            self._reconnecting = asyncio.get_running_loop().create_task(self._reconnect())
+
+    async def _reconnect(self) -> None:
+        for attempt in range(10):
+            try:
+                async with self._lock:
+                    await self._connected()
+                return
+            except _CONNECTION_ERRORS:
+                await asyncio.sleep(min(30.0, 0.5 * 2**attempt))
+        log.error("terminal relay: cannot listen on PostgreSQL again; sessions through this replica fail")
+
+    async def _execute(self, query: str, *args: object) -> None:
+        """`query` on the relay's connection, once more on a new connection if it failed."""
+        for attempt in (1, 2):
+            try:
+                connection = await self._connected()
+                await connection.execute(query, *args)
+                return
+            except _CONNECTION_ERRORS:
+                self._drop()
+                if attempt == 2:
+                    raise
 
     async def _listen(self, connection: asyncpg.Connection, topic: str) -> None:
         channel = channel_name(topic)
@@ -168,14 +211,19 @@ class PostgresRelay:
     async def subscribe(self, topic: str) -> AsyncIterator[Subscription]:
         subscription = Subscription(topic)
         async with self._lock:
-            first = self._subscribers.add(subscription)
-            try:
-                connection = await self._connected()
-                if first:
-                    await self._listen(connection, topic)
-            except BaseException:
-                self._subscribers.remove(subscription)
-                raise
+            self._subscribers.add(subscription)
+            for attempt in (1, 2):
+                try:
+                    await self._listen(await self._connected(), topic)
+                    break
+                except _CONNECTION_ERRORS:
+                    self._drop()
+                    if attempt == 2:
+                        self._subscribers.remove(subscription)
+                        raise
+                except BaseException:
+                    self._subscribers.remove(subscription)
+                    raise
         try:
             yield subscription
         finally:
@@ -185,7 +233,7 @@ class PostgresRelay:
                     connection = self._connection
                     if connection is not None and not connection.is_closed() and channel in self._listening:
                         self._listening.discard(channel)
-                        with contextlib.suppress(asyncpg.PostgresError, OSError):
+                        with contextlib.suppress(*_CONNECTION_ERRORS):
                             await connection.remove_listener(channel, self._notified)
 
     async def publish(self, topic: str, message: dict[str, Any]) -> None:
@@ -193,10 +241,12 @@ class PostgresRelay:
         if len(payload.encode()) > NOTIFY_PAYLOAD_LIMIT:
             raise ValueError(f"a relayed message of {len(payload)} bytes is over the NOTIFY limit")
         async with self._lock:
-            connection = await self._connected()
-            await connection.execute("SELECT pg_notify($1, $2)", channel_name(topic), payload)
+            await self._execute("SELECT pg_notify($1, $2)", channel_name(topic), payload)
 
     async def close(self) -> None:
+        self._closing = True
+        if self._reconnecting is not None:
+            self._reconnecting.cancel()
         async with self._lock:
             if self._connection is not None and not self._connection.is_closed():
                 await self._connection.close()
