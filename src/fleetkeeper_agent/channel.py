@@ -90,6 +90,8 @@ class Channel:
                     await self._data(frame)
                 else:
                     await self._control(frame)
+        except ConnectionClosed as exc:
+            log.info("channel: the connection closed (%s)", exc)
         finally:
             await self.close_all("device_disconnected")
 
@@ -357,9 +359,9 @@ class PtySession:
                 task.cancel()
         if self.exit_status is None:
             self.exit_status = await _end_process_group(self.pid)
-        else:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(self.pid, signal.SIGHUP)
+        else:  # the shell exited; jobs it left in its session go with it
+            _signal_session(self.pid, signal.SIGHUP)
+            _signal_session(self.pid, signal.SIGKILL)
         os.close(self.master)
         await self.channel.send_json(
             {"type": "closed", "session": self.session, "reason": reason, "exit_status": self.exit_status}
@@ -401,30 +403,54 @@ def _exec_shell(master: int, slave: int, account: pwd.struct_passwd, shell: str)
 
 
 async def _end_process_group(pid: int) -> int | None:
-    """SIGHUP to the shell's process group (as a terminal hang-up would), SIGKILL after a grace
-    period; returns the shell's exit status."""
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pid, signal.SIGHUP)
-        os.killpg(pid, signal.SIGCONT)
+    """Hangs the terminal's session up: SIGHUP to every process of the shell's session (the shell,
+    and the jobs it started in process groups of their own), SIGKILL to whatever is left after a
+    grace period or once the shell is gone; returns the shell's exit status."""
+    _signal_session(pid, signal.SIGHUP)
+    _signal_session(pid, signal.SIGCONT)  # a stopped job would not see the hang-up
     deadline = time.monotonic() + KILL_GRACE_SECONDS
+    status: int | None = None
     while time.monotonic() < deadline:
         try:
-            done, status = os.waitpid(pid, os.WNOHANG)  # noqa: ASYNC222 - WNOHANG does not block
+            done, raw = os.waitpid(pid, os.WNOHANG)  # noqa: ASYNC222 - WNOHANG does not block
         except ChildProcessError:
-            return None
+            break
         if done:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(pid, signal.SIGKILL)  # anything the shell left running in its group
-            return os.waitstatus_to_exitcode(status)
+            status = os.waitstatus_to_exitcode(raw)
+            break
         await asyncio.sleep(0.05)
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pid, signal.SIGKILL)
-    try:
-        # After SIGKILL the exit is immediate; this wait does not hold the loop.
-        _, status = os.waitpid(pid, 0)  # noqa: ASYNC222
-    except ChildProcessError:
-        return None
-    return os.waitstatus_to_exitcode(status)
+    _signal_session(pid, signal.SIGKILL)
+    if status is None:
+        try:
+            # After SIGKILL the exit is immediate; this wait does not hold the loop.
+            _, raw = os.waitpid(pid, 0)  # noqa: ASYNC222
+            status = os.waitstatus_to_exitcode(raw)
+        except ChildProcessError:
+            pass
+    return status
+
+
+def _signal_session(session: int, signum: int) -> None:
+    """Every process whose session is the shell's (setsid made the shell its leader). A process that
+    started a session of its own (setsid, a daemon) has left the terminal on purpose, as with ssh."""
+    for pid in [session, *_session_members(session)]:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signum)
+
+
+def _session_members(session: int) -> list[int]:
+    members = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == session:
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", encoding="ascii", errors="replace") as handle:
+                fields = handle.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[3]) == session:  # after the name: state, ppid, pgrp, session
+            members.append(int(entry))
+    return members
 
 
 # --- file transfer ----------------------------------------------------------------------------

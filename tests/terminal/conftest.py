@@ -11,9 +11,12 @@ from tests.e2e.fleet import Fleet, management_client
 
 @pytest.fixture(scope="module")
 async def module_fleet(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Fleet]:
-    """One server (SQLite) for a module's tests: they each enroll their own devices."""
+    """One server (SQLite) for a module's tests: they each enroll their own devices. Two terminal
+    sessions per device at most, so that the limit is reached in a test."""
     workdir: Path = tmp_path_factory.mktemp("terminal")
-    server = start_server(workdir / "server", timeout=120)
+    server = start_server(
+        workdir / "server", timeout=120, env={"FLEETKEEPER_TERMINAL_MAX_SESSIONS_PER_DEVICE": "2"}
+    )
     try:
         async with management_client(server) as client:
             assert server.admin_password

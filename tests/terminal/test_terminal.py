@@ -12,6 +12,7 @@ import re
 import ssl
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -41,7 +42,7 @@ async def devices(module_fleet: Fleet) -> AsyncIterator[Devices]:
     roots = [str(fleet.workdir / "agents" / "shell-device" / "files")]
     shell, idle, disabled, raw = await asyncio.gather(
         enrolled_agent(fleet, "shell-device", max_sessions=3, file_roots=roots, max_file_bytes=1024 * 1024),
-        enrolled_agent(fleet, "idle-device", idle_timeout=2),
+        enrolled_agent(fleet, "idle-device", idle_timeout=2, max_sessions=1),
         enrolled_agent(fleet, "disabled-device", enabled=False),
         # No agent runs for this one: the tests speak its side of the channel themselves.
         enrolled_agent(fleet, "raw-device"),
@@ -296,6 +297,30 @@ async def test_a_browser_sends_the_token_in_its_first_message(devices: Devices) 
     assert error["code"] == "invalid_token"
 
 
+async def test_sessions_per_device_are_limited_by_the_server_and_by_the_device(devices: Devices) -> None:
+    fleet = devices.fleet
+    first = await operator(fleet, devices.shell.device_id, devices.token)
+    second = await operator(fleet, devices.shell.device_id, devices.token)
+    assert (await first.open())["type"] == "opened"
+    assert (await second.open())["type"] == "opened"
+    third = await operator(fleet, devices.shell.device_id, devices.token)
+    refused = await third.open()  # the server's limit: 2 in this module
+    assert refused["type"] == "error"
+    assert refused["code"] == "too_many_sessions"
+    for session in (first, second):
+        await session.connection.send(json.dumps({"type": "close"}))
+        assert (await session.control("closed"))["reason"] == "operator_closed"
+
+    only = await operator(fleet, devices.idle.device_id, devices.token)
+    assert (await only.open())["type"] == "opened"
+    another = await operator(fleet, devices.idle.device_id, devices.token)
+    refused = await another.open()  # the device's own limit: max_sessions = 1
+    assert refused["type"] == "refused"
+    assert refused["code"] == "too_many_sessions"
+    await only.connection.send(json.dumps({"type": "close"}))
+    assert (await only.control("closed"))["reason"] == "operator_closed"
+
+
 # --- file transfer ------------------------------------------------------------------------------
 
 
@@ -433,6 +458,12 @@ async def test_an_input_flood_ends_the_session_with_a_reason_and_leaves_nothing_
             break
     closed = await me.control("closed", within=60)
     assert closed["reason"] in ("input_flood", "device_overloaded"), closed
+    # When the server dropped the session (device_overloaded) it told the operator first, and the
+    # device ends the shell as it gets the close: wait for that, boundedly.
+    for _ in range(100):
+        if not devices.shell_channel.children():
+            break
+        await asyncio.sleep(0.1)
     assert devices.shell_channel.children() == []
     assert devices.shell_channel.open_ptys() == 0
     # The device goes on serving.
@@ -443,6 +474,30 @@ async def test_an_input_flood_ends_the_session_with_a_reason_and_leaves_nothing_
         "echo after-flood\nexit\n",
     )
     assert printed(again.stdout, "after-flood"), again.stderr
+
+
+async def test_jobs_the_shell_left_running_end_with_the_session(devices: Devices) -> None:
+    me = await operator(devices.fleet, devices.shell.device_id, devices.token)
+    assert (await me.open())["type"] == "opened"
+    # A background job in a process group of its own, and one that outlives the shell.
+    await me.type("sleep 3001 &\nsleep 3002 &\necho started-$((1+1))\n")
+    await me.read_line("started-2")
+    assert len(sleeping(b"3001") + sleeping(b"3002")) == 2
+    await me.type("exit\n")
+    assert (await me.control("closed"))["reason"] == "exited"
+    assert sleeping(b"3001") + sleeping(b"3002") == []
+
+
+def sleeping(seconds: bytes) -> list[int]:
+    """Processes running `sleep SECONDS` (once reparented they are no longer the agent's children)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and (entry / "cmdline").read_bytes() == b"sleep\x00" + seconds + b"\x00":
+                found.append(int(entry.name))
+        except OSError:
+            continue
+    return found
 
 
 async def test_malformed_device_frames_get_an_error_and_the_channel_goes_on(devices: Devices) -> None:

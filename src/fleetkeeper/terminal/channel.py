@@ -34,7 +34,7 @@ log = get_logger(__name__)
 # Messages from the relay that go down to the device as control frames.
 TO_DEVICE = {"open", "resize", "close", "file_put", "file_get", "file_end", "file_ack"}
 # The device's answers that end a session or transfer on this channel.
-ENDINGS = {"closed", "refused", "file_error"}
+ENDINGS = {"closed", "refused", "file_error", "file_end"}
 
 # The channel each device holds on this replica: a new one replaces the old (a device whose
 # connection died without a close reconnects before the server notices).
@@ -85,11 +85,7 @@ class DeviceChannel:
                     try:
                         await self._to_device(from_relay.result())
                     except RelayOverflowError:
-                        for session in list(self.sessions):
-                            await self._send(
-                                {"type": "close", "session": session, "reason": "device_overloaded"}
-                            )
-                        return "device_overloaded"
+                        await self._overloaded()
                     from_relay = asyncio.create_task(subscription.get())
                 if from_device in done:
                     event = from_device.result()
@@ -104,6 +100,17 @@ class DeviceChannel:
                 task.cancel()
                 with contextlib.suppress(BaseException):
                     await task
+
+    async def _overloaded(self) -> None:
+        """Messages for this device were lost (it did not take them as fast as they came): the
+        sessions they belonged to cannot go on, but the channel can."""
+        relay = self.runtime.terminal_relay
+        for session in list(self.sessions):
+            self.sessions.discard(session)
+            await self._send({"type": "close", "session": session, "reason": "device_overloaded"})
+            await relay.publish(
+                session_topic(session), {"type": "closed", "session": session, "reason": "device_overloaded"}
+            )
 
     async def _send(self, message: dict[str, Any]) -> None:
         await self.websocket.send_text(json.dumps(message))
@@ -120,8 +127,7 @@ class DeviceChannel:
         if kind == "data" and isinstance(message.get("data"), bytes):
             await self.websocket.send_bytes(encode_data(session, message["data"]))
         elif kind in TO_DEVICE:
-            if kind == "close":
-                self.sessions.discard(session)
+            # After a close the device still answers `closed`: the session is forgotten then.
             await self._send(message)
 
     async def _from_device(self, event: Message) -> None:

@@ -43,7 +43,9 @@ class Subscription:
             self.overflowed = True
 
     async def get(self) -> dict[str, Any]:
+        """The next message; RelayOverflowError (once) if some were lost since the last get."""
         if self.overflowed:
+            self.overflowed = False
             raise RelayOverflowError(self.topic)
         return await self._queue.get()
 
