@@ -9,7 +9,10 @@ import hashlib
 import json
 import os
 import re
+import shlex
+import shutil
 import ssl
+import subprocess
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +22,7 @@ import pytest
 from websockets.asyncio.client import ClientConnection, connect
 
 from fleetkeeper.terminal.protocol import decode_data, encode_data
+from tests.conftest import fleetkeeper_command
 from tests.e2e.fleet import Agent, Fleet
 from tests.terminal.support import ChannelProcess, enrolled_agent, run_cli, run_terminal
 
@@ -197,6 +201,66 @@ async def test_resize_reaches_the_shell(devices: Devices) -> None:
     closed = await me.control("closed")
     assert closed["reason"] == "operator_closed"
     await me.connection.close()
+
+
+@pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux runs the CLI on a real terminal")
+async def test_on_a_real_terminal_the_cli_goes_raw_and_follows_window_resizes(
+    devices: Devices, tmp_path: Path
+) -> None:
+    """The CLI in a tmux pane: the operator's tty in raw mode, a resize of the window reaches the
+    device's PTY (SIGWINCH → resize), and the tty is restored at the end."""
+    socket = f"fk-{os.getpid()}"
+    env = {"PYTHONPATH": os.environ.get("PYTHONPATH", ""), "PATH": os.environ["PATH"], "TERM": "xterm"}
+    command = " ".join(
+        shlex.quote(part)
+        for part in [
+            "env",
+            *(f"{key}={value}" for key, value in env.items()),
+            *fleetkeeper_command(
+                "terminal",
+                devices.shell.device_id,
+                "--server",
+                devices.fleet.server.management_url,
+                "--token",
+                devices.token,
+            ),
+        ]
+    )
+    script = tmp_path / "cli.sh"
+    script.write_text(
+        f"{command}; echo cli-exit=$?; stty -a | grep -o -- '-icanon\\|icanon' | head -1; sleep 600\n"
+    )
+
+    def tmux(*args: str) -> str:
+        return subprocess.run(
+            ["tmux", "-L", socket, *args], capture_output=True, text=True, check=True, timeout=30
+        ).stdout
+
+    async def screen_shows(pattern: str) -> str:
+        for _ in range(300):
+            text = await asyncio.to_thread(tmux, "capture-pane", "-p", "-t", "cli", "-S", "-100")
+            if re.search(pattern, text):
+                return text
+            await asyncio.sleep(0.1)
+        raise AssertionError(f"{pattern!r} never showed:\n{text}")
+
+    await asyncio.to_thread(
+        tmux, "-f", "/dev/null", "new-session", "-d", "-s", "cli", "-x", "100", "-y", "30", f"sh {script}"
+    )
+    try:
+        await asyncio.to_thread(tmux, "set-option", "-t", "cli", "status", "off")
+        await screen_shows(r"(^|\n)\$")  # the prompt (capture-pane drops trailing spaces)
+        await asyncio.to_thread(tmux, "send-keys", "-t", "cli", "stty size", "Enter")
+        await screen_shows(r"\n30 100")
+        await asyncio.to_thread(tmux, "resize-window", "-t", "cli", "-x", "120", "-y", "40")
+        await asyncio.to_thread(tmux, "send-keys", "-t", "cli", "stty size", "Enter")
+        await screen_shows(r"\n40 120")
+        await asyncio.to_thread(tmux, "send-keys", "-t", "cli", "exit 3", "Enter")
+        text = await screen_shows(r"cli-exit=3")
+        assert "session closed: exited" in text
+        assert re.search(r"cli-exit=3\s+icanon", text), text  # the tty is back in canonical mode
+    finally:
+        await asyncio.to_thread(tmux, "kill-server")
 
 
 async def test_the_idle_timeout_closes_the_session(devices: Devices) -> None:

@@ -66,10 +66,21 @@ def _terminal_url(server: str, device: str, cols: int, rows: int) -> str:
     return f"{scheme}://{parts.netloc}{path}?cols={cols}&rows={rows}"
 
 
+def _terminal_size() -> os.terminal_size:
+    """The operator's terminal as the kernel knows it now. Not COLUMNS and LINES first, as
+    shutil.get_terminal_size does: after a resize they are stale."""
+    for stream in (sys.stdout, sys.stdin, sys.stderr):
+        try:
+            return os.get_terminal_size(stream.fileno())
+        except (OSError, ValueError):
+            continue
+    return shutil.get_terminal_size((80, 24))
+
+
 def _size(cols: int | None, rows: int | None) -> tuple[int, int]:
     if cols and rows:
         return cols, rows
-    size = shutil.get_terminal_size((80, 24))
+    size = _terminal_size()
     return cols or size.columns, rows or size.lines
 
 
@@ -177,7 +188,7 @@ class _Session:
         return False
 
     def _resized(self) -> None:
-        size = shutil.get_terminal_size()
+        size = _terminal_size()
         asyncio.get_running_loop().create_task(
             self.ws.send(json.dumps({"type": "resize", "cols": size.columns, "rows": size.lines}))
         )
