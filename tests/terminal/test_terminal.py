@@ -546,6 +546,10 @@ async def test_jobs_the_shell_left_running_end_with_the_session(devices: Devices
     # A background job in a process group of its own, and one that outlives the shell.
     await me.type("sleep 3001 &\nsleep 3002 &\necho started-$((1+1))\n")
     await me.read_line("started-2")
+    for _ in range(100):  # a job's fork may not have exec'd sleep yet
+        if len(sleeping(b"3001") + sleeping(b"3002")) == 2:
+            break
+        await asyncio.sleep(0.1)
     assert len(sleeping(b"3001") + sleeping(b"3002")) == 2
     await me.type("exit\n")
     assert (await me.control("closed"))["reason"] == "exited"
