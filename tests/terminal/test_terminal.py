@@ -256,7 +256,7 @@ async def test_on_a_real_terminal_the_cli_goes_raw_and_follows_window_resizes(
         await asyncio.to_thread(tmux, "send-keys", "-t", "cli", "stty size", "Enter")
         await screen_shows(r"\n40 120")
         await asyncio.to_thread(tmux, "send-keys", "-t", "cli", "exit 3", "Enter")
-        text = await screen_shows(r"cli-exit=3")
+        text = await screen_shows(r"cli-exit=3\s+-?icanon")
         assert "session closed: exited" in text
         assert re.search(r"cli-exit=3\s+icanon", text), text  # the tty is back in canonical mode
     finally:
