@@ -1,7 +1,7 @@
 """terminal sessions and file transfers
 
 Revision ID: 0012
-Revises: 0008
+Revises: 0010
 Create Date: 2026-11-21
 """
 
@@ -13,7 +13,7 @@ from alembic import op
 from fleetkeeper.core.db import UTCDateTime
 
 revision: str = "0012"
-down_revision: str | None = "0008"
+down_revision: str | None = "0010"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
