@@ -354,6 +354,12 @@ async def test_a_browser_sends_the_token_in_its_first_message(devices: Devices) 
     await me.read_line("via-first-message")
     assert (await me.control("closed"))["reason"] == "exited"
 
+    bad_header = await connect(
+        ws_url(devices.fleet, devices.shell.device_id), additional_headers={"Authorization": "Bearer nope"}
+    )
+    error = json.loads(await bad_header.recv())
+    assert error["code"] == "invalid_token"
+
     anonymous = await connect(ws_url(devices.fleet, devices.shell.device_id))
     await anonymous.send(json.dumps({"type": "auth", "token": "not-a-token"}))
     error = json.loads(await anonymous.recv())

@@ -36,17 +36,21 @@ CLOSE_NOT_FOUND = 4404
 CLOSE_CONFLICT = 4409
 
 
-async def _header_principal(connection: HTTPConnection) -> Principal | None:
+async def _header_principal(connection: HTTPConnection) -> Principal | ProblemError | None:
     """The terminal's access rule: `devices:connect`, within the device's groups. A browser cannot
     set the Authorization header on a WebSocket, so without one the credential comes in the first
-    message (`{"type": "auth", "token": …}`), never in the URL, and is checked the same way there."""
+    message (`{"type": "auth", "token": …}`), never in the URL, and is checked the same way there.
+    A refusal is returned, not raised: the route sends it as an error frame the client can read."""
     if "authorization" not in connection.headers:
         return None
-    return await authenticate(connection)
+    try:
+        return await authenticate(connection)
+    except ProblemError as exc:
+        return exc
 
 
 TerminalAccess = Annotated[
-    Principal | None,
+    Principal | ProblemError | None,
     Depends(mark(AccessRule("permission", (Permission.DEVICES_CONNECT.value,)), _header_principal)),
 ]
 
@@ -89,6 +93,8 @@ async def terminal(
     await websocket.accept()
     runtime = runtime_of(websocket)
     try:
+        if isinstance(principal, ProblemError):
+            raise principal
         if principal is None:
             principal = await _principal_from_first_message(websocket)
         principal.ensure(Permission.DEVICES_CONNECT)
