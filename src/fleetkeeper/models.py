@@ -10,5 +10,7 @@ def load_all_models() -> None:
     from fleetkeeper.deployments import webhook_models
     from fleetkeeper.devices import models as device_models
     from fleetkeeper.releases import models as release_models
+    from fleetkeeper.terminal import models as terminal_models
 
     del access_models, audit_models, deployment_models, device_models, release_models, webhook_models
+    del terminal_models

@@ -119,6 +119,11 @@ def _parser() -> argparse.ArgumentParser:
     command.add_argument("--once", action="store_true", help="check in once, do what is due, and exit")
     command.set_defaults(run=_run)
 
+    command = commands.add_parser(
+        "channel", help="keep the control channel open (terminal, file transfer); `run` starts it"
+    )
+    command.set_defaults(run=_channel)
+
     command = commands.add_parser("install", help="install an offline bundle; commit or roll back after")
     command.add_argument("bundle", type=Path, metavar="BUNDLE")
     command.set_defaults(run=_install)
@@ -331,6 +336,14 @@ def _run(args: argparse.Namespace) -> int:
     from fleetkeeper_agent.supervisor import supervise
 
     return asyncio.run(supervise(_config(args), args.config))
+
+
+def _channel(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from fleetkeeper_agent.channel import run_channel
+
+    return asyncio.run(run_channel(_config(args)))
 
 
 def _install(args: argparse.Namespace) -> int:

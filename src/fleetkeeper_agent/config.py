@@ -29,6 +29,22 @@ class EnrollmentConfig:
 
 
 @dataclass(frozen=True)
+class TerminalConfig:
+    """[terminal]: remote terminal and file transfer (docs/terminal.md)."""
+
+    enabled: bool = True
+    # The login shell runs as this user when the agent runs as root; otherwise as the agent's user.
+    user: str = "fleetkeeper-terminal"
+    shell: str | None = None  # default: the user's login shell
+    idle_timeout: float = 900.0
+    max_session_seconds: float = 4 * 3600.0
+    max_sessions: int = 4
+    # Directories files may be uploaded to and downloaded from; none: file transfer is off.
+    file_roots: tuple[Path, ...] = ()
+    max_file_bytes: int = 64 * 1024**2
+
+
+@dataclass(frozen=True)
 class AgentConfig:
     data_dir: Path = DEFAULT_DATA_DIR
     enrollment: EnrollmentConfig = field(default_factory=EnrollmentConfig)
@@ -45,6 +61,7 @@ class AgentConfig:
     reboot_command: list[str] = field(default_factory=lambda: ["systemctl", "reboot"])
     boot_id_file: Path = Path("/proc/sys/kernel/random/boot_id")
     modules: dict[str, dict[str, Any]] = field(default_factory=dict)
+    terminal: TerminalConfig = field(default_factory=TerminalConfig)
 
 
 # The range each number may take.
@@ -54,6 +71,10 @@ _BOUNDS = {
     "max_backoff": (1.0, 7 * 86400.0),
     "inventory_interval": (60.0, 30 * 86400.0),
     "health_timeout": (1.0, 86400.0),
+    "idle_timeout": (1.0, 7 * 86400.0),
+    "max_session_seconds": (1.0, 30 * 86400.0),
+    "max_sessions": (0, 1000),
+    "max_file_bytes": (0, 2**40),
 }
 
 
@@ -88,6 +109,7 @@ def _parse(raw: dict[str, Any], *, base: Path) -> AgentConfig:
         "inventory",
         "install",
         "modules",
+        "terminal",
     }
     _no_unknown("", raw, known)
     values: dict[str, Any] = {}
@@ -158,7 +180,48 @@ def _parse(raw: dict[str, Any], *, base: Path) -> AgentConfig:
         if not isinstance(settings, dict):
             raise _InvalidConfigError(f"modules.{name}: a table")
     values["modules"] = {name: dict(settings) for name, settings in modules.items()}
+    values["terminal"] = _terminal(_table(raw, "terminal"), base)
     return AgentConfig(**values)
+
+
+def _terminal(table: dict[str, Any], base: Path) -> TerminalConfig:
+    _no_unknown(
+        "terminal.",
+        table,
+        {
+            "enabled",
+            "user",
+            "shell",
+            "idle_timeout",
+            "max_session_seconds",
+            "max_sessions",
+            "file_roots",
+            "max_file_bytes",
+        },
+    )
+    values: dict[str, Any] = {}
+    if "enabled" in table:
+        if not isinstance(table["enabled"], bool):
+            raise _InvalidConfigError("terminal.enabled: true or false")
+        values["enabled"] = table["enabled"]
+    for key in ("user", "shell"):
+        value = _string(table, key, "terminal.")
+        if value is not None:
+            values[key] = value
+    for key in ("idle_timeout", "max_session_seconds"):
+        if key in table:
+            values[key] = _number(table[key], f"terminal.{key}", key)
+    for key in ("max_sessions", "max_file_bytes"):
+        if key in table:
+            if not isinstance(table[key], int):
+                raise _InvalidConfigError(f"terminal.{key}: a whole number")
+            values[key] = int(_number(table[key], f"terminal.{key}", key))
+    if "file_roots" in table:
+        roots = table["file_roots"]
+        if not isinstance(roots, list) or not all(isinstance(root, str) and root for root in roots):
+            raise _InvalidConfigError("terminal.file_roots: a list of directories")
+        values["file_roots"] = tuple(base / Path(root).expanduser() for root in roots)
+    return TerminalConfig(**values)
 
 
 def _no_unknown(prefix: str, table: dict[str, Any], known: set[str]) -> None:

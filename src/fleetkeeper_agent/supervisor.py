@@ -1,5 +1,6 @@
 """`fleetkeeper-agent run`: the daemon. It sleeps between check-ins and runs each one in a
-short-lived worker process (`run --once`).
+short-lived worker process (`run --once`), and keeps the control channel's process
+(`fleetkeeper-agent channel`, docs/terminal.md) running beside it.
 
 Why a worker: the TLS client, cryptography and the TUF client take about 28 MB once loaded and
 Python never gives that back; a device spends nearly all its life idle, so the daemon holds only
@@ -23,6 +24,10 @@ from fleetkeeper_agent.update_state import mark_inventory_due
 log = logging.getLogger(__name__)
 
 FIRST_BACKOFF_SECONDS = 10.0
+CHANNEL_FIRST_BACKOFF = 1.0
+CHANNEL_MAX_BACKOFF = 60.0
+# A channel process that ran this long before it died was not crash-looping: restart it at once.
+CHANNEL_HEALTHY_SECONDS = 60.0
 EXIT_PENDING = 3  # the worker's "enrollment waits for an operator": not an error, no back-off
 
 
@@ -47,6 +52,7 @@ async def supervise(config: AgentConfig, config_path: Path | None) -> int:
     command = [sys.executable, "-m", "fleetkeeper_agent", "--data-dir", str(config.data_dir)]
     if config_path is not None:
         command += ["--config", str(config_path)]
+    channel = asyncio.create_task(_keep_channel_running([*command, "channel"], stop))
     command += ["run", "--once"]
     failures = 0
     log.info("fleetkeeper-agent running; checking in every %g s", config.check_in_interval)
@@ -65,5 +71,31 @@ async def supervise(config: AgentConfig, config_path: Path | None) -> int:
             log.warning("check-in failed (exit status %s, %d in a row)", status, failures)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), timeout=next_delay(config, failures))
+    await channel
     log.info("stopped")
     return 0
+
+
+async def _keep_channel_running(command: list[str], stop: asyncio.Event) -> None:
+    """The control channel (`fleetkeeper-agent channel`) in a process of its own, restarted after
+    1 s, 2 s, 4 s … up to a minute when it dies; stopped with the daemon."""
+    crashes = 0
+    while not stop.is_set():
+        started = asyncio.get_running_loop().time()
+        process = await asyncio.create_subprocess_exec(*command)
+        waiting = asyncio.create_task(process.wait())
+        stopping = asyncio.create_task(stop.wait())
+        await asyncio.wait({waiting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        stopping.cancel()
+        if not waiting.done():
+            process.send_signal(signal.SIGTERM)
+            await waiting
+            return
+        ran = asyncio.get_running_loop().time() - started
+        crashes = 0 if ran > CHANNEL_HEALTHY_SECONDS else crashes + 1
+        delay = min(CHANNEL_MAX_BACKOFF, CHANNEL_FIRST_BACKOFF * 2.0 ** max(0, crashes - 1))
+        log.warning(
+            "the control channel stopped (exit status %s); restarting in %g s", waiting.result(), delay
+        )
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=delay)

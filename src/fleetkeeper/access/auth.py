@@ -57,11 +57,27 @@ async def authenticate(connection: HTTPConnection, *, allow_pending: bool = Fals
 
 
 async def _authenticate(connection: HTTPConnection) -> Principal:
-    runtime = runtime_of(connection)
     scheme, _, credential = connection.headers.get("authorization", "").partition(" ")
     credential = credential.strip()
     if scheme.lower() != "bearer" or not credential:
         raise _unauthenticated("sign in and send the access token as 'Authorization: Bearer …'")
+    return await _principal_for(connection, credential)
+
+
+async def authenticate_credential(
+    connection: HTTPConnection, credential: str, *, allow_pending: bool = False
+) -> Principal:
+    """As `authenticate`, for a credential that did not come in the Authorization header (a
+    browser's WebSocket cannot set it: the terminal takes it in its first message)."""
+    principal = await _principal_for(connection, credential)
+    if principal.pending and not allow_pending:
+        code, detail = _PENDING_CODES.get(principal.pending[0], ("action_required", principal.pending[0]))
+        raise ForbiddenError(detail, code=code, pending_actions=list(principal.pending))
+    return principal
+
+
+async def _principal_for(connection: HTTPConnection, credential: str) -> Principal:
+    runtime = runtime_of(connection)
     if len(credential) > MAX_CREDENTIAL_LENGTH:
         raise _unauthenticated("the credential is too long", code="invalid_token")
     parsed = apitokens.parse_token(credential)

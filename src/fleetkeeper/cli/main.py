@@ -11,6 +11,7 @@ import typer
 import fleetkeeper
 from fleetkeeper.cli.audit import audit_app
 from fleetkeeper.cli.releases import bundle_app, keys_app, release_app, trust_app
+from fleetkeeper.cli.terminal import terminal_app
 from fleetkeeper.cli.users import users_app
 from fleetkeeper.core.config import ConfigError, Settings, load_settings
 
@@ -23,6 +24,7 @@ app.add_typer(trust_app, name="trust")
 app.add_typer(release_app, name="release")
 app.add_typer(bundle_app, name="bundle")
 app.add_typer(users_app, name="users")
+app.add_typer(terminal_app, name="terminal")
 
 ConfigOption = Annotated[Path | None, typer.Option("--config", help="TOML settings file")]
 DataDirOption = Annotated[Path | None, typer.Option("--data-dir", help="data directory [./fleetkeeper-data]")]

@@ -29,6 +29,7 @@ def management_routers() -> list[APIRouter]:
     from fleetkeeper.devices.admin_api import router as devices_router
     from fleetkeeper.releases.api import router as releases_router
     from fleetkeeper.releases.upload_api import router as uploads_router
+    from fleetkeeper.terminal.api import router as terminal_router
 
     return [
         health_router,
@@ -42,6 +43,7 @@ def management_routers() -> list[APIRouter]:
         deployments_router,
         device_deployments_router,
         webhook_router,
+        terminal_router,
     ]
 
 
@@ -49,8 +51,9 @@ def device_routers() -> list[APIRouter]:
     from fleetkeeper.deployments.api import device_router as deployments_device_router
     from fleetkeeper.devices.api import router as device_router
     from fleetkeeper.releases.device_api import router as releases_device_router
+    from fleetkeeper.terminal.device_api import router as terminal_device_router
 
-    return [device_router, releases_device_router, deployments_device_router]
+    return [device_router, releases_device_router, deployments_device_router, terminal_device_router]
 
 
 # Bodies above the 1 MiB default: release upload chunks.
@@ -64,7 +67,9 @@ def _finish(app: FastAPI, runtime: Runtime, listener: str, routers: list[APIRout
     for router in routers:
         app.include_router(router)
     install_problem_handlers(app)
-    app.add_middleware(BodySizeLimitMiddleware, limits=BODY_LIMITS)
+    # A file sent to a device is bounded by its own setting (the route checks Content-Length too).
+    limits = {**BODY_LIMITS, "/api/v1/devices/*/files": runtime.settings.terminal_max_file_bytes}
+    app.add_middleware(BodySizeLimitMiddleware, limits=limits)
     app.add_middleware(MetricsMiddleware, listener=listener)
     app.add_middleware(UnhandledErrorMiddleware)
     app.add_middleware(RequestIdMiddleware, listener=listener)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from fleetkeeper.core.errors import problem_response
@@ -11,18 +13,27 @@ DEFAULT_LIMIT = 1024 * 1024
 
 class BodySizeLimitMiddleware:
     """`limits` maps path prefixes to their own limits (an artifact upload is larger than a form);
-    the longest matching prefix wins, `default` applies elsewhere."""
+    the longest matching prefix wins, `default` applies elsewhere. A `*` in a prefix stands for one
+    path segment (`/api/v1/devices/*/files`)."""
 
     def __init__(
         self, app: ASGIApp, default: int = DEFAULT_LIMIT, limits: dict[str, int] | None = None
     ) -> None:
         self.app = app
         self.default = default
-        self.limits = sorted((limits or {}).items(), key=lambda item: len(item[0]), reverse=True)
+        self.limits = [
+            (
+                re.compile(
+                    "".join("[^/]+" if part == "*" else re.escape(part) for part in re.split(r"(\*)", prefix))
+                ),
+                limit,
+            )
+            for prefix, limit in sorted((limits or {}).items(), key=lambda item: len(item[0]), reverse=True)
+        ]
 
     def _limit_for(self, path: str) -> int:
         for prefix, limit in self.limits:
-            if path.startswith(prefix):
+            if prefix.match(path):
                 return limit
         return self.default
 

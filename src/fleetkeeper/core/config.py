@@ -68,6 +68,25 @@ class Settings(BaseSettings):
         description="let webhooks post to loopback and private addresses (on-premises receivers)",
     )
 
+    terminal_idle_timeout: float = Field(
+        default=900.0, ge=1, le=86400, description="seconds without input or output before a terminal closes"
+    )
+    terminal_max_session_seconds: float = Field(
+        default=4 * 3600.0, ge=1, le=7 * 86400, description="longest terminal session"
+    )
+    terminal_max_sessions_per_device: int = Field(
+        default=4, ge=1, le=100, description="terminal sessions open at once on one device"
+    )
+    terminal_max_file_bytes: int = Field(
+        default=64 * 1024**2, ge=1, description="largest file uploaded to or downloaded from a device"
+    )
+    terminal_open_timeout: float = Field(
+        default=10.0, ge=0.1, le=300, description="how long to wait for a device to answer an open"
+    )
+    terminal_max_recording_bytes: int = Field(
+        default=16 * 1024**2, ge=1024, description="output kept in one session's recording"
+    )
+
     trusted_proxies: list[str] = Field(
         default_factory=list,
         description="addresses of reverse proxies whose X-Forwarded-For names the client",

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from fleetkeeper.core.ratelimit import RateLimiter
     from fleetkeeper.releases.online_keys import OnlineKeys
     from fleetkeeper.releases.storage import ObjectStore
+    from fleetkeeper.terminal.relay import Relay
 
 log = get_logger(__name__)
 
@@ -51,6 +52,7 @@ class Runtime:
     oidc: OidcClient
     online_keys: OnlineKeys
     object_store: ObjectStore
+    terminal_relay: Relay
     created_ca: bool = False
     first_admin_password: str | None = None
 
@@ -63,6 +65,7 @@ class Runtime:
         from fleetkeeper.devices.certificates import publish_crl
         from fleetkeeper.releases.online_keys import load_or_create_online_keys
         from fleetkeeper.releases.storage import object_store_from_settings
+        from fleetkeeper.terminal.relay import relay_for
 
         settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         database = Database(settings.resolved_database_url)
@@ -93,11 +96,13 @@ class Runtime:
             oidc=OidcClient(settings),
             online_keys=online_keys,
             object_store=object_store,
+            terminal_relay=relay_for(settings.resolved_database_url),
             created_ca=created_ca,
             first_admin_password=password,
         )
 
     async def close(self) -> None:
+        await self.terminal_relay.close()
         await self.database.dispose()
 
 
