@@ -112,7 +112,9 @@ class UpdateFlow:
             return None
         if update.target_path == state.installed.target_path and not current.force:
             log.info("%s is installed already", update.target_path)
-            return self._save(state.queue(current.deployment_id, "already_installed"))
+            # Reported once per check-in: the deployment stops naming it once the server has the report.
+            self._save(state.queue(current.deployment_id, "already_installed"))
+            return None
         log.info("deployment %s: downloading %s", current.deployment_id, update.target_path)
         return self._save(
             state.moved(
