@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from fleetkeeper_agent.errors import AgentError
 from fleetkeeper_agent.files import write_atomic
@@ -38,18 +38,7 @@ Phase = Literal[
     "rolling_back_rebooting",
     "awaiting_commit",
 ]
-PHASES: tuple[Phase, ...] = (
-    "idle",
-    "downloading",
-    "downloaded",
-    "installing",
-    "rebooting",
-    "verifying",
-    "committing",
-    "rolling_back",
-    "rolling_back_rebooting",
-    "awaiting_commit",
-)
+PHASES: tuple[Phase, ...] = get_args(Phase)
 
 
 @dataclass(frozen=True)
