@@ -56,6 +56,9 @@ class UpdateFlow:
         self.client = client
         self.checker = checker
         self._reboot = reboot or self._run_reboot_command
+        # What the idle check-in just verified, for the download it starts in the same pass: no
+        # second refresh of both repositories a moment later.
+        self._just_checked: tuple[VerifiedUpdate, CurrentDeployment] | None = None
 
     @property
     def _server(self) -> DeviceClient:
@@ -116,6 +119,7 @@ class UpdateFlow:
             self._save(state.queue(current.deployment_id, "already_installed"))
             return None
         log.info("deployment %s: downloading %s", current.deployment_id, update.target_path)
+        self._just_checked = found
         return self._save(
             state.moved(
                 "downloading",
@@ -182,7 +186,7 @@ class UpdateFlow:
     def _downloading(self, state: UpdateState) -> UpdateState | None:
         from fleetkeeper_agent.errors import UpdateRefused
 
-        found = self._still_wanted(state)
+        found, self._just_checked = self._just_checked or self._still_wanted(state), None
         if found is None:
             return None
         if isinstance(found, UpdateState):

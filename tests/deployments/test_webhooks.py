@@ -81,18 +81,6 @@ class Receiver:
 
 
 @pytest.fixture
-async def receiver() -> AsyncIterator[Receiver]:
-    receiver = Receiver()
-    server = await asyncio.start_server(receiver.handle, "127.0.0.1", 0)
-    receiver.port = server.sockets[0].getsockname()[1]
-    yield receiver
-    server.close()
-    for task in list(receiver.tasks):
-        task.cancel()
-    await server.wait_closed()
-
-
-@pytest.fixture
 async def client() -> AsyncIterator[httpx2.AsyncClient]:
     async with httpx2.AsyncClient() as client:
         yield client

@@ -5,11 +5,9 @@ when the receiver fails."""
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import hmac
 import json
-from collections.abc import AsyncIterator
 from datetime import datetime, timedelta
 
 import httpx2
@@ -25,18 +23,6 @@ from tests.deployments.test_live import accepted_device, deploy, rows, shown
 from tests.deployments.test_rollout import send
 from tests.deployments.test_webhooks import Receiver
 from tests.releases.test_director_serving import a_release
-
-
-@pytest.fixture
-async def receiver() -> AsyncIterator[Receiver]:
-    receiver = Receiver()
-    server = await asyncio.start_server(receiver.handle, "127.0.0.1", 0)
-    receiver.port = server.sockets[0].getsockname()[1]
-    yield receiver
-    server.close()
-    for task in list(receiver.tasks):
-        task.cancel()
-    await server.wait_closed()
 
 
 class Clock:
