@@ -4,12 +4,14 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DATA_DIR ?= fleetkeeper-data
+# The console's front-end libraries (htmx, xterm.js) are installed here by npm (see console-assets).
+CONSOLE_VENDOR := src/fleetkeeper/console/vendor
 # The demo keeps the device listener on loopback; `make demo DEVICE_HOST=0.0.0.0` opens it.
 DEVICE_HOST ?= 127.0.0.1
 export PIP_CONSTRAINT := $(CURDIR)/constraints.txt
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: demo test lint typecheck pytest env clean
+.PHONY: demo test lint typecheck pytest env clean console-assets
 
 env: $(STAMP)
 
@@ -18,7 +20,7 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/pip install --quiet -c constraints.txt -e '.[server,agent,dev]'
 	touch $(STAMP)
 
-demo: $(STAMP)
+demo: $(STAMP) $(CONSOLE_VENDOR)/node_modules
 	$(BIN)/fleetkeeper serve --data-dir $(DATA_DIR) --device-host $(DEVICE_HOST)
 
 lint: $(STAMP)
@@ -41,7 +43,14 @@ $(S3_SERVER)/node_modules: $(S3_SERVER)/package.json
 	cd $(S3_SERVER) && npm install --no-package-lock --no-audit --no-fund --loglevel=error
 	touch $@
 
-pytest: $(STAMP) $(OIDC_PROVIDER)/node_modules $(S3_SERVER)/node_modules
+# The console's front-end libraries (htmx, xterm.js), pinned in its package.json, served as installed.
+$(CONSOLE_VENDOR)/node_modules: $(CONSOLE_VENDOR)/package.json
+	cd $(CONSOLE_VENDOR) && npm install --no-package-lock --no-audit --no-fund --loglevel=error
+	touch $@
+
+console-assets: $(CONSOLE_VENDOR)/node_modules
+
+pytest: $(STAMP) $(CONSOLE_VENDOR)/node_modules $(OIDC_PROVIDER)/node_modules $(S3_SERVER)/node_modules
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 test: lint typecheck pytest

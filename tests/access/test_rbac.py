@@ -18,7 +18,14 @@ from fleetkeeper.access.models import User
 from fleetkeeper.access.permissions import Permission
 from fleetkeeper.access.principal import Principal
 from fleetkeeper.access.signin import Client, SignIn
-from fleetkeeper.core.app import FRAMEWORK_PUBLIC_PATHS, app_routes, create_device_app, create_management_app
+from fleetkeeper.console.app import ConsoleMount
+from fleetkeeper.core.app import (
+    FRAMEWORK_PUBLIC_PATHS,
+    app_routes,
+    console_routes,
+    create_device_app,
+    create_management_app,
+)
 from fleetkeeper.core.routeaccess import AccessRule, declared_rules
 from fleetkeeper.core.runtime import Runtime
 from fleetkeeper.devices.api import PUBLIC_PATHS as DEVICE_PUBLIC_PATHS
@@ -40,9 +47,12 @@ SESSION_ENDING = {("POST", "/api/v1/auth/sign-out"), ("DELETE", "/api/v1/me/sess
 
 
 def all_routes(runtime: Runtime) -> list[tuple[str, BaseRoute]]:
-    return [("management", route) for route in app_routes(create_management_app(runtime))] + [
-        ("device", route) for route in app_routes(create_device_app(runtime))
-    ]
+    management = create_management_app(runtime)
+    return (
+        [("management", route) for route in app_routes(management)]
+        + [("management", route) for route in console_routes(management)]
+        + [("device", route) for route in app_routes(create_device_app(runtime))]
+    )
 
 
 def test_every_route_declares_its_access(runtime: Runtime) -> None:
@@ -110,6 +120,8 @@ async def matrix_api(api: Api) -> AsyncIterator[Api]:
         return {"group": group}
 
     app.include_router(probe)
+    # The console is mounted at `/` and takes every path no route before it took: the probe goes first.
+    app.router.routes.sort(key=lambda route: isinstance(route, ConsoleMount))
     transport = httpx2.ASGITransport(app=app)
     async with httpx2.AsyncClient(transport=transport, base_url="http://testserver") as client:
         yield Api(client, api.runtime, api.admin_one_time_password)

@@ -14,7 +14,7 @@ from fleetkeeper.access.models import ApiToken, SignInSession, User
 from fleetkeeper.access.permissions import Permission
 from fleetkeeper.access.principal import Principal
 from fleetkeeper.access.service import pending_actions, user_grants
-from fleetkeeper.access.tokens import secret_matches
+from fleetkeeper.access.tokens import AccessClaims, secret_matches
 from fleetkeeper.core.db import utcnow
 from fleetkeeper.core.errors import ForbiddenError, UnauthenticatedError
 from fleetkeeper.core.routeaccess import AccessRule, mark, public_dependency
@@ -95,7 +95,11 @@ async def _principal_for(connection: HTTPConnection, credential: str) -> Princip
 
 
 async def _from_access_token(runtime: Runtime, token: str, *, address: str | None) -> Principal:
-    claims = await runtime.keyring.verify_access_token(token)
+    return await principal_from_claims(runtime, await runtime.keyring.verify_access_token(token), address)
+
+
+async def principal_from_claims(runtime: Runtime, claims: AccessClaims, address: str | None) -> Principal:
+    """The user behind verified token claims, if their account and session are still live."""
     async with runtime.database.session() as session:
         found = (
             await session.execute(

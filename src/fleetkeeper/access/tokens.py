@@ -28,6 +28,10 @@ ALGORITHM = "ES256"
 ISSUER = "fleetkeeper"
 AUDIENCE = "fleetkeeper-api"
 ACCESS_TOKEN_TTL = timedelta(minutes=15)
+# The web console keeps its token in an HttpOnly cookie instead of a refresh-token pair (several
+# browser requests at once would race a single-use refresh token); it is renewed as it is used.
+CONSOLE_AUDIENCE = "fleetkeeper-console"
+CONSOLE_TOKEN_TTL = timedelta(hours=8)
 CLOCK_LEEWAY_SECONDS = 30
 # A retired key keeps verifying for this long, so that rotating does not sign anyone out.
 RETIRED_KEY_GRACE = ACCESS_TOKEN_TTL + timedelta(seconds=CLOCK_LEEWAY_SECONDS)
@@ -54,6 +58,8 @@ class AccessClaims:
     session_id: str
     pending: tuple[str, ...]
     expires_at: int
+    kid: str | None = None
+    csrf: str | None = None  # console tokens: the session's CSRF token
 
 
 class KeyRing:
@@ -96,13 +102,22 @@ class KeyRing:
         self._signing = None
         self._loaded_at = 0.0
 
-    async def issue_access_token(self, user_id: str, session_id: str, pending: list[str]) -> tuple[str, int]:
+    async def issue_access_token(
+        self,
+        user_id: str,
+        session_id: str,
+        pending: list[str] | tuple[str, ...],
+        *,
+        audience: str = AUDIENCE,
+        ttl: timedelta = ACCESS_TOKEN_TTL,
+        csrf: str | None = None,
+    ) -> tuple[str, int]:
         key = await self.signing_key()
         now = int(time.time())
-        expires = now + int(ACCESS_TOKEN_TTL.total_seconds())
+        expires = now + int(ttl.total_seconds())
         claims: dict[str, Any] = {
             "iss": ISSUER,
-            "aud": AUDIENCE,
+            "aud": audience,
             "sub": user_id,
             "sid": session_id,
             "iat": now,
@@ -111,11 +126,17 @@ class KeyRing:
             "jti": secrets.token_hex(12),
         }
         if pending:
-            claims["pending"] = pending
+            claims["pending"] = list(pending)
+        if csrf:
+            claims["csrf"] = csrf
         header = {"alg": ALGORITHM, "kid": key.kid, "typ": "at+jwt"}
         return jwt.encode(header, claims, key, algorithms=[ALGORITHM]), expires
 
-    async def verify_access_token(self, token: str) -> AccessClaims:
+    @property
+    def current_kid(self) -> str | None:
+        return self._signing.kid if self._signing else None
+
+    async def verify_access_token(self, token: str, *, audience: str = AUDIENCE) -> AccessClaims:
         invalid = UnauthenticatedError("the access token is not valid", code="invalid_token")
         try:
             kid = unverified_kid(token)
@@ -123,7 +144,7 @@ class KeyRing:
             jwt.JWTClaimsRegistry(
                 leeway=CLOCK_LEEWAY_SECONDS,
                 iss={"essential": True, "value": ISSUER},
-                aud={"essential": True, "value": AUDIENCE},
+                aud={"essential": True, "value": audience},
                 sub={"essential": True},
                 sid={"essential": True},
                 exp={"essential": True},
@@ -147,7 +168,15 @@ class KeyRing:
         pending = claims.get("pending", [])
         if not isinstance(pending, list) or not all(isinstance(item, str) for item in pending):
             raise invalid
-        return AccessClaims(str(claims["sub"]), str(claims["sid"]), tuple(pending), int(claims["exp"]))
+        csrf = claims.get("csrf")
+        return AccessClaims(
+            str(claims["sub"]),
+            str(claims["sid"]),
+            tuple(pending),
+            int(claims["exp"]),
+            kid=kid,
+            csrf=csrf if isinstance(csrf, str) else None,
+        )
 
 
 def unverified_kid(token: str) -> str | None:

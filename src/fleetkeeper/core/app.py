@@ -77,12 +77,22 @@ def _finish(app: FastAPI, runtime: Runtime, listener: str, routers: list[APIRout
 
 
 def app_routes(app: FastAPI) -> Iterator[BaseRoute]:
-    """Every route the app serves, as declared: the routers' own routes and the framework's."""
+    """Every API route the app serves, as declared: the routers' own routes and the framework's."""
     for router in app.state.routers:
         yield from router.routes
     for route in app.router.routes:
         if getattr(route, "path", None) in FRAMEWORK_PUBLIC_PATHS:
             yield route
+
+
+def console_routes(app: FastAPI) -> Iterator[BaseRoute]:
+    """The console's page routes (static files aside), as mounted in the management app."""
+    from fleetkeeper.console.app import ConsoleMount
+
+    for route in app.router.routes:
+        if isinstance(route, ConsoleMount):
+            for router in route.app.state.routers:  # type: ignore[attr-defined]
+                yield from router.routes
 
 
 def create_management_app(runtime: Runtime) -> FastAPI:
@@ -94,7 +104,11 @@ def create_management_app(runtime: Runtime) -> FastAPI:
         openapi_url="/api/openapi.json",
         swagger_ui_oauth2_redirect_url=None,
     )
-    return _finish(app, runtime, "management", management_routers())
+    from fleetkeeper.console.app import mount_console
+
+    _finish(app, runtime, "management", management_routers())
+    mount_console(app, runtime)
+    return app
 
 
 def create_device_app(runtime: Runtime) -> FastAPI:

@@ -1,0 +1,118 @@
+"""Signing in and out of the console."""
+
+from __future__ import annotations
+
+import secrets
+from typing import Annotated
+
+from fastapi import APIRouter, Form, Query, Request
+from starlette.responses import RedirectResponse, Response
+
+from fleetkeeper.access import signin
+from fleetkeeper.access.auth import PUBLIC, client_address
+from fleetkeeper.access.principal import Principal
+from fleetkeeper.console.render import render
+from fleetkeeper.console.session import (
+    PRE_SESSION_COOKIE,
+    check_csrf,
+    clear_session_cookie,
+    current_principal,
+    issue_console_token,
+    page,
+    set_session_cookie,
+)
+from fleetkeeper.core.errors import UnauthenticatedError
+from fleetkeeper.core.ratelimit import RateLimitedError
+from fleetkeeper.core.runtime import runtime_of
+
+router = APIRouter(include_in_schema=False)
+
+
+def safe_next(value: str | None) -> str:
+    """Only a path on this site: never another host (`//evil`, `/\\evil`) after signing in."""
+    if not value or not value.startswith("/") or value.startswith(("//", "/\\")):
+        return "/"
+    return value
+
+
+def _sign_in_page(
+    request: Request, next_path: str, *, error: str = "", username: str = "", status: int = 200
+) -> Response:
+    pre_session = request.cookies.get(PRE_SESSION_COOKIE) or secrets.token_urlsafe(24)
+    request.state.pre_session = pre_session  # rendered into the form as its CSRF token
+    response = render(
+        request,
+        "sign_in.html",
+        None,
+        status=status,
+        next_path=next_path,
+        error=error,
+        username=username,
+        sso_enabled=runtime_of(request).oidc.enabled,
+    )
+    response.set_cookie(
+        PRE_SESSION_COOKIE,
+        pre_session,
+        max_age=3600,
+        path="/sign-in",
+        httponly=True,
+        samesite="strict",
+        secure=request.url.scheme == "https",
+    )
+    return response
+
+
+@router.get("/sign-in", dependencies=[PUBLIC])
+async def sign_in_form(
+    request: Request, next: Annotated[str | None, Query(max_length=2000)] = None
+) -> Response:
+    if await current_principal(request) is not None:
+        return RedirectResponse(safe_next(next), status_code=303)
+    return _sign_in_page(request, safe_next(next))
+
+
+@router.post("/sign-in", dependencies=[PUBLIC])
+async def sign_in(
+    request: Request,
+    username: Annotated[str, Form(max_length=200)],
+    password: Annotated[str, Form(max_length=1024)],
+    totp_code: Annotated[str, Form(max_length=64)] = "",
+    next: Annotated[str, Form(max_length=2000)] = "/",
+) -> Response:
+    await check_csrf(request, request.cookies.get(PRE_SESSION_COOKIE, ""))
+    runtime = runtime_of(request)
+    flow = signin.SignIn(runtime.database, runtime.keyring, runtime.rate_limiter, runtime.settings)
+    code = totp_code.replace(" ", "").strip()
+    credentials = signin.Credentials(
+        username,
+        password,
+        totp_code=code if code.isdigit() else None,
+        recovery_code=code if code and not code.isdigit() else None,
+    )
+    client = signin.Client(client_address(request), request.headers.get("user-agent"))
+    try:
+        pair = await flow.sign_in(credentials, client)
+    except RateLimitedError as exc:
+        return _sign_in_page(request, safe_next(next), error=exc.detail or "", username=username, status=429)
+    except UnauthenticatedError as exc:
+        message = {
+            "second_factor_required": "This account uses two-factor sign-in: enter the code from your "
+            "authenticator app (or a recovery code) with your password.",
+            "invalid_second_factor": "The two-factor code is wrong or was already used.",
+        }.get(exc.code, "The username or password is wrong.")
+        return _sign_in_page(request, safe_next(next), error=message, username=username, status=401)
+    user_id = (await runtime.keyring.verify_access_token(pair.access_token)).user_id
+    token = await issue_console_token(request, pair, user_id)
+    response = RedirectResponse("/account/setup" if pair.pending else safe_next(next), status_code=303)
+    set_session_cookie(response, request, token)
+    response.delete_cookie(PRE_SESSION_COOKIE, path="/sign-in")
+    return response
+
+
+@router.post("/sign-out")
+async def sign_out(request: Request, principal: Annotated[Principal, page(allow_pending=True)]) -> Response:
+    if principal.session_id:
+        await signin.end_session(runtime_of(request).database, principal, principal.session_id)
+    response = RedirectResponse("/sign-in", status_code=303)
+    clear_session_cookie(response)
+    return response
