@@ -17,11 +17,10 @@ import pyotp
 import pytest
 from playwright.sync_api import Browser, BrowserContext, Page, expect, sync_playwright
 
-from tests.conftest import RunningServer, start_server
+from tests.conftest import ADMIN_PASSWORD, RunningServer, start_server
 
 CHROMIUM = os.environ.get("FLEETKEEPER_CHROMIUM", "/usr/bin/chromium")
 SCREENSHOTS = Path(__file__).resolve().parents[2] / "test-results" / "screenshots"
-ADMIN_PASSWORD = "harbor-lantern-quartz-91"
 
 
 @pytest.fixture(scope="session")
@@ -84,7 +83,7 @@ def new_console(browser: Browser, server: RunningServer, test_name: str) -> tupl
         lambda message: (
             message.type == "error"
             and not message.text.startswith("Failed to load resource")
-            and console.console_errors.append(message.text)
+            and console.console_errors.append(f"{message.text} at {message.location}")
         ),
     )
     page.on("pageerror", lambda error: console.console_errors.append(str(error)))

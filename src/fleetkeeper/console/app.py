@@ -26,9 +26,9 @@ NOT_CONSOLE = ("/api/", "/api", "/healthz", "/readyz", "/metrics")
 
 
 def console_routers() -> list[APIRouter]:
-    from fleetkeeper.console.pages import account, auth, dashboard
+    from fleetkeeper.console.pages import account, auth, dashboard, terminal
 
-    return [auth.router, account.router, dashboard.router]
+    return [auth.router, account.router, dashboard.router, terminal.router]
 
 
 class ConsoleMount(Mount):

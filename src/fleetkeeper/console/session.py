@@ -115,6 +115,24 @@ async def current_principal(connection: HTTPConnection) -> Principal | None:
     return principal
 
 
+async def websocket_principal(connection: HTTPConnection) -> Principal | None:
+    """The console user behind a WebSocket from a console page, or None without a console cookie.
+
+    Browsers send cookies with WebSockets from any site and no CORS applies, so the handshake's
+    Origin must be this server's own (cross-site WebSocket hijacking)."""
+    if SESSION_COOKIE not in connection.cookies:
+        return None
+    scheme = "https" if connection.url.scheme == "wss" else "http"
+    if connection.headers.get("origin") != f"{scheme}://{connection.url.netloc}":
+        raise ForbiddenError("this connection came from another site", code="csrf_failed")
+    principal = await current_principal(connection)
+    if principal is None:
+        raise UnauthenticatedError("the console session has ended: sign in again", code="session_ended")
+    if principal.pending:
+        raise PendingActionError(principal.pending[0])
+    return principal
+
+
 def csrf_token(connection: HTTPConnection) -> str:
     claims: AccessClaims | None = getattr(connection.state, "console_claims", None)
     if claims is not None and claims.csrf:

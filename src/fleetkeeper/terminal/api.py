@@ -16,6 +16,7 @@ from starlette.requests import HTTPConnection
 from fleetkeeper.access.auth import authenticate, authenticate_credential, requires
 from fleetkeeper.access.permissions import Permission
 from fleetkeeper.access.principal import Principal
+from fleetkeeper.console import session as console_session
 from fleetkeeper.core.errors import ProblemError
 from fleetkeeper.core.routeaccess import AccessRule, mark
 from fleetkeeper.core.runtime import runtime_of
@@ -38,13 +39,14 @@ CLOSE_CONFLICT = 4409
 
 async def _header_principal(connection: HTTPConnection) -> Principal | ProblemError | None:
     """The terminal's access rule: `devices:connect`, within the device's groups. A browser cannot
-    set the Authorization header on a WebSocket, so without one the credential comes in the first
-    message (`{"type": "auth", "token": …}`), never in the URL, and is checked the same way there.
+    set the Authorization header on a WebSocket, so without one the credential is the web console's
+    session cookie (from a page of this same origin) or comes in the first message
+    (`{"type": "auth", "token": …}`), never in the URL, and is checked the same way there.
     A refusal is returned, not raised: the route sends it as an error frame the client can read."""
-    if "authorization" not in connection.headers:
-        return None
     try:
-        return await authenticate(connection)
+        if "authorization" in connection.headers:
+            return await authenticate(connection)
+        return await console_session.websocket_principal(connection)
     except ProblemError as exc:
         return exc
 
