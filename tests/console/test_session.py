@@ -1,0 +1,81 @@
+"""The console's session cookie and CSRF rules, over plain HTTP (no browser needed)."""
+
+from __future__ import annotations
+
+import re
+
+import httpx2
+
+from tests.conftest import RunningServer
+from tests.console.conftest import Admin
+
+
+def _csrf(html: str) -> str:
+    found = re.search(r'name="csrf_token" value="([^"]+)"', html)
+    assert found, html[:500]
+    return found.group(1)
+
+
+def _signed_in(
+    server: RunningServer, admin: Admin, next_path: str = "/"
+) -> tuple[httpx2.Client, httpx2.Response]:
+    http = httpx2.Client(base_url=server.management_url, timeout=30)
+    form = http.get("/sign-in")
+    answer = http.post(
+        "/sign-in",
+        data={
+            "username": admin.username,
+            "password": admin.password,
+            "csrf_token": _csrf(form.text),
+            "next": next_path,
+        },
+    )
+    assert answer.status_code == 303, answer.text
+    return http, answer
+
+
+def test_signing_out_ends_the_cookie(console_server: RunningServer, admin: Admin) -> None:
+    http, _ = _signed_in(console_server, admin)
+    stolen = http.cookies["fleetkeeper_console"]
+    dashboard = http.get("/")
+    assert dashboard.status_code == 200
+    assert http.post("/sign-out").status_code == 403  # no CSRF token
+    assert http.post("/sign-out", data={"csrf_token": _csrf(dashboard.text)}).status_code == 303
+    replayed = httpx2.get(
+        console_server.management_url + "/", cookies={"fleetkeeper_console": stolen}, follow_redirects=False
+    )
+    assert replayed.status_code == 303
+    assert replayed.headers["location"].startswith("/sign-in")
+
+
+def test_a_change_from_another_origin_is_refused(console_server: RunningServer, admin: Admin) -> None:
+    http, _ = _signed_in(console_server, admin)
+    token = _csrf(http.get("/").text)
+    refused = http.post("/sign-out", data={"csrf_token": token}, headers={"Origin": "https://evil.example"})
+    assert refused.status_code == 403
+    assert "another site" in refused.text
+
+
+def test_sign_in_never_redirects_off_site(console_server: RunningServer, admin: Admin) -> None:
+    for target in ("//evil.example/x", "https://evil.example", "/\\evil.example"):
+        _, answer = _signed_in(console_server, admin, next_path=target)
+        assert answer.headers["location"] == "/", target
+
+
+def test_api_and_console_credentials_do_not_mix(console_server: RunningServer, admin: Admin) -> None:
+    http, _ = _signed_in(console_server, admin)
+    cookie = http.cookies["fleetkeeper_console"]
+    as_bearer = httpx2.get(
+        console_server.management_url + "/api/v1/me", headers={"Authorization": f"Bearer {cookie}"}
+    )
+    assert as_bearer.status_code == 401
+    access = httpx2.post(
+        console_server.management_url + "/api/v1/auth/sign-in",
+        json={"username": admin.username, "password": admin.password},
+    ).json()["access_token"]
+    as_cookie = httpx2.get(
+        console_server.management_url + "/",
+        cookies={"fleetkeeper_console": access},
+        follow_redirects=False,
+    )
+    assert as_cookie.status_code == 303
