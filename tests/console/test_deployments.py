@@ -264,7 +264,11 @@ def reader(
     api.call(
         "POST",
         "/api/v1/users",
-        json={"username": "reader", "password": password + "-first", "roles": [{"role": "read-only"}]},
+        json={
+            "username": "reader",
+            "password": password + "-first",
+            "roles": [{"role": "read-only", "release_tags": ["stable"]}],
+        },
     )
     with httpx2.Client(base_url=console_server.management_url, timeout=30) as http:
         first = http.post(
@@ -301,7 +305,17 @@ def test_a_reader_sees_no_controls_and_is_refused(reader: Console, deploy_fleet:
     expect(page.get_by_test_id("deployment-status")).to_have_text("active")
     for action in ("Pause", "Resume", "Abort", "Open the next phase"):
         expect(page.get_by_role("button", name=action)).to_have_count(0)
-    expect(page.get_by_role("link", name="Releases")).to_be_visible()
+    reader.page.set_viewport_size({"width": 768, "height": 1024})
+    reader.shot("deployment-detail-tablet")
+
+    # releases:read is narrowed to the tag "stable", as in the API: firmware 2.0 has no tag yet.
+    page = reader.go("/releases")
+    expect(page.get_by_text("No releases that you may see.")).to_be_visible()
+    assert page.request.get(reader.url + "/releases/firmware/2.0").status == 404
+    deploy_fleet.api.call("PUT", "/api/v1/releases/firmware/2.0/tags", json={"tags": ["stable"]})
+    page = reader.go("/releases/firmware/2.0")
+    expect(page.get_by_role("heading", name="firmware 2.0")).to_be_visible()
+    expect(page.get_by_text("stable", exact=True)).to_be_visible()
 
     csrf = page.locator('meta[name="csrf-token"]').get_attribute("content") or ""
     for path in (f"/deployments/{created['id']}/abort", "/deployments/new"):

@@ -17,7 +17,6 @@ from fleetkeeper.console.session import page
 from fleetkeeper.core.errors import ProblemError
 from fleetkeeper.core.runtime import runtime_of
 from fleetkeeper.deployments import service
-from fleetkeeper.deployments.models import FINAL_STATUSES
 from fleetkeeper.deployments.plans import MAX_PHASES
 from fleetkeeper.devices import service as devices
 from fleetkeeper.releases import service as releases
@@ -253,7 +252,6 @@ async def _live_context(
         "next_cursor": listed.next_cursor,
         "events": events,
         "ended": deployment.status in ENDED,
-        "final_statuses": FINAL_STATUSES,
     }
 
 
