@@ -242,7 +242,17 @@ def test_abort_asks_first(signed_in: Console, deploy_fleet: DeployFleet) -> None
         "/api/v1/deployments",
         json={"name": "to abort", "release": "firmware", "version": "2.0", "target": {"group": GROUP}},
     )
-    page = signed_in.go(f"/deployments/{created['id']}")
+    # The devices list comes in pages (of 3 here), and the page shown stays while it refreshes.
+    page = signed_in.go(f"/deployments/{created['id']}?per_page=3")
+    rows = page.get_by_test_id("deployment-devices").locator("tbody tr")
+    expect(rows).to_have_count(3)
+    first_page = rows.all_inner_texts()
+    page.get_by_role("link", name="Next page").click()
+    expect(rows).to_have_count(1)
+    expect(page).to_have_url(re.compile(r"cursor="))
+    assert rows.inner_text() not in first_page
+    page.get_by_role("link", name="First page").click()
+    expect(rows).to_have_count(3)
     expect(page.get_by_test_id("deployment-status")).to_have_text("active")
     page.once("dialog", lambda dialog: dialog.dismiss())
     page.get_by_role("button", name="Abort").click()

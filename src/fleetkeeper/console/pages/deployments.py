@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
+from urllib.parse import urlencode
 
 from fastapi import APIRouter, Query, Request
 from starlette.datastructures import FormData
@@ -25,6 +26,8 @@ router = APIRouter(include_in_schema=False)
 Reader = Annotated[Principal, page(Permission.DEVICES_READ)]
 Deployer = Annotated[Principal, page(Permission.DEVICES_DEPLOY)]
 DEVICES_PER_PAGE = 25
+DevicesPerPage = Annotated[int, Query(ge=1, le=100)]
+Cursor = Annotated[str | None, Query(max_length=1000)]
 RELEASES_OFFERED = 500
 # Which part of the form a problem is shown next to, by its code.
 FIELD_OF_CODE = {
@@ -232,15 +235,20 @@ async def create_deployment(request: Request, principal: Deployer) -> Response:
     return RedirectResponse(f"/deployments/{deployment.id}", status_code=303)
 
 
+def _page_query(cursor: str | None, per_page: int) -> str:
+    query = {"cursor": cursor} if cursor else {}
+    if per_page != DEVICES_PER_PAGE:
+        query["per_page"] = str(per_page)
+    return "?" + urlencode(query) if query else ""
+
+
 async def _live_context(
-    request: Request, principal: Principal, deployment_id: str, cursor: str | None
+    request: Request, principal: Principal, deployment_id: str, cursor: str | None, per_page: int
 ) -> dict[str, Any]:
     async with runtime_of(request).database.session() as session:
         deployment = await service.get(session, deployment_id)
         counts = await service.counts_of(session, deployment_id)
-        listed = await service.list_devices(
-            session, principal, deployment_id, limit=DEVICES_PER_PAGE, cursor=cursor
-        )
+        listed = await service.list_devices(session, principal, deployment_id, limit=per_page, cursor=cursor)
         events = await service.recent_events(session, principal, deployment_id)
         release = (await releases.releases_by_id(session, [deployment.release_id])).get(deployment.release_id)
     return {
@@ -248,8 +256,10 @@ async def _live_context(
         "release": release,
         "numbers": service.statistics(deployment, counts),
         "devices": listed.items,
-        "cursor": cursor or "",
-        "next_cursor": listed.next_cursor,
+        # The query of this page of devices, and of the first and next ones, kept while polling.
+        "page_query": _page_query(cursor, per_page),
+        "first_query": _page_query(None, per_page) if cursor else None,
+        "next_query": _page_query(listed.next_cursor, per_page) if listed.next_cursor else None,
         "events": events,
         "ended": deployment.status in ENDED,
     }
@@ -260,9 +270,10 @@ async def deployment(
     request: Request,
     principal: Reader,
     deployment_id: str,
-    cursor: Annotated[str | None, Query(max_length=1000)] = None,
+    cursor: Cursor = None,
+    per_page: DevicesPerPage = DEVICES_PER_PAGE,
 ) -> Response:
-    context = await _live_context(request, principal, deployment_id, cursor)
+    context = await _live_context(request, principal, deployment_id, cursor, per_page)
     return render(request, "deployments/detail.html", principal, **context)
 
 
@@ -271,10 +282,11 @@ async def live(
     request: Request,
     principal: Reader,
     deployment_id: str,
-    cursor: Annotated[str | None, Query(max_length=1000)] = None,
+    cursor: Cursor = None,
+    per_page: DevicesPerPage = DEVICES_PER_PAGE,
 ) -> Response:
     """The part of the detail page that htmx refreshes every 2 s while the deployment runs."""
-    context = await _live_context(request, principal, deployment_id, cursor)
+    context = await _live_context(request, principal, deployment_id, cursor, per_page)
     return render(request, "deployments/live.html", principal, **context)
 
 
@@ -288,5 +300,5 @@ async def change(
     await service.change_state(runtime_of(request), principal, deployment_id, action)
     if not is_htmx(request):
         return RedirectResponse(f"/deployments/{deployment_id}", status_code=303)
-    context = await _live_context(request, principal, deployment_id, None)
+    context = await _live_context(request, principal, deployment_id, None, DEVICES_PER_PAGE)
     return render(request, "deployments/live.html", principal, **context)
