@@ -182,6 +182,8 @@ class Fleet:
         module: str = "file",
         device_types: tuple[str, ...] = ("rpi4",),
         file_name: str | None = None,
+        sbom_path: Path | None = None,
+        provides: dict[str, str] | None = None,
     ) -> None:
         directory = self.workdir / "releases" / f"{name}-{version}"
         directory.mkdir(parents=True)
@@ -196,9 +198,9 @@ class Fleet:
             module=module,
             device_types=list(device_types),
             depends={},
-            provides={},
+            provides=provides or {},
             payload_paths=[source],
-            sbom_path=None,
+            sbom_path=sbom_path,
         )
         admin = self.admin
         current = await self.api.client.get("/api/v1/repository/metadata/targets.json", headers=admin)

@@ -26,9 +26,16 @@ NOT_CONSOLE = ("/api/", "/api", "/healthz", "/readyz", "/metrics")
 
 
 def console_routers() -> list[APIRouter]:
-    from fleetkeeper.console.pages import account, auth, dashboard, terminal
+    from fleetkeeper.console.pages import account, auth, dashboard, deployments, releases, terminal
 
-    return [auth.router, account.router, dashboard.router, terminal.router]
+    return [
+        auth.router,
+        account.router,
+        dashboard.router,
+        terminal.router,
+        releases.router,
+        deployments.router,
+    ]
 
 
 class ConsoleMount(Mount):

@@ -7,7 +7,6 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Request, Response
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
-from sqlalchemy import select
 
 from fleetkeeper.access.auth import requires
 from fleetkeeper.access.service import Permission, Principal
@@ -150,10 +149,7 @@ async def create(body: CreateDeployment, principal: Deployer, request: Request) 
 @router.get("")
 async def list_deployments(principal: Reader, request: Request) -> list[DeploymentOut]:
     async with runtime_of(request).database.session() as session:
-        rows = (
-            await session.scalars(select(Deployment).order_by(Deployment.created_at.desc()).limit(200))
-        ).all()
-        counts = await service.counts_of_many(session, [row.id for row in rows])
+        rows, counts = await service.list_deployments(session)
     return [DeploymentOut.of(row, counts[row.id]) for row in rows]
 
 

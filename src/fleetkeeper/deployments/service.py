@@ -415,6 +415,16 @@ async def after_fan_out(session: AsyncSession, deployment: Deployment, release: 
         await _move_on(session, deployment)
 
 
+async def list_deployments(
+    session: AsyncSession, *, limit: int = 200
+) -> tuple[Sequence[Deployment], dict[str, dict[int, dict[str, int]]]]:
+    """The newest deployments, with their devices per phase and status."""
+    rows = (
+        await session.scalars(select(Deployment).order_by(Deployment.created_at.desc()).limit(limit))
+    ).all()
+    return rows, await counts_of_many(session, [row.id for row in rows])
+
+
 # --- statistics ---------------------------------------------------------------------------------
 
 
@@ -592,6 +602,23 @@ async def deployments_of_device(
         last = items[-1][0]
         next_cursor = _encode_cursor([last.created_at.isoformat(), last.id])
     return DeviceDeploymentsPage(items, next_cursor)
+
+
+async def recent_events(
+    session: AsyncSession, principal: Principal, deployment_id: str, *, limit: int = 20
+) -> Sequence[DeploymentEvent]:
+    """The newest status reports of the deployment's devices the caller may read, newest first."""
+    _check_limit(limit)
+    await get(session, deployment_id)
+    query = select(DeploymentEvent).where(DeploymentEvent.deployment_id == deployment_id)
+    if principal.grants.scopes(Permission.DEVICES_READ) is not None:
+        scope = await devices.scope_condition(session, principal, Permission.DEVICES_READ)
+        query = query.join(Device, Device.id == DeploymentEvent.device_id).where(scope)
+    return (
+        await session.scalars(
+            query.order_by(DeploymentEvent.created_at.desc(), DeploymentEvent.seq.desc()).limit(limit)
+        )
+    ).all()
 
 
 async def device_history(

@@ -305,6 +305,28 @@ async def list_releases(
     return (await session.scalars(query.order_by(Release.id).limit(limit))).all()
 
 
+async def releases_by_id(session: AsyncSession, release_ids: Sequence[str]) -> dict[str, Release]:
+    """Releases by id, deleted ones included (a deployment names its release forever)."""
+    rows = await session.scalars(select(Release).where(Release.id.in_(sorted(set(release_ids)))))
+    return {release.id: release for release in rows}
+
+
+@dataclass(frozen=True)
+class SigningPolicy:
+    """Who may sign targets metadata, from the image repository's newest root."""
+
+    threshold: int
+    keyids: list[str]
+
+
+async def targets_signing_policy(session: AsyncSession) -> SigningPolicy | None:
+    content = await repository.metadata_bytes(session, repository.IMAGE, "root", None)
+    if content is None:
+        return None
+    role = Metadata[Root].from_bytes(content).signed.roles[Targets.type]
+    return SigningPolicy(role.threshold, sorted(role.keyids))
+
+
 async def get_release(
     session: AsyncSession, principal: Principal, name: str, version: str, permission: Permission
 ) -> Release:
