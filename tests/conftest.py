@@ -231,15 +231,20 @@ async def run_fleetkeeper_async(
 
 
 def start_server(
-    data_dir: Path, database_url: str | None = None, env: dict[str, str] | None = None, timeout: float = 30
+    data_dir: Path,
+    database_url: str | None = None,
+    env: dict[str, str] | None = None,
+    timeout: float = 30,
+    port: int = 0,
 ) -> RunningServer:
-    """Starts `fleetkeeper serve` on free ports and reads the URLs (and any password) from its banner."""
+    """Starts `fleetkeeper serve` on free ports (or the management `port` given: an OpenID provider
+    must know the callback address first) and reads the URLs (and any password) from its banner."""
     args = [
         "serve",
         "--data-dir",
         str(data_dir),
         "--port",
-        "0",
+        str(port),
         "--device-port",
         "0",
         "--device-host",

@@ -54,6 +54,29 @@ def _client(request: Request) -> signin.Client:
 
 
 OIDC_STATE_COOKIE = "fleetkeeper_oidc_state"
+OIDC_PATH = "/api/v1/auth/oidc"
+# A sign-in the web console started: the provider returns to the one registered callback (here),
+# which hands the code on to the console's own callback, where the console session begins.
+CONSOLE_SSO_COOKIE = "fleetkeeper_oidc_console"
+CONSOLE_SSO_CALLBACK = "/sign-in/sso/callback"
+
+
+def bind_state_to_browser(response: Response, request: Request, name: str, state: str, *, path: str) -> None:
+    """Binds a sign-in to this browser: a code and state replayed or planted elsewhere lack the cookie.
+    Lax, not Strict: the provider's redirect back is a top-level cross-site navigation."""
+    response.set_cookie(
+        name,
+        hash_secret(state),
+        max_age=600,
+        path=path,
+        httponly=True,
+        samesite="lax",
+        secure=request.url.scheme == "https",
+    )
+
+
+def state_bound_to_browser(request: Request, name: str, state: str | None) -> bool:
+    return bool(state) and secret_matches(state or "", request.cookies.get(name, ""))
 
 
 def _sso_not_configured() -> ProblemError:
@@ -122,47 +145,38 @@ async def oidc_login(request: Request) -> RedirectResponse:
     """Sends the browser to the identity provider (authorization code with PKCE)."""
     runtime = runtime_of(request)
     if not runtime.oidc.enabled:
-        raise ProblemError(
-            "single sign-on is not configured on this server", code="oidc_not_configured", status=404
-        )
+        raise _sso_not_configured()
     url, state = await runtime.oidc.authorization_url(runtime.database)
     response = RedirectResponse(url, status_code=302)
-    # Binds the sign-in to this browser: a code and state replayed or planted elsewhere lack it.
-    # Lax, not Strict: the provider's redirect back is a top-level cross-site navigation.
-    response.set_cookie(
-        OIDC_STATE_COOKIE,
-        hash_secret(state),
-        max_age=600,
-        path="/api/v1/auth/oidc",
-        httponly=True,
-        samesite="lax",
-        secure=request.url.scheme == "https",
-    )
+    bind_state_to_browser(response, request, OIDC_STATE_COOKIE, state, path=OIDC_PATH)
     return response
 
 
-@auth_router.get("/oidc/callback", dependencies=[PUBLIC])
+@auth_router.get("/oidc/callback", dependencies=[PUBLIC], response_model=TokenResponse)
 async def oidc_callback(
     request: Request,
     response: Response,
     code: Annotated[str | None, Query(max_length=2048)] = None,
     state: Annotated[str | None, Query(max_length=128)] = None,
     error: Annotated[str | None, Query(max_length=128)] = None,
-) -> TokenResponse:
-    """Where the identity provider returns; answers with tokens like a password sign-in."""
+) -> TokenResponse | Response:
+    """Where the identity provider returns; answers with tokens like a password sign-in, or, for a
+    sign-in the web console started, sends the browser on to the console's callback."""
     runtime = runtime_of(request)
     if not runtime.oidc.enabled:
-        raise ProblemError(
-            "single sign-on is not configured on this server", code="oidc_not_configured", status=404
-        )
+        raise _sso_not_configured()
+    if state_bound_to_browser(request, CONSOLE_SSO_COOKIE, state):
+        onward = RedirectResponse(f"{CONSOLE_SSO_CALLBACK}?{request.url.query}", status_code=303)
+        onward.delete_cookie(CONSOLE_SSO_COOKIE, path=OIDC_PATH)
+        return onward
     if error or not code or not state:
         raise OidcError(f"the identity provider did not sign you in: {error or 'no code'}")
-    if not secret_matches(state, request.cookies.get(OIDC_STATE_COOKIE, "")):
+    if not state_bound_to_browser(request, OIDC_STATE_COOKIE, state):
         raise OidcError("this sign-in was started in another browser: start again here")
     pair = await sign_in_with_provider(
         runtime.database, runtime.oidc, _sign_in_flow(request), code, state, _client(request)
     )
-    response.delete_cookie(OIDC_STATE_COOKIE, path="/api/v1/auth/oidc")
+    response.delete_cookie(OIDC_STATE_COOKIE, path=OIDC_PATH)
     return token_response(pair)
 
 

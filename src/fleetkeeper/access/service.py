@@ -122,6 +122,17 @@ async def user_role_names(session: AsyncSession, user_id: str) -> list[str]:
     return sorted(rows)
 
 
+async def user_role_assignments(session: AsyncSession, user_id: str) -> list[RoleAssignmentSpec]:
+    """The user's roles with the scope each is narrowed to (what `set_user_roles` takes back)."""
+    rows = await session.execute(
+        select(Role.name, RoleAssignment.device_groups, RoleAssignment.release_tags)
+        .join(RoleAssignment, RoleAssignment.role_id == Role.id)
+        .where(RoleAssignment.user_id == user_id)
+        .order_by(Role.name)
+    )
+    return [RoleAssignmentSpec(name, groups, tags) for name, groups, tags in rows]
+
+
 # --- users ------------------------------------------------------------------------------------
 
 

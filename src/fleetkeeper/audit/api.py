@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import AsyncIterator
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import StreamingResponse
@@ -14,11 +12,10 @@ from pydantic import AwareDatetime, BaseModel
 from fleetkeeper.access.auth import requires
 from fleetkeeper.access.permissions import Permission
 from fleetkeeper.access.principal import Principal
-from fleetkeeper.audit.checkpoints import checkpoint_key_path, load_checkpoint_public_key
-from fleetkeeper.audit.export import export_csv, export_jsonl
+from fleetkeeper.audit.export import ExportFormat, start_export
 from fleetkeeper.audit.models import AuditRecord
-from fleetkeeper.audit.service import AuditFilter, filter_conditions, record, search
-from fleetkeeper.audit.verification import verify
+from fleetkeeper.audit.service import AuditFilter, filter_conditions, search
+from fleetkeeper.audit.verification import verify_on_record
 from fleetkeeper.core.runtime import runtime_of
 
 router = APIRouter(prefix="/api/v1/audit", tags=["audit"])
@@ -115,39 +112,23 @@ async def export(
     principal: Auditor,
     request: Request,
     filters: Filters,
-    format: Annotated[Literal["jsonl", "csv"], Query()] = "jsonl",
+    format: Annotated[ExportFormat, Query()] = "jsonl",
 ) -> StreamingResponse:
     """The matching records, oldest first, streamed as JSON lines or CSV. The export is itself audited."""
-    runtime = runtime_of(request)
-    async with runtime.database.transaction() as session:
-        await record(
-            session,
-            actor=principal.actor,
-            action="audit.exported",
-            object_type="audit_log",
-            object_id=None,
-            details={
-                "format": format,
-                "filters": {k: str(v) for k, v in vars(filters).items() if v is not None},
-            },
-        )
-    body: AsyncIterator[str] = (
-        export_csv(runtime.database, filters) if format == "csv" else export_jsonl(runtime.database, filters)
-    )
-    media_type = "text/csv; charset=utf-8" if format == "csv" else "application/x-ndjson"
-    filename = f"fleetkeeper-audit.{format}"
+    export = await start_export(runtime_of(request).database, principal.actor, filters, format)
     return StreamingResponse(
-        body, media_type=media_type, headers={"content-disposition": f'attachment; filename="{filename}"'}
+        export.body,
+        media_type=export.media_type,
+        headers={"content-disposition": f'attachment; filename="{export.filename}"'},
     )
 
 
 @router.get("/verification")
 async def verification(principal: Auditor, request: Request) -> Verification:
     """Recomputes the whole chain (from the newest retention checkpoint) and names the first record
-    that does not fit."""
+    that does not fit. The result is put on record (`audit.verified`)."""
     runtime = runtime_of(request)
-    key = await asyncio.to_thread(load_checkpoint_public_key, checkpoint_key_path(runtime.settings.data_dir))
-    result = await verify(runtime.database, checkpoint_key=key)
+    result = await verify_on_record(runtime.database, runtime.settings.data_dir, principal.actor)
     return Verification(
         ok=result.ok,
         checked=result.checked,

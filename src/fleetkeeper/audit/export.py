@@ -6,13 +6,14 @@ import csv
 import io
 import json
 from collections.abc import AsyncIterator, Sequence
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Literal
 
 from sqlalchemy import ColumnElement, Row, select
 
 from fleetkeeper.audit.chain import format_time
 from fleetkeeper.audit.models import AuditRecord
-from fleetkeeper.audit.service import AuditFilter, filter_conditions
+from fleetkeeper.audit.service import Actor, AuditFilter, filter_conditions, record
 from fleetkeeper.core.db import Database
 
 BATCH_SIZE = 1000
@@ -35,6 +36,39 @@ FIELDS = (
 _COLUMNS = [getattr(AuditRecord, name) for name in FIELDS]
 # A spreadsheet runs a cell that starts with one of these as a formula (OWASP "CSV injection").
 _FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+ExportFormat = Literal["jsonl", "csv"]
+EXPORT_FORMATS: tuple[ExportFormat, ...] = ("jsonl", "csv")
+
+
+@dataclass(frozen=True)
+class Export:
+    body: AsyncIterator[str]
+    media_type: str
+    filename: str
+
+
+async def start_export(
+    database: Database, actor: Actor, filters: AuditFilter, format: ExportFormat
+) -> Export:
+    """The matching records, oldest first, to stream out. Reading the log out is itself on record."""
+    filter_conditions(filters)  # a malformed filter fails before anything is recorded
+    async with database.transaction() as session:
+        await record(
+            session,
+            actor=actor,
+            action="audit.exported",
+            object_type="audit_log",
+            object_id=None,
+            details={
+                "format": format,
+                "filters": {k: str(v) for k, v in vars(filters).items() if v is not None},
+            },
+        )
+    if format == "csv":
+        return Export(export_csv(database, filters), "text/csv; charset=utf-8", "fleetkeeper-audit.csv")
+    return Export(export_jsonl(database, filters), "application/x-ndjson", "fleetkeeper-audit.jsonl")
 
 
 async def export_jsonl(

@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from sqlalchemy import select
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from fleetkeeper.audit.chain import GENESIS_HASH, record_hash
-from fleetkeeper.audit.checkpoints import signature_valid
+from fleetkeeper.audit.checkpoints import checkpoint_key_path, load_checkpoint_public_key, signature_valid
 from fleetkeeper.audit.models import AuditCheckpoint, AuditHead, AuditRecord
+from fleetkeeper.audit.service import Actor, AuditFilter, record, search
 from fleetkeeper.core.db import Database
 
 ALTERED = "hash mismatch (record altered)"
@@ -84,6 +88,19 @@ class VerifyResult:
     reason: str | None = None
 
 
+@dataclass(frozen=True)
+class LastVerification:
+    """A verification someone ran, as its audit record tells it."""
+
+    seq: int
+    occurred_at: datetime
+    actor_name: str | None
+    ok: bool
+    checked: int
+    bad_seq: int | None
+    reason: str | None
+
+
 class _BrokenError(Exception):
     def __init__(self, seq: int | None, id: str | None, reason: str) -> None:
         super().__init__(reason)
@@ -100,6 +117,49 @@ async def verify(
             connection = await connection.execution_options(isolation_level="REPEATABLE READ")
         async with connection.begin():
             return await _Walk(connection, checkpoint_key, batch_size).run()
+
+
+async def verify_on_record(database: Database, data_dir: Path, actor: Actor) -> VerifyResult:
+    """Verifies the whole chain with the server's checkpoint key and puts the result on record, so
+    that everyone with the log sees when it was last checked and what was found."""
+    key = await asyncio.to_thread(load_checkpoint_public_key, checkpoint_key_path(data_dir))
+    result = await verify(database, checkpoint_key=key)
+    details = {name: value for name, value in asdict(result).items() if name != "head_hash"}
+    async with database.transaction() as session:
+        await record(
+            session,
+            actor=actor,
+            action="audit.verified",
+            object_type="audit_log",
+            object_id=None,
+            outcome="success" if result.ok else "failure",
+            details=details,
+        )
+    return result
+
+
+async def last_verification(session: AsyncSession) -> LastVerification | None:
+    page = await search(session, AuditFilter(action="audit.verified"), limit=1)
+    if not page.items:
+        return None
+    row = page.items[0]
+    details = row.details_object()
+    return LastVerification(
+        seq=row.seq,
+        occurred_at=row.occurred_at,
+        actor_name=row.actor_name,
+        ok=bool(details.get("ok")),
+        checked=int(details.get("checked") or 0),
+        bad_seq=details.get("bad_seq"),
+        reason=details.get("reason"),
+    )
+
+
+async def latest_checkpoint(session: AsyncSession) -> AuditCheckpoint | None:
+    """The newest retention checkpoint: where the kept part of the chain starts."""
+    return await session.scalar(
+        select(AuditCheckpoint).order_by(AuditCheckpoint.first_kept_seq.desc()).limit(1)
+    )
 
 
 class _Walk:

@@ -26,7 +26,16 @@ NOT_CONSOLE = ("/api/", "/api", "/healthz", "/readyz", "/metrics")
 
 
 def console_routers() -> list[APIRouter]:
-    from fleetkeeper.console.pages import account, auth, dashboard, deployments, releases, terminal
+    from fleetkeeper.console.pages import (
+        account,
+        audit,
+        auth,
+        dashboard,
+        deployments,
+        releases,
+        terminal,
+        users,
+    )
 
     return [
         auth.router,
@@ -35,6 +44,8 @@ def console_routers() -> list[APIRouter]:
         terminal.router,
         releases.router,
         deployments.router,
+        audit.router,
+        users.router,
     ]
 
 

@@ -1,17 +1,21 @@
-"""Finishing account setup: the first-login password change and a required 2FA enrolment."""
+"""The signed-in user's own account: finishing setup (the first-login password change and a
+required 2FA enrolment), and My account (password, two-factor sign-in, API tokens, sessions)."""
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Annotated
 
 from fastapi import APIRouter, Form, Request
 from starlette.responses import RedirectResponse, Response
 
-from fleetkeeper.access import twofactor
+from fleetkeeper.access import apitokens, signin, twofactor
+from fleetkeeper.access.permissions import Permission
 from fleetkeeper.access.principal import Principal
-from fleetkeeper.access.service import change_own_password
+from fleetkeeper.access.service import change_own_password, get_user, user_role_names
+from fleetkeeper.console.forms import field, grants_from_form, scope_text
 from fleetkeeper.console.render import render
-from fleetkeeper.console.session import page, reissue_after_account_change
+from fleetkeeper.console.session import clear_session_cookie, page, reissue_after_account_change
 from fleetkeeper.core.errors import ProblemError
 from fleetkeeper.core.runtime import runtime_of
 
@@ -82,4 +86,168 @@ async def setup_second_factor(
         )
     response = render(request, "recovery_codes.html", principal, recovery_codes=recovery_codes)
     await reissue_after_account_change(request, response)
+    return response
+
+
+# --- My account -------------------------------------------------------------------------------
+
+Me = Annotated[Principal, page()]
+NOTICES = {
+    "password": "Your password is changed. Your other sessions were ended.",
+    "2fa-off": "Two-factor sign-in is off.",
+    "token-revoked": "The token is revoked.",
+    "session-ended": "The session is ended.",
+}
+
+
+async def _account_page(
+    request: Request, principal: Principal, *, error: str = "", notice: str = "", status: int = 200
+) -> Response:
+    async with runtime_of(request).database.session() as session:
+        user = await get_user(session, principal.user_id)
+        roles = await user_role_names(session, user.id)
+        tokens = await apitokens.list_for(session, user.id)
+        sessions = await signin.list_sessions(session, user.id)
+    held = [
+        (permission, True, scope_text(sorted(principal.grants.scopes(permission) or [])))
+        for permission in Permission
+        if principal.can(permission)
+    ]
+    return render(
+        request,
+        "account/index.html",
+        principal,
+        user=user,
+        roles=roles,
+        tokens=tokens,
+        sessions=sessions,
+        grant_rows=held,
+        error=error,
+        notice=notice or NOTICES.get(request.query_params.get("done", ""), ""),
+        status=status,
+    )
+
+
+def _back(done: str) -> Response:
+    return RedirectResponse(f"/account?done={done}", status_code=303)
+
+
+@router.get("/account")
+async def account(request: Request, principal: Me) -> Response:
+    return await _account_page(request, principal)
+
+
+@router.post("/account/password")
+async def change_password(
+    request: Request,
+    principal: Me,
+    current_password: Annotated[str, Form(max_length=1024)],
+    new_password: Annotated[str, Form(max_length=1024)],
+    repeat_password: Annotated[str, Form(max_length=1024)],
+) -> Response:
+    if new_password != repeat_password:
+        return await _account_page(request, principal, error="The two new passwords differ.", status=422)
+    try:
+        await change_own_password(runtime_of(request).database, principal, current_password, new_password)
+    except ProblemError as exc:
+        return await _account_page(request, principal, error=exc.detail or exc.code, status=exc.status)
+    return _back("password")
+
+
+@router.post("/account/2fa/start")
+async def start_two_factor(request: Request, principal: Me) -> Response:
+    enrollment = await twofactor.start_enrollment(runtime_of(request).database, principal)
+    return render(request, "account/enroll.html", principal, enrollment=enrollment, error="")
+
+
+@router.post("/account/2fa/confirm")
+async def confirm_two_factor(
+    request: Request, principal: Me, code: Annotated[str, Form(max_length=16)]
+) -> Response:
+    database = runtime_of(request).database
+    try:
+        recovery_codes = await twofactor.confirm_enrollment(database, principal, code.strip())
+    except ProblemError as exc:
+        enrollment = await twofactor.start_enrollment(database, principal)
+        error = exc.detail or exc.code
+        return render(
+            request, "account/enroll.html", principal, enrollment=enrollment, error=error, status=422
+        )
+    return render(request, "recovery_codes.html", principal, recovery_codes=recovery_codes, back="/account")
+
+
+@router.post("/account/2fa/disable")
+async def disable_two_factor(
+    request: Request,
+    principal: Me,
+    password: Annotated[str, Form(max_length=1024)],
+    code: Annotated[str, Form(max_length=32)],
+) -> Response:
+    try:
+        await twofactor.disable(runtime_of(request).database, principal, password, code.strip())
+    except ProblemError as exc:
+        return await _account_page(request, principal, error=exc.detail or exc.code, status=exc.status)
+    return _back("2fa-off")
+
+
+@router.post("/account/2fa/recovery-codes")
+async def new_recovery_codes(
+    request: Request, principal: Me, code: Annotated[str, Form(max_length=16)]
+) -> Response:
+    try:
+        codes = await twofactor.regenerate_recovery_codes(
+            runtime_of(request).database, principal, code.strip()
+        )
+    except ProblemError as exc:
+        return await _account_page(request, principal, error=exc.detail or exc.code, status=exc.status)
+    return render(
+        request,
+        "recovery_codes.html",
+        principal,
+        recovery_codes=codes,
+        back="/account",
+        codes_title="New recovery codes",
+    )
+
+
+@router.post("/account/tokens")
+async def create_token(request: Request, principal: Me) -> Response:
+    form = await request.form()
+    try:
+        days = int(field(form, "expires_in_days", 8) or "90")
+    except ValueError:
+        days = 0
+    token, secret = await apitokens.create(
+        runtime_of(request).database,
+        principal,
+        name=field(form, "name", 100).strip(),
+        expires_in=timedelta(days=days),
+        grants=grants_from_form(form) if field(form, "narrow") == "yes" else None,
+    )
+    return render(request, "account/token_created.html", principal, token=token, secret=secret)
+
+
+@router.post("/account/tokens/{token_id}/revoke")
+async def revoke_token(request: Request, principal: Me, token_id: str) -> Response:
+    await apitokens.revoke(runtime_of(request).database, principal, token_id)
+    return _back("token-revoked")
+
+
+@router.post("/account/sessions/{session_id}/end")
+async def end_session(request: Request, principal: Me, session_id: str) -> Response:
+    await signin.end_session(runtime_of(request).database, principal, session_id)
+    if session_id == principal.session_id:
+        return _signed_out()
+    return _back("session-ended")
+
+
+@router.post("/account/sessions/end-all")
+async def end_all_sessions(request: Request, principal: Me) -> Response:
+    await signin.end_all_sessions(runtime_of(request).database, principal, principal.user_id)
+    return _signed_out()
+
+
+def _signed_out() -> Response:
+    response = RedirectResponse("/sign-in", status_code=303)
+    clear_session_cookie(response)
     return response

@@ -4,12 +4,21 @@ from __future__ import annotations
 
 import secrets
 from typing import Annotated
+from urllib.parse import quote, unquote
 
 from fastapi import APIRouter, Form, Query, Request
 from starlette.responses import RedirectResponse, Response
 
 from fleetkeeper.access import signin
 from fleetkeeper.access.auth import PUBLIC, client_address
+from fleetkeeper.access.auth_api import (
+    CONSOLE_SSO_CALLBACK,
+    CONSOLE_SSO_COOKIE,
+    OIDC_PATH,
+    bind_state_to_browser,
+    state_bound_to_browser,
+)
+from fleetkeeper.access.oidc import OidcError, sign_in_with_provider
 from fleetkeeper.access.principal import Principal
 from fleetkeeper.console.render import render
 from fleetkeeper.console.session import (
@@ -21,9 +30,9 @@ from fleetkeeper.console.session import (
     page,
     set_session_cookie,
 )
-from fleetkeeper.core.errors import UnauthenticatedError
+from fleetkeeper.core.errors import ProblemError, UnauthenticatedError
 from fleetkeeper.core.ratelimit import RateLimitedError
-from fleetkeeper.core.runtime import runtime_of
+from fleetkeeper.core.runtime import Runtime, runtime_of
 
 router = APIRouter(include_in_schema=False)
 
@@ -115,4 +124,69 @@ async def sign_out(request: Request, principal: Annotated[Principal, page(allow_
         await signin.end_session(runtime_of(request).database, principal, principal.session_id)
     response = RedirectResponse("/sign-in", status_code=303)
     clear_session_cookie(response)
+    return response
+
+
+# --- single sign-on -----------------------------------------------------------------------------
+# The provider has one registered callback, the API's. A sign-in started here leaves a cookie for
+# that callback, which hands the code on to /sign-in/sso/callback; the console session starts there.
+SSO_PATH = "/sign-in/sso"
+SSO_STATE_COOKIE = "fleetkeeper_console_sso_state"
+SSO_NEXT_COOKIE = "fleetkeeper_console_sso_next"
+
+
+def _sso_runtime(request: Request) -> Runtime:
+    runtime = runtime_of(request)
+    if not runtime.oidc.enabled:
+        raise ProblemError(
+            "single sign-on is not configured on this server", code="oidc_not_configured", status=404
+        )
+    return runtime
+
+
+@router.get(SSO_PATH, dependencies=[PUBLIC])
+async def sso_start(request: Request, next: Annotated[str | None, Query(max_length=2000)] = None) -> Response:
+    runtime = _sso_runtime(request)
+    url, state = await runtime.oidc.authorization_url(runtime.database)
+    response = RedirectResponse(url, status_code=302)
+    bind_state_to_browser(response, request, CONSOLE_SSO_COOKIE, state, path=OIDC_PATH)
+    bind_state_to_browser(response, request, SSO_STATE_COOKIE, state, path=SSO_PATH)
+    response.set_cookie(
+        SSO_NEXT_COOKIE,
+        quote(safe_next(next), safe="/?=&"),
+        max_age=600,
+        path=SSO_PATH,
+        httponly=True,
+        samesite="lax",
+        secure=request.url.scheme == "https",
+    )
+    return response
+
+
+@router.get(CONSOLE_SSO_CALLBACK, dependencies=[PUBLIC])
+async def sso_callback(
+    request: Request,
+    code: Annotated[str | None, Query(max_length=2048)] = None,
+    state: Annotated[str | None, Query(max_length=128)] = None,
+    error: Annotated[str | None, Query(max_length=128)] = None,
+) -> Response:
+    runtime = _sso_runtime(request)
+    if error or not code or not state:
+        raise OidcError(f"the identity provider did not sign you in: {error or 'no code'}")
+    if not state_bound_to_browser(request, SSO_STATE_COOKIE, state):
+        raise OidcError("this sign-in was started in another browser: start again here")
+    flow = signin.SignIn(runtime.database, runtime.keyring, runtime.rate_limiter, runtime.settings)
+    client = signin.Client(client_address(request), request.headers.get("user-agent"))
+    pair = await sign_in_with_provider(runtime.database, runtime.oidc, flow, code, state, client)
+    user_id = (await runtime.keyring.verify_access_token(pair.access_token)).user_id
+    token = await issue_console_token(request, pair, user_id)
+    onward = (
+        "/account/setup" if pair.pending else safe_next(unquote(request.cookies.get(SSO_NEXT_COOKIE, "/")))
+    )
+    # A page, not a redirect: the browser arrived from the provider's site, and would not send the
+    # session cookie (SameSite=Strict) along a redirect that continues that navigation.
+    response = render(request, "sso_done.html", None, onward=onward)
+    set_session_cookie(response, request, token)
+    response.delete_cookie(SSO_STATE_COOKIE, path=SSO_PATH)
+    response.delete_cookie(SSO_NEXT_COOKIE, path=SSO_PATH)
     return response
