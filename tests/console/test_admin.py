@@ -40,7 +40,9 @@ def nav(page: Page, label: str) -> Locator:
     return page.get_by_role("navigation", name="Main").get_by_role("link", name=label, exact=True)
 
 
-def test_audit_log_filters_exports_and_verifies(signed_in: Console, admin_api: ApiClient, tmp_path: Path) -> None:
+def test_audit_log_filters_exports_and_verifies(
+    signed_in: Console, admin_api: ApiClient, tmp_path: Path
+) -> None:
     for name in ("audit-ann", "audit-ben"):
         admin_api.call("POST", "/api/v1/users", json={"username": name})
     # A record whose details carry markup: the page must show it as text.
@@ -225,7 +227,9 @@ def sso_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServ
         server.stop()
 
 
-def test_sign_in_with_sso(browser: Browser, sso_server: RunningServer, request: pytest.FixtureRequest) -> None:
+def test_sign_in_with_sso(
+    browser: Browser, sso_server: RunningServer, request: pytest.FixtureRequest
+) -> None:
     console, context = new_console(browser, sso_server, request.node.name)
     try:
         page = console.go("/audit")
