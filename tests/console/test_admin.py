@@ -8,6 +8,7 @@ import io
 import json
 import re
 import socket
+import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -85,6 +86,21 @@ def test_audit_log_filters_exports_and_verifies(
     expect(page.get_by_test_id("verification-result")).to_contain_text("Intact")
     page.reload()
     expect(page.get_by_test_id("verification-last")).to_contain_text("intact")
+
+    # Someone edits a record behind the server's back: the page names it; put back, intact again.
+    with sqlite3.connect(signed_in.server.data_dir / "fleetkeeper.db") as database:
+        (original,) = database.execute("SELECT actor_name FROM audit_records WHERE seq = 2").fetchone()
+        database.execute("UPDATE audit_records SET actor_name = 'mallory' WHERE seq = 2")
+    page.get_by_role("button", name="Verify the chain now").click()
+    expect(page.get_by_test_id("verification-result")).to_contain_text("Broken at record #2")
+    expect(page.get_by_test_id("verification-result")).to_contain_text("altered")
+    with sqlite3.connect(signed_in.server.data_dir / "fleetkeeper.db") as database:
+        database.execute("UPDATE audit_records SET actor_name = ? WHERE seq = 2", (original,))
+    page.get_by_role("button", name="Verify the chain now").click()
+    expect(page.get_by_test_id("verification-result")).to_contain_text("Intact")
+
+    page.set_viewport_size({"width": 768, "height": 1024})
+    signed_in.shot("audit-log-tablet")
     assert not signed_in.console_errors, signed_in.console_errors
 
 
@@ -186,6 +202,8 @@ def test_my_account_password_two_factor_and_api_tokens(
     page.get_by_role("link", name="Go on").click()
     expect(page.get_by_role("button", name="New recovery codes")).to_be_visible()
     console.shot("my-account")
+    page.set_viewport_size({"width": 768, "height": 1024})
+    console.shot("my-account-tablet")
 
     page.once("dialog", lambda dialog: dialog.accept())
     page.get_by_role("button", name="Revoke ci").click()
