@@ -129,6 +129,17 @@ def test_give_a_user_a_role_and_see_their_console_change(
         signed_in.go("/roles")
         signed_in.shot("roles")
 
+        # A scoped grant is kept as typed; an unused custom role can be deleted.
+        admin_page.get_by_role("textbox", name=re.compile(r"^Name")).fill("lab-reader")
+        admin_page.locator("input[name=grant][value='devices:read']").check()
+        admin_page.get_by_label("Device groups for devices:read").fill("lab")
+        admin_page.get_by_role("button", name="Create role").click()
+        expect(admin_page.get_by_label("Device groups for devices:read")).to_have_value("lab")
+        admin_page.once("dialog", lambda dialog: dialog.accept())
+        admin_page.get_by_role("button", name="Delete role").click()
+        expect(admin_page).to_have_url(re.compile(r"/roles$"))
+        expect(admin_page.get_by_role("link", name="lab-reader")).to_have_count(0)
+
         admin_page = signed_in.go("/users")
         signed_in.shot("users")
         admin_page.get_by_role("link", name="dana").click()

@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 from typing import Annotated
 from urllib.parse import urlencode
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Path, Query, Request
 from starlette.responses import RedirectResponse, Response, StreamingResponse
 
 from fleetkeeper.access.permissions import Permission
@@ -116,7 +116,9 @@ async def verify_chain(request: Request, principal: Auditor) -> Response:
 
 
 @router.get("/audit/records/{seq}")
-async def audit_record(request: Request, principal: Auditor, seq: int) -> Response:
+async def audit_record(
+    request: Request, principal: Auditor, seq: Annotated[int, Path(ge=1, le=2**63 - 1)]
+) -> Response:
     async with runtime_of(request).database.session() as session:
         row = await session.get(AuditRecord, seq)
     if row is None:
