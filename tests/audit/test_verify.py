@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import gc
 from pathlib import Path
 
@@ -164,6 +165,14 @@ async def test_a_break_in_an_early_batch_leaves_connection_and_collector_as_they
         result = await verify(database, batch_size=2)
         assert (result.ok, result.bad_seq, result.reason, result.checked) == (False, 2, V.ALTERED, 1)
         assert gc.isenabled()
+
+
+async def test_overlapping_verifications_turn_the_collector_back_on_once(
+    database: Database, chain: list[str]
+) -> None:
+    results = await asyncio.gather(*(verify(database, batch_size=size) for size in (1, 2, 4)))
+    assert [result.checked for result in results] == [6, 6, 6]
+    assert gc.isenabled()
 
 
 async def test_read_chain_yields_every_record_in_order(database: Database, chain: list[str]) -> None:

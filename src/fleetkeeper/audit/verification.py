@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from contextlib import aclosing, asynccontextmanager, contextmanager, suppress
 from dataclasses import dataclass
 from typing import Any
@@ -74,7 +74,7 @@ async def _batch_reader(connection: AsyncConnection, size: int) -> BatchReader:
     return sqlite
 
 
-async def _batches(connection: AsyncConnection, size: int) -> AsyncIterator[Sequence[Sequence[Any]]]:
+async def _batches(connection: AsyncConnection, size: int) -> AsyncGenerator[Sequence[Sequence[Any]], None]:
     """Every record in seq order, batch after batch. The next batch's query is sent before the
     caller gets the current one, so that the database reads and sends it while the caller hashes."""
     read = await _batch_reader(connection, size)
@@ -111,8 +111,8 @@ _collector_pauses = 0
 @contextmanager
 def _collector_paused() -> Iterator[None]:
     """The walk makes about 15 tracked objects per record and no reference cycles; the cyclic
-    collector's passes over them cost a quarter of its CPU time (docs/benchmarks.md). Paused for the
-    walk, counted so that overlapping walks (API requests in one event loop) restore it once."""
+    collector's passes over them cost a quarter of the walk's CPU time (docs/benchmarks.md). Paused
+    for the walk, counted so that overlapping walks (API requests in one event loop) restore it once."""
     global _collector_pauses
     if _collector_pauses == 0 and not gc.isenabled():
         yield  # someone else turned it off: not ours to turn back on
@@ -131,7 +131,8 @@ async def read_chain(
     database: Database, *, batch_size: int = BATCH_SIZE
 ) -> AsyncIterator[Sequence[Sequence[Any]]]:
     """The records as verification reads them — batches of plain rows, the hashed fields and the
-    stored hash — without checking them: bench/audit_verify.py times it as the floor of `verify`."""
+    stored hash — without checking them: bench/audit_verify.py times it as the floor of `verify`.
+    Read it to the end or close it (`contextlib.aclosing`): the garbage collector is paused meanwhile."""
     async with _snapshot(database) as connection:
         await connection.exec_driver_sql("SELECT 1")  # begins the snapshot, as verify's first read does
         with _collector_paused():
