@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+import gc
 from pathlib import Path
 
 import pytest
 
 from fleetkeeper.audit import verification, verify
 from fleetkeeper.audit.chain import format_time, record_hash
+from fleetkeeper.audit.verification import read_chain
 from fleetkeeper.core.db import Database
 from tests.audit.helpers import append, documented_hash, execute, insert_row, rows
 from tests.conftest import run_fleetkeeper_async
@@ -150,6 +153,32 @@ async def test_small_batches_verify_the_same_chain(database: Database, chain: li
         assert (result.ok, result.checked, result.last_seq) == (True, 6, 6)
     await execute(database, "DELETE FROM audit_records WHERE seq = 6")
     assert (await verify(database, batch_size=3)).reason == V.HEAD_BEHIND
+
+
+async def test_a_break_in_an_early_batch_leaves_connection_and_collector_as_they_were(
+    database: Database, chain: list[str]
+) -> None:
+    """The walk stops while the next batch is already being read; it waits for that read, so the
+    connection goes back to the pool idle, and it turns the paused garbage collector back on."""
+    await execute(database, "UPDATE audit_records SET actor_name = 'mallory' WHERE seq = 2")
+    for _ in range(2):  # the second walk gets the same pooled connection
+        result = await verify(database, batch_size=2)
+        assert (result.ok, result.bad_seq, result.reason, result.checked) == (False, 2, V.ALTERED, 1)
+        assert gc.isenabled()
+
+
+async def test_overlapping_verifications_turn_the_collector_back_on_once(
+    database: Database, chain: list[str]
+) -> None:
+    results = await asyncio.gather(*(verify(database, batch_size=size) for size in (1, 2, 4)))
+    assert [result.checked for result in results] == [6, 6, 6]
+    assert gc.isenabled()
+
+
+async def test_read_chain_yields_every_record_in_order(database: Database, chain: list[str]) -> None:
+    seen = [(row[0], row[1]) async for batch in read_chain(database, batch_size=4) for row in batch]
+    assert seen == [(seq, chain[seq - 1]) for seq in range(1, 7)]
+    assert gc.isenabled()
 
 
 def test_the_hash_covers_every_field_in_the_documented_format() -> None:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Sequence
+import gc
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from contextlib import aclosing, asynccontextmanager, contextmanager, suppress
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from pathlib import Path
@@ -38,7 +40,8 @@ BATCH_SIZE = 5000
 # Batches are read straight from the driver, as plain tuples: SQLAlchemy's result layer costs as much
 # per row as hashing it. The columns are the hashed fields in record_hash's order, then the stored
 # hash; the database formats the time as the hashed text (parsing it into a datetime and back would
-# cost as much again).
+# cost as much again). Keyset batches of 5,000 measured faster than a server-side cursor or batches
+# of 50,000, and the database building the hashed text itself far slower (docs/benchmarks.md).
 _BATCH_QUERY = (
     "SELECT seq, id, {time}, actor_kind, actor_id, actor_name, actor_address, action, object_type, "
     "object_id, outcome, details, prev_hash, hash FROM audit_records WHERE seq > {after} ORDER BY seq "
@@ -72,6 +75,73 @@ async def _batch_reader(connection: AsyncConnection, size: int) -> BatchReader:
         return rows
 
     return sqlite
+
+
+async def _batches(connection: AsyncConnection, size: int) -> AsyncGenerator[Sequence[Sequence[Any]], None]:
+    """Every record in seq order, batch after batch. The next batch's query is sent before the
+    caller gets the current one, so that the database reads and sends it while the caller hashes."""
+    read = await _batch_reader(connection, size)
+    pending: asyncio.Future[Sequence[Sequence[Any]]] | None = asyncio.ensure_future(read(_BEFORE_ANY_SEQ))
+    try:
+        while pending is not None:
+            rows = await pending
+            pending = None
+            if len(rows) == size:
+                pending = asyncio.ensure_future(read(rows[-1][0]))
+                await asyncio.sleep(0)  # lets it send the query
+            yield rows
+    finally:
+        # A caller that stops early (a broken record) gets the connection back idle.
+        if pending is not None:
+            with suppress(Exception):
+                await pending
+
+
+@asynccontextmanager
+async def _snapshot(database: Database) -> AsyncIterator[AsyncConnection]:
+    """A connection in a transaction that sees one state of the whole log."""
+    async with database.engine.connect() as connection:
+        if connection.dialect.name == "postgresql":
+            # One snapshot for every batch: appends that commit meanwhile are not half-seen.
+            connection = await connection.execution_options(isolation_level="REPEATABLE READ")
+        async with connection.begin():
+            yield connection
+
+
+_collector_pauses = 0
+
+
+@contextmanager
+def _collector_paused() -> Iterator[None]:
+    """The walk makes about 15 tracked objects per record and no reference cycles; the cyclic
+    collector's passes over them cost a quarter of the walk's CPU time (docs/benchmarks.md). Paused
+    for the walk, counted so that overlapping walks (API requests in one event loop) restore it once."""
+    global _collector_pauses
+    if _collector_pauses == 0 and not gc.isenabled():
+        yield  # someone else turned it off: not ours to turn back on
+        return
+    _collector_pauses += 1
+    gc.disable()
+    try:
+        yield
+    finally:
+        _collector_pauses -= 1
+        if _collector_pauses == 0:
+            gc.enable()
+
+
+async def read_chain(
+    database: Database, *, batch_size: int = BATCH_SIZE
+) -> AsyncIterator[Sequence[Sequence[Any]]]:
+    """The records as verification reads them — batches of plain rows, the hashed fields and the
+    stored hash — without checking them: bench/audit_verify.py times it as the floor of `verify`.
+    Read it to the end or close it (`contextlib.aclosing`): the garbage collector is paused meanwhile."""
+    async with _snapshot(database) as connection:
+        await connection.exec_driver_sql("SELECT 1")  # begins the snapshot, as verify's first read does
+        with _collector_paused():
+            async with aclosing(_batches(connection, batch_size)) as batches:
+                async for rows in batches:
+                    yield rows
 
 
 @dataclass(frozen=True)
@@ -111,11 +181,8 @@ async def verify(
     database: Database, *, checkpoint_key: Ed25519PublicKey | None = None, batch_size: int = BATCH_SIZE
 ) -> VerifyResult:
     """Walk the whole chain in one consistent snapshot, in keyset batches of plain tuples."""
-    async with database.engine.connect() as connection:
-        if connection.dialect.name == "postgresql":
-            # One snapshot for every batch: appends that commit meanwhile are not half-seen.
-            connection = await connection.execution_options(isolation_level="REPEATABLE READ")
-        async with connection.begin():
+    async with _snapshot(database) as connection:
+        with _collector_paused():
             return await _Walk(connection, checkpoint_key, batch_size).run()
 
 
@@ -208,35 +275,32 @@ class _Walk:
 
     async def _records(self, expected_seq: int, prev_hash: str) -> int:
         """Checks every record; returns the last seq (expected_seq - 1 when there is none)."""
-        read = await _batch_reader(self.connection, self.batch_size)
-        after = _BEFORE_ANY_SEQ
         checked = 0
         try:
-            while True:
-                rows = await read(after)
-                # The lean inner loop: a million records must verify in a few seconds.
-                for row in rows:
-                    seq = row[0]
-                    if seq != expected_seq:
-                        raise _BrokenError(seq, row[1], self._sequence_problem(seq, expected_seq))
-                    try:
-                        computed = record_hash(*row[:13])
-                    except (TypeError, ValueError):
-                        # A value of the wrong type, which SQLite's loose columns let a forger store.
-                        computed = None
-                    if computed != row[13]:
-                        raise _BrokenError(seq, row[1], ALTERED)
-                    if row[12] != prev_hash:
-                        first_after_checkpoint = checked == 0 and self.checkpoint is not None
-                        raise _BrokenError(seq, row[1], CHECKPOINT_ANCHOR if first_after_checkpoint else LINK)
-                    if checked == 0:
-                        self.first_seq = seq
-                    prev_hash = row[13]
-                    expected_seq += 1
-                    checked += 1
-                if len(rows) < self.batch_size:
-                    break
-                after = rows[-1][0]
+            async with aclosing(_batches(self.connection, self.batch_size)) as batches:
+                async for rows in batches:
+                    # The lean inner loop: a million records must verify in a few seconds.
+                    for row in rows:
+                        seq = row[0]
+                        if seq != expected_seq:
+                            raise _BrokenError(seq, row[1], self._sequence_problem(seq, expected_seq))
+                        try:
+                            computed = record_hash(*row[:13])
+                        except (TypeError, ValueError):
+                            # A value of the wrong type, which SQLite's loose columns let a forger store.
+                            computed = None
+                        if computed != row[13]:
+                            raise _BrokenError(seq, row[1], ALTERED)
+                        if row[12] != prev_hash:
+                            first_after_checkpoint = checked == 0 and self.checkpoint is not None
+                            raise _BrokenError(
+                                seq, row[1], CHECKPOINT_ANCHOR if first_after_checkpoint else LINK
+                            )
+                        if checked == 0:
+                            self.first_seq = seq
+                        prev_hash = row[13]
+                        expected_seq += 1
+                        checked += 1
         finally:
             self.checked = checked
         self.last_hash = prev_hash

@@ -133,22 +133,35 @@ class _RefusalError(Exception):
 async def _enroll(
     runtime: Runtime, signed: SignedPayload, identity: Identity, token_value: str | None, address: str | None
 ) -> EnrollmentAnswer:
+    # Every enrollment queues on the audit head row from its first record until it commits, and on
+    # its token's row from counting the use: both come last, after the inserts and the signing,
+    # so that concurrent enrollments wait for as few statements as possible.
+    audit: list[dict[str, Any]] = []
     async with runtime.database.transaction() as session:
         await claim_nonce(session, str(signed.payload["nonce"]))
         device = await session.scalar(select(Device).where(Device.key_fingerprint == signed.fingerprint))
+        token = None
+        new = device is None or device.status == "preauthorized"
         if device is None:
-            device = await _new_device(session, signed, identity, token_value, address)
+            token = await _valid_token(session, token_value) if token_value else None
+            device = await _new_device(session, signed, identity, token, address, audit)
         elif device.status == "preauthorized":
-            await _first_contact(session, device, identity, address)
+            await _first_contact(session, device, identity, address, audit)
         if device.status == "rejected":
             raise ProblemError(
                 "an operator rejected this device's enrollment", code="enrollment_rejected", status=403
             )
         if device.status == "decommissioned":
             raise ProblemError("this device was decommissioned", code="device_decommissioned", status=403)
-        if device.status != "accepted":
+        certificate = None
+        if device.status == "accepted":
+            certificate = await _current_certificate(session, runtime, device, new=new, audit=audit)
+        if token is not None:
+            await _count_use(session, token)
+        for entry in audit:
+            await record(session, **entry)
+        if certificate is None:
             return EnrollmentAnswer(device.id, "pending")
-        certificate = await _current_certificate(session, runtime, device)
         return EnrollmentAnswer(device.id, "accepted", certificate.pem, certificate.not_after.isoformat())
 
 
@@ -156,10 +169,10 @@ async def _new_device(
     session: AsyncSession,
     signed: SignedPayload,
     identity: Identity,
-    token_value: str | None,
+    token: EnrollmentToken | None,
     address: str | None,
+    audit: list[dict[str, Any]],
 ) -> Device:
-    token = await _use_token(session, token_value) if token_value else None
     accepted = token is not None and token.auto_accept
     device = await _add_device(
         session,
@@ -171,26 +184,28 @@ async def _new_device(
     )
     if token is not None and token.group_id:
         session.add(GroupMember(group_id=token.group_id, device_id=device.id))
-    await record(
-        session,
-        actor=device_actor(device, address),
-        action="device.enrollment_requested",
-        object_type="device",
-        object_id=device.id,
-        details={
-            "identity": identity.as_json(),
-            "key_fingerprint": signed.fingerprint,
-            "via": device.enrolled_via,
-        },
+    audit.append(
+        {
+            "actor": device_actor(device, address),
+            "action": "device.enrollment_requested",
+            "object_type": "device",
+            "object_id": device.id,
+            "details": {
+                "identity": identity.as_json(),
+                "key_fingerprint": signed.fingerprint,
+                "via": device.enrolled_via,
+            },
+        }
     )
     if accepted:
-        await record(
-            session,
-            actor=device_actor(device, address),
-            action="device.accepted",
-            object_type="device",
-            object_id=device.id,
-            details={"by": "enrollment_token", "token_id": token.id if token else None},
+        audit.append(
+            {
+                "actor": device_actor(device, address),
+                "action": "device.accepted",
+                "object_type": "device",
+                "object_id": device.id,
+                "details": {"by": "enrollment_token", "token_id": token.id if token else None},
+            }
         )
     return device
 
@@ -238,29 +253,49 @@ def _identity_attributes(identity: Identity) -> dict[str, Any]:
     return flat
 
 
-async def _use_token(session: AsyncSession, value: str) -> EnrollmentToken:
+async def _valid_token(session: AsyncSession, value: str) -> EnrollmentToken:
+    """The token the value names, if its secret matches and it can still be used. Not locked: the
+    use is counted by `_count_use` at the end of the transaction, which checks all this again."""
     invalid = UnauthenticatedError("the enrollment token is not valid", code="invalid_enrollment_token")
     token_id, _, secret = value.partition(".")
-    token = await session.get(EnrollmentToken, token_id, with_for_update=True) if token_id else None
+    token = await session.get(EnrollmentToken, token_id) if token_id else None
     if token is None or not secret_matches(secret, token.token_hash):
         raise invalid
     if token.revoked_at is not None or token.expires_at <= utcnow() or token.uses >= token.max_uses:
-        raise UnauthenticatedError(
-            "the enrollment token has expired, is used up or was revoked", code="invalid_enrollment_token"
-        )
-    # Counted in the same statement as the check, so that concurrent devices cannot overrun it.
-    used = await session.execute(
-        update(EnrollmentToken)
-        .where(EnrollmentToken.id == token.id, EnrollmentToken.uses < EnrollmentToken.max_uses)
-        .values(uses=EnrollmentToken.uses + 1)
-    )
-    if used.rowcount != 1:  # type: ignore[attr-defined]
-        raise invalid
+        raise _token_spent()
     return token
 
 
+async def _count_use(session: AsyncSession, token: EnrollmentToken) -> None:
+    # Counted in the same statement as the checks, so that concurrent devices cannot overrun the
+    # uses, nor enroll with a token revoked since `_valid_token` read it.
+    used = await session.execute(
+        update(EnrollmentToken)
+        .where(
+            EnrollmentToken.id == token.id,
+            EnrollmentToken.uses < EnrollmentToken.max_uses,
+            EnrollmentToken.revoked_at.is_(None),
+            EnrollmentToken.expires_at > utcnow(),
+        )
+        .values(uses=EnrollmentToken.uses + 1)
+        .execution_options(synchronize_session=False)
+    )
+    if used.rowcount != 1:  # type: ignore[attr-defined]
+        raise _token_spent()
+
+
+def _token_spent() -> UnauthenticatedError:
+    return UnauthenticatedError(
+        "the enrollment token has expired, is used up or was revoked", code="invalid_enrollment_token"
+    )
+
+
 async def _first_contact(
-    session: AsyncSession, device: Device, identity: Identity, address: str | None
+    session: AsyncSession,
+    device: Device,
+    identity: Identity,
+    address: str | None,
+    audit: list[dict[str, Any]],
 ) -> None:
     """A pre-authorized device is accepted when it shows up with the registered key and identity."""
     if identity.device_type != device.device_type or (device.serial and identity.serial != device.serial):
@@ -277,32 +312,36 @@ async def _first_contact(
     device.decided_at = utcnow()
     device.mac = identity.mac or device.mac
     await replace_attributes(session, device.id, _identity_attributes(identity), namespace="identity.")
-    await record(
-        session,
-        actor=device_actor(device, address),
-        action="device.accepted",
-        object_type="device",
-        object_id=device.id,
-        details={"by": "pre-authorization"},
+    audit.append(
+        {
+            "actor": device_actor(device, address),
+            "action": "device.accepted",
+            "object_type": "device",
+            "object_id": device.id,
+            "details": {"by": "pre-authorization"},
+        }
     )
 
 
-async def _current_certificate(session: AsyncSession, runtime: Runtime, device: Device) -> DeviceCertificate:
-    """The newest valid certificate for the device's key, issued when there is none."""
-    now = utcnow()
-    existing = await session.scalar(
-        select(DeviceCertificate)
-        .where(
-            DeviceCertificate.device_id == device.id,
-            DeviceCertificate.key_fingerprint == device.key_fingerprint,
-            DeviceCertificate.revoked_at.is_(None),
-            DeviceCertificate.not_after > now + timedelta(days=1),
+async def _current_certificate(
+    session: AsyncSession, runtime: Runtime, device: Device, *, new: bool, audit: list[dict[str, Any]]
+) -> DeviceCertificate:
+    """The newest valid certificate for the device's key, issued when there is none (a device
+    accepted in this transaction has none: no need to look)."""
+    if not new:
+        existing = await session.scalar(
+            select(DeviceCertificate)
+            .where(
+                DeviceCertificate.device_id == device.id,
+                DeviceCertificate.key_fingerprint == device.key_fingerprint,
+                DeviceCertificate.revoked_at.is_(None),
+                DeviceCertificate.not_after > utcnow() + timedelta(days=1),
+            )
+            .order_by(DeviceCertificate.not_after.desc())
+            .limit(1)
         )
-        .order_by(DeviceCertificate.not_after.desc())
-        .limit(1)
-    )
-    if existing is not None:
-        return existing
+        if existing is not None:
+            return existing
     certificate = await certificates.issue(
         session,
         runtime.ca,
@@ -310,13 +349,14 @@ async def _current_certificate(session: AsyncSession, runtime: Runtime, device: 
         load_public_key(device.public_key_pem),
         timedelta(days=runtime.settings.device_certificate_days),
     )
-    await record(
-        session,
-        actor=Actor(kind="system", name="fleet CA"),
-        action="device.certificate_issued",
-        object_type="device",
-        object_id=device.id,
-        details={"serial": certificate.serial, "not_after": certificate.not_after.isoformat()},
+    audit.append(
+        {
+            "actor": Actor(kind="system", name="fleet CA"),
+            "action": "device.certificate_issued",
+            "object_type": "device",
+            "object_id": device.id,
+            "details": {"serial": certificate.serial, "not_after": certificate.not_after.isoformat()},
+        }
     )
     return certificate
 
