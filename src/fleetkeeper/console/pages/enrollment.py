@@ -62,7 +62,7 @@ async def queue(
     request: Request,
     principal: Manager,
     done: Annotated[str, Query(max_length=20)] = "",
-    device: Annotated[str, Query(max_length=64)] = "",
+    device: Annotated[str, Query(max_length=64, pattern=r"^[a-z]+_[0-9a-z]+$")] = "",
 ) -> Response:
     template = NOTICES.get(done)
     return await _queue_page(request, principal, notice=template.format(device) if template else "")
