@@ -130,6 +130,9 @@ def test_device_page_shows_what_it_reported_as_text(signed_in: Console, fleet: F
         "href", f"/devices/{device.device_id}/terminal"
     )
     signed_in.shot("device-detail")
+    page.set_viewport_size({"width": 768, "height": 1024})
+    signed_in.shot("device-detail-tablet")
+    page.set_viewport_size({"width": 1280, "height": 860})
     assert dialogs == []
 
     page.get_by_role("textbox", name=re.compile("^Tags")).fill("site=plant-3\nrole=kiosk")
