@@ -349,3 +349,33 @@ async def test_the_release_inventory_key_is_checked(api: Api) -> None:
     ]:
         refused = await report_inventory(api, device, {"release": bad})
         assert (refused.status_code, refused.json()["code"]) == (422, "invalid_inventory"), bad
+
+
+async def test_fleet_health_judges_each_device_by_its_newest_deployment(api: Api) -> None:
+    from fleetkeeper.access.permissions import GrantSet
+    from fleetkeeper.access.service import Principal
+    from fleetkeeper.devices import service as devices
+    from tests.deployments.test_create import admin
+
+    elsewhere = GrantSet.from_json([{"permission": "devices:read", "scopes": ["elsewhere"]}])
+
+    await a_release(api)
+    done, failed, _waiting = await fleet_of(api, 3)
+    deployment_id = (await deploy(api))["id"]
+    assert (await send(api, done, deployment_id, "success", 1)).status_code == 200
+    assert (await send(api, failed, deployment_id, "failure", 1, detail="rolled back")).status_code == 200
+    async with api.runtime.database.session() as session:
+        health = await service.fleet_health(session, admin(api))
+        outside = await service.fleet_health(
+            session, Principal(user_id="usr_x", username="x", grants=elsewhere, method="password")
+        )
+        under_way = await service.under_way(session)
+        counts = await devices.status_counts(session, admin(api))
+    assert (health.failing, health.outdated) == (1, 2)  # the failed and the waiting device
+    assert (outside.failing, outside.outdated) == (0, 0)  # devices the caller cannot read
+    [(shown_deployment, statistics)] = under_way
+    assert shown_deployment.id == deployment_id
+    assert [phase.total for phase in statistics.phases] == [3]
+    assert (statistics.overall.succeeded, statistics.overall.failed) == (1, 1)
+    # Online: seen over mTLS lately; the waiting device has not spoken since its enrollment.
+    assert (counts.accepted, counts.online, counts.pending) == (3, 2, 0)

@@ -231,3 +231,25 @@ def _decode_cursor(cursor: str) -> int:
     if type(before) is not int or not 1 <= before < 2**63:
         raise invalid
     return before
+
+
+# What the dashboard lists as security events: what devices reported refusing (bad signatures,
+# expired metadata, older releases), refused enrollments and uploads, and certificates revoked by a
+# decommission.
+SECURITY_ACTIONS = (
+    "device.security_event",
+    "device.enrollment_refused",
+    "device.decommissioned",
+    "release.upload_refused",
+)
+
+
+async def recent_security_events(session: AsyncSession, *, limit: int = 10) -> Sequence[AuditRecord]:
+    """The newest records of SECURITY_ACTIONS, newest first."""
+    query = (
+        select(AuditRecord)
+        .where(AuditRecord.action.in_(SECURITY_ACTIONS))
+        .order_by(AuditRecord.seq.desc())
+        .limit(limit)
+    )
+    return (await session.scalars(query)).all()

@@ -32,6 +32,8 @@ def console_routers() -> list[APIRouter]:
         auth,
         dashboard,
         deployments,
+        devices,
+        enrollment,
         releases,
         terminal,
         users,
@@ -46,6 +48,8 @@ def console_routers() -> list[APIRouter]:
         deployments.router,
         audit.router,
         users.router,
+        devices.router,
+        enrollment.router,
     ]
 
 

@@ -481,6 +481,67 @@ def started_at(deployment: Deployment) -> datetime | None:
     return max(deployment.start_at, deployment.created_at) if deployment.start_at <= clock() else None
 
 
+# Deployments that still move devices (the dashboard's "active deployments").
+UNDER_WAY_STATUSES = ("active", "paused")
+
+
+async def under_way(session: AsyncSession, *, limit: int = 20) -> list[tuple[Deployment, Statistics]]:
+    """The newest active or paused deployments with their statistics per phase."""
+    rows = (
+        await session.scalars(
+            select(Deployment)
+            .where(Deployment.status.in_(UNDER_WAY_STATUSES))
+            .order_by(Deployment.created_at.desc())
+            .limit(limit)
+        )
+    ).all()
+    counts = await counts_of_many(session, [row.id for row in rows])
+    return [(row, statistics(row, counts[row.id])) for row in rows]
+
+
+@dataclass(frozen=True)
+class FleetHealth:
+    """Accepted devices (that the caller may read) judged by their newest deployment, the newest
+    active, paused or finished one they are part of (scheduled and aborted ones do not count):
+    `failing` when it ended in failure or was refused on the device (a failed install rolls
+    back, so rolled-back devices are here); `outdated` when its release is not installed on them
+    yet (not success or already installed), failing ones included."""
+
+    failing: int
+    outdated: int
+
+
+async def fleet_health(session: AsyncSession, principal: Principal) -> FleetHealth:
+    """One pass over the deployment rows of the fleet (a full scan at scale: it serves the dashboard,
+    not a check-in)."""
+    newest = (
+        select(
+            DeploymentDevice.device_id,
+            DeploymentDevice.status,
+            func.row_number()
+            .over(
+                partition_by=DeploymentDevice.device_id,
+                order_by=(Deployment.created_at.desc(), Deployment.id.desc()),
+            )
+            .label("rank"),
+        )
+        .join(Deployment, Deployment.id == DeploymentDevice.deployment_id)
+        .where(Deployment.status.in_((*UNDER_WAY_STATUSES, "finished")))
+        .subquery()
+    )
+    scope = await devices.scope_condition(session, principal, Permission.DEVICES_READ)
+    failing = func.coalesce(func.sum(case((newest.c.status.in_(FAILED_STATUSES), 1), else_=0)), 0)
+    outdated = func.coalesce(func.sum(case((newest.c.status.in_(SUCCEEDED_STATUSES), 0), else_=1)), 0)
+    row = (
+        await session.execute(
+            select(failing, outdated)
+            .select_from(newest.join(Device, Device.id == newest.c.device_id))
+            .where(newest.c.rank == 1, Device.status == "accepted", scope)
+        )
+    ).one()
+    return FleetHealth(failing=int(row[0]), outdated=int(row[1]))
+
+
 # --- listing devices and history ----------------------------------------------------------------
 
 MAX_PAGE = 500

@@ -6,14 +6,12 @@ from datetime import timedelta
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query, Request, Response
-from sqlalchemy import select
 
 from fleetkeeper.access.auth import PUBLIC, requires
 from fleetkeeper.access.service import Permission, Principal
-from fleetkeeper.core.errors import ForbiddenError, NotFoundError
 from fleetkeeper.core.runtime import runtime_of
 from fleetkeeper.devices import enrollment, service
-from fleetkeeper.devices.models import Device, DeviceCertificate, EnrollmentToken
+from fleetkeeper.devices.models import Device
 from fleetkeeper.devices.schemas import (
     CertificateInfo,
     CreatedToken,
@@ -68,13 +66,7 @@ async def get_device(device_id: str, principal: Reader, request: Request) -> Dev
     async with runtime_of(request).database.session() as session:
         device = await service.device_for(session, principal, device_id, Permission.DEVICES_READ)
         groups = sorted(await service.device_group_names(session, device_id))
-        certificates = (
-            await session.scalars(
-                select(DeviceCertificate)
-                .where(DeviceCertificate.device_id == device_id)
-                .order_by(DeviceCertificate.issued_at.desc())
-            )
-        ).all()
+        certificates = await service.certificates_of(session, device_id)
     return DeviceDetail(
         **DeviceOut.of(device).model_dump(),
         inventory=device.inventory,
@@ -126,83 +118,43 @@ async def set_tags(device_id: str, body: TagsRequest, principal: Manager, reques
 @router.post("/devices/preauthorize", status_code=201)
 async def preauthorize(body: PreauthorizeRequest, principal: Manager, request: Request) -> DeviceOut:
     """Registers a device's identity and public key ahead: it is accepted at its first enrollment."""
-    runtime = runtime_of(request)
-    identity = enrollment.check_identity(
-        {
-            "device_type": body.device_type,
-            "serial": body.serial,
-            "mac": body.mac,
-            "attributes": body.attributes,
-        }
-    )
-    async with runtime.database.session() as session:
-        groups = [await service.get_group(session, name) for name in body.groups]
-    _ensure_in_groups(principal, [group.name for group in groups])
+    identity = {
+        "device_type": body.device_type,
+        "serial": body.serial,
+        "mac": body.mac,
+        "attributes": body.attributes,
+    }
     device = await enrollment.preauthorize(
-        runtime, principal, identity, body.public_key, [g.id for g in groups]
+        runtime_of(request), principal, identity, body.public_key, body.groups
     )
     return DeviceOut.of(device)
-
-
-def _ensure_in_groups(principal: Principal, names: list[str]) -> None:
-    """A device placed in groups needs devices:manage in each of them; in none, everywhere."""
-    scopes = principal.grants.scopes(Permission.DEVICES_MANAGE)
-    if scopes is None:
-        return
-    outside = [name for name in names if name not in scopes] if names else ["(no group)"]
-    if outside:
-        raise ForbiddenError(
-            f"this needs devices:manage in {', '.join(outside)}", permission=Permission.DEVICES_MANAGE.value
-        )
 
 
 @router.get("/enrollment-tokens")
 async def list_tokens(principal: Manager, request: Request) -> list[TokenOut]:
     async with runtime_of(request).database.session() as session:
-        rows = (
-            await session.scalars(select(EnrollmentToken).order_by(EnrollmentToken.created_at.desc()))
-        ).all()
-        names = {group.id: group.name for group in await service.list_groups(session)}
-    return [TokenOut.of(row) for row in rows if _token_in_scope(principal, row, names)]
-
-
-def _token_in_scope(principal: Principal, token: EnrollmentToken, group_names: dict[str, str]) -> bool:
-    """A scoped operator sees and revokes only the tokens that enrol into their groups."""
-    scopes = principal.grants.scopes(Permission.DEVICES_MANAGE)
-    return scopes is None or (token.group_id is not None and group_names.get(token.group_id) in scopes)
+        return [TokenOut.of(row) for row in await enrollment.list_tokens(session, principal)]
 
 
 @router.post("/enrollment-tokens", status_code=201)
 async def create_token(body: TokenRequest, principal: Manager, request: Request) -> CreatedToken:
     """A batch enrollment token for factory provisioning: expiring, limited uses, optionally
     accepting its devices straight into a group."""
-    runtime = runtime_of(request)
-    group = None
-    if body.group:
-        async with runtime.database.session() as session:
-            group = await service.get_group(session, body.group)
-    _ensure_in_groups(principal, [group.name] if group else [])
     token, secret = await enrollment.create_token(
-        runtime,
+        runtime_of(request),
         principal,
         name=body.name,
         expires_in=timedelta(hours=body.expires_in_hours),
         max_uses=body.max_uses,
         auto_accept=body.auto_accept,
-        group=group,
+        group_name=body.group,
     )
     return CreatedToken(token=TokenOut.of(token), secret=secret)
 
 
 @router.delete("/enrollment-tokens/{token_id}", status_code=204)
 async def revoke_token(token_id: str, principal: Manager, request: Request) -> Response:
-    runtime = runtime_of(request)
-    async with runtime.database.session() as session:
-        token = await session.get(EnrollmentToken, token_id)
-        names = {group.id: group.name for group in await service.list_groups(session)}
-    if token is None or not _token_in_scope(principal, token, names):
-        raise NotFoundError("no such enrollment token", code="enrollment_token_not_found")
-    await enrollment.revoke_token(runtime, principal, token_id)
+    await enrollment.revoke_token(runtime_of(request), principal, token_id)
     return Response(status_code=204)
 
 

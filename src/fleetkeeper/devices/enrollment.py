@@ -12,11 +12,17 @@ from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from fleetkeeper.access.service import Principal
+from fleetkeeper.access.service import Permission, Principal
 from fleetkeeper.access.tokens import hash_secret, new_secret, secret_matches
 from fleetkeeper.audit.service import Actor, record
 from fleetkeeper.core.db import utcnow
-from fleetkeeper.core.errors import ConflictError, NotFoundError, ProblemError, UnauthenticatedError
+from fleetkeeper.core.errors import (
+    ConflictError,
+    ForbiddenError,
+    NotFoundError,
+    ProblemError,
+    UnauthenticatedError,
+)
 from fleetkeeper.core.ids import new_id
 from fleetkeeper.core.runtime import Runtime
 from fleetkeeper.devices import certificates
@@ -30,8 +36,8 @@ from fleetkeeper.devices.envelope import (
     public_pem,
 )
 from fleetkeeper.devices.inventory import replace_attributes
-from fleetkeeper.devices.models import Device, DeviceCertificate, DeviceGroup, EnrollmentToken, GroupMember
-from fleetkeeper.devices.service import device_actor
+from fleetkeeper.devices.models import Device, DeviceCertificate, EnrollmentToken, GroupMember
+from fleetkeeper.devices.service import device_actor, get_group, list_groups, set_membership
 
 ENROLL_TYPE = "fleetkeeper.enroll.v1"
 ROTATE_TYPE = "fleetkeeper.rotate.v1"
@@ -385,9 +391,44 @@ async def decide(runtime: Runtime, principal: Principal, device: Device, accept:
     return current
 
 
-async def preauthorize(
-    runtime: Runtime, principal: Principal, identity: Identity, public_key_pem: str, group_ids: list[str]
+async def accept_into_group(
+    runtime: Runtime, principal: Principal, device: Device, group_name: str | None
 ) -> Device:
+    """Accepts a pending device and, when a static group is named, puts it there; the group is
+    checked before the decision so that a bad group accepts nothing."""
+    if group_name:
+        async with runtime.database.session() as session:
+            group = await get_group(session, group_name)
+        if group.kind != "static":
+            raise ConflictError("a dynamic group's members follow its filter", code="dynamic_group")
+        principal.ensure(Permission.DEVICES_MANAGE, [group.name], on=f"group {group.name}")
+    accepted = await decide(runtime, principal, device, accept=True)
+    if group_name:
+        await set_membership(runtime.database, principal, group_name, [device.id], add=True)
+    return accepted
+
+
+def ensure_in_groups(principal: Principal, names: list[str]) -> None:
+    """A device placed in groups needs devices:manage in each of them; in none, everywhere."""
+    scopes = principal.grants.scopes(Permission.DEVICES_MANAGE)
+    if scopes is None:
+        return
+    outside = [name for name in names if name not in scopes] if names else ["(no group)"]
+    if outside:
+        raise ForbiddenError(
+            f"this needs devices:manage in {', '.join(outside)}", permission=Permission.DEVICES_MANAGE.value
+        )
+
+
+async def preauthorize(
+    runtime: Runtime, principal: Principal, raw_identity: Any, public_key_pem: str, group_names: list[str]
+) -> Device:
+    """Registers a device's identity and public key ahead, in these static groups: it is accepted at
+    its first enrollment."""
+    identity = check_identity(raw_identity)
+    async with runtime.database.session() as session:
+        groups = [await get_group(session, name) for name in group_names]
+    ensure_in_groups(principal, [group.name for group in groups])
     key = load_public_key(public_key_pem)
     try:
         async with runtime.database.transaction() as session:
@@ -399,8 +440,8 @@ async def preauthorize(
                 via="preauthorized",
                 decided_by=principal.user_id,
             )
-            for group_id in group_ids:
-                session.add(GroupMember(group_id=group_id, device_id=device.id))
+            for group in groups:
+                session.add(GroupMember(group_id=group.id, device_id=device.id))
             await record(
                 session,
                 actor=principal.actor,
@@ -436,6 +477,23 @@ async def decommission(runtime: Runtime, principal: Principal, device: Device) -
     return revoked
 
 
+def _token_in_scope(principal: Principal, token: EnrollmentToken, group_names: dict[str, str]) -> bool:
+    """A scoped operator sees and revokes only the tokens that enrol into their groups."""
+    scopes = principal.grants.scopes(Permission.DEVICES_MANAGE)
+    return scopes is None or (token.group_id is not None and group_names.get(token.group_id) in scopes)
+
+
+async def _group_names(session: AsyncSession) -> dict[str, str]:
+    return {group.id: group.name for group in await list_groups(session)}
+
+
+async def list_tokens(session: AsyncSession, principal: Principal) -> list[EnrollmentToken]:
+    """The enrollment tokens the caller may see, newest first."""
+    rows = (await session.scalars(select(EnrollmentToken).order_by(EnrollmentToken.created_at.desc()))).all()
+    names = await _group_names(session)
+    return [row for row in rows if _token_in_scope(principal, row, names)]
+
+
 async def create_token(
     runtime: Runtime,
     principal: Principal,
@@ -444,8 +502,15 @@ async def create_token(
     expires_in: timedelta,
     max_uses: int,
     auto_accept: bool,
-    group: DeviceGroup | None,
+    group_name: str | None,
 ) -> tuple[EnrollmentToken, str]:
+    """A batch enrollment token for factory provisioning: expiring, limited uses, optionally
+    accepting its devices straight into a group. The secret is returned here only."""
+    group = None
+    if group_name:
+        async with runtime.database.session() as session:
+            group = await get_group(session, group_name)
+    ensure_in_groups(principal, [group.name] if group else [])
     secret = new_secret()
     async with runtime.database.transaction() as session:
         token = EnrollmentToken(
@@ -480,10 +545,13 @@ async def create_token(
 
 
 async def revoke_token(runtime: Runtime, principal: Principal, token_id: str) -> None:
+    not_found = NotFoundError("no such enrollment token", code="enrollment_token_not_found")
     async with runtime.database.transaction() as session:
         token = await session.get(EnrollmentToken, token_id)
         if token is None or token.revoked_at is not None:
-            raise NotFoundError("no such enrollment token", code="enrollment_token_not_found")
+            raise not_found
+        if not _token_in_scope(principal, token, await _group_names(session)):
+            raise not_found
         token.revoked_at = utcnow()
         await record(
             session,

@@ -29,12 +29,16 @@ from fleetkeeper.devices.inventory import (
     inventory_hash,
     replace_attributes,
 )
-from fleetkeeper.devices.models import Device, DeviceGroup, GroupMember
+from fleetkeeper.devices.models import Device, DeviceCertificate, DeviceGroup, GroupMember
 
 # No "/": a group name is a path segment of the API.
 GROUP_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
 MAX_PAGE = 500
 LAST_SEEN_RESOLUTION = timedelta(seconds=60)
+# A device is online when it was seen (a check-in, an inventory report, any mTLS request) within
+# this time: three of the agent's default 5-minute check-in intervals, so that one missed or
+# jittered check-in does not mark it offline.
+ONLINE_WITHIN = timedelta(minutes=15)
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _TIME_SORTS = ("created_at", "last_seen")
 SortKey = Literal["created_at", "last_seen", "id", "device_type", "status"]
@@ -133,6 +137,17 @@ async def device_for(
     return device
 
 
+async def certificates_of(session: AsyncSession, device_id: str) -> Sequence[DeviceCertificate]:
+    """Every certificate issued to the device, newest first (revoked ones too)."""
+    return (
+        await session.scalars(
+            select(DeviceCertificate)
+            .where(DeviceCertificate.device_id == device_id)
+            .order_by(DeviceCertificate.issued_at.desc())
+        )
+    ).all()
+
+
 # --- listing ----------------------------------------------------------------------------------
 
 
@@ -141,10 +156,17 @@ class DevicePage:
     items: Sequence[Device]
     next_cursor: str | None
     total: int | None = None
+    # The page before this one (pass it with backward=True); None on the first page.
+    previous_cursor: str | None = None
 
 
 def _encode_cursor(values: list[Any]) -> str:
     return base64.urlsafe_b64encode(json.dumps(values, default=str).encode()).decode().rstrip("=")
+
+
+def _cursor_of(device: Device, sort: SortKey) -> str:
+    raw = getattr(device, _SORT_COLUMNS[sort].key)
+    return _encode_cursor([raw.isoformat() if isinstance(raw, datetime) else raw, device.id])
 
 
 def _decode_cursor(cursor: str) -> list[Any]:
@@ -166,9 +188,11 @@ async def list_devices(
     descending: bool = False,
     limit: int = 100,
     cursor: str | None = None,
+    backward: bool = False,
     extra: ColumnElement[bool] | None = None,
 ) -> DevicePage:
-    """The devices the caller may read, matching the filter, in keyset pages (stable under inserts)."""
+    """The devices the caller may read, matching the filter, in keyset pages (stable under inserts).
+    `backward`: the page before `cursor` (a page's previous_cursor), still in the asked order."""
     if not 1 <= limit <= MAX_PAGE:
         raise ProblemError(f"limit must be between 1 and {MAX_PAGE}", code="invalid_limit")
     column = _SORT_COLUMNS[sort]
@@ -179,21 +203,28 @@ async def list_devices(
         conditions.append(extra)
     # NULLs (never seen) sort as the empty string / epoch so that the keyset stays total.
     key = func.coalesce(column, _null_substitute(sort))
+    # A backward page is read in the opposite order from its cursor, then turned round.
+    scan_descending = descending != backward
     if cursor is not None:
         value, last_id = _decode_cursor(cursor)
         value = _cursor_value(sort, value)
         after = or_(key > value, and_(key == value, Device.id > last_id))
         before = or_(key < value, and_(key == value, Device.id < last_id))
-        conditions.append(before if descending else after)
-    order = (key.desc(), Device.id.desc()) if descending else (key.asc(), Device.id.asc())
+        conditions.append(before if scan_descending else after)
+    order = (key.desc(), Device.id.desc()) if scan_descending else (key.asc(), Device.id.asc())
     rows = (await session.scalars(select(Device).where(*conditions).order_by(*order).limit(limit + 1))).all()
-    items = rows[:limit]
-    next_cursor = None
-    if len(rows) > limit:
-        last = items[-1]
-        raw = getattr(last, column.key)
-        next_cursor = _encode_cursor([raw.isoformat() if isinstance(raw, datetime) else raw, last.id])
-    return DevicePage(items, next_cursor)
+    more = len(rows) > limit
+    items = list(rows[:limit])
+    if backward:
+        items.reverse()
+    # The cursor a page was reached by says that there are devices on its other side.
+    has_next = more if not backward else cursor is not None
+    has_previous = more if backward else cursor is not None
+    return DevicePage(
+        items,
+        next_cursor=_cursor_of(items[-1], sort) if items and has_next else None,
+        previous_cursor=_cursor_of(items[0], sort) if items and has_previous else None,
+    )
 
 
 def _null_substitute(sort: str) -> Any:
@@ -214,6 +245,39 @@ def _cursor_value(sort: str, value: Any) -> Any:
             raise ProblemError("the cursor is not one this server gave out", code="invalid_cursor")
         return parsed
     return "" if value is None else str(value)
+
+
+@dataclass(frozen=True)
+class StatusCounts:
+    """Devices the caller may read, by enrollment status, and the accepted ones seen lately."""
+
+    by_status: dict[str, int]
+    online: int
+
+    @property
+    def accepted(self) -> int:
+        return self.by_status.get("accepted", 0)
+
+    @property
+    def pending(self) -> int:
+        return self.by_status.get("pending", 0)
+
+
+async def status_counts(session: AsyncSession, principal: Principal) -> StatusCounts:
+    scope = await scope_condition(session, principal, Permission.DEVICES_READ)
+    rows = (
+        await session.execute(select(Device.status, func.count()).where(scope).group_by(Device.status))
+    ).all()
+    online = await session.scalar(
+        select(func.count()).where(
+            scope, Device.status == "accepted", Device.last_seen_at >= utcnow() - ONLINE_WITHIN
+        )
+    )
+    return StatusCounts({status: count for status, count in rows}, online or 0)
+
+
+def is_online(device: Device) -> bool:
+    return device.last_seen_at is not None and utcnow() - device.last_seen_at < ONLINE_WITHIN
 
 
 # --- inventory and tags -------------------------------------------------------------------------

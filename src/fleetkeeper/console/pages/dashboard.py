@@ -1,19 +1,47 @@
-"""The dashboard: the fleet at a glance."""
+"""The dashboard: the fleet at a glance, refreshed by htmx from a fragment route. Each section is
+computed only for a user holding the permission it needs."""
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
+from fleetkeeper.access.permissions import Permission
 from fleetkeeper.access.principal import Principal
+from fleetkeeper.audit.service import recent_security_events
 from fleetkeeper.console.render import render
 from fleetkeeper.console.session import page
+from fleetkeeper.core.runtime import runtime_of
+from fleetkeeper.deployments import service as deployments
+from fleetkeeper.devices import service as devices
 
 router = APIRouter(include_in_schema=False)
+SignedIn = Annotated[Principal, page()]
+REFRESH_SECONDS = 5
+
+
+async def _sections(request: Request, principal: Principal) -> dict[str, Any]:
+    sections: dict[str, Any] = {"counts": None, "health": None, "under_way": None, "security_events": None}
+    async with runtime_of(request).database.session() as session:
+        if principal.can(Permission.DEVICES_READ):
+            sections["counts"] = await devices.status_counts(session, principal)
+            sections["health"] = await deployments.fleet_health(session, principal)
+            sections["under_way"] = await deployments.under_way(session)
+        if principal.can(Permission.AUDIT_READ):
+            sections["security_events"] = await recent_security_events(session)
+    return sections
 
 
 @router.get("/")
-async def dashboard(request: Request, principal: Annotated[Principal, page()]) -> Response:
-    return render(request, "dashboard.html", principal)
+async def dashboard(request: Request, principal: SignedIn) -> Response:
+    sections = await _sections(request, principal)
+    return render(request, "dashboard.html", principal, refresh_seconds=REFRESH_SECONDS, **sections)
+
+
+@router.get("/dashboard/live")
+async def dashboard_live(request: Request, principal: SignedIn) -> Response:
+    """The sections alone, for the page's periodic refresh."""
+    sections = await _sections(request, principal)
+    return render(request, "dashboard/sections.html", principal, **sections)
