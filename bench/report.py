@@ -123,6 +123,23 @@ def _agent_idle(r: dict[str, Any]) -> Row:
     )
 
 
+def _enrollment(r: dict[str, Any]) -> Row:
+    result = (
+        f"{_number(r['enrollments_per_s'])}/s, p50 {_number(r['p50_ms'])} ms, p99 {_number(r['p99_ms'])} ms"
+    )
+    if r.get("errors"):
+        result += f", {r['errors']} errors"
+    return Row(
+        size=f"{r['devices']:,} devices, {r['concurrency']} connections, {r['backend']}",
+        result=result,
+        reference=f"{_number(r['ca_certificates_per_s'])}/s: the CA alone "
+        f"(refused requests: {_number(r['refused_per_s'])}/s)",
+        ratio=_number(r["ratio"], 3),
+        target="— (none in DESIGN.md)",
+        met="—",
+    )
+
+
 def _other(r: dict[str, Any]) -> Row:
     """A benchmark this module has no row format for (yet): its fields as they are."""
     fields = {key: value for key, value in r.items() if key != "benchmark"}
@@ -146,6 +163,7 @@ FORMATS: dict[str, tuple[str, str, Callable[[dict[str, Any]], Row]]] = {
     "dynamic_group": ("dynamic group filter", "dynamic-group-filter", _dynamic_group),
     "audit_verify": ("audit chain verification", "audit-chain-verification", _audit_verify),
     "agent_idle_rss": ("agent idle", "agent-idle-memory", _agent_idle),
+    "enrollment": ("enrollment rate", "enrollment-rate", _enrollment),
 }
 # Titles for benchmarks that failed before printing anything, by the suite's names.
 SUITE_TITLES = {

@@ -84,17 +84,23 @@ SUITE = (
         "bench.dynamic_group",
         ("--devices", "250000", "--backend", "postgresql"),
         ("--devices", "2000", "--backend", "sqlite", "--runs", "3"),
-        90,
+        120,
     ),
     Benchmark(
         "audit_verify",
         "bench.audit_verify",
         ("--records", "1000000", "--backend", "postgresql", "--runs", "3"),
         ("--records", "2000", "--backend", "sqlite", "--runs", "1"),
-        90,
+        150,
     ),
     Benchmark("agent_idle", "bench.agent_idle", ("--seconds", "5"), ("--seconds", "1"), 45),
-    Benchmark("enrollment", "bench.enrollment", (), ("--devices", "20"), 45),
+    Benchmark(
+        "enrollment",
+        "bench.enrollment",
+        ("--devices", "2000", "--concurrency", "16", "--backend", "postgresql"),
+        ("--devices", "20", "--concurrency", "4", "--backend", "sqlite"),
+        60,
+    ),
 )
 
 
