@@ -14,7 +14,8 @@ from __future__ import annotations
 import argparse
 import json
 import math
-from collections.abc import Callable
+import re
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -112,11 +113,19 @@ def _agent_idle(r: dict[str, Any]) -> Row:
     result = f"{r['agent_rss_kb'] / 1024:.1f} MB RSS idle"
     if r.get("channel_rss_kb"):
         result += f" (control channel: {r['channel_rss_kb'] / 1024:.1f} MB)"
-    extra = [f"{key} {value}" for key, value in r.items() if key.startswith("cpu")]
+    reference = f"{r['bare_python_rss_kb'] / 1024:.1f} MB: bare Python"
+    size = "daemon idle"
+    if "checkin_cpu_s" in r:  # with --checkins: the CPU time of one check-in's worker process
+        size += f"; {r.get('checkins', '?')} check-ins"
+        result += f"; {r['checkin_cpu_s']:g} s CPU per check-in"
+        reference += (
+            f"; {r['python_start_cpu_s']:g} s CPU to start Python, "
+            f"{r['worker_imports_cpu_s']:g} s with the worker's imports"
+        )
     return Row(
-        size="daemon idle" + (", one check-in" if extra else ""),
-        result=result + ("; " + ", ".join(extra) if extra else ""),
-        reference=f"{r['bare_python_rss_kb'] / 1024:.1f} MB: bare Python",
+        size=size,
+        result=result,
+        reference=reference,
         ratio=_number(r["ratio_to_bare_python"], 2),
         target="≤ 30 MB RSS",
         met=_judge(bool(r["within_target"])),
@@ -155,7 +164,8 @@ def _other(r: dict[str, Any]) -> Row:
     )
 
 
-# By the "benchmark" field of each JSON line: the row's title, its section in the docs, its format.
+# By the "benchmark" field of each JSON line: the row's title, the start of its section's anchor in
+# the docs (a section may be renamed "… and more"; a row links to it only if it is there), its format.
 FORMATS: dict[str, tuple[str, str, Callable[[dict[str, Any]], Row]]] = {
     "device_checkin": ("device check-ins", "device-check-ins", _checkin),
     "deployment_create": ("deployment creation", "deployment-creation", _deployment_create),
@@ -165,15 +175,15 @@ FORMATS: dict[str, tuple[str, str, Callable[[dict[str, Any]], Row]]] = {
     "agent_idle_rss": ("agent idle", "agent-idle-memory", _agent_idle),
     "enrollment": ("enrollment rate", "enrollment-rate", _enrollment),
 }
-# Titles for benchmarks that failed before printing anything, by the suite's names.
+# Titles and sections for benchmarks that failed before printing anything, by the suite's names.
 SUITE_TITLES = {
-    "checkin": "device check-ins",
-    "deployment_create": "deployment creation",
-    "download": "artifact download",
-    "dynamic_group": "dynamic group filter",
-    "audit_verify": "audit chain verification",
-    "agent_idle": "agent idle",
-    "enrollment": "enrollment rate",
+    "checkin": ("device check-ins", "device-check-ins"),
+    "deployment_create": ("deployment creation", "deployment-creation"),
+    "download": ("artifact download", "artifact-download"),
+    "dynamic_group": ("dynamic group filter", "dynamic-group-filter"),
+    "audit_verify": ("audit chain verification", "audit-chain-verification"),
+    "agent_idle": ("agent idle", "agent-idle-memory"),
+    "enrollment": ("enrollment rate", "enrollment-rate"),
 }
 
 HEADER = (
@@ -190,8 +200,24 @@ def _escape(cell: str) -> str:
     return cell.replace("|", "\\|").replace("\n", " ")
 
 
-def rows_of(record: dict[str, Any]) -> list[list[str]]:
-    """Table rows for one benchmark of the suite: one per JSON line, or one saying why there is none."""
+def slugs(markdown: str) -> list[str]:
+    """The anchors of the markdown's headings, as GitHub makes them."""
+    found = []
+    for line in markdown.splitlines():
+        if line.startswith("#"):
+            title = line.lstrip("#").strip().lower()
+            found.append(re.sub(r"[^\w\- ]", "", title).replace(" ", "-"))
+    return found
+
+
+def _link(title: str, anchor: str, sections: Sequence[str]) -> str:
+    section = next((slug for slug in sections if anchor and slug.startswith(anchor)), None)
+    return f"[{title}](#{section})" if section else title
+
+
+def rows_of(record: dict[str, Any], sections: Sequence[str] = ()) -> list[list[str]]:
+    """Table rows for one benchmark of the suite: one per JSON line, or one saying why there is none.
+    Titles link to the sections of the docs whose anchors start as expected."""
     command = f"`{record['command']}`"
     if record["status"] != "ok":
         how = (
@@ -201,8 +227,8 @@ def rows_of(record: dict[str, Any]) -> list[list[str]]:
         )
         error = (record.get("error") or "").splitlines()
         why = f": {error[-1][:160]}" if error else ""
-        title = SUITE_TITLES.get(record["name"], record["name"])
-        lines = [[title, command, f"**{how}**{why}", "", "", "", "**not measured**"]]
+        title, anchor = SUITE_TITLES.get(record["name"], (record["name"], ""))
+        lines = [[_link(title, anchor, sections), command, f"**{how}**{why}", "", "", "", "**not measured**"]]
         if not record["results"]:
             return lines
     else:
@@ -213,8 +239,13 @@ def rows_of(record: dict[str, Any]) -> list[list[str]]:
             row = format_row(result)
         except (KeyError, TypeError, ValueError):
             row = _other(result)
-        label = f"[{title}](#{anchor})" if anchor else title
-        lines.append([label, f"{row.size}<br>{command}" if row.size else command, *_cells(row)[1:]])
+        lines.append(
+            [
+                _link(title, anchor, sections),
+                f"{row.size}<br>{command}" if row.size else command,
+                *_cells(row)[1:],
+            ]
+        )
     return lines
 
 
@@ -228,8 +259,10 @@ def machine_line(machine: dict[str, Any]) -> str:
     )
 
 
-def render(path: Path) -> str:
-    """The markdown that goes between the markers, from one results file."""
+def render(path: Path, docs: str = "") -> str:
+    """The markdown that goes between the markers, from one results file; rows link to the
+    sections of `docs` (the markdown the table goes into)."""
+    sections = slugs(docs)
     machine: dict[str, Any] = {}
     records = []
     for line in path.read_text().splitlines():
@@ -243,7 +276,7 @@ def render(path: Path) -> str:
     quick = any(record.get("quick") for record in records)
     table = [HEADER]
     for record in records:
-        for cells in rows_of(record):
+        for cells in rows_of(record, sections):
             title, size_and_command, *rest = cells
             table.append("| " + " | ".join(_escape(cell) for cell in [title, size_and_command, *rest]) + " |")
     total = sum(record["seconds"] for record in records)
@@ -270,7 +303,8 @@ def replace_between_markers(text: str, generated: str) -> str:
 
 
 def update_docs(docs: Path, results: Path) -> None:
-    docs.write_text(replace_between_markers(docs.read_text(), render(results)))
+    text = docs.read_text()
+    docs.write_text(replace_between_markers(text, render(results, text)))
 
 
 def newest_results(directory: Path) -> Path:
@@ -292,7 +326,7 @@ def main() -> None:
     args = parser.parse_args()
     results = args.results or newest_results(RESULTS_DIR)
     if args.print:
-        print(render(results))
+        print(render(results, args.docs.read_text()))
     else:
         update_docs(args.docs, results)
 

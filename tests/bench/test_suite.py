@@ -66,7 +66,7 @@ def test_quick_suite_writes_json_lines_and_the_docs_table(tmp_path: Path) -> Non
     table = text[text.index(BEGIN) : text.index(END)]
     assert "Quick mode" in table
     assert machine["cpu"] in table
-    assert "| [agent idle](#agent-idle-memory) |" in table
+    assert "| [agent idle](#agent-idle-memory" in table
     assert "| [dynamic group filter](#dynamic-group-filter) | 2,000 devices, sqlite" in table
     assert "`python -m bench.dynamic_group --devices 2000 --backend sqlite --runs 3`" in table
 
