@@ -94,7 +94,7 @@ SUITE = (
         ("--records", "2000", "--backend", "sqlite", "--runs", "1"),
         150,
     ),
-    Benchmark("agent_idle", "bench.agent_idle", ("--seconds", "5"), ("--seconds", "1"), 45),
+    Benchmark("agent_idle", "bench.agent_idle", ("--seconds", "5"), ("--seconds", "1"), 90),
     Benchmark(
         "enrollment",
         "bench.enrollment",
