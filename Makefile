@@ -11,7 +11,7 @@ DEVICE_HOST ?= 127.0.0.1
 export PIP_CONSTRAINT := $(CURDIR)/constraints.txt
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: demo test lint typecheck pytest env clean console-assets
+.PHONY: demo test lint typecheck pytest bench env clean console-assets
 
 env: $(STAMP)
 
@@ -54,6 +54,12 @@ pytest: $(STAMP) $(CONSOLE_VENDOR)/node_modules $(OIDC_PROVIDER)/node_modules $(
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 test: lint typecheck pytest
+
+# The benchmark suite (bench/run.py), about 10 minutes on 2 cores; it rewrites the results table of
+# docs/benchmarks.md and keeps the JSON lines in bench-results/. `make bench BENCH_ARGS=--quick`
+# is a smoke test at tiny sizes. It needs PostgreSQL (FLEETKEEPER_BENCH_POSTGRES_URL) and nginx.
+bench: $(STAMP)
+	PYTHONPATH=$(CURDIR)/src:$(CURDIR) $(BIN)/python -m bench.run $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache
