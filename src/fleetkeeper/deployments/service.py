@@ -8,6 +8,7 @@ import base64
 import binascii
 import functools
 import json
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -540,6 +541,26 @@ async def fleet_health(session: AsyncSession, principal: Principal) -> FleetHeal
         )
     ).one()
     return FleetHealth(failing=int(row[0]), outdated=int(row[1]))
+
+
+# A dashboard refreshes every few seconds and the pass above reads every deployment row of the
+# fleet: for a large fleet it is computed at most this often per process and reader's scope.
+FLEET_HEALTH_MAX_AGE = 30.0
+_recent_health: dict[tuple[int, object], tuple[float, FleetHealth]] = {}
+
+
+async def recent_fleet_health(session: AsyncSession, principal: Principal) -> FleetHealth:
+    """`fleet_health`, at most FLEET_HEALTH_MAX_AGE seconds old."""
+    key = (id(session.bind), principal.grants.scopes(Permission.DEVICES_READ))
+    now = time.monotonic()
+    cached = _recent_health.get(key)
+    if cached is not None and now - cached[0] < FLEET_HEALTH_MAX_AGE:
+        return cached[1]
+    health = await fleet_health(session, principal)
+    if len(_recent_health) > 1000:
+        _recent_health.clear()
+    _recent_health[key] = (now, health)
+    return health
 
 
 # --- listing devices and history ----------------------------------------------------------------

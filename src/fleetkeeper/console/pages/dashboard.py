@@ -27,7 +27,7 @@ async def _sections(request: Request, principal: Principal) -> dict[str, Any]:
     async with runtime_of(request).database.session() as session:
         if principal.can(Permission.DEVICES_READ):
             sections["counts"] = await devices.status_counts(session, principal)
-            sections["health"] = await deployments.fleet_health(session, principal)
+            sections["health"] = await deployments.recent_fleet_health(session, principal)
             sections["under_way"] = await deployments.under_way(session)
         if principal.can(Permission.AUDIT_READ):
             sections["security_events"] = await recent_security_events(session)
