@@ -17,7 +17,7 @@ env: $(STAMP)
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet -c constraints.txt -e '.[server,agent,dev]'
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[server,agent,sim,dev]'
 	touch $(STAMP)
 
 demo: $(STAMP) $(CONSOLE_VENDOR)/node_modules
