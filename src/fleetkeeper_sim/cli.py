@@ -46,6 +46,9 @@ def simulate(
     * 1024,
     processes: Annotated[int, typer.Option(min=1, max=64, help="worker processes")] = 1,
     timeout: Annotated[float, typer.Option(min=1, max=600, help="seconds per request")] = 30.0,
+    enroll_only: Annotated[
+        bool, typer.Option("--enroll-only", help="stop once every device has enrolled (or is pending)")
+    ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="print one JSON line instead of tables")] = False,
 ) -> None:
     options = RunOptions(
@@ -65,6 +68,7 @@ def simulate(
         max_download_bytes=max_download_bytes,
         processes=processes,
         timeout=timeout,
+        enroll_only=enroll_only,
     )
     try:
         report, stats = run(options)

@@ -15,7 +15,6 @@ import random
 import ssl
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -120,7 +119,15 @@ def _reason(exc: BaseException) -> str:
 
 
 class SimDevice:
-    __slots__ = ("directory", "identity", "inventory_at", "pending_only", "progress", "serial")
+    __slots__ = (
+        "director_version",
+        "directory",
+        "identity",
+        "inventory_at",
+        "pending_only",
+        "progress",
+        "serial",
+    )
 
     def __init__(self, directory: Path, device_type: str, serial: str, *, pending_only: bool) -> None:
         self.directory = directory
@@ -129,6 +136,9 @@ class SimDevice:
         self.identity = IdentityState.load(directory) or IdentityState("", "", device_type, "pending")
         self.progress = Progress.load(directory) if directory.exists() else Progress()
         self.inventory_at = 0.0  # when the next inventory is due (time.monotonic)
+        # The director timestamp's version when its targets last listed nothing: while it stays the
+        # same, nothing changed for this device (python-tuf's client skips the other roles too).
+        self.director_version: int | None = None
 
     @property
     def accepted(self) -> bool:
@@ -191,30 +201,33 @@ class SimDevice:
                 fleet.stats.error("checkin", f"{timestamp.status} {problem_code(timestamp)}")
                 return
             fleet.stats.event("checkins")
-            await self._follow_director(fleet, connection)
+            version = _signed_version(timestamp)
+            if version is None or version != self.director_version or self.progress.update is not None:
+                idle = await self._follow_director(fleet, connection)
+                self.director_version = version if idle else None
             if time.monotonic() >= self.inventory_at:
                 await self._send_inventory(fleet, connection)
         finally:
             await connection.close()
 
-    async def _follow_director(self, fleet: Fleet, connection: Connection) -> None:
+    async def _follow_director(self, fleet: Fleet, connection: Connection) -> bool:
+        """True when the director lists nothing for this device."""
         targets = await fleet.call(connection, "targets", "GET", TARGETS_PATH)
         if targets.status != 200:
             fleet.stats.error("targets", f"{targets.status} {problem_code(targets)}")
-            return
+            return False
         listed = _director_targets(targets)
         if not listed:
-            return
+            return True
         current = await fleet.call(connection, "current", "GET", CURRENT_PATH)
         if current.status == 404:
-            return  # no_deployment: the director moved on between the two requests
+            return False  # no_deployment: the director moved on between the two requests
         body = _json_object(current)
         if current.status != 200:
             fleet.stats.error("current", f"{current.status} {problem_code(current)}")
-            return
-        if body.get("queued") or str(body.get("target_path")) not in listed:
-            return
-        await self._update(fleet, connection, body, listed[str(body["target_path"])])
+        elif not body.get("queued") and str(body.get("target_path")) in listed:
+            await self._update(fleet, connection, body, listed[str(body["target_path"])])
+        return False
 
     async def _update(
         self, fleet: Fleet, connection: Connection, deployment: dict[str, Any], target: dict[str, Any]
@@ -373,6 +386,14 @@ def _json_object(response: Response) -> dict[str, Any]:
     return body if isinstance(body, dict) else {}
 
 
+def _signed_version(response: Response) -> int | None:
+    try:
+        version = response.json()["signed"]["version"]
+    except (ValueError, KeyError, TypeError):
+        return None
+    return version if isinstance(version, int) else None
+
+
 def _director_targets(response: Response) -> dict[str, dict[str, Any]]:
     """The director's targets for this device (read, not verified: see the module docstring)."""
     try:
@@ -384,13 +405,3 @@ def _director_targets(response: Response) -> dict[str, dict[str, Any]]:
         for path, entry in targets.items()
         if isinstance(entry, dict) and isinstance(entry.get("custom", {}).get(CUSTOM_KEY), dict)
     }
-
-
-def gather_bounded(limit: int, jobs: list[Awaitable[None]]) -> Awaitable[list[None]]:
-    semaphore = asyncio.Semaphore(limit)
-
-    async def bounded(job: Awaitable[None]) -> None:
-        async with semaphore:
-            await job
-
-    return asyncio.gather(*(bounded(job) for job in jobs))

@@ -17,6 +17,8 @@ from fleetkeeper_sim.device import Fleet, Settings, SimDevice, UnreachableError
 from fleetkeeper_sim.state import SimError, StateDir, loopback_target
 from fleetkeeper_sim.stats import Stats
 
+GRACE_SECONDS = 5.0
+
 
 @dataclass(frozen=True)
 class RunOptions:
@@ -36,6 +38,7 @@ class RunOptions:
     max_download_bytes: int
     processes: int
     timeout: float
+    enroll_only: bool = False  # stop each device once it is enrolled (prepares a state directory)
 
 
 @dataclass(frozen=True)
@@ -147,9 +150,11 @@ async def _run_share(options: RunOptions, share: Share) -> dict[str, Any]:
 
     async def live(device: SimDevice) -> None:
         # Devices enrolled in an earlier run start spread over one interval, as a real fleet does.
-        if device.accepted:
+        if device.accepted and not options.enroll_only:
             await pause(rng.uniform(0, options.interval))
         while running() and not device.progress.rejected:
+            if options.enroll_only and device.identity.device_id:  # accepted, or pending and asked
+                return
             try:
                 if device.accepted:
                     async with checkins:
@@ -168,7 +173,17 @@ async def _run_share(options: RunOptions, share: Share) -> dict[str, Any]:
             await pause(options.interval)
 
     try:
-        await asyncio.gather(*(live(device) for device in devices))
+        every = asyncio.gather(*(live(device) for device in devices))
+        stopped = asyncio.ensure_future(stop.wait())
+        first: list[asyncio.Future[Any]] = [every, stopped]
+        await asyncio.wait(first, timeout=options.duration, return_when=asyncio.FIRST_COMPLETED)
+        stop.set()
+        # Check-ins under way may finish (and be counted) for a moment; then the run ends on time.
+        await asyncio.wait([every], timeout=min(GRACE_SECONDS, options.timeout))
+        every.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await every
+        stopped.cancel()
     finally:
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(signum)
