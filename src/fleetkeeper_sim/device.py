@@ -25,9 +25,11 @@ from fleetkeeper_agent.errors import AgentError
 from fleetkeeper_agent.identity import (
     ENROLL_PATH,
     INVENTORY_PATH,
+    RENEW_PATH,
     DeviceIdentity,
     IdentityState,
     enrollment_payload,
+    renewal_due,
     store_issued,
 )
 from fleetkeeper_agent.inventory import limit_inventory
@@ -85,6 +87,9 @@ class Fleet:
         self._contexts[directory] = context
         return context
 
+    def forget_tls(self, directory: Path) -> None:
+        self._contexts.pop(directory, None)
+
     async def connect(self, context: ssl.SSLContext, kind: str) -> Connection:
         try:
             async with asyncio.timeout(self.settings.timeout):
@@ -126,6 +131,7 @@ class SimDevice:
         "inventory_at",
         "pending_only",
         "progress",
+        "renewal_checked",
         "serial",
     )
 
@@ -139,6 +145,9 @@ class SimDevice:
         # The director timestamp's version when its targets last listed nothing: while it stays the
         # same, nothing changed for this device (python-tuf's client skips the other roles too).
         self.director_version: int | None = None
+        self.renewal_checked = (
+            False  # the certificate is read once a run: renewed when due, as the agent does
+        )
 
     @property
     def accepted(self) -> bool:
@@ -171,7 +180,7 @@ class SimDevice:
             fleet.stats.event("enrolled")
         elif response.status == 202:
             self._save_identity(fleet, str(body.get("device_id", "")), "pending")
-            fleet.stats.event("pending")
+            fleet.stats.event("enrollment pending")
         elif problem_code(response) == "invalid_enrollment_token":
             raise SimError(f"the server refused the enrollment token: {body.get('detail', '')}".rstrip(": "))
         elif problem_code(response) in ("enrollment_rejected", "device_decommissioned"):
@@ -201,6 +210,8 @@ class SimDevice:
                 fleet.stats.error("checkin", f"{timestamp.status} {problem_code(timestamp)}")
                 return
             fleet.stats.event("checkins")
+            if not self.renewal_checked:
+                await self._renew_when_due(fleet, connection)
             version = _signed_version(timestamp)
             if version is None or version != self.director_version or self.progress.update is not None:
                 idle = await self._follow_director(fleet, connection)
@@ -209,6 +220,25 @@ class SimDevice:
                 await self._send_inventory(fleet, connection)
         finally:
             await connection.close()
+
+    async def _renew_when_due(self, fleet: Fleet, connection: Connection) -> None:
+        """A new certificate when less than a third of its validity is left (the agent's rule), so
+        that a state directory outlives the certificates in it."""
+        store = FileKeyStore(self.directory)
+        certificate = store.load_certificate()
+        if certificate is not None and renewal_due(certificate):
+            answer = await fleet.call(connection, "renew", "POST", RENEW_PATH)
+            if answer.status != 200:
+                fleet.stats.error("renew", f"{answer.status} {problem_code(answer)}")
+                return
+            try:
+                store_issued(store, _json_object(answer), self.identity.device_id, staged=False)
+            except AgentError as exc:
+                fleet.stats.error("renew", exc.code)
+                return
+            fleet.forget_tls(self.directory)
+            fleet.stats.event("certificates renewed")
+        self.renewal_checked = True
 
     async def _follow_director(self, fleet: Fleet, connection: Connection) -> bool:
         """True when the director lists nothing for this device."""

@@ -70,21 +70,14 @@ async def test_devices_enroll_install_a_deployment_and_are_reused(sim_fleet: Fle
     device = await fleet.device(devices[0])
     assert device["inventory"]["release"] == {"name": "fw", "version": "1.0", "release_counter": 1}
 
+    # Two worker processes this time: the devices are split between them, the reports merged.
     again = run_sim(
-        fleet.server,
-        state,
-        "--token",
-        token,
-        "--devices",
-        str(DEVICES),
-        "--interval",
-        "1",
-        "--duration",
-        "3",
-        "--json",
-    )
+        fleet.server, state, "--token", token, "--devices", str(DEVICES), "--processes", "2",
+        "--interval", "1", "--duration", "3", "--json",
+    )  # fmt: skip
     assert again.returncode == 0, again.stderr
     second = report_of(again.stdout)
+    assert second["options"]["processes"] == 2
     assert second["devices"] == {"accepted": DEVICES}
     assert "enrolled" not in second["events"]
     assert "enroll" not in second["kinds"]
