@@ -45,6 +45,7 @@ TIMESTAMP_PATH = "/device/v1/director/metadata/timestamp.json"
 TARGETS_PATH = "/device/v1/director/metadata/targets.json"
 DOWNLOAD_PREFIX = "/device/v1/repository/targets/"
 MAX_CACHED_CONTEXTS = 2000
+RENEWAL_CHECK_SECONDS = 3600.0
 
 
 class UnreachableError(Exception):
@@ -131,7 +132,7 @@ class SimDevice:
         "inventory_at",
         "pending_only",
         "progress",
-        "renewal_checked",
+        "renewal_check_at",
         "serial",
     )
 
@@ -145,9 +146,7 @@ class SimDevice:
         # The director timestamp's version when its targets last listed nothing: while it stays the
         # same, nothing changed for this device (python-tuf's client skips the other roles too).
         self.director_version: int | None = None
-        self.renewal_checked = (
-            False  # the certificate is read once a run: renewed when due, as the agent does
-        )
+        self.renewal_check_at = 0.0  # when to look at the certificate's expiry again (time.monotonic)
 
     @property
     def accepted(self) -> bool:
@@ -210,7 +209,7 @@ class SimDevice:
                 fleet.stats.error("checkin", f"{timestamp.status} {problem_code(timestamp)}")
                 return
             fleet.stats.event("checkins")
-            if not self.renewal_checked:
+            if time.monotonic() >= self.renewal_check_at:
                 await self._renew_when_due(fleet, connection)
             version = _signed_version(timestamp)
             if version is None or version != self.director_version or self.progress.update is not None:
@@ -238,7 +237,7 @@ class SimDevice:
                 return
             fleet.forget_tls(self.directory)
             fleet.stats.event("certificates renewed")
-        self.renewal_checked = True
+        self.renewal_check_at = time.monotonic() + RENEWAL_CHECK_SECONDS
 
     async def _follow_director(self, fleet: Fleet, connection: Connection) -> bool:
         """True when the director lists nothing for this device."""
@@ -248,6 +247,10 @@ class SimDevice:
             return False
         listed = _director_targets(targets)
         if not listed:
+            if self.progress.update is not None:  # the deployment no longer asks for it (an abort)
+                self.progress.update = None
+                self.progress.save(self.directory)
+                fleet.stats.event("update dropped")
             return True
         current = await fleet.call(connection, "current", "GET", CURRENT_PATH)
         if current.status == 404:
