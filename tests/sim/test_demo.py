@@ -83,11 +83,18 @@ async def devices(client: httpx2.AsyncClient, status: str) -> list[dict[str, Any
     return items
 
 
-async def demo_deployment(client: httpx2.AsyncClient) -> dict[str, Any]:
+async def demo_deployments(client: httpx2.AsyncClient) -> list[dict[str, Any]]:
+    """Newest first."""
     listed = await client.get("/api/v1/deployments")
     assert listed.status_code == 200, listed.text
-    assert len(listed.json()) == 1, listed.text
-    found = await client.get(f"/api/v1/deployments/{listed.json()[0]['id']}")
+    documents: list[dict[str, Any]] = listed.json()
+    return documents
+
+
+async def demo_deployment(client: httpx2.AsyncClient) -> dict[str, Any]:
+    listed = await demo_deployments(client)
+    assert len(listed) == 1, listed
+    found = await client.get(f"/api/v1/deployments/{listed[0]['id']}")
     document: dict[str, Any] = found.json()
     return document
 
@@ -137,11 +144,34 @@ async def test_the_demo_starts_a_living_fleet_and_reuses_it(tmp_path: Path) -> N
         async with second.client() as client:
             assert len(await devices(client, "accepted")) == 8
             assert len(await devices(client, "pending")) == 1
-            again = await demo_deployment(client)
-            assert again["id"] == deployment["id"]
-            assert again["status"] == "active"
+            again = await demo_deployments(client)
+            assert [found["id"] for found in again] == [deployment["id"]]
+            assert again[0]["status"] == "active"
+            # The operator advances it; the last phase's three devices install and it finishes.
+            advanced = await client.post(f"/api/v1/deployments/{deployment['id']}/advance")
+            assert advanced.status_code == 200, advanced.text
+
+            async def finished(client: httpx2.AsyncClient) -> bool:
+                return bool((await demo_deployments(client))[0]["status"] == "finished")
+
+            assert await until(client, finished), await demo_deployments(client)
     finally:
         assert second.stop() == 0, "".join(second.output)
+
+    # Once the fleet runs the last demo release, the next start signs and deploys a newer one.
+    third = Demo(data_dir)
+    try:
+        third.wait_for(ALIVE)
+        async with third.client() as client:
+            deployments = await demo_deployments(client)
+            assert [found["status"] for found in deployments] == ["active", "finished"]
+            releases = (await client.get("/api/v1/releases", params={"name": "demo-app"})).json()["items"]
+            assert sorted(release["version"] for release in releases) == ["1.0", "1.1"]
+            newest = next(release for release in releases if release["version"] == "1.1")
+            assert deployments[0]["release_id"] == newest["id"]
+            assert newest["release_counter"] == 2
+    finally:
+        assert third.stop() == 0, "".join(third.output)
     sim_log = (data_dir / "demo" / "sim.log").read_text()
     assert "Traceback" not in sim_log
     assert "enrolled 8" in sim_log.replace("\n", " ")
