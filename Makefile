@@ -1,4 +1,5 @@
-# fleetkeeper: `make demo` runs the product on its embedded default, `make test` runs every check.
+# fleetkeeper: `make demo` runs the product on its embedded default with a simulated fleet, `make serve`
+# the server alone, `make test` runs every check.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -6,21 +7,25 @@ STAMP := $(VENV)/.installed
 DATA_DIR ?= fleetkeeper-data
 # The console's front-end libraries (htmx, xterm.js) are installed here by npm (see console-assets).
 CONSOLE_VENDOR := src/fleetkeeper/console/vendor
-# The demo keeps the device listener on loopback; `make demo DEVICE_HOST=0.0.0.0` opens it.
+# `make serve` keeps the device listener on loopback; `make serve DEVICE_HOST=0.0.0.0` opens it.
+# The demo's simulated devices are on this machine: its listener is always on loopback.
 DEVICE_HOST ?= 127.0.0.1
 export PIP_CONSTRAINT := $(CURDIR)/constraints.txt
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: demo test lint typecheck pytest bench env clean console-assets
+.PHONY: demo serve test lint typecheck pytest bench env clean console-assets
 
 env: $(STAMP)
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet -c constraints.txt -e '.[server,agent,dev]'
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[server,agent,sim,dev]'
 	touch $(STAMP)
 
 demo: $(STAMP) $(CONSOLE_VENDOR)/node_modules
+	$(BIN)/fleetkeeper demo --data-dir $(DATA_DIR)
+
+serve: $(STAMP) $(CONSOLE_VENDOR)/node_modules
 	$(BIN)/fleetkeeper serve --data-dir $(DATA_DIR) --device-host $(DEVICE_HOST)
 
 lint: $(STAMP)

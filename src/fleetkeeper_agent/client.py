@@ -22,8 +22,9 @@ TIMEOUT_SECONDS = 30.0
 def tls_context(ca_pem: bytes, store: KeyStore | None = None) -> ssl.SSLContext:
     """Trust the fleet CA alone (not the system's CAs) and check the server's name; with a store, also
     present the device certificate (mTLS)."""
-    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
-    context.load_verify_locations(cadata=_pem_text(ca_pem))
+    # With cadata given, create_default_context loads nothing else; without it, it would load the
+    # system's CA bundle, and any public CA could then vouch for the server's name.
+    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cadata=_pem_text(ca_pem))
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     # create_default_context already sets these; stated so that a later edit cannot quietly lose them.
     context.check_hostname = True

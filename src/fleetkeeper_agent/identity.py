@@ -166,13 +166,7 @@ def enroll(
         raise AgentError(
             "key_exists", f"the device already has an {store.key_type()} key; rotate-key replaces it"
         )
-    payload: dict[str, Any] = {
-        "type": "fleetkeeper.enroll.v1",
-        "identity": identity.to_payload(),
-        "public_key": store.public_key_pem(),
-    }
-    if token is not None:
-        payload["enrollment_token"] = token
+    payload = enrollment_payload(store, identity, token)
     deadline = time.monotonic() + max(wait, 0.0)
     with DeviceClient(server_url, tls_context(ca_pem)) as client:
         while True:
@@ -180,11 +174,11 @@ def enroll(
             answer = client.call("POST", ENROLL_PATH, signed_envelope(payload, store.sign))
             device_id = _string(answer.body, "device_id")
             if answer.status == 200 and answer.body.get("status") == "accepted":
-                not_after = _store_issued(store, answer.body, device_id, staged=False)
+                not_after = store_issued(store, answer.body, device_id, staged=False)
                 return EnrollResult(device_id, "accepted", not_after=not_after)
             if answer.status != 202 or answer.body.get("status") != "pending":
                 raise AgentError("invalid_response", f"enroll: unexpected HTTP {answer.status} answer")
-            retry_after = _retry_after(answer.body.get("retry_after"))
+            retry_after = bounded_retry_after(answer.body.get("retry_after"))
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return EnrollResult(device_id, "pending", retry_after=retry_after)
@@ -193,7 +187,19 @@ def enroll(
             time.sleep(delay)
 
 
-def _retry_after(value: object) -> int:
+def enrollment_payload(store: KeyStore, identity: DeviceIdentity, token: str | None) -> dict[str, Any]:
+    """What an enrollment signs (without timestamp and nonce: `signed_envelope` adds fresh ones)."""
+    payload: dict[str, Any] = {
+        "type": "fleetkeeper.enroll.v1",
+        "identity": identity.to_payload(),
+        "public_key": store.public_key_pem(),
+    }
+    if token is not None:
+        payload["enrollment_token"] = token
+    return payload
+
+
+def bounded_retry_after(value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, int | float):
         return DEFAULT_RETRY_SECONDS
     return int(min(max(value, MIN_RETRY_SECONDS), MAX_RETRY_SECONDS))
@@ -207,7 +213,7 @@ def renew(store: KeyStore, server_url: str) -> CertificateResult:
     device_id, ca_pem = _enrolled(store)
     with DeviceClient(server_url, tls_context(ca_pem, store)) as client:
         answer = client.call("POST", RENEW_PATH)
-    not_after = _store_issued(store, answer.body, device_id, staged=False)
+    not_after = store_issued(store, answer.body, device_id, staged=False)
     return CertificateResult(device_id, not_after)
 
 
@@ -246,7 +252,7 @@ def rotate_key(store: KeyStore, server_url: str, *, key_type: KeyType | None = N
         return RotateResult(device_id, "pending_approval")
     if answer.status != 200:
         raise AgentError("invalid_response", f"rotate: unexpected HTTP {answer.status} answer")
-    not_after = _store_issued(store, answer.body, device_id, staged=True)
+    not_after = store_issued(store, answer.body, device_id, staged=True)
     return RotateResult(device_id, "rotated", not_after=not_after)
 
 
@@ -287,7 +293,7 @@ def _string(body: Mapping[str, Any], key: str) -> str:
     return value
 
 
-def _store_issued(store: KeyStore, body: Mapping[str, Any], device_id: str, *, staged: bool) -> datetime:
+def store_issued(store: KeyStore, body: Mapping[str, Any], device_id: str, *, staged: bool) -> datetime:
     """Check an issued certificate (for our key, our device id, signed by the CA sent), then store it."""
     certificate_pem = _string(body, "certificate").encode()
     ca_pem = _string(body, "ca_certificate").encode()

@@ -83,6 +83,20 @@ def serve(
         pass
 
 
+@app.command("demo", help="Run the server with a simulated fleet (loopback only), for a first look.")
+def demo_command(
+    data_dir: DataDirOption = None,
+    port: Annotated[int | None, typer.Option(help="management listener port [8080]")] = None,
+    device_port: Annotated[int | None, typer.Option(help="device listener port [8443]")] = None,
+    devices: Annotated[int, typer.Option(min=1, max=100, help="simulated devices")] = 8,
+    interval: Annotated[float, typer.Option(min=1, help="seconds between a device's check-ins")] = 5.0,
+    duration: Annotated[float, typer.Option(min=60, help="seconds the fleet lives")] = 7 * 24 * 3600.0,
+) -> None:
+    from fleetkeeper.cli.demo import demo
+
+    demo(data_dir, port, device_port, devices, interval, duration)
+
+
 @db_app.command("upgrade")
 def db_upgrade(
     config: ConfigOption = None,

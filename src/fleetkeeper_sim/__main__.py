@@ -1,0 +1,3 @@
+from fleetkeeper_sim.cli import main
+
+main()
