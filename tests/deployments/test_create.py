@@ -14,7 +14,7 @@ from fleetkeeper.audit.models import AuditRecord
 from fleetkeeper.core.db import Database, utcnow
 from fleetkeeper.core.errors import ProblemError
 from fleetkeeper.core.ids import new_id
-from fleetkeeper.deployments.models import DeploymentDevice
+from fleetkeeper.deployments.models import Deployment, DeploymentDevice
 from fleetkeeper.deployments.plans import Phase, Size, phase_boundaries
 from fleetkeeper.deployments.service import DeploymentRequest, create, phase_counts
 from fleetkeeper.devices.models import Device, DeviceGroup, GroupMember
@@ -140,9 +140,9 @@ async def test_phases_take_the_devices_in_id_order(api: Api) -> None:
             deployment_id: dict(
                 (
                     await session.execute(
-                        select(DeploymentDevice.device_id, DeploymentDevice.phase).where(
-                            DeploymentDevice.deployment_id == deployment_id
-                        )
+                        select(DeploymentDevice.device_id, DeploymentDevice.phase)
+                        .join(Deployment, Deployment.number == DeploymentDevice.deployment_number)
+                        .where(Deployment.id == deployment_id)
                     )
                 ).all()
             )

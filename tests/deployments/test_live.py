@@ -78,9 +78,9 @@ async def rows(api: Api, deployment_id: str) -> dict[str, tuple[int, str]]:
     """device id -> (phase, status) of the deployment's rows."""
     async with api.runtime.database.session() as session:
         found = await session.execute(
-            select(DeploymentDevice.device_id, DeploymentDevice.phase, DeploymentDevice.status).where(
-                DeploymentDevice.deployment_id == deployment_id
-            )
+            select(DeploymentDevice.device_id, DeploymentDevice.phase, DeploymentDevice.status)
+            .join(Deployment, Deployment.number == DeploymentDevice.deployment_number)
+            .where(Deployment.id == deployment_id)
         )
         return {device_id: (phase, status) for device_id, phase, status in found}
 
@@ -303,7 +303,8 @@ async def test_two_passes_at_once_add_each_device_once(api: Api) -> None:
         count = await session.scalar(
             select(func.count())
             .select_from(DeploymentDevice)
-            .where(DeploymentDevice.deployment_id == deployment.id)
+            .join(Deployment, Deployment.number == DeploymentDevice.deployment_number)
+            .where(Deployment.id == deployment.id)
         )
     assert count == 61
     async with api.runtime.database.session() as session:

@@ -11,7 +11,7 @@ from sqlalchemy import select
 
 from fleetkeeper.audit.models import AuditRecord
 from fleetkeeper.deployments import service
-from fleetkeeper.deployments.models import DeploymentDevice
+from fleetkeeper.deployments.models import Deployment, DeploymentDevice
 from tests.conftest import Api
 from tests.deployments.test_rollout import deploy, director_targets, fleet_of, send
 from tests.devices.helpers import FakeDevice, device_client
@@ -280,9 +280,9 @@ async def test_a_device_that_runs_the_release_is_not_asked_again(api: Api) -> No
         statuses = dict(
             (
                 await session.execute(
-                    select(DeploymentDevice.device_id, DeploymentDevice.status).where(
-                        DeploymentDevice.deployment_id == deployment["id"]
-                    )
+                    select(DeploymentDevice.device_id, DeploymentDevice.status)
+                    .join(Deployment, Deployment.number == DeploymentDevice.deployment_number)
+                    .where(Deployment.id == deployment["id"])
                 )
             ).all()
         )

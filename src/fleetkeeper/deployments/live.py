@@ -28,7 +28,7 @@ from fleetkeeper.audit.service import SYSTEM, record
 from fleetkeeper.core.errors import ConflictError, ForbiddenError, NotFoundError
 from fleetkeeper.core.logging import get_logger
 from fleetkeeper.core.runtime import Runtime
-from fleetkeeper.deployments.models import FINAL_STATUSES, Deployment, DeploymentDevice
+from fleetkeeper.deployments.models import FINAL_STATUSES, PENDING, Deployment, DeploymentDevice
 from fleetkeeper.devices import service as devices
 from fleetkeeper.devices.models import Device, DeviceGroup
 from fleetkeeper.releases.models import Release
@@ -138,22 +138,22 @@ async def _followed(session: AsyncSession, deployment_id: str, *, lock: bool) ->
     return _Followed(deployment, name, members, list(release.device_types))
 
 
-def _new_members(deployment_id: str, members: ColumnElement[bool]) -> ColumnElement[bool]:
+def _new_members(deployment: Deployment, members: ColumnElement[bool]) -> ColumnElement[bool]:
     """Members of the group without a row in the deployment (a condition on devices)."""
     has_row = exists().where(
-        DeploymentDevice.deployment_id == deployment_id, DeploymentDevice.device_id == Device.id
+        DeploymentDevice.deployment_number == deployment.number, DeploymentDevice.device_id == Device.id
     )
     return members & ~has_row
 
 
-def _leavers(deployment_id: str, members: ColumnElement[bool]) -> Select[str]:
+def _leavers(deployment: Deployment, members: ColumnElement[bool]) -> Select[str]:
     """Rows of devices that are no longer members and never started: pending, nothing reported.
     Those that reported anything stay, with their history, until they are done."""
     candidate = aliased(DeploymentDevice)
     still_member = exists(select(Device.id).where(Device.id == candidate.device_id, members))
     return select(candidate.device_id).where(
-        candidate.deployment_id == deployment_id,
-        candidate.status == "pending",
+        candidate.deployment_number == deployment.number,
+        candidate.status == PENDING,
         candidate.last_seq == 0,
         ~still_member,
     )
@@ -173,12 +173,12 @@ async def sync_live_deployment(runtime: Runtime, deployment_id: str) -> LiveSync
         found = await _followed(session, deployment_id, lock=False)
         if found is None:
             return LiveSync(followed=False)
-        joining = _new_members(deployment_id, found.members)
+        joining = _new_members(found.deployment, found.members)
         something_to_do = await session.scalar(
             select(
                 or_(
                     select(Device.id).where(joining, Device.device_type.in_(found.device_types)).exists(),
-                    _leavers(deployment_id, found.members).exists(),
+                    _leavers(found.deployment, found.members).exists(),
                 )
             )
         )
@@ -196,7 +196,7 @@ async def sync_live_deployment(runtime: Runtime, deployment_id: str) -> LiveSync
             found = await _followed(session, deployment_id, lock=True)
             if found is None:
                 return LiveSync(followed=False)
-            removed = await _remove_leavers(session, deployment_id, found.members)
+            removed = await _remove_leavers(session, found.deployment, found.members)
             added = await _add_joiners(session, found)
             if added or removed:
                 await record(
@@ -235,18 +235,18 @@ async def sync_live_deployment(runtime: Runtime, deployment_id: str) -> LiveSync
     return LiveSync(added=added, removed=removed, incompatible=incompatible)
 
 
-async def _remove_leavers(session: AsyncSession, deployment_id: str, members: ColumnElement[bool]) -> int:
+async def _remove_leavers(session: AsyncSession, deployment: Deployment, members: ColumnElement[bool]) -> int:
     """One DELETE of the leavers that nobody else has locked now."""
     # A CTE, evaluated once: as an IN (subquery) the locking subquery may be rescanned for every
     # row of the deployment (seen on PostgreSQL: minutes for a few hundred rows).
-    leaving = _leavers(deployment_id, members).with_for_update(skip_locked=True).cte("leaving")
+    leaving = _leavers(deployment, members).with_for_update(skip_locked=True).cte("leaving")
     from fleetkeeper.deployments import service  # service builds on this module (create's check)
 
     phases = (
         await session.scalars(
             delete(DeploymentDevice)
             .where(
-                DeploymentDevice.deployment_id == deployment_id,
+                DeploymentDevice.deployment_number == deployment.number,
                 DeploymentDevice.device_id.in_(select(leaving.c.device_id)),
             )
             .returning(DeploymentDevice.phase)
@@ -254,7 +254,7 @@ async def _remove_leavers(session: AsyncSession, deployment_id: str, members: Co
     ).all()
     # Leavers are pending: their phases' pending counts go down (service's progress counters).
     for phase in set(phases):
-        await service.add_to_counts(session, deployment_id, phase, "pending", -phases.count(phase))
+        await service.add_to_counts(session, deployment.id, phase, PENDING, -phases.count(phase))
     return len(phases)
 
 
@@ -264,21 +264,21 @@ async def _add_joiners(session: AsyncSession, found: _Followed) -> int:
     deployment = found.deployment
     result = await session.execute(
         insert(DeploymentDevice).from_select(
-            ["deployment_id", "device_id", "phase", "status", "attempts", "last_seq"],
+            ["deployment_number", "device_id", "phase", "status", "attempts", "last_seq"],
             select(
-                literal(deployment.id),
+                literal(deployment.number, Integer),
                 Device.id,
                 literal(deployment.current_phase, Integer),
-                literal("pending"),
+                literal(PENDING),
                 literal(0),
                 literal(0),
-            ).where(_new_members(deployment.id, found.members), Device.device_type.in_(found.device_types)),
+            ).where(_new_members(deployment, found.members), Device.device_type.in_(found.device_types)),
         )
     )
     added = int(getattr(result, "rowcount", 0) or 0)
     from fleetkeeper.deployments import service  # service builds on this module (create's check)
 
-    await service.add_to_counts(session, deployment.id, deployment.current_phase, "pending", added)
+    await service.add_to_counts(session, deployment.id, deployment.current_phase, PENDING, added)
     return added
 
 
@@ -301,13 +301,12 @@ async def finish(runtime: Runtime, principal: Principal, deployment_id: str) -> 
         ensure_may_deploy_live(principal, group)
         if deployment.status not in FOLLOWING_STATUSES:
             raise ConflictError(f"a {deployment.status} deployment cannot finish", code="invalid_transition")
-        open_devices = await session.scalar(
-            select(func.count())
-            .select_from(DeploymentDevice)
-            .where(
-                DeploymentDevice.deployment_id == deployment_id,
-                DeploymentDevice.status.not_in(FINAL_STATUSES),
-            )
+        counts = await service.counts_of(session, deployment_id)
+        open_devices = sum(
+            count
+            for by_status in counts.values()
+            for status, count in by_status.items()
+            if status not in FINAL_STATUSES
         )
         # A new dict: the column is plain JSON, whose in-place changes SQLAlchemy does not see.
         deployment.target = {**deployment.target, "live": False}

@@ -5,7 +5,21 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, Boolean, ForeignKey, Index, Integer, PrimaryKeyConstraint, String, Text
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    ColumnElement,
+    ForeignKey,
+    Index,
+    Integer,
+    PrimaryKeyConstraint,
+    Sequence,
+    SQLColumnExpression,
+    String,
+    Text,
+    literal_column,
+    text,
+)
 from sqlalchemy.orm import Mapped, mapped_column
 
 from fleetkeeper.core.db import Base, UTCDateTime, utcnow
@@ -37,6 +51,10 @@ class Deployment(Base):
     __tablename__ = "deployments"
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    # Names the deployment in deployment_devices, a million times over: 4 bytes instead of the
+    # id's 31 in each row and key (see DeploymentDevice). Internal: the API names deployments by
+    # id. From NUMBERS on PostgreSQL (service.next_number).
+    number: Mapped[int] = mapped_column(Integer, unique=True)
     name: Mapped[str] = mapped_column(String(200))
     release_id: Mapped[str] = mapped_column(ForeignKey("releases.id", ondelete="RESTRICT"), index=True)
     status: Mapped[str] = mapped_column(String(16), index=True)
@@ -60,39 +78,60 @@ class Deployment(Base):
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
+# The one status a fan-out writes, left out of the status index (see DeploymentDevice).
+PENDING = "pending"
+
+
 class DeploymentDevice(Base):
     """One device of a deployment: its phase and where its install stands.
 
-    No foreign keys, on purpose: a fan-out writes a million rows at once and their per-row checks
-    cost three times the insert itself. The rows are written only by the fan-out, from devices and
-    a deployment that exist, and neither devices nor deployments are ever deleted.
+    A fan-out writes a million of these in one statement, so the row and its indexes are kept as
+    narrow as the queries allow (docs/benchmarks.md, deployment creation):
 
-    Two indexes, each maintained row by row during a fan-out, and each needed: the key leads with
-    the device, so a check-in finds its device's rows (and a report its row) through the key
-    itself; the status index serves a deployment's devices by status (see below)."""
+    - the deployment is named by its `number`, an integer, not by its 30-character id;
+    - no foreign keys: their per-row checks cost three times the insert itself. The rows are
+      written only from devices and a deployment that exist, and neither is ever deleted;
+    - one index written by the fan-out, the key (deployment_number, device_id), which a fan-out
+      appends to in order. It serves a report's and a check-in's row (a check-in probes it once
+      per open deployment), a deployment's devices in id order, and a device's deployments
+      (one probe per deployment);
+    - the status index holds only rows that left `pending`, so a fan-out writes nothing to it.
+      It serves a deployment's devices in a status other than pending (the devices list, the
+      download cap's count of who is downloading). A query that wants it repeats its condition
+      (`LEFT_PENDING`): SQLite uses a partial index only then, PostgreSQL also with parameters."""
 
     __tablename__ = "deployment_devices"
     __table_args__ = (
-        PrimaryKeyConstraint("device_id", "deployment_id", name="pk_deployment_devices"),
-        # A deployment's devices by status, in id order: the devices list (keyset on status and
-        # id), the download cap's count of who is downloading now, abort's update of those not
-        # done. It replaced (deployment_id, phase, status), which counted progress before the
-        # counters (deployment_counts) did: still two indexes to maintain in a fan-out.
-        Index("ix_deployment_devices_status", "deployment_id", "status", "device_id"),
+        PrimaryKeyConstraint("deployment_number", "device_id", name="pk_deployment_devices"),
+        Index(
+            "ix_deployment_devices_status",
+            "deployment_number",
+            "status",
+            "device_id",
+            postgresql_where=text(f"status <> '{PENDING}'"),
+            sqlite_where=text(f"status <> '{PENDING}'"),
+        ),
     )
 
-    deployment_id: Mapped[str] = mapped_column(String(40), primary_key=True)
-    device_id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    # Fixed-width columns first: no alignment padding between them in a PostgreSQL row.
+    deployment_number: Mapped[int] = mapped_column(Integer)
     phase: Mapped[int] = mapped_column(Integer)
-    status: Mapped[str] = mapped_column(String(20), default="pending")
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     last_seq: Mapped[int] = mapped_column(Integer, default=0)
-    detail: Mapped[str | None] = mapped_column(Text)
     updated_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    device_id: Mapped[str] = mapped_column(String(40))
+    status: Mapped[str] = mapped_column(String(20), default=PENDING)
+    detail: Mapped[str | None] = mapped_column(Text)
 
-    # Identity stays (deployment_id, device_id), as session.get callers pass it; only the
-    # constraint's column order above is the device's first.
-    __mapper_args__ = {"primary_key": (deployment_id, device_id)}  # noqa: RUF012 (declarative reads it once)
+
+# Deployment numbers on PostgreSQL (created by migration 0013; SQLite counts on from the highest).
+NUMBERS = Sequence("deployments_number_seq")
+
+
+def left_pending(status: SQLColumnExpression[str]) -> ColumnElement[bool]:
+    """The status index's condition, written as the index has it, for a query that uses the index
+    (see DeploymentDevice); `status` is DeploymentDevice.status or an alias's."""
+    return status != literal_column(f"'{PENDING}'")
 
 
 class DeploymentCount(Base):

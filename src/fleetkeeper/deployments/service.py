@@ -25,7 +25,7 @@ from sqlalchemy import (
     insert,
     literal,
     select,
-    tuple_,
+    true,
     update,
 )
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
@@ -46,11 +46,14 @@ from fleetkeeper.deployments.models import (
     FAILED_STATUSES,
     FINAL_STATUSES,
     IN_PROGRESS_STATUSES,
+    NUMBERS,
+    PENDING,
     SUCCEEDED_STATUSES,
     Deployment,
     DeploymentCount,
     DeploymentDevice,
     DeploymentEvent,
+    left_pending,
 )
 from fleetkeeper.deployments.plans import (
     Target,
@@ -124,37 +127,80 @@ async def _ensure_may_deploy_to_all(
     )
 
 
-async def _phase_by_device_id(
+def _above(cut: str | None) -> ColumnElement[bool]:
+    return Device.id > cut if cut is not None else true()
+
+
+async def _phase_ranges(
     session: AsyncSession, target: ColumnElement[bool], boundaries: list[int], total: int
-) -> ColumnElement[int]:
-    """Each targeted device's phase, as SQL over Device.id: the devices in id order, cut at the
-    phase boundaries. The cut points are the ids at those ranks, each found by a short OFFSET
-    walk along the devices' primary key from the previous cut, so the fan-out itself needs no
-    ranking of the whole target (a window sort cost more than half a second per million)."""
-    cuts: list[tuple[str, int]] = []
+) -> list[tuple[int, ColumnElement[bool]]]:
+    """Each phase with its devices, as a range of Device.id: the targeted devices in id order, cut
+    at the phase boundaries (empty phases left out). The cut points are the ids at those ranks,
+    each found by a short OFFSET walk along the devices' primary key from the previous cut, so
+    that nothing ranks the whole target (a window sort cost more than half a second per million)."""
+    ranges: list[tuple[int, ColumnElement[bool]]] = []
     previous_cut: str | None = None
     previous_boundary = 0
     last_phase = next(index for index, boundary in enumerate(boundaries) if boundary >= total)
     for index, boundary in enumerate(boundaries[:last_phase]):
         if boundary == previous_boundary:
             continue  # an empty phase: nobody is ranked between the same two cuts
-        query = select(Device.id).where(target)
-        if previous_cut is not None:
-            query = query.where(Device.id > previous_cut)
+        query = select(Device.id).where(target, _above(previous_cut))
         cut = await session.scalar(
             query.order_by(Device.id).offset(boundary - previous_boundary - 1).limit(1)
         )
         if cut is None:  # devices left the target since it was counted: this phase takes the rest
             last_phase = index
             break
-        cuts.append((cut, index))
+        ranges.append((index, _above(previous_cut) & (Device.id <= cut)))
         previous_cut, previous_boundary = cut, boundary
-    if not cuts:
-        return literal(last_phase, Integer)
-    return case(
-        *((Device.id <= cut, literal(index, Integer)) for cut, index in cuts),
-        else_=literal(last_phase, Integer),
-    )
+    ranges.append((last_phase, _above(previous_cut)))
+    return ranges
+
+
+async def next_number(session: AsyncSession) -> int:
+    """A new deployment's number: from a sequence on PostgreSQL, where creations run side by side;
+    on SQLite one more than the highest, under the write lock that the transaction holds."""
+    if session.get_bind().dialect.name == "postgresql":
+        number = await session.scalar(select(NUMBERS.next_value()))
+    else:
+        number = await session.scalar(select(func.coalesce(func.max(Deployment.number), 0) + 1))
+    assert number is not None
+    return int(number)
+
+
+async def _fan_out(
+    session: AsyncSession,
+    deployment: Deployment,
+    target: ColumnElement[bool],
+    phases: list[tuple[int, ColumnElement[bool]]],
+) -> dict[int, int]:
+    """A row per targeted device, pending, with one INSERT … SELECT per phase: the phase is a
+    constant in each, and each statement's row count is that phase's count, exact (a device
+    joining the target meanwhile is in its phase's statement or in none), so the counters need
+    no second pass over a million rows."""
+    fanned: dict[int, int] = {}
+    for phase, in_phase in phases:
+        result = await session.execute(
+            insert(DeploymentDevice).from_select(
+                ["deployment_number", "device_id", "phase", "status", "attempts", "last_seq"],
+                select(
+                    literal(deployment.number, Integer),
+                    Device.id,
+                    literal(phase, Integer),
+                    literal(PENDING),
+                    literal(0, Integer),
+                    literal(0, Integer),
+                ).where(target, in_phase),
+            )
+        )
+        fanned[phase] = _rowcount(result)
+    return fanned
+
+
+def _rowcount(result: Any) -> int:
+    """Rows written by an INSERT … SELECT or UPDATE (a CursorResult's, typed loosely by execute)."""
+    return int(getattr(result, "rowcount", 0) or 0)
 
 
 async def create(runtime: Runtime, principal: Principal, request: DeploymentRequest) -> Deployment:
@@ -205,6 +251,7 @@ async def create(runtime: Runtime, principal: Principal, request: DeploymentRequ
         now = clock()
         deployment = Deployment(
             id=new_id("dep"),
+            number=await next_number(session),
             name=request.name.strip(),
             release_id=release.id,
             status="scheduled" if request.start_at and request.start_at > now else "active",
@@ -232,19 +279,8 @@ async def create(runtime: Runtime, principal: Principal, request: DeploymentRequ
         session.add(deployment)
         await session.flush()
         boundaries = phase_boundaries(phases, total)
-        phase_of = await _phase_by_device_id(session, condition, boundaries, total)
-        await session.execute(
-            insert(DeploymentDevice).from_select(
-                ["deployment_id", "device_id", "phase", "status", "attempts", "last_seq"],
-                select(
-                    literal(deployment.id),
-                    Device.id,
-                    phase_of,
-                    literal("pending"),
-                    literal(0),
-                    literal(0),
-                ).where(condition),
-            )
+        fanned = await _fan_out(
+            session, deployment, condition, await _phase_ranges(session, condition, boundaries, total)
         )
         await record(
             session,
@@ -256,12 +292,12 @@ async def create(runtime: Runtime, principal: Principal, request: DeploymentRequ
                 "name": deployment.name,
                 "release": f"{release.name} {release.version}",
                 "target": deployment.target,
-                "devices": total,
+                "devices": sum(fanned.values()),
                 "phases": boundaries,
                 "failure_threshold": bool(threshold.phase or threshold.overall),
             },
         )
-        await after_fan_out(session, deployment, release)
+        await after_fan_out(session, deployment, release, fanned)
     return deployment
 
 
@@ -312,21 +348,21 @@ async def _move_count(session: AsyncSession, deployment_id: str, phase: int, old
     await add_to_counts(session, deployment_id, phase, new, 1)
 
 
-async def _initialise_counts(session: AsyncSession, deployment_id: str) -> None:
-    """One INSERT … SELECT … GROUP BY over the deployment's rows, right after its fan-out."""
-    await session.execute(
-        insert(DeploymentCount).from_select(
-            ["deployment_id", "phase", "status", "count"],
-            select(
-                DeploymentDevice.deployment_id,
-                DeploymentDevice.phase,
-                DeploymentDevice.status,
-                func.count(),
-            )
-            .where(DeploymentDevice.deployment_id == deployment_id)
-            .group_by(DeploymentDevice.deployment_id, DeploymentDevice.phase, DeploymentDevice.status),
-        )
-    )
+async def _initialise_counts(
+    session: AsyncSession, deployment_id: str, fanned: dict[int, int], already: dict[int, int]
+) -> None:
+    """The counters of a new deployment, from what the fan-out wrote per phase and how many of
+    those were found already installed right after it (never from counting its rows)."""
+    rows = []
+    for phase, count in fanned.items():
+        done = already.get(phase, 0)
+        for status, in_status in ((PENDING, count - done), ("already_installed", done)):
+            if in_status:
+                rows.append(
+                    {"deployment_id": deployment_id, "phase": phase, "status": status, "count": in_status}
+                )
+    if rows:
+        await session.execute(insert(DeploymentCount), rows)
 
 
 async def counts_of(session: AsyncSession, deployment_id: str) -> dict[int, dict[str, int]]:
@@ -365,7 +401,8 @@ async def recount(session: AsyncSession, deployment_id: str) -> dict[int, dict[s
     (for tests and repairs; at a million devices this is a full scan of the deployment)."""
     rows = await session.execute(
         select(DeploymentDevice.phase, DeploymentDevice.status, func.count())
-        .where(DeploymentDevice.deployment_id == deployment_id)
+        .join(Deployment, Deployment.number == DeploymentDevice.deployment_number)
+        .where(Deployment.id == deployment_id)
         .group_by(DeploymentDevice.phase, DeploymentDevice.status)
     )
     counts: dict[int, dict[str, int]] = {}
@@ -380,30 +417,35 @@ async def phase_counts(runtime: Runtime, deployment_id: str) -> dict[int, dict[s
         return await counts_of(session, deployment_id)
 
 
-async def after_fan_out(session: AsyncSession, deployment: Deployment, release: Release) -> None:
+async def after_fan_out(
+    session: AsyncSession, deployment: Deployment, release: Release, fanned: dict[int, int]
+) -> None:
     """Right after the fan-out, in its transaction: devices that already run the release are done
-    unless the deployment forces a reinstall (one set-based UPDATE), then the counters are set."""
-    already = 0
+    unless the deployment forces a reinstall (one set-based UPDATE), then the counters are set
+    from `fanned`, the rows the fan-out wrote per phase."""
+    already: dict[int, int] = {}
     if not deployment.force:
         running = _devices_running(release)
-        # Driven from the few devices that run the release, each found by the primary key: the
-        # rows just written have no statistics yet, and with `IN (subquery)` (or a status
-        # condition) PostgreSQL believed the deployment had one row and rescanned the subquery
-        # for each of its million rows. `= ANY(ARRAY(subquery))` computes the list once. Every
-        # row is pending right after the fan-out, so the status needs no condition.
+        # Driven from the few devices that run the release, each found by the key: the rows just
+        # written have no statistics yet, and with `IN (subquery)` (or a status condition)
+        # PostgreSQL believed the deployment had one row and rescanned the subquery for each of
+        # its million rows. `= ANY(ARRAY(subquery))` computes the list once. Every row is pending
+        # right after the fan-out, so the status needs no condition.
         among_running = (
             DeploymentDevice.device_id == any_(func.array(running.scalar_subquery()))
             if session.get_bind().dialect.name == "postgresql"
             else DeploymentDevice.device_id.in_(running)
         )
-        result = await session.execute(
+        phases = await session.scalars(
             update(DeploymentDevice)
-            .where(DeploymentDevice.deployment_id == deployment.id, among_running)
+            .where(DeploymentDevice.deployment_number == deployment.number, among_running)
             .values(status="already_installed", detail=_ALREADY_INSTALLED, updated_at=clock())
+            .returning(DeploymentDevice.phase)
             .execution_options(synchronize_session=False)
         )
-        already = int(getattr(result, "rowcount", 0) or 0)
-    await _initialise_counts(session, deployment.id)
+        for phase in phases:
+            already[phase] = already.get(phase, 0) + 1
+    await _initialise_counts(session, deployment.id, fanned, already)
     if already:
         await record(
             session,
@@ -411,7 +453,7 @@ async def after_fan_out(session: AsyncSession, deployment: Deployment, release: 
             action="deployment.already_installed",
             object_type="deployment",
             object_id=deployment.id,
-            details={"devices": already},
+            details={"devices": sum(already.values())},
         )
         await _move_on(session, deployment)
 
@@ -618,30 +660,46 @@ async def list_devices(
         raise ProblemError(
             f"this deployment has phases 1 to {len(deployment.phases)}", code="invalid_phase", status=422
         )
-    query = select(DeploymentDevice).where(DeploymentDevice.deployment_id == deployment_id)
-    if status is not None:
-        query = query.where(DeploymentDevice.status == status)
-    if phase is not None:
-        query = query.where(DeploymentDevice.phase == phase)
+    after: tuple[str, str] | None = None
     if cursor is not None:
         after_status, after_id = _decode_cursor(cursor, 2)
-        # A row comparison, which PostgreSQL reads as a range of the index (an OR of the two
-        # columns' conditions made it walk the primary key instead).
-        query = query.where(
-            tuple_(DeploymentDevice.status, DeploymentDevice.device_id) > tuple_(after_status, after_id)
-        )
+        if after_status not in DEVICE_STATUSES:
+            raise ProblemError("the cursor is not one this server gave out", code="invalid_cursor")
+        after = (after_status, after_id)
+    scope = None
     if principal.grants.scopes(Permission.DEVICES_READ) is not None:
         # Scoped readers see the devices of their groups only (the join is skipped for the others).
         scope = await devices.scope_condition(session, principal, Permission.DEVICES_READ)
-        query = query.join(Device, Device.id == DeploymentDevice.device_id).where(scope)
-    # In the order of ix_deployment_devices_status, so that a page reads only its own rows.
-    rows = (
-        await session.scalars(
-            query.order_by(DeploymentDevice.status, DeploymentDevice.device_id).limit(limit + 1)
+    # One status at a time, in order, each read in device order through an index: pending rows
+    # through the key (the status index leaves them out, see DeploymentDevice), the others through
+    # the status index. Statuses the counters show empty are not looked at.
+    counts = await counts_of(session, deployment_id)
+    in_view = [counts.get(phase, {})] if phase is not None else list(counts.values())
+    present = {name for by_status in in_view for name in by_status}
+    wanted = [status] if status is not None else sorted(DEVICE_STATUSES)
+    items: list[DeploymentDevice] = []
+    more = False
+    for name in wanted:
+        if name not in present or (after is not None and name < after[0]):
+            continue
+        query = select(DeploymentDevice).where(
+            DeploymentDevice.deployment_number == deployment.number, DeploymentDevice.status == name
         )
-    ).all()
-    items = rows[:limit]
-    next_cursor = _encode_cursor([items[-1].status, items[-1].device_id]) if len(rows) > limit else None
+        if name != PENDING:
+            query = query.where(left_pending(DeploymentDevice.status))
+        if phase is not None:
+            query = query.where(DeploymentDevice.phase == phase)
+        if after is not None and name == after[0]:
+            query = query.where(DeploymentDevice.device_id > after[1])
+        if scope is not None:
+            query = query.join(Device, Device.id == DeploymentDevice.device_id).where(scope)
+        wanted_rows = limit + 1 - len(items)
+        items += (await session.scalars(query.order_by(DeploymentDevice.device_id).limit(wanted_rows))).all()
+        if len(items) > limit:
+            more = True
+            items = items[:limit]
+            break
+    next_cursor = _encode_cursor([items[-1].status, items[-1].device_id]) if more else None
     return DevicesPage(items, next_cursor)
 
 
@@ -660,7 +718,7 @@ async def deployments_of_device(
     await devices.device_for(session, principal, device_id, Permission.DEVICES_READ)
     query = (
         select(Deployment, DeploymentDevice)
-        .join(DeploymentDevice, DeploymentDevice.deployment_id == Deployment.id)
+        .join(DeploymentDevice, DeploymentDevice.deployment_number == Deployment.number)
         .where(DeploymentDevice.device_id == device_id)
     )
     if cursor is not None:
@@ -708,8 +766,8 @@ async def device_history(
 ) -> tuple[DeploymentDevice, Sequence[DeploymentEvent]]:
     """One device's row in a deployment and every report it made on it, oldest first."""
     await devices.device_for(session, principal, device_id, Permission.DEVICES_READ)
-    await get(session, deployment_id)
-    entry = await session.get(DeploymentDevice, (deployment_id, device_id))
+    deployment = await get(session, deployment_id)
+    entry = await session.get(DeploymentDevice, (deployment.number, device_id))
     if entry is None:
         raise NotFoundError("this device is not part of that deployment", code="not_in_deployment")
     events = (
@@ -783,8 +841,9 @@ def _assignment_query() -> Select[Any]:
         select(func.count())
         .select_from(slot_holders)
         .where(
-            slot_holders.deployment_id == Deployment.id,
+            slot_holders.deployment_number == Deployment.number,
             slot_holders.status == "downloading",
+            left_pending(slot_holders.status),
             slot_holders.updated_at >= bindparam("slot_since"),
         )
         .scalar_subquery()
@@ -811,7 +870,7 @@ def _assignment_query() -> Select[Any]:
                 "installed"
             ),
         )
-        .join(DeploymentDevice, DeploymentDevice.deployment_id == Deployment.id)
+        .join(DeploymentDevice, DeploymentDevice.deployment_number == Deployment.number)
         .join(Release, Release.id == Deployment.release_id)
         .where(
             DeploymentDevice.device_id == device_id,
@@ -875,7 +934,7 @@ async def _mark_already_installed(
         result = await session.execute(
             update(DeploymentDevice)
             .where(
-                DeploymentDevice.deployment_id == deployment_id,
+                DeploymentDevice.deployment_number == deployment.number,
                 DeploymentDevice.device_id == device_id,
                 DeploymentDevice.status == "pending",
             )
@@ -907,7 +966,11 @@ async def report(
     async with runtime.database.transaction() as session:
         # The deployment first, then the device's row: the order abort locks them in.
         deployment = await session.get(Deployment, deployment_id, with_for_update=True)
-        entry = await session.get(DeploymentDevice, (deployment_id, device.id), with_for_update=True)
+        entry = (
+            await session.get(DeploymentDevice, (deployment.number, device.id), with_for_update=True)
+            if deployment is not None
+            else None
+        )
         if entry is None or deployment is None:
             raise NotFoundError("this device is not part of that deployment", code="not_in_deployment")
         if deployment.status == "scheduled" and (
@@ -1106,7 +1169,9 @@ async def change_state(runtime: Runtime, principal: Principal, deployment_id: st
             session,
             principal,
             Device.id.in_(
-                select(DeploymentDevice.device_id).where(DeploymentDevice.deployment_id == deployment_id)
+                select(DeploymentDevice.device_id).where(
+                    DeploymentDevice.deployment_number == deployment.number
+                )
             ),
         )
         if deployment.status not in allowed:
@@ -1129,7 +1194,7 @@ async def change_state(runtime: Runtime, principal: Principal, deployment_id: st
             await session.execute(
                 update(DeploymentDevice)
                 .where(
-                    DeploymentDevice.deployment_id == deployment_id,
+                    DeploymentDevice.deployment_number == deployment.number,
                     DeploymentDevice.status.not_in(FINAL_STATUSES),
                 )
                 .values(status="aborted", updated_at=clock())
