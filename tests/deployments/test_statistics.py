@@ -177,6 +177,39 @@ async def test_the_devices_list_filters_and_pages(api: Api) -> None:
     assert missing.json()["code"] == "deployment_not_found"
 
 
+async def test_the_devices_list_pages_across_statuses(api: Api) -> None:
+    """Statuses before and after `pending` (whose rows the status index leaves out, so that they
+    are read through the key): pages in status then device id order, across the boundaries."""
+    await a_release(api)
+    devices = await fleet_of(api, 6)
+    deployment = await deploy(api)
+    for seq, (device, status) in enumerate(
+        [(devices[5], "downloading"), (devices[1], "downloading"), (devices[3], "success")], start=1
+    ):
+        assert (await send(api, device, deployment["id"], status, seq)).status_code == 200
+    admin = await api.admin_headers()
+    url = f"/api/v1/deployments/{deployment['id']}/devices"
+
+    async def walk(**filters: Any) -> list[list[tuple[str, str]]]:
+        pages, cursor = [], None
+        while True:
+            params: dict[str, Any] = {"limit": 2, **filters, **({"cursor": cursor} if cursor else {})}
+            page = (await api.client.get(url, params=params, headers=admin)).json()
+            pages.append([(item["status"], item["device_id"]) for item in page["items"]])
+            if (cursor := page["next_cursor"]) is None:
+                return pages
+
+    ids = [device.device_id for device in devices]
+    assert await walk() == [
+        [("downloading", ids[1]), ("downloading", ids[5])],
+        [("pending", ids[0]), ("pending", ids[2])],
+        [("pending", ids[4]), ("success", ids[3])],
+    ]
+    assert await walk(status="pending") == [[("pending", ids[0]), ("pending", ids[2])], [("pending", ids[4])]]
+    assert await walk(status="success") == [[("success", ids[3])]]
+    assert await walk(status="failure") == [[]]
+
+
 async def test_history_of_a_device_and_its_deployments(api: Api) -> None:
     await a_release(api)
     (device,) = await fleet_of(api, 1, group="plant-a")

@@ -716,11 +716,28 @@ async def deployments_of_device(
     devices:read on the device (outside the caller's groups: 404, as for other device reads)."""
     _check_limit(limit)
     await devices.device_for(session, principal, device_id, Permission.DEVICES_READ)
-    query = (
-        select(Deployment, DeploymentDevice)
-        .join(DeploymentDevice, DeploymentDevice.deployment_number == Deployment.number)
-        .where(DeploymentDevice.device_id == device_id)
-    )
+    # The device's row in each deployment is found through the key (deployment, device), one
+    # probe per deployment from the newest, until the page is full: deployment_devices has no
+    # index that leads with the device (see DeploymentDevice). On PostgreSQL a plain join let the
+    # planner scan all of deployment_devices instead (0.4 s for 2 million rows and 10,000
+    # deployments); the LATERAL subquery, limited to the one row there is, keeps the probe.
+    if session.get_bind().dialect.name == "postgresql":
+        row_of_device = (
+            select(DeploymentDevice)
+            .where(
+                DeploymentDevice.deployment_number == Deployment.number,
+                DeploymentDevice.device_id == device_id,
+            )
+            .limit(1)
+            .lateral()
+        )
+        query = select(Deployment, aliased(DeploymentDevice, row_of_device)).join(row_of_device, true())
+    else:
+        query = select(Deployment, DeploymentDevice).join(
+            DeploymentDevice,
+            (DeploymentDevice.deployment_number == Deployment.number)
+            & (DeploymentDevice.device_id == device_id),
+        )
     if cursor is not None:
         created, last_id = _decode_cursor(cursor, 2)
         try:
