@@ -33,7 +33,7 @@ from bench.fleet import fill, fresh_database
 from fleetkeeper.access.permissions import GrantSet
 from fleetkeeper.access.principal import Principal
 from fleetkeeper.core.db import Database
-from fleetkeeper.deployments.models import Deployment, DeploymentDevice
+from fleetkeeper.deployments.models import DeploymentDevice
 from fleetkeeper.deployments.service import DeploymentRequest, create
 
 
@@ -66,10 +66,8 @@ def cpu_spent(before: dict[int, float] | None, after: dict[int, float] | None) -
     return round(sum(spent - before.get(pid, 0.0) for pid, spent in after.items()), 2)
 
 
-async def timed_create(
-    database: Database, principal: Principal, name: str
-) -> tuple[str, float, float | None]:
-    """One deployment of `fw 2.0` to the whole fleet in three phases: its id, wall and server CPU time."""
+async def timed_create(database: Database, principal: Principal, name: str) -> tuple[float, float | None]:
+    """One deployment of `fw 2.0` to the whole fleet in three phases: wall and server CPU time."""
     request = DeploymentRequest(
         name=name,
         release_name="fw",
@@ -80,9 +78,9 @@ async def timed_create(
     async with database.engine.connect() as observer:
         cpu_before = await backend_cpu(observer)
         started = time.perf_counter()
-        deployment = await create(SimpleNamespace(database=database), principal, request)  # type: ignore[arg-type]
+        await create(SimpleNamespace(database=database), principal, request)  # type: ignore[arg-type]
         seconds = time.perf_counter() - started
-        return deployment.id, seconds, cpu_spent(cpu_before, await backend_cpu(observer))
+        return seconds, cpu_spent(cpu_before, await backend_cpu(observer))
 
 
 async def main(count: int, deployments: int) -> dict[str, Any]:
@@ -97,12 +95,7 @@ async def main(count: int, deployments: int) -> dict[str, Any]:
             )
             runs = [await timed_create(database, principal, f"everything {n}") for n in range(deployments)]
             async with database.engine.begin() as connection:
-                fanned = await connection.scalar(
-                    select(func.count())
-                    .select_from(DeploymentDevice)
-                    .join(Deployment, Deployment.number == DeploymentDevice.deployment_number)
-                    .where(Deployment.id == runs[0][0])
-                )
+                fanned = await connection.scalar(select(func.count()).select_from(DeploymentDevice))
                 await connection.execute(
                     text("CREATE TEMP TABLE reference (deployment_id text, device_id text, phase int)")
                 )
@@ -113,22 +106,23 @@ async def main(count: int, deployments: int) -> dict[str, Any]:
                 )
                 reference_seconds = time.perf_counter() - started
                 reference_cpu = cpu_spent(cpu_before, await backend_cpu(connection))
-            assert fanned == count, (fanned, count)
+            assert fanned == count * deployments, (fanned, count, deployments)
         finally:
             await database.dispose()
-    _, create_seconds, create_cpu = runs[0]
+    create_seconds, create_cpu = runs[0]
     return {
         "benchmark": "deployment_create",
         "backend": "postgresql",
         "devices": count,
         "seconds": round(create_seconds, 2),
         "backend_cpu_seconds": create_cpu,
-        # Deployments after the first, to the same devices (the fan-out's key is not at its start).
-        "later": [{"seconds": round(seconds, 2), "backend_cpu_seconds": cpu} for _, seconds, cpu in runs[1:]],
+        # Deployments after the first, to the same devices: rows join a table that holds some.
+        "later": [{"seconds": round(seconds, 2), "backend_cpu_seconds": cpu} for seconds, cpu in runs[1:]],
         "reference": "plain INSERT ... SELECT of the same rows, same run",
         "reference_seconds": round(reference_seconds, 2),
         "reference_backend_cpu_seconds": reference_cpu,
         "ratio": round(create_seconds / reference_seconds, 2),
+        "cpu_ratio": round(create_cpu / reference_cpu, 2) if create_cpu and reference_cpu else None,
         "target_seconds": 2.0,
         "aws_iot_jobs_minutes": round(count / 1000, 1),
     }

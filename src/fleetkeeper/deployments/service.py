@@ -9,6 +9,7 @@ import binascii
 import functools
 import json
 import time
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -16,9 +17,9 @@ from typing import Any
 
 from sqlalchemy import (
     ColumnElement,
+    Insert,
     Integer,
     Select,
-    any_,
     bindparam,
     case,
     func,
@@ -37,7 +38,7 @@ from sqlalchemy.sql.elements import BindParameter
 from fleetkeeper.access.service import Permission, Principal
 from fleetkeeper.audit.service import SYSTEM, record
 from fleetkeeper.core.db import _IMMEDIATE as WRITE_LOCK_UP_FRONT
-from fleetkeeper.core.db import utcnow
+from fleetkeeper.core.db import UTCDateTime, utcnow
 from fleetkeeper.core.errors import ForbiddenError, NotFoundError, ProblemError
 from fleetkeeper.core.ids import new_id
 from fleetkeeper.core.runtime import Runtime
@@ -172,30 +173,65 @@ async def next_number(session: AsyncSession) -> int:
 async def _fan_out(
     session: AsyncSession,
     deployment: Deployment,
+    release: Release,
     target: ColumnElement[bool],
     phases: list[tuple[int, ColumnElement[bool]]],
-) -> dict[int, int]:
-    """A row per targeted device, pending, with one INSERT … SELECT per phase: the phase is a
-    constant in each, and each statement's row count is that phase's count, exact (a device
-    joining the target meanwhile is in its phase's statement or in none), so the counters need
-    no second pass over a million rows."""
-    fanned: dict[int, int] = {}
-    for phase, in_phase in phases:
-        result = await session.execute(
-            insert(DeploymentDevice).from_select(
-                ["deployment_number", "device_id", "phase", "status", "attempts", "last_seq"],
-                select(
-                    literal(deployment.number, Integer),
-                    Device.id,
-                    literal(phase, Integer),
-                    literal(PENDING),
-                    literal(0, Integer),
-                    literal(0, Integer),
-                ).where(target, in_phase),
-            )
+) -> dict[int, dict[str, int]]:
+    """A row per targeted device, with one INSERT … SELECT per phase (the phase a constant in each),
+    counted as it is written: the counters need no second pass over a million rows. Returns the
+    devices per phase and status.
+
+    A device whose inventory says it runs the release already is written `already_installed`
+    (unless the deployment forces a reinstall), through a LEFT JOIN to those devices in the same
+    statement — only when the target has one: in the usual case, a release new to the target,
+    every row is pending and each phase's count is its statement's row count. Both are exact: a
+    device joining the target meanwhile is in its phase's statement or in none, and one installing
+    the release meanwhile is pending, found at its next check-in."""
+    running = _devices_running(release).subquery("running")
+    marks_installed = not deployment.force and (
+        await session.scalar(
+            select(Device.id).where(target, Device.id.in_(select(running.c.device_id))).limit(1)
         )
-        fanned[phase] = _rowcount(result)
-    return fanned
+        is not None
+    )
+    is_running = running.c.device_id.is_not(None)
+    counts: dict[int, dict[str, int]] = {}
+    for phase, in_phase in phases:
+        columns: dict[str, ColumnElement[Any]] = {
+            "deployment_number": literal(deployment.number, Integer),
+            "device_id": Device.id.expression,
+            "phase": literal(phase, Integer),
+            "status": literal(PENDING),
+            "attempts": literal(0, Integer),
+            "last_seq": literal(0, Integer),
+        }
+        if marks_installed:
+            columns |= {
+                "status": case((is_running, literal("already_installed")), else_=literal(PENDING)),
+                "detail": case((is_running, literal(_ALREADY_INSTALLED))),
+                "updated_at": case((is_running, literal(clock(), UTCDateTime()))),
+            }
+        rows = select(*columns.values()).select_from(Device)
+        if marks_installed:
+            rows = rows.outerjoin(running, running.c.device_id == Device.id)
+        fan_out = insert(DeploymentDevice).from_select(list(columns), rows.where(target, in_phase))
+        if marks_installed:
+            counts[phase] = await _insert_counting_statuses(session, fan_out)
+        else:
+            counts[phase] = {PENDING: _rowcount(await session.execute(fan_out))}
+    return counts
+
+
+async def _insert_counting_statuses(session: AsyncSession, fan_out: Insert) -> dict[str, int]:
+    """Runs an INSERT into deployment_devices and counts the rows it wrote by status: on PostgreSQL
+    in the same statement (its RETURNING rows, grouped by the database); SQLite cannot take an
+    INSERT as a CTE, so there the statuses come back here to be counted (SQLite fleets are small)."""
+    returning = fan_out.returning(DeploymentDevice.status)
+    if session.get_bind().dialect.name == "postgresql":
+        written = returning.cte("written")
+        rows = await session.execute(select(written.c.status, func.count()).group_by(written.c.status))
+        return {status: count for status, count in rows}
+    return dict(Counter(await session.scalars(returning)))
 
 
 def _rowcount(result: Any) -> int:
@@ -279,9 +315,9 @@ async def create(runtime: Runtime, principal: Principal, request: DeploymentRequ
         session.add(deployment)
         await session.flush()
         boundaries = phase_boundaries(phases, total)
-        fanned = await _fan_out(
-            session, deployment, condition, await _phase_ranges(session, condition, boundaries, total)
-        )
+        phase_ranges = await _phase_ranges(session, condition, boundaries, total)
+        counts = await _fan_out(session, deployment, release, condition, phase_ranges)
+        await _initialise_counts(session, deployment.id, counts)
         await record(
             session,
             actor=principal.actor,
@@ -292,12 +328,22 @@ async def create(runtime: Runtime, principal: Principal, request: DeploymentRequ
                 "name": deployment.name,
                 "release": f"{release.name} {release.version}",
                 "target": deployment.target,
-                "devices": sum(fanned.values()),
+                "devices": sum(sum(by_status.values()) for by_status in counts.values()),
                 "phases": boundaries,
                 "failure_threshold": bool(threshold.phase or threshold.overall),
             },
         )
-        await after_fan_out(session, deployment, release, fanned)
+        already = sum(by_status.get("already_installed", 0) for by_status in counts.values())
+        if already:
+            await record(
+                session,
+                actor=SYSTEM,
+                action="deployment.already_installed",
+                object_type="deployment",
+                object_id=deployment.id,
+                details={"devices": already},
+            )
+            await _move_on(session, deployment)
     return deployment
 
 
@@ -349,18 +395,15 @@ async def _move_count(session: AsyncSession, deployment_id: str, phase: int, old
 
 
 async def _initialise_counts(
-    session: AsyncSession, deployment_id: str, fanned: dict[int, int], already: dict[int, int]
+    session: AsyncSession, deployment_id: str, counts: dict[int, dict[str, int]]
 ) -> None:
-    """The counters of a new deployment, from what the fan-out wrote per phase and how many of
-    those were found already installed right after it (never from counting its rows)."""
-    rows = []
-    for phase, count in fanned.items():
-        done = already.get(phase, 0)
-        for status, in_status in ((PENDING, count - done), ("already_installed", done)):
-            if in_status:
-                rows.append(
-                    {"deployment_id": deployment_id, "phase": phase, "status": status, "count": in_status}
-                )
+    """The counters of a new deployment, from what its fan-out wrote per phase and status."""
+    rows = [
+        {"deployment_id": deployment_id, "phase": phase, "status": status, "count": count}
+        for phase, by_status in counts.items()
+        for status, count in by_status.items()
+        if count
+    ]
     if rows:
         await session.execute(insert(DeploymentCount), rows)
 
@@ -415,47 +458,6 @@ async def phase_counts(runtime: Runtime, deployment_id: str) -> dict[int, dict[s
     """Devices per phase and status."""
     async with runtime.database.session() as session:
         return await counts_of(session, deployment_id)
-
-
-async def after_fan_out(
-    session: AsyncSession, deployment: Deployment, release: Release, fanned: dict[int, int]
-) -> None:
-    """Right after the fan-out, in its transaction: devices that already run the release are done
-    unless the deployment forces a reinstall (one set-based UPDATE), then the counters are set
-    from `fanned`, the rows the fan-out wrote per phase."""
-    already: dict[int, int] = {}
-    if not deployment.force:
-        running = _devices_running(release)
-        # Driven from the few devices that run the release, each found by the key: the rows just
-        # written have no statistics yet, and with `IN (subquery)` (or a status condition)
-        # PostgreSQL believed the deployment had one row and rescanned the subquery for each of
-        # its million rows. `= ANY(ARRAY(subquery))` computes the list once. Every row is pending
-        # right after the fan-out, so the status needs no condition.
-        among_running = (
-            DeploymentDevice.device_id == any_(func.array(running.scalar_subquery()))
-            if session.get_bind().dialect.name == "postgresql"
-            else DeploymentDevice.device_id.in_(running)
-        )
-        phases = await session.scalars(
-            update(DeploymentDevice)
-            .where(DeploymentDevice.deployment_number == deployment.number, among_running)
-            .values(status="already_installed", detail=_ALREADY_INSTALLED, updated_at=clock())
-            .returning(DeploymentDevice.phase)
-            .execution_options(synchronize_session=False)
-        )
-        for phase in phases:
-            already[phase] = already.get(phase, 0) + 1
-    await _initialise_counts(session, deployment.id, fanned, already)
-    if already:
-        await record(
-            session,
-            actor=SYSTEM,
-            action="deployment.already_installed",
-            object_type="deployment",
-            object_id=deployment.id,
-            details={"devices": sum(already.values())},
-        )
-        await _move_on(session, deployment)
 
 
 async def list_deployments(
