@@ -85,7 +85,7 @@ PENDING = "pending"
 class DeploymentDevice(Base):
     """One device of a deployment: its phase and where its install stands.
 
-    A fan-out writes a million of these in one statement, so the row and its indexes are kept as
+    A fan-out writes a million of these at once, so the row and its indexes are kept as
     narrow as the queries allow (docs/benchmarks.md, deployment creation):
 
     - the deployment is named by its `number`, an integer, not by its 30-character id;
@@ -95,10 +95,11 @@ class DeploymentDevice(Base):
       appends to in order. It serves a report's and a check-in's row (a check-in probes it once
       per open deployment), a deployment's devices in id order, and a device's deployments
       (one probe per deployment);
-    - the status index holds only rows that left `pending`, so a fan-out writes nothing to it.
-      It serves a deployment's devices in a status other than pending (the devices list, the
-      download cap's count of who is downloading). A query that wants it repeats its condition
-      (`LEFT_PENDING`): SQLite uses a partial index only then, PostgreSQL also with parameters."""
+    - the status index holds only rows that left `pending`, so a fan-out writes nothing to it
+      (but the rows of devices that run the release already). It serves a deployment's devices
+      in a status other than pending (the devices list, the download cap's count of who is
+      downloading). A query that wants it repeats its condition (`left_pending`): SQLite uses a
+      partial index only then, and PostgreSQL so also under a generic plan."""
 
     __tablename__ = "deployment_devices"
     __table_args__ = (
