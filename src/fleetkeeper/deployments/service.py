@@ -570,7 +570,7 @@ async def fleet_health(session: AsyncSession, principal: Principal) -> FleetHeal
             )
             .label("rank"),
         )
-        .join(Deployment, Deployment.id == DeploymentDevice.deployment_id)
+        .join(Deployment, Deployment.number == DeploymentDevice.deployment_number)
         .where(Deployment.status.in_((*UNDER_WAY_STATUSES, "finished")))
         .subquery()
     )
