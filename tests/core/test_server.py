@@ -33,13 +33,18 @@ def test_metrics_count_requests(running_server: RunningServer) -> None:
 
 
 def test_unknown_route_is_a_problem_with_request_id(running_server: RunningServer) -> None:
-    response = httpx2.get(f"{running_server.management_url}/nope")
+    response = httpx2.get(f"{running_server.management_url}/api/v1/nope")
     assert response.status_code == 404
     assert response.headers["content-type"] == "application/problem+json"
     body = response.json()
     assert body["code"] == "not_found"
     assert body["type"] == "urn:fleetkeeper:problem:not_found"
     assert body["request_id"] == response.headers["x-request-id"]
+    # Outside the API, an unknown path is the console's page, with its request id too.
+    page = httpx2.get(f"{running_server.management_url}/nope")
+    assert page.status_code == 404
+    assert page.headers["content-type"].startswith("text/html")
+    assert page.headers["x-request-id"]
 
 
 def test_request_id_is_taken_from_the_caller_when_well_formed(running_server: RunningServer) -> None:
