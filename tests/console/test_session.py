@@ -7,7 +7,7 @@ import re
 import httpx2
 
 from tests.conftest import RunningServer
-from tests.console.conftest import Admin
+from tests.console.conftest import Admin, ApiClient
 
 
 def _csrf(html: str) -> str:
@@ -57,7 +57,13 @@ def test_a_change_from_another_origin_is_refused(console_server: RunningServer, 
 
 
 def test_sign_in_never_redirects_off_site(console_server: RunningServer, admin: Admin) -> None:
-    for target in ("//evil.example/x", "https://evil.example", "/\\evil.example"):
+    for target in (
+        "//evil.example/x",
+        "https://evil.example",
+        "/\\evil.example",
+        "/\t/evil.example",
+        "/\n/evil",
+    ):
         _, answer = _signed_in(console_server, admin, next_path=target)
         assert answer.headers["location"] == "/", target
 
@@ -79,3 +85,39 @@ def test_api_and_console_credentials_do_not_mix(console_server: RunningServer, a
         follow_redirects=False,
     )
     assert as_cookie.status_code == 303
+
+
+def test_the_cookie_is_renewed_after_a_signing_key_rotation(
+    console_server: RunningServer, admin: Admin, admin_api: ApiClient
+) -> None:
+    http, _ = _signed_in(console_server, admin)
+    first = http.cookies["fleetkeeper_console"]
+    assert "fleetkeeper_console=" not in http.get("/").headers.get("set-cookie", "")
+    admin_api.call("POST", "/api/v1/auth/signing-keys/rotate")
+    renewed = http.get("/")
+    assert renewed.status_code == 200
+    assert "fleetkeeper_console=" in renewed.headers["set-cookie"]
+    assert http.cookies["fleetkeeper_console"] != first
+    assert http.get("/").status_code == 200
+    assert renewed.headers["cache-control"] == "no-store"
+
+
+def test_a_new_two_factor_rule_applies_to_open_sessions(
+    console_server: RunningServer, admin_api: ApiClient
+) -> None:
+    created = admin_api.call(
+        "POST", "/api/v1/users", json={"username": "viewer-2fa", "roles": [{"role": "read-only"}]}
+    )
+    assert isinstance(created, dict)
+    one_time, password = created["one_time_password"], "amber-violin-harbor-31"
+    first = ApiClient(console_server, "viewer-2fa", one_time)
+    first.call("POST", "/api/v1/me/password", json={"current_password": one_time, "new_password": password})
+    http, _ = _signed_in(console_server, Admin("viewer-2fa", password, ""))
+    assert http.get("/").status_code == 200
+    admin_api.call("PUT", "/api/v1/access/policy", json={"require_2fa_roles": ["read-only"]})
+    try:
+        required = http.get("/", follow_redirects=False)
+        assert required.status_code == 303
+        assert required.headers["location"] == "/account/setup"
+    finally:
+        admin_api.call("PUT", "/api/v1/access/policy", json={"require_2fa_roles": []})

@@ -98,8 +98,12 @@ async def _from_access_token(runtime: Runtime, token: str, *, address: str | Non
     return await principal_from_claims(runtime, await runtime.keyring.verify_access_token(token), address)
 
 
-async def principal_from_claims(runtime: Runtime, claims: AccessClaims, address: str | None) -> Principal:
-    """The user behind verified token claims, if their account and session are still live."""
+async def principal_from_claims(
+    runtime: Runtime, claims: AccessClaims, address: str | None, *, fresh_pending: bool = False
+) -> Principal:
+    """The user behind verified token claims, if their account and session are still live.
+    `fresh_pending`: the actions the user must take first are read from the database rather than
+    the token (a console token lives hours; an access token, minutes)."""
     async with runtime.database.session() as session:
         found = (
             await session.execute(
@@ -116,13 +120,14 @@ async def principal_from_claims(runtime: Runtime, claims: AccessClaims, address:
         if sign_in.revoked_at is not None or sign_in.expires_at <= utcnow():
             raise _unauthenticated("this session has ended: sign in again", code="session_ended")
         grants = await user_grants(session, user.id)
+        pending = tuple(await pending_actions(session, user)) if fresh_pending else claims.pending
     return Principal(
         user_id=user.id,
         username=user.username,
         grants=grants,
         method=sign_in.auth_method,
         session_id=sign_in.id,
-        pending=claims.pending,
+        pending=pending,
         address=address,
     )
 

@@ -17,7 +17,12 @@ from starlette.types import Scope
 from fleetkeeper.console.assets import own_static, vendor_file
 from fleetkeeper.console.headers import SecurityHeaders
 from fleetkeeper.console.render import is_htmx, render
-from fleetkeeper.console.session import PendingActionError, SignInRequiredError, current_principal
+from fleetkeeper.console.session import (
+    PendingActionError,
+    SessionRenewal,
+    SignInRequiredError,
+    current_principal,
+)
 from fleetkeeper.core.errors import ProblemError
 from fleetkeeper.core.runtime import Runtime
 
@@ -107,6 +112,7 @@ def create_console_app(runtime: Runtime) -> FastAPI:
     app.add_exception_handler(ProblemError, _on_problem)
     app.add_exception_handler(StarletteHTTPException, _on_http_exception)
     app.add_exception_handler(RequestValidationError, _on_validation_error)
+    app.add_middleware(SessionRenewal)
     app.add_middleware(SecurityHeaders)
     return app
 

@@ -43,6 +43,10 @@ class SecurityHeaders:
         async def with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
                 present = {name for name, _ in message.get("headers", [])}
+                if b"cache-control" not in present:
+                    # Pages carry the user's data and, once, secrets (one-time passwords, token
+                    # secrets, recovery codes): no cache keeps them. Static files set their own.
+                    message["headers"] = [*message.get("headers", []), (b"cache-control", b"no-store")]
                 message["headers"] = list(message.get("headers", [])) + [
                     header for header in HEADERS if header[0] not in present
                 ]

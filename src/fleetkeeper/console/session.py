@@ -18,6 +18,7 @@ from urllib.parse import quote
 from fastapi import Depends
 from starlette.requests import HTTPConnection, Request
 from starlette.responses import Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from fleetkeeper.access.auth import client_address, principal_from_claims
 from fleetkeeper.access.permissions import Permission
@@ -107,7 +108,9 @@ async def current_principal(connection: HTTPConnection) -> Principal | None:
     if claims is None:
         return None
     try:
-        principal = await principal_from_claims(runtime_of(connection), claims, client_address(connection))
+        principal = await principal_from_claims(
+            runtime_of(connection), claims, client_address(connection), fresh_pending=True
+        )
     except UnauthenticatedError:
         return None
     connection.state.console_principal = principal
@@ -164,15 +167,15 @@ async def check_csrf(request: Request, expected: str) -> None:
         )
 
 
-async def renew_if_due(request: Request, response: Response) -> None:
+async def _renewed_token(connection: HTTPConnection) -> str | None:
     """Sliding expiry: a token past half its life (or signed by a retired key) is replaced."""
-    claims: AccessClaims | None = getattr(request.state, "console_claims", None)
+    claims: AccessClaims | None = connection.scope.get("state", {}).get("console_claims")
     if claims is None:
-        return
-    keyring = runtime_of(request).keyring
+        return None
+    keyring = runtime_of(connection).keyring
     half_life = CONSOLE_TOKEN_TTL.total_seconds() / 2
     if claims.expires_at - time.time() > half_life and claims.kid == keyring.current_kid:
-        return
+        return None
     token, _ = await keyring.issue_access_token(
         claims.user_id,
         claims.session_id,
@@ -181,7 +184,36 @@ async def renew_if_due(request: Request, response: Response) -> None:
         ttl=CONSOLE_TOKEN_TTL,
         csrf=claims.csrf,
     )
-    set_session_cookie(response, request, token)
+    return token
+
+
+class SessionRenewal:
+    """Renews the console cookie on the responses of a session that is being used, unless the
+    response sets or clears the cookie itself (sign-in, sign-out, an account change)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def renewing(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers", []))
+                cookie_name = SESSION_COOKIE.encode() + b"="
+                sets_it = any(
+                    name == b"set-cookie" and value.startswith(cookie_name) for name, value in headers
+                )
+                token = None if sets_it else await _renewed_token(HTTPConnection(scope))
+                if token is not None:
+                    carrier = Response()
+                    set_session_cookie(carrier, HTTPConnection(scope), token)
+                    message["headers"] = headers + [h for h in carrier.raw_headers if h[0] == b"set-cookie"]
+            await send(message)
+
+        await self.app(scope, receive, renewing)
 
 
 def _next_path(request: Request) -> str:

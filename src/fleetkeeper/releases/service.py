@@ -305,9 +305,17 @@ async def list_releases(
     return (await session.scalars(query.order_by(Release.id).limit(limit))).all()
 
 
-async def releases_by_id(session: AsyncSession, release_ids: Sequence[str]) -> dict[str, Release]:
-    """Releases by id, deleted ones included (a deployment names its release forever)."""
-    rows = await session.scalars(select(Release).where(Release.id.in_(sorted(set(release_ids)))))
+async def releases_by_id(
+    session: AsyncSession, principal: Principal, release_ids: Sequence[str]
+) -> dict[str, Release]:
+    """The releases among these that the caller may read (within their release tags), deleted
+    ones included (a deployment names its release forever)."""
+    rows = await session.scalars(
+        select(Release).where(
+            Release.id.in_(sorted(set(release_ids))),
+            _tag_scope_condition(principal, Permission.RELEASES_READ),
+        )
+    )
     return {release.id: release for release in rows}
 
 

@@ -38,8 +38,15 @@ router = APIRouter(include_in_schema=False)
 
 
 def safe_next(value: str | None) -> str:
-    """Only a path on this site: never another host (`//evil`, `/\\evil`) after signing in."""
-    if not value or not value.startswith("/") or value.startswith(("//", "/\\")):
+    """Only a path on this site after signing in: never another host (`//evil`, `/\\evil`, and
+    `/<tab>/evil`, which browsers read as `//evil` once they drop tabs and line breaks)."""
+    if (
+        not value
+        or not value.startswith("/")
+        or value.startswith("//")
+        or "\\" in value
+        or any(character < " " or character == "\x7f" for character in value)
+    ):
         return "/"
     return value
 

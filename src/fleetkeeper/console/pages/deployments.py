@@ -188,7 +188,7 @@ class DeploymentForm:
 async def deployments(request: Request, principal: Reader) -> Response:
     async with runtime_of(request).database.session() as session:
         rows, counts = await service.list_deployments(session)
-        by_id = await releases.releases_by_id(session, [row.release_id for row in rows])
+        by_id = await releases.releases_by_id(session, principal, [row.release_id for row in rows])
     items = [
         (row, by_id.get(row.release_id), service.statistics(row, counts[row.id]).overall) for row in rows
     ]
@@ -250,7 +250,9 @@ async def _live_context(
         counts = await service.counts_of(session, deployment_id)
         listed = await service.list_devices(session, principal, deployment_id, limit=per_page, cursor=cursor)
         events = await service.recent_events(session, principal, deployment_id)
-        release = (await releases.releases_by_id(session, [deployment.release_id])).get(deployment.release_id)
+        release = (await releases.releases_by_id(session, principal, [deployment.release_id])).get(
+            deployment.release_id
+        )
     return {
         "deployment": deployment,
         "release": release,
