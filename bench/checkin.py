@@ -234,7 +234,18 @@ def _split(items: list[Credential], parts: int) -> list[list[Credential]]:
 
 def _profile_later(start_at: float, duration: float, pid: int, out: str) -> None:
     """Samples the server's stacks with py-spy during the window (collapsed stacks, one per line)."""
-    command = ["py-spy", "record", "--pid", str(pid), "--duration", str(int(duration)), "--rate", "250"]
+    # py-spy is a dependency of the venv the benchmark runs in, which need not be on PATH.
+    py_spy = Path(sys.executable).with_name("py-spy")
+    command = [
+        str(py_spy) if py_spy.exists() else "py-spy",
+        "record",
+        "--pid",
+        str(pid),
+        "--duration",
+        str(int(duration)),
+        "--rate",
+        "250",
+    ]
     command += ["--nonblocking", "--format", "raw", "--output", out]
 
     def start() -> None:

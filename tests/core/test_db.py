@@ -56,3 +56,33 @@ def test_ids_are_prefixed_unique_and_time_ordered() -> None:
     assert len(set(ids)) == 1000
     assert all(identifier.startswith("dev_") and len(identifier) == 30 for identifier in ids)
     assert new_id("dev") > ids[0]
+
+
+async def test_reads_survive_connections_the_database_closed(database: Database) -> None:
+    """The read pool has no per-checkout probe: a connection the server closed (a restart) is
+    dropped and replaced by `read()`'s own probe or by `read_row`'s one retry."""
+    probe = select(text("1"))
+    assert (await database.read_row(probe, {})) == (1,)
+    async with database.read() as session:
+        assert (await session.execute(probe)).scalar() == 1
+    if not database.url.startswith("postgresql"):
+        return
+    async with database.transaction() as session:
+        await session.execute(
+            text(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+        )
+    await asyncio.sleep(0.2)  # the terminated backends are gone
+    assert (await database.read_row(probe, {})) == (1,)
+    async with database.transaction() as session:
+        await session.execute(
+            text(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+        )
+    await asyncio.sleep(0.2)
+    async with database.read() as session:
+        assert (await session.execute(probe)).scalar() == 1

@@ -21,7 +21,7 @@ from fleetkeeper.releases.keys import init_keys
 from fleetkeeper.releases.models import Release
 from fleetkeeper.releases.trust import build_initial_trust, online_keys_from_json
 from tests.conftest import Api
-from tests.devices.helpers import device_client
+from tests.devices.helpers import FakeDevice, device_client
 from tests.devices.test_enrollment import accepted_device
 
 
@@ -162,7 +162,7 @@ def statements_run() -> Iterator[list[str]]:
         event.remove(Engine, "before_cursor_execute", record)
 
 
-async def test_an_unchanged_check_in_is_two_reads_and_no_write(api: Api, tmp_path: Path) -> None:
+async def test_an_unchanged_check_in_is_one_read_and_no_write(api: Api, tmp_path: Path) -> None:
     await initialize(api, tmp_path)
     device = await accepted_device(api)
     await a_release(api)
@@ -178,8 +178,72 @@ async def test_an_unchanged_check_in_is_two_reads_and_no_write(api: Api, tmp_pat
     with statements_run() as again:
         unchanged = await fetch(api, device.certificate, "timestamp.json")
     assert unchanged.signed.version == signed.signed.version
-    # Device, certificate and director state in one query; the deployments' assignment in another.
-    assert [kind for kind in again if kind not in ("BEGIN", "COMMIT", "ROLLBACK")] == ["SELECT", "SELECT"]
+    # Device, certificate, director state and the deployments' assignment in one statement, and
+    # on PostgreSQL no liveness probe before it.
+    assert [kind for kind in again if kind not in ("BEGIN", "COMMIT", "ROLLBACK")] == ["SELECT"]
+
+
+async def assigned(api: Api, device: FakeDevice) -> tuple[int, list[str]]:
+    """A check-in: the timestamp's version, and the targets the director lists for the device."""
+    timestamp = await fetch(api, device.certificate, "timestamp.json")
+    snapshot = await fetch(api, device.certificate, f"{timestamp.signed.snapshot_meta.version}.snapshot.json")
+    targets = await fetch(
+        api, device.certificate, f"{snapshot.signed.meta['targets.json'].version}.targets.json"
+    )
+    return timestamp.signed.version, list(targets.signed.targets)
+
+
+async def test_the_check_in_after_each_change_of_deployment_gets_new_metadata(
+    api: Api, tmp_path: Path
+) -> None:
+    """Nothing is kept between check-ins: the one after a change sees it, whichever way it came."""
+    await initialize(api, tmp_path)
+    device, other = await accepted_device(api), await accepted_device(api)
+    await a_release(api)
+    admin = await api.admin_headers()
+    assert (await assigned(api, device))[1] == []
+    body = {"name": "d", "release": "fw", "version": "2.0", "target": {"devices": [device.device_id]}}
+    deployment = (await api.client.post("/api/v1/deployments", json=body, headers=admin)).json()
+    version, targets = await assigned(api, device)
+    assert targets == ["fw/2.0/fw.bin"]
+    assert await assigned(api, device) == (version, targets), "unchanged: the same metadata"
+    steps = [("pause", []), ("resume", ["fw/2.0/fw.bin"]), ("abort", [])]
+    for action, expected in steps:
+        changed = await api.client.post(f"/api/v1/deployments/{deployment['id']}/{action}", headers=admin)
+        assert changed.status_code == 200, changed.text
+        newer, targets = await assigned(api, device)
+        assert (newer > version, targets) == (True, expected), action
+        version = newer
+    # A download cap: the device that checked in before another took the only slot waits.
+    body = {**body, "name": "capped", "target": {"devices": [device.device_id, other.device_id]}}
+    capped = await api.client.post("/api/v1/deployments", json={**body, "max_downloading": 1}, headers=admin)
+    assert capped.status_code == 201, capped.text
+    version, targets = await assigned(api, device)
+    assert targets == ["fw/2.0/fw.bin"]
+    assert (await assigned(api, other))[1] == ["fw/2.0/fw.bin"]
+    async with device_client(api.runtime, other.certificate) as client:
+        report = {"status": "downloading", "seq": 1, "detail": None}
+        took = await client.post(f"/device/v1/deployments/{capped.json()['id']}/status", json=report)
+    assert took.status_code == 200, took.text
+    newer, targets = await assigned(api, device)
+    assert (newer > version, targets) == (True, [])
+    # The device's inventory says it runs the release: the check-in records that and lists nothing.
+    async with device_client(api.runtime, other.certificate) as client:
+        report = {"status": "failure", "seq": 2, "detail": "disk full"}
+        assert (
+            await client.post(f"/device/v1/deployments/{capped.json()['id']}/status", json=report)
+        ).status_code == 200
+    version, targets = await assigned(api, device)
+    assert targets == ["fw/2.0/fw.bin"], "the slot is free again"
+    async with device_client(api.runtime, device.certificate) as client:
+        inventory = {"release": {"name": "fw", "version": "2.0"}}
+        assert (await client.put("/device/v1/inventory", json=inventory)).status_code == 204
+    newer, targets = await assigned(api, device)
+    assert (newer > version, targets) == (True, [])
+    status = await api.client.get(
+        f"/api/v1/deployments/{capped.json()['id']}/devices/{device.device_id}", headers=admin
+    )
+    assert status.json()["status"] == "already_installed"
 
 
 async def test_a_check_in_is_refused_once_the_device_or_its_certificate_is_not_good(api: Api) -> None:

@@ -7,8 +7,9 @@ from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import DateTime, MetaData, event
+from sqlalchemy import DateTime, Executable, MetaData, Row, event, text
 from sqlalchemy.engine import Dialect
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.orm import DeclarativeBase
 from sqlalchemy.types import TypeDecorator
@@ -43,6 +44,9 @@ class UTCDateTime(TypeDecorator[datetime]):
         if value is None:
             return None
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+_LIVENESS = text("SELECT 1")
 
 
 def utcnow() -> datetime:
@@ -104,28 +108,55 @@ class Database:
 
     @asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncSession]:
-        """For the few reads of a hot path (a device check-in), without transaction round trips.
+        """For the few reads of a hot path (a device route), without transaction round trips.
 
         On PostgreSQL, a session from a second pool (as large as the first) in autocommit: no
-        BEGIN and ROLLBACK around the statements, and the pool's liveness check is one round trip
-        instead of three (it wraps its probe in a transaction otherwise). Each statement sees what
-        was committed when it started — as in the default READ COMMITTED transaction. Nothing may
-        be written through it. On SQLite, the same as `session()`."""
+        BEGIN and ROLLBACK around the statements, and the liveness check is one round trip
+        (`SELECT 1`) instead of the pool's three (it wraps its probe in a transaction otherwise).
+        Each statement sees what was committed when it started — as in the default READ COMMITTED
+        transaction. Nothing may be written through it. On SQLite, the same as `session()`."""
         if not self.url.startswith("postgresql"):
             async with self.session() as session:
                 yield session
             return
+        async with self._readers()() as session:
+            try:
+                await session.execute(_LIVENESS)
+            except DBAPIError as error:
+                if not error.connection_invalidated:
+                    raise
+                await session.close()  # the dead connection goes; the next statement takes another
+            yield session
+
+    async def read_row(self, statement: Executable, parameters: dict[str, Any]) -> Row[Any] | None:
+        """The first row of one read-only statement: a hot path's whole read in one round trip.
+
+        On PostgreSQL a connection of `read()`'s pool without any liveness check: a connection
+        found dead (the database restarted) is dropped and the statement runs once more, which is
+        safe because it only reads."""
+        if not self.url.startswith("postgresql"):
+            async with self.session() as session:
+                return (await session.execute(statement, parameters)).first()
+        self._readers()
+        engine = self._read_engine
+        assert engine is not None
+        try:
+            async with engine.connect() as connection:
+                return (await connection.execute(statement, parameters)).first()
+        except DBAPIError as error:
+            if not error.connection_invalidated:
+                raise
+        async with engine.connect() as connection:
+            return (await connection.execute(statement, parameters)).first()
+
+    def _readers(self) -> async_sessionmaker[AsyncSession]:
         if self._read_sessionmaker is None:
+            # No pool_pre_ping: read() checks liveness itself, read_row() retries instead.
             self._read_engine = create_async_engine(
-                self.url,
-                pool_size=10,
-                max_overflow=20,
-                pool_pre_ping=True,
-                isolation_level="AUTOCOMMIT",
+                self.url, pool_size=10, max_overflow=20, isolation_level="AUTOCOMMIT"
             )
             self._read_sessionmaker = async_sessionmaker(self._read_engine, expire_on_commit=False)
-        async with self._read_sessionmaker() as session:
-            yield session
+        return self._read_sessionmaker
 
     async def dispose(self) -> None:
         await self.engine.dispose()

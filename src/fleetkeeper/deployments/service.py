@@ -20,6 +20,7 @@ from sqlalchemy import (
     Insert,
     Integer,
     Select,
+    Subquery,
     bindparam,
     case,
     func,
@@ -851,11 +852,48 @@ def _assignment_query() -> Select[Any]:
 
     Built once, with parameters `device_id`, `now` and `slot_since`: building it took longer
     than running it (the aliases and expressions of a statement this size)."""
-    device_id: BindParameter[str] = bindparam("device_id")
-    now: BindParameter[datetime] = bindparam("now")
+    downloading, installed = _slot_and_installed()
+    pending = DeploymentDevice.status == "pending"
+    return _open_deployment(
+        Deployment,
+        Release,
+        DeploymentDevice.phase,
+        case((Deployment.max_downloading.is_not(None) & pending, downloading)).label("downloading"),
+        case((~Deployment.force & pending & installed, literal(True)), else_=literal(False)).label(
+            "installed"
+        ),
+    )
+
+
+@functools.cache
+def check_in_assignment() -> Subquery:
+    """`_assignment_query` as a subquery of a check-in's single statement, with the same
+    parameters (`check_in_parameters`): at most one row, the assigned release's `target_path`,
+    `queued` when the device waits for a download slot, and `installed` when its inventory
+    already reports the release — then the check-in must take `assignment_for`, which records
+    that and looks at the next deployment."""
+    downloading, installed = _slot_and_installed()
+    pending = DeploymentDevice.status == "pending"
+    no_slot = Deployment.max_downloading.is_not(None) & pending & (downloading >= Deployment.max_downloading)
+    return _open_deployment(
+        Release.target_path.label("target_path"),
+        case((no_slot, literal(True)), else_=literal(False)).label("queued"),
+        case((~Deployment.force & pending & installed, literal(True)), else_=literal(False)).label(
+            "installed"
+        ),
+    ).subquery("assignment")
+
+
+def check_in_parameters(device_id: str) -> dict[str, Any]:
+    now = clock()
+    return {"device_id": device_id, "now": now, "slot_since": now - DOWNLOAD_SLOT_HELD_FOR}
+
+
+def _slot_and_installed() -> tuple[ColumnElement[int], ColumnElement[bool]]:
+    """How many devices hold a download slot of the deployment, and whether the device's
+    inventory names the release (parameters `device_id` and `slot_since`)."""
     slot_holders = aliased(DeploymentDevice)
     name, version = aliased(DeviceAttribute), aliased(DeviceAttribute)
-    pending = DeploymentDevice.status == "pending"
     downloading = (
         select(func.count())
         .select_from(slot_holders)
@@ -876,19 +914,21 @@ def _assignment_query() -> Select[Any]:
             & (version.key == RELEASE_VERSION_KEY)
             & (version.value_text == Release.version),
         )
-        .where(name.device_id == device_id, name.key == RELEASE_NAME_KEY, name.value_text == Release.name)
+        .where(
+            name.device_id == bindparam("device_id"),
+            name.key == RELEASE_NAME_KEY,
+            name.value_text == Release.name,
+        )
         .exists()
     )
+    return downloading, installed
+
+
+def _open_deployment(*columns: Any) -> Select[Any]:
+    device_id: BindParameter[str] = bindparam("device_id")
+    now: BindParameter[datetime] = bindparam("now")
     return (
-        select(
-            Deployment,
-            Release,
-            DeploymentDevice.phase,
-            case((Deployment.max_downloading.is_not(None) & pending, downloading)).label("downloading"),
-            case((~Deployment.force & pending & installed, literal(True)), else_=literal(False)).label(
-                "installed"
-            ),
-        )
+        select(*columns)
         .join(DeploymentDevice, DeploymentDevice.deployment_number == Deployment.number)
         .join(Release, Release.id == Deployment.release_id)
         .where(
@@ -912,9 +952,7 @@ async def current_assignment(session: AsyncSession, device_id: str) -> Assignmen
 
     `session` must not be in a write transaction: the already-installed mark commits on it."""
     while True:
-        now = clock()
-        parameters = {"device_id": device_id, "now": now, "slot_since": now - DOWNLOAD_SLOT_HELD_FOR}
-        row = (await session.execute(_assignment_query(), parameters)).first()
+        row = (await session.execute(_assignment_query(), check_in_parameters(device_id))).first()
         if row is None:
             return None
         deployment, release, phase, downloading, installed = row

@@ -3,10 +3,13 @@ device routes use it too."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Annotated, Any, TypeVar
 
 from fastapi import Depends
-from sqlalchemy import Row, Select, bindparam, select
+from sqlalchemy import ColumnElement, FromClause, Row, Select, bindparam, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.requests import HTTPConnection
 
@@ -61,22 +64,77 @@ async def authenticate_with(
 _COMPANION_QUERIES: dict[type[Any], Select[Any]] = {}
 
 
+@dataclass(frozen=True)
+class DeviceIdentity:
+    """An authenticated device as a hot route needs it: no ORM object, no inventory."""
+
+    id: str
+    device_type: str
+    last_seen_at: datetime | None
+
+
+def identity_query(
+    *columns: Any, outer_joins: Iterable[tuple[FromClause, ColumnElement[bool]]] = ()
+) -> Select[Any]:
+    """The device identity of the certificate whose serial is bound as `serial` (parameters:
+    `serial_parameter`) followed by `columns` from the tables of `outer_joins` (each with its ON
+    clause): a route's whole read in one statement. `identity_of` checks a row of it."""
+    query = (
+        select(
+            Device.id,
+            Device.status,
+            Device.device_type,
+            Device.last_seen_at,
+            DeviceCertificate.revoked_at,
+            *columns,
+        )
+        .join(DeviceCertificate, DeviceCertificate.device_id == Device.id)
+        .where(DeviceCertificate.serial == bindparam("serial"))
+    )
+    for table, onclause in outer_joins:
+        query = query.outerjoin(table, onclause)
+    return query
+
+
+IDENTITY_COLUMNS = 5  # the leading columns of an `identity_query` row
+
+
+def serial_parameter(peer: PeerCertificate) -> dict[str, str]:
+    return {"serial": _serial(peer)}
+
+
+def identity_of(peer: PeerCertificate, row: Row[Any] | None) -> DeviceIdentity:
+    """The checks of `authenticate` on a row of `identity_query` (None: no such certificate)."""
+    nothing: tuple[Any, ...] = (None,) * IDENTITY_COLUMNS
+    device_id, status, device_type, last_seen_at, revoked_at = (
+        tuple(row)[:IDENTITY_COLUMNS] if row is not None else nothing
+    )
+    _check(peer, device_id, status, revoked_at)
+    return DeviceIdentity(device_id, device_type, last_seen_at)
+
+
 def _serial(peer: PeerCertificate) -> str:
     return format(peer.serial_number, "x")
 
 
 def _accepted(peer: PeerCertificate, found: Row[Any] | None) -> Device:
     device, revoked_at = (found[0], list(found)[1]) if found is not None else (None, None)
-    if device is None or device.id != peer.common_name:
+    _check(peer, device.id if device else None, device.status if device else None, revoked_at)
+    assert isinstance(device, Device)
+    return device
+
+
+def _check(
+    peer: PeerCertificate, device_id: str | None, status: str | None, revoked_at: datetime | None
+) -> None:
+    if device_id is None or device_id != peer.common_name:
         raise UnauthenticatedError(
             "this certificate does not belong to a known device", code="unknown_certificate"
         )
     if revoked_at is not None:
         raise UnauthenticatedError("this certificate was revoked", code="certificate_revoked")
-    if device.status != "accepted":
-        raise UnauthenticatedError(f"this device is {device.status}", code="device_not_accepted")
-    assert isinstance(device, Device)
-    return device
+    if status != "accepted":
+        raise UnauthenticatedError(f"this device is {status}", code="device_not_accepted")
 
 
 async def _authenticated_device(connection: HTTPConnection) -> Device:

@@ -304,11 +304,16 @@ async def report_inventory(database: Database, device_id: str, report: Any) -> b
 
 async def touch(database: Database, device: Device) -> None:
     """Last seen, written at most once a minute per device."""
+    await touch_seen(database, device.id, device.last_seen_at)
+
+
+async def touch_seen(database: Database, device_id: str, last_seen_at: datetime | None) -> None:
+    """`touch` for a route that read only the device's id and last-seen time."""
     now = utcnow()
-    if device.last_seen_at is not None and now - device.last_seen_at < LAST_SEEN_RESOLUTION:
+    if last_seen_at is not None and now - last_seen_at < LAST_SEEN_RESOLUTION:
         return
     async with database.transaction() as session:
-        current = await session.get(Device, device.id)
+        current = await session.get(Device, device_id)
         if current is not None:
             current.last_seen_at = now
 

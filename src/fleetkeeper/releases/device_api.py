@@ -10,7 +10,7 @@ from fleetkeeper.core.runtime import runtime_of
 from fleetkeeper.deployments import service as deployments
 from fleetkeeper.devices import service as devices
 from fleetkeeper.devices.auth import AuthenticatedDevice, DevicePeer, authenticate, authenticate_with
-from fleetkeeper.releases import repository, service
+from fleetkeeper.releases import director_checkin, repository, service
 from fleetkeeper.releases.api import METADATA_FILE, metadata_response
 from fleetkeeper.releases.models import DirectorState
 from fleetkeeper.releases.ranges import range_response
@@ -45,12 +45,17 @@ async def target(path: str, device: AuthenticatedDevice, request: Request) -> Re
 async def director_metadata(filename: str, peer: DevicePeer, request: Request) -> Response:
     """This device's director metadata (the device is known from its certificate).
 
-    A check-in (timestamp.json) reads the device, what its deployments want now and its director
-    state in one session without a transaction; it writes only when the assignment changed (the
-    metadata is re-signed) or when the device's last-seen time is a minute old."""
+    A check-in (timestamp.json) that changes nothing is one statement (`director_checkin`); the
+    others read the device, what its deployments want now and its director state in one session
+    without a transaction. A check-in writes only when the assignment changed (the metadata is
+    re-signed) or when the device's last-seen time is a minute old."""
     runtime = runtime_of(request)
     match = METADATA_FILE.match(filename)
     version, role = (match.group(1), match.group(2)) if match else (None, None)
+    if role == "timestamp" and version is None:
+        unchanged = await director_checkin.unchanged_timestamp(runtime, peer)
+        if unchanged is not None:
+            return _metadata(unchanged)
     wanted_release = None
     state = None
     async with runtime.database.read() as session:
@@ -85,4 +90,8 @@ async def director_metadata(filename: str, peer: DevicePeer, request: Request) -
         raise NotFoundError(
             "that version is no longer current: refresh from timestamp.json", code="metadata_not_found"
         )
+    return _metadata(content)
+
+
+def _metadata(content: bytes) -> Response:
     return Response(content, media_type="application/json", headers={"cache-control": "no-store"})
