@@ -26,12 +26,25 @@ class PeerCertificate:
     not_valid_after: datetime
 
 
+# Where the parsed certificate is kept in the connection's TLS extension: parsed once per
+# connection (the extension dict is the connection's own), not once or twice per request.
+PARSED_PEER = "fleetkeeper.peer"
+
+
 def peer_certificate(scope: Scope) -> PeerCertificate | None:
     tls = (scope.get("extensions") or {}).get("tls") or {}
+    parsed: PeerCertificate | None = tls.get(PARSED_PEER)
+    if parsed is not None:
+        return parsed
     chain = tls.get("client_cert_chain") or []
     if not chain:
         return None
-    certificate = x509.load_pem_x509_certificate(chain[0].encode("ascii"))
+    parsed = from_certificate(x509.load_pem_x509_certificate(chain[0].encode("ascii")))
+    tls[PARSED_PEER] = parsed
+    return parsed
+
+
+def from_certificate(certificate: x509.Certificate) -> PeerCertificate:
     names = certificate.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
     common_name = str(names[0].value) if names else ""
     return PeerCertificate(
@@ -43,15 +56,21 @@ def peer_certificate(scope: Scope) -> PeerCertificate | None:
     )
 
 
-@mark_access(AccessRule("device"))
-def require_peer_certificate(connection: HTTPConnection) -> PeerCertificate:
-    """FastAPI dependency for device routes (HTTP and WebSocket)."""
+def peer_of(connection: HTTPConnection) -> PeerCertificate:
+    """The connection's verified client certificate; refused with 401 when there is none."""
     peer = peer_certificate(connection.scope)
     if peer is None:
         raise UnauthenticatedError(
             "this route needs a device certificate", code="client_certificate_required"
         )
     return peer
+
+
+@mark_access(AccessRule("device"))
+async def require_peer_certificate(connection: HTTPConnection) -> PeerCertificate:
+    """FastAPI dependency for device routes (HTTP and WebSocket). A coroutine although it does not
+    wait: FastAPI runs a plain function dependency in a worker thread, a hop per request."""
+    return peer_of(connection)
 
 
 class DeviceCertificateGate:

@@ -23,6 +23,8 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
+from fleetkeeper.core.peer import PARSED_PEER, PeerCertificate, from_certificate
+
 SHIM_WRITTEN_FOR_UVICORN = "0.54"
 
 if not uvicorn.__version__.startswith(SHIM_WRITTEN_FOR_UVICORN + "."):
@@ -75,12 +77,15 @@ def tls_extension(transport: asyncio.BaseTransport) -> dict[str, Any] | None:
     der = ssl_object.getpeercert(binary_form=True)
     chain: list[str] = []
     name: str | None = None
+    parsed: dict[str, PeerCertificate] = {}
     if der:
         certificate = x509.load_der_x509_certificate(der)
         chain = [certificate.public_bytes(serialization.Encoding.PEM).decode("ascii")]
         name = certificate.subject.rfc4514_string()
+        parsed[PARSED_PEER] = from_certificate(certificate)
     cipher = ssl_object.cipher()
     return {
+        **parsed,
         "server_cert": None,
         "client_cert_chain": chain,
         "client_cert_name": name,

@@ -14,7 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.requests import HTTPConnection
 
 from fleetkeeper.core.errors import UnauthenticatedError
-from fleetkeeper.core.peer import PeerCertificate, require_peer_certificate
+from fleetkeeper.core.peer import PeerCertificate, peer_of, require_peer_certificate
 from fleetkeeper.core.routeaccess import AccessRule, mark
 from fleetkeeper.core.runtime import runtime_of
 from fleetkeeper.devices import service
@@ -138,7 +138,7 @@ def _check(
 
 
 async def _authenticated_device(connection: HTTPConnection) -> Device:
-    peer = require_peer_certificate(connection)
+    peer = peer_of(connection)
     runtime = runtime_of(connection)
     async with runtime.database.read() as session:
         device = await authenticate(session, peer)
