@@ -933,11 +933,12 @@ def _open_deployment(*columns: Any) -> Select[Any]:
         .join(Release, Release.id == Deployment.release_id)
         .where(
             DeploymentDevice.device_id == device_id,
-            # A scheduled deployment is active once its start time has come.
-            Deployment.status.in_(("active", "scheduled")),
+            # A scheduled deployment is active once its start time has come. The lists are of
+            # literals: a list of values would be an expanding parameter, re-rendered at each run.
+            Deployment.status.in_([literal("active"), literal("scheduled")]),
             (Deployment.start_at.is_(None)) | (Deployment.start_at <= now),
             DeploymentDevice.phase <= Deployment.current_phase,
-            DeploymentDevice.status.not_in(FINAL_STATUSES),
+            DeploymentDevice.status.not_in([literal(status) for status in FINAL_STATUSES]),
             Release.deleted_at.is_(None),
         )
         .order_by(Deployment.created_at, Deployment.id)

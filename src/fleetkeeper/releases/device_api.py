@@ -58,7 +58,10 @@ async def director_metadata(filename: str, peer: DevicePeer, request: Request) -
             return _metadata(unchanged)
     wanted_release = None
     state = None
-    async with runtime.database.read() as session:
+    # A check-in that gets here may write (`assignment_for` records an install it finds in the
+    # inventory), which the read pool's autocommit session would not do atomically.
+    reading = runtime.database.session() if role == "timestamp" else runtime.database.read()
+    async with reading as session:
         if role in ("timestamp", "snapshot", "targets"):
             device, state = await authenticate_with(session, peer, DirectorState)
         else:
