@@ -63,7 +63,7 @@ def serve(
     """Run the server: the management listener and the device listener."""
     from fleetkeeper.core.logging import configure_logging
     from fleetkeeper.core.runtime import StartupError
-    from fleetkeeper.core.server import serve as run_server
+    from fleetkeeper.core.server import run as run_server
 
     settings = settings_from(
         config=config,
@@ -76,7 +76,7 @@ def serve(
     )
     configure_logging(settings.log_level, settings.log_format)
     try:
-        asyncio.run(run_server(settings))
+        run_server(settings)
     except StartupError as exc:
         fail(str(exc))
     except KeyboardInterrupt:

@@ -13,6 +13,7 @@ from typing import Any
 
 import httpx2
 import uvicorn
+import uvloop
 
 import fleetkeeper
 from fleetkeeper.access.service import FIRST_ADMIN_USERNAME
@@ -97,6 +98,12 @@ CRL_RELOAD_INTERVAL = 30.0
 METADATA_REFRESH_INTERVAL = 60.0
 WEBHOOK_DELIVERY_INTERVAL = 15.0
 LIVE_TARGETS_INTERVAL = 15.0  # live deployments take in devices that joined their group
+
+
+def run(settings: Settings) -> None:
+    """`serve` on uvloop's event loop: its transports (TLS included) cost less CPU per request
+    than asyncio's own, and uvicorn, asyncpg and the rest run on it unchanged."""
+    uvloop.run(serve(settings))
 
 
 async def serve(settings: Settings) -> None:
