@@ -1,7 +1,7 @@
 """Device check-ins against a real server on PostgreSQL with a large fleet registered.
 
     python -m bench.checkin [--devices 1000000] [--duration 20] [--concurrency 64]
-                            [--certified 1000] [--processes 2]
+                            [--certified 1000] [--processes 2] [--rounds 4] [--profile PATH]
 
 Makes a fresh PostgreSQL database with N accepted devices (bench/fleet.py), one active deployment
 of release fw 2.0 to all of them (`deployments.service.create`, one phase), starts `fleetkeeper
@@ -19,6 +19,9 @@ connection one device sending one request after the other. Steps, on the same se
    answer must be 200 and the same signed timestamp the device got when it connected;
 3. reference: `GET /device/v1/ping` (204, no database) for `--duration` seconds.
 
+Steps 2 and 3 alternate in `--rounds` windows of `--duration / --rounds` seconds each, so that a
+change of the machine's load during the run falls on both alike.
+
 Prints one JSON line with rates, latency percentiles, their ratio and the errors (non-200/204
 answers, wrong bodies, broken connections).
 """
@@ -28,7 +31,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import json
+import os
 import ssl
 import statistics
 import subprocess
@@ -266,6 +271,7 @@ def measure(
     duration: float,
     profile: tuple[int, str] | None = None,
 ) -> dict[str, Any]:
+    """One measured window: every connection's latencies (seconds) and failures."""
     start_at = time.time() + 3 + len(credentials) / 200  # time to connect before the window opens
     if profile is not None:
         _profile_later(start_at, duration, *profile)
@@ -275,13 +281,26 @@ def measure(
         if share
     ]
     results = list(pool.map(drive, jobs))
-    ordered = sorted(latency for result in results for latency in result["latencies"])
     failures: dict[str, int] = {}
     for result in results:
         for kind, count in result["failures"].items():
             failures[kind] = failures.get(kind, 0) + count
     return {
-        "requests": len(ordered) + len(credentials),  # with each connection's first request
+        "latencies": [latency for result in results for latency in result["latencies"]],
+        "failures": failures,
+        "requests": sum(len(result["latencies"]) for result in results) + len(credentials),
+    }
+
+
+def summarize(windows: list[dict[str, Any]], duration: float) -> dict[str, Any]:
+    """Rate and latency percentiles over the windows of one kind of request."""
+    ordered = sorted(latency for window in windows for latency in window["latencies"])
+    failures: dict[str, int] = {}
+    for window in windows:
+        for kind, count in window["failures"].items():
+            failures[kind] = failures.get(kind, 0) + count
+    return {
+        "requests": sum(window["requests"] for window in windows),  # with each connection's first
         "per_s": len(ordered) / duration,
         "p50_ms": _percentile(ordered, 0.50) * 1000,
         "p99_ms": _percentile(ordered, 0.99) * 1000,
@@ -291,25 +310,55 @@ def measure(
     }
 
 
-async def pg_transactions(url: str) -> int:
-    """Transactions PostgreSQL counted in the database so far (an autocommit statement is one)."""
+@dataclass(frozen=True)
+class Counters:
+    transactions: int  # committed and rolled back in the benchmark's database
+    server_cpu: float  # seconds of CPU the server process used so far
+    database_cpu: dict[int, float]  # the same for each PostgreSQL backend of the database
+
+
+async def counters(url: str, server_pid: int) -> Counters:
+    """Transactions PostgreSQL counted in the database so far (an autocommit statement is one),
+    and the CPU time of the server and of the database's backends (other databases' are not)."""
     connection = await asyncpg.connect(url.replace("postgresql+asyncpg://", "postgresql://"))
     try:
         count = await connection.fetchval(
             "SELECT xact_commit + xact_rollback FROM pg_stat_database WHERE datname = current_database()"
         )
+        backends = await connection.fetch(
+            "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
     finally:
         await connection.close()
-    return int(count)
+    return Counters(
+        int(count), _cpu_seconds(server_pid), {row["pid"]: _cpu_seconds(row["pid"]) for row in backends}
+    )
 
 
-async def per_request(url: str, step: Any) -> tuple[dict[str, Any], float]:
-    """Runs a measured step; also returns how many PostgreSQL transactions each request cost."""
-    before = await pg_transactions(url)
+def _cpu_seconds(pid: int) -> float:
+    """User and system CPU time of a process (all its threads), from /proc."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def per_request(url: str, server_pid: int, step: Any) -> tuple[dict[str, Any], dict[str, float]]:
+    """Runs a measured step; also returns what each request cost: PostgreSQL transactions, and
+    milliseconds of CPU in the server and in PostgreSQL — costs that, unlike rates, hardly depend
+    on what else the machine is doing."""
+    before = await counters(url, server_pid)
     result = await asyncio.to_thread(step)
     await asyncio.sleep(1.5)  # backends publish their counters at most once a second
-    after = await pg_transactions(url)
-    return result, (after - before - 1) / max(1, result["requests"])
+    after = await counters(url, server_pid)
+    requests = max(1, result["requests"])
+    database_cpu = sum(cpu - before.database_cpu.get(pid, 0.0) for pid, cpu in after.database_cpu.items())
+    return result, {
+        "pg_transactions": (after.transactions - before.transactions - 1) / requests,
+        "server_cpu_ms": (after.server_cpu - before.server_cpu) * 1000 / requests,
+        "pg_cpu_ms": database_cpu * 1000 / requests,
+    }
 
 
 async def certify(database: Database, pki_dir: Path, out_dir: Path, devices: list[str]) -> list[Credential]:
@@ -406,21 +455,41 @@ async def _run(args: argparse.Namespace) -> dict[str, Any]:
                             "port": port,
                             "ca": ca,
                             "processes": args.processes,
-                            "duration": args.duration,
                         }
                         # Connection i is device i; the others checked in at warm-up only.
                         connected = credentials[:concurrency]
-                        profile = (server.process.pid, args.profile) if args.profile else None
-                        checkins, checkin_transactions = await per_request(
-                            url,
-                            lambda: measure(
-                                pool, credentials=connected, path=CHECKIN_PATH, profile=profile, **common
-                            ),
-                        )
+                        window = args.duration / args.rounds
+                        checkin_windows: list[dict[str, Any]] = []
+                        noop_windows: list[dict[str, Any]] = []
+                        costs: dict[str, dict[str, float]] = {"checkin": {}, "noop": {}}
+                        # Alternating windows: a change of the machine's load during the run
+                        # falls on both kinds of request alike.
+                        for number in range(args.rounds):
+                            for path, windows, kind in (
+                                (CHECKIN_PATH, checkin_windows, "checkin"),
+                                (NOOP_PATH, noop_windows, "noop"),
+                            ):
+                                profile = (
+                                    (server.process.pid, f"{args.profile}.{kind}.{number}")
+                                    if args.profile
+                                    else None
+                                )
+                                step = functools.partial(
+                                    measure,
+                                    pool,
+                                    credentials=connected,
+                                    path=path,
+                                    duration=window,
+                                    profile=profile,
+                                    **common,
+                                )
+                                result, cost = await per_request(url, server.process.pid, step)
+                                windows.append(result)
+                                for name, value in cost.items():
+                                    costs[kind][name] = costs[kind].get(name, 0.0) + value / args.rounds
+                        checkins = summarize(checkin_windows, args.duration)
                         print(f"check-ins: {checkins}", file=sys.stderr)
-                        noop, noop_transactions = await per_request(
-                            url, lambda: measure(pool, credentials=connected, path=NOOP_PATH, **common)
-                        )
+                        noop = summarize(noop_windows, args.duration)
                         print(f"no-op: {noop}", file=sys.stderr)
                 finally:
                     server.stop()
@@ -434,6 +503,7 @@ async def _run(args: argparse.Namespace) -> dict[str, Any]:
         "concurrency": concurrency,
         "processes": args.processes,
         "duration_s": args.duration,
+        "rounds": args.rounds,
         "checkins_per_s": round(checkins["per_s"], 1),
         "p50_ms": round(checkins["p50_ms"], 2),
         "p99_ms": round(checkins["p99_ms"], 2),
@@ -442,9 +512,16 @@ async def _run(args: argparse.Namespace) -> dict[str, Any]:
         "noop_p99_ms": round(noop["p99_ms"], 2),
         "ratio": round(checkins["per_s"] / noop["per_s"], 3) if noop["per_s"] else None,
         "errors": checkins["errors"] + noop["errors"] + len(warm_errors),
-        "pg_transactions_per_checkin": round(checkin_transactions, 2),
-        "pg_transactions_per_noop": round(noop_transactions, 2),
+        **{f"{name}_per_{kind}": round(value, 3) for kind in costs for name, value in costs[kind].items()},
+        # What a no-op costs over what a check-in costs, in CPU of the server and PostgreSQL.
+        "cpu_ratio": round(_cpu(costs["noop"]) / _cpu(costs["checkin"]), 3)
+        if _cpu(costs["checkin"])
+        else None,
     }
+
+
+def _cpu(cost: dict[str, float]) -> float:
+    return cost.get("server_cpu_ms", 0.0) + cost.get("pg_cpu_ms", 0.0)
 
 
 def main() -> None:
@@ -455,10 +532,17 @@ def main() -> None:
     parser.add_argument("--certified", type=int, default=1000, help="devices given a certificate")
     parser.add_argument("--processes", type=int, default=2, help="load generator processes")
     parser.add_argument(
-        "--profile", help="write py-spy's collapsed stacks of the server during the check-ins here"
+        "--rounds",
+        type=int,
+        default=4,
+        help="alternate check-in and no-op windows this many times (each --duration/--rounds s)",
+    )
+    parser.add_argument(
+        "--profile",
+        help="py-spy's collapsed stacks of the server, one file per window: PATH.checkin.N, PATH.noop.N",
     )
     args = parser.parse_args()
-    for name in ("devices", "concurrency", "certified", "processes"):
+    for name in ("devices", "concurrency", "certified", "processes", "rounds"):
         if getattr(args, name) < 1:
             parser.error(f"--{name} must be at least 1")
     if not 0 < args.duration <= 600:
