@@ -60,7 +60,7 @@ def test_ids_are_prefixed_unique_and_time_ordered() -> None:
 
 async def test_reads_survive_connections_the_database_closed(database: Database) -> None:
     """The read pool has no per-checkout probe: a connection the server closed (a restart) is
-    dropped and replaced by `read()`'s own probe or by `read_row`'s one retry."""
+    dropped and replaced by `read()`'s own probe, `read_row`'s one retry or `write_one`'s."""
     probe = select(text("1"))
     assert (await database.read_row(probe, {})) == (1,)
     async with database.read() as session:
@@ -86,3 +86,16 @@ async def test_reads_survive_connections_the_database_closed(database: Database)
     await asyncio.sleep(0.2)
     async with database.read() as session:
         assert (await session.execute(probe)).scalar() == 1
+    async with database.transaction() as session:
+        await session.execute(text("CREATE TABLE IF NOT EXISTS seen_probe (n INTEGER)"))
+        await session.execute(text("DELETE FROM seen_probe"))
+        await session.execute(
+            text(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+        )
+    await asyncio.sleep(0.2)
+    await database.write_one(text("INSERT INTO seen_probe VALUES (7)"), {}, idempotent=True)
+    async with database.session() as session:
+        assert (await session.execute(text("SELECT n FROM seen_probe"))).scalars().all() == [7]
