@@ -346,7 +346,7 @@ def _cpu_seconds(pid: int) -> float:
 
 async def per_request(url: str, server_pid: int, step: Any) -> tuple[dict[str, Any], dict[str, float]]:
     """Runs a measured step; also returns what each request cost: PostgreSQL transactions, and
-    milliseconds of CPU in the server and in PostgreSQL — costs that, unlike rates, hardly depend
+    milliseconds of CPU in the server and in PostgreSQL — costs that depend much less than rates
     on what else the machine is doing."""
     before = await counters(url, server_pid)
     result = await asyncio.to_thread(step)
