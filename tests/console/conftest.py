@@ -20,6 +20,9 @@ from playwright.sync_api import Browser, BrowserContext, Page, expect, sync_play
 from tests.conftest import ADMIN_PASSWORD, RunningServer, start_server
 
 CHROMIUM = os.environ.get("FLEETKEEPER_CHROMIUM", "/usr/bin/chromium")
+# A sign-in hashes a password with argon2: on a busy 2-core machine it takes seconds, not the
+# 5 s Playwright waits by default.
+expect.set_options(timeout=20_000)
 SCREENSHOTS = Path(__file__).resolve().parents[2] / "test-results" / "screenshots"
 
 
