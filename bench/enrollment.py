@@ -227,7 +227,7 @@ async def _measure(args: argparse.Namespace, server: RunningServer, url: str) ->
             expires_in=timedelta(hours=1),
             max_uses=args.devices,
             auto_accept=True,
-            group=None,
+            group_name=None,
         )
     finally:
         await database.dispose()
