@@ -43,6 +43,7 @@ import asyncpg
 from sqlalchemy import insert, update
 
 from fleetkeeper.audit.chain import GENESIS_HASH, canonical_json, format_time, record_hash
+from fleetkeeper.audit.export import FIELDS
 from fleetkeeper.audit.models import AuditHead, AuditRecord
 from fleetkeeper.audit.verification import read_chain, verify
 from fleetkeeper.core.db import Database
@@ -54,22 +55,6 @@ POSTGRES_URL = os.environ.get(
 TARGET_S_PER_MILLION = 5.0
 CHUNK = 20_000
 HASH_SAMPLE = 200_000  # records whose bytes the hash reference keeps in memory (scaled to N)
-FIELDS = (
-    "seq",
-    "id",
-    "occurred_at",
-    "actor_kind",
-    "actor_id",
-    "actor_name",
-    "actor_address",
-    "action",
-    "object_type",
-    "object_id",
-    "outcome",
-    "details",
-    "prev_hash",
-    "hash",
-)
 _ACTIONS = (
     ("device", "device.enrollment_requested"),
     ("device", "device.certificate_issued"),

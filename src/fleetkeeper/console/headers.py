@@ -31,27 +31,36 @@ HEADERS = [
 ]
 
 
-class SecurityHeaders:
+class ResponseStartHook:
+    """An ASGI middleware that may amend the status line's headers of each HTTP response."""
+
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
+
+    async def amend(self, scope: Scope, headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+        raise NotImplementedError
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
 
-        async def with_headers(message: Message) -> None:
+        async def amended(message: Message) -> None:
             if message["type"] == "http.response.start":
-                present = {name for name, _ in message.get("headers", [])}
-                if b"cache-control" not in present:
-                    # Pages carry the user's data and, once, secrets (one-time passwords, token
-                    # secrets, recovery codes): no cache keeps them. Static files set their own.
-                    message["headers"] = [*message.get("headers", []), (b"cache-control", b"no-store")]
-                message["headers"] = list(message.get("headers", [])) + [
-                    header for header in HEADERS if header[0] not in present
-                ]
-                if scope.get("scheme") == "https":
-                    message["headers"].append((b"strict-transport-security", b"max-age=31536000"))
+                message["headers"] = await self.amend(scope, list(message.get("headers", [])))
             await send(message)
 
-        await self.app(scope, receive, with_headers)
+        await self.app(scope, receive, amended)
+
+
+class SecurityHeaders(ResponseStartHook):
+    async def amend(self, scope: Scope, headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+        present = {name for name, _ in headers}
+        if b"cache-control" not in present:
+            # Pages carry the user's data and, once, secrets (one-time passwords, token secrets,
+            # recovery codes): no cache keeps them. Static files set their own.
+            headers.append((b"cache-control", b"no-store"))
+        headers += [header for header in HEADERS if header[0] not in present]
+        if scope.get("scheme") == "https":
+            headers.append((b"strict-transport-security", b"max-age=31536000"))
+        return headers

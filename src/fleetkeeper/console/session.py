@@ -18,13 +18,14 @@ from urllib.parse import quote
 from fastapi import Depends
 from starlette.requests import HTTPConnection, Request
 from starlette.responses import Response
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import Scope
 
 from fleetkeeper.access.auth import client_address, principal_from_claims
 from fleetkeeper.access.permissions import Permission
 from fleetkeeper.access.principal import Principal
 from fleetkeeper.access.signin import TokenPair
 from fleetkeeper.access.tokens import CONSOLE_AUDIENCE, CONSOLE_TOKEN_TTL, AccessClaims
+from fleetkeeper.console.headers import ResponseStartHook
 from fleetkeeper.core.errors import ForbiddenError, ProblemError, UnauthenticatedError
 from fleetkeeper.core.routeaccess import AccessRule, mark
 from fleetkeeper.core.runtime import runtime_of
@@ -187,33 +188,20 @@ async def _renewed_token(connection: HTTPConnection) -> str | None:
     return token
 
 
-class SessionRenewal:
+class SessionRenewal(ResponseStartHook):
     """Renews the console cookie on the responses of a session that is being used, unless the
     response sets or clears the cookie itself (sign-in, sign-out, an account change)."""
 
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-
-        async def renewing(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                headers = list(message.get("headers", []))
-                cookie_name = SESSION_COOKIE.encode() + b"="
-                sets_it = any(
-                    name == b"set-cookie" and value.startswith(cookie_name) for name, value in headers
-                )
-                token = None if sets_it else await _renewed_token(HTTPConnection(scope))
-                if token is not None:
-                    carrier = Response()
-                    set_session_cookie(carrier, HTTPConnection(scope), token)
-                    message["headers"] = headers + [h for h in carrier.raw_headers if h[0] == b"set-cookie"]
-            await send(message)
-
-        await self.app(scope, receive, renewing)
+    async def amend(self, scope: Scope, headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+        cookie_name = SESSION_COOKIE.encode() + b"="
+        if any(name == b"set-cookie" and value.startswith(cookie_name) for name, value in headers):
+            return headers
+        token = await _renewed_token(HTTPConnection(scope))
+        if token is None:
+            return headers
+        carrier = Response()
+        set_session_cookie(carrier, HTTPConnection(scope), token)
+        return headers + [header for header in carrier.raw_headers if header[0] == b"set-cookie"]
 
 
 def _next_path(request: Request) -> str:
