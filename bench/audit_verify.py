@@ -29,7 +29,6 @@ import hashlib
 import json
 import os
 import random
-import secrets
 import statistics
 import subprocess
 import sys
@@ -42,6 +41,7 @@ from typing import Any
 import asyncpg
 from sqlalchemy import insert, update
 
+from bench.fleet import on_fresh_database
 from fleetkeeper.audit.chain import GENESIS_HASH, canonical_json, format_time, record_hash
 from fleetkeeper.audit.export import FIELDS
 from fleetkeeper.audit.models import AuditHead, AuditRecord
@@ -49,9 +49,6 @@ from fleetkeeper.audit.verification import read_chain, verify
 from fleetkeeper.core.db import Database
 from fleetkeeper.core.migrations import upgrade
 
-POSTGRES_URL = os.environ.get(
-    "FLEETKEEPER_BENCH_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
-)
 TARGET_S_PER_MILLION = 5.0
 CHUNK = 20_000
 HASH_SAMPLE = 200_000  # records whose bytes the hash reference keeps in memory (scaled to N)
@@ -235,25 +232,6 @@ async def _run(url: str, backend: str, args: argparse.Namespace) -> dict[str, An
     }
 
 
-async def _create_postgres_database() -> tuple[str, str]:
-    name = f"fk_bench_{secrets.token_hex(6)}"
-    connection = await asyncpg.connect(POSTGRES_URL)
-    try:
-        await connection.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await connection.close()
-    server = POSTGRES_URL.split("://", 1)[1].rsplit("/", 1)[0]
-    return name, f"postgresql+asyncpg://{server}/{name}"
-
-
-async def _drop_postgres_database(name: str) -> None:
-    connection = await asyncpg.connect(POSTGRES_URL)
-    try:
-        await connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await connection.close()
-
-
 def bench(backend: str, args: argparse.Namespace) -> dict[str, Any]:
     # Migrations run their own event loop, so each step gets its own asyncio.run.
     if backend == "sqlite":
@@ -261,12 +239,7 @@ def bench(backend: str, args: argparse.Namespace) -> dict[str, Any]:
             url = f"sqlite+aiosqlite:///{directory}/fleetkeeper.db"
             upgrade(url)
             return asyncio.run(_run(url, backend, args))
-    name, url = asyncio.run(_create_postgres_database())
-    try:
-        upgrade(url)
-        return asyncio.run(_run(url, backend, args))
-    finally:
-        asyncio.run(_drop_postgres_database(name))
+    return on_fresh_database(lambda url: _run(url, backend, args))
 
 
 def main() -> None:

@@ -14,9 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import random
-import secrets
 import statistics
 import sys
 import tempfile
@@ -26,10 +24,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import asyncpg
 from sqlalchemy import ColumnElement, func, insert, select, text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from bench.fleet import on_fresh_database
 from fleetkeeper.core.db import Database
 from fleetkeeper.core.migrations import upgrade
 from fleetkeeper.devices.filters import compile_filter
@@ -37,9 +35,6 @@ from fleetkeeper.devices.models import Device, DeviceAttribute
 
 FILTER = 'device_type == "rpi4" and os.version < "12" and tag.site == "plant-3"'
 REFERENCE = 'device_type == "rpi4"'
-POSTGRES_URL = os.environ.get(
-    "FLEETKEEPER_BENCH_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
-)
 
 DEVICE_TYPES = ("rpi4", "rpi3", "jetson", "x86")
 OS_VERSIONS = ("10", "11", "12", "13")
@@ -193,25 +188,6 @@ async def _run(url: str, backend: str, count: int, runs: int, seed: int, explain
     }
 
 
-async def _create_postgres_database() -> tuple[str, str]:
-    name = f"fk_bench_{secrets.token_hex(6)}"
-    connection = await asyncpg.connect(POSTGRES_URL)
-    try:
-        await connection.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await connection.close()
-    server = POSTGRES_URL.split("://", 1)[1].rsplit("/", 1)[0]
-    return name, f"postgresql+asyncpg://{server}/{name}"
-
-
-async def _drop_postgres_database(name: str) -> None:
-    connection = await asyncpg.connect(POSTGRES_URL)
-    try:
-        await connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await connection.close()
-
-
 def bench(backend: str, count: int, runs: int, seed: int, explain: bool) -> dict[str, Any]:
     # Migrations run their own event loop, so each step gets its own asyncio.run.
     if backend == "sqlite":
@@ -219,12 +195,7 @@ def bench(backend: str, count: int, runs: int, seed: int, explain: bool) -> dict
             url = f"sqlite+aiosqlite:///{directory}/fleetkeeper.db"
             upgrade(url)
             return asyncio.run(_run(url, backend, count, runs, seed, explain))
-    name, url = asyncio.run(_create_postgres_database())
-    try:
-        upgrade(url)
-        return asyncio.run(_run(url, backend, count, runs, seed, explain))
-    finally:
-        asyncio.run(_drop_postgres_database(name))
+    return on_fresh_database(lambda url: _run(url, backend, count, runs, seed, explain))
 
 
 def main() -> None:

@@ -10,9 +10,10 @@ from __future__ import annotations
 import asyncio
 import os
 import secrets
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
+from typing import TypeVar
 
 import asyncpg
 from sqlalchemy import insert, text
@@ -21,6 +22,8 @@ from fleetkeeper.core.db import Database, utcnow
 from fleetkeeper.core.migrations import upgrade
 from fleetkeeper.devices.models import Device, DeviceGroup
 from fleetkeeper.releases.models import Release
+
+T = TypeVar("T")
 
 POSTGRES_URL = os.environ.get(
     "FLEETKEEPER_BENCH_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -48,6 +51,16 @@ async def fresh_database() -> AsyncIterator[str]:
     finally:
         await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         await admin.close()
+
+
+def on_fresh_database(measure: Callable[[str], Awaitable[T]]) -> T:
+    """`measure(url)` on a new migrated database (dropped after), in an event loop of its own."""
+
+    async def run() -> T:
+        async with fresh_database() as url:
+            return await measure(url)
+
+    return asyncio.run(run())
 
 
 async def fill(database: Database, count: int) -> None:
