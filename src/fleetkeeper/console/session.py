@@ -82,7 +82,7 @@ async def issue_console_token(connection: HTTPConnection, pair: TokenPair, user_
     token, _ = await keyring.issue_access_token(
         user_id,
         pair.session_id,
-        pair.pending,
+        (),  # pending actions are read afresh on every request (current_principal)
         audience=CONSOLE_AUDIENCE,
         ttl=CONSOLE_TOKEN_TTL,
         csrf=secrets.token_urlsafe(24),
@@ -180,7 +180,7 @@ async def _renewed_token(connection: HTTPConnection) -> str | None:
     token, _ = await keyring.issue_access_token(
         claims.user_id,
         claims.session_id,
-        claims.pending,
+        (),
         audience=CONSOLE_AUDIENCE,
         ttl=CONSOLE_TOKEN_TTL,
         csrf=claims.csrf,
@@ -236,25 +236,3 @@ def page(*permissions: Permission, allow_pending: bool = False) -> Any:
     kind: Literal["permission", "authenticated"] = "permission" if permissions else "authenticated"
     rule = AccessRule(kind, tuple(permission.value for permission in permissions), allow_pending)
     return Depends(mark(rule, _page_dependency(permissions, allow_pending)))
-
-
-async def reissue_after_account_change(request: Request, response: Response) -> None:
-    """A new console token whose pending actions are read afresh (after a password change or
-    2FA enrolment finished one)."""
-    from fleetkeeper.access.service import get_user, pending_actions
-
-    claims: AccessClaims | None = getattr(request.state, "console_claims", None)
-    if claims is None:
-        return
-    runtime = runtime_of(request)
-    async with runtime.database.session() as session:
-        pending = await pending_actions(session, await get_user(session, claims.user_id))
-    token, _ = await runtime.keyring.issue_access_token(
-        claims.user_id,
-        claims.session_id,
-        pending,
-        audience=CONSOLE_AUDIENCE,
-        ttl=CONSOLE_TOKEN_TTL,
-        csrf=claims.csrf,
-    )
-    set_session_cookie(response, request, token)

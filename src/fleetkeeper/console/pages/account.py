@@ -3,6 +3,7 @@ required 2FA enrolment), and My account (password, two-factor sign-in, API token
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import timedelta
 from typing import Annotated
 
@@ -15,7 +16,7 @@ from fleetkeeper.access.principal import Principal
 from fleetkeeper.access.service import change_own_password, get_user, user_role_names
 from fleetkeeper.console.forms import field, grants_from_form, scope_text
 from fleetkeeper.console.render import render
-from fleetkeeper.console.session import clear_session_cookie, page, reissue_after_account_change
+from fleetkeeper.console.session import clear_session_cookie, page
 from fleetkeeper.core.errors import ProblemError
 from fleetkeeper.core.runtime import runtime_of
 
@@ -61,32 +62,42 @@ async def setup_password(
             error=error,
             status=422,
         )
-    response = RedirectResponse("/account/setup", status_code=303)
-    await reissue_after_account_change(request, response)
-    return response
+    return RedirectResponse("/account/setup", status_code=303)
 
 
 @router.post("/account/setup/2fa")
 async def setup_second_factor(
     request: Request, principal: SetupUser, code: Annotated[str, Form(max_length=16)]
 ) -> Response:
-    database = runtime_of(request).database
-    try:
-        recovery_codes = await twofactor.confirm_enrollment(database, principal, code.strip())
-    except ProblemError as exc:
-        enrollment = await twofactor.start_enrollment(database, principal)
+    def retry(enrollment: twofactor.Enrollment, error: str) -> Response:
         return render(
             request,
             "account_setup.html",
             principal,
             step="enroll_2fa",
             enrollment=enrollment,
-            error=exc.detail or exc.code,
+            error=error,
             status=422,
         )
-    response = render(request, "recovery_codes.html", principal, recovery_codes=recovery_codes)
-    await reissue_after_account_change(request, response)
-    return response
+
+    return await _confirm_second_factor(request, principal, code, retry, back="/")
+
+
+async def _confirm_second_factor(
+    request: Request,
+    principal: Principal,
+    code: str,
+    retry: Callable[[twofactor.Enrollment, str], Response],
+    *,
+    back: str,
+) -> Response:
+    """Turns 2FA on and shows the recovery codes once; a wrong code shows a new key to try again."""
+    database = runtime_of(request).database
+    try:
+        recovery_codes = await twofactor.confirm_enrollment(database, principal, code.strip())
+    except ProblemError as exc:
+        return retry(await twofactor.start_enrollment(database, principal), exc.detail or exc.code)
+    return render(request, "recovery_codes.html", principal, recovery_codes=recovery_codes, back=back)
 
 
 # --- My account -------------------------------------------------------------------------------
@@ -164,16 +175,12 @@ async def start_two_factor(request: Request, principal: Me) -> Response:
 async def confirm_two_factor(
     request: Request, principal: Me, code: Annotated[str, Form(max_length=16)]
 ) -> Response:
-    database = runtime_of(request).database
-    try:
-        recovery_codes = await twofactor.confirm_enrollment(database, principal, code.strip())
-    except ProblemError as exc:
-        enrollment = await twofactor.start_enrollment(database, principal)
-        error = exc.detail or exc.code
+    def retry(enrollment: twofactor.Enrollment, error: str) -> Response:
         return render(
             request, "account/enroll.html", principal, enrollment=enrollment, error=error, status=422
         )
-    return render(request, "recovery_codes.html", principal, recovery_codes=recovery_codes, back="/account")
+
+    return await _confirm_second_factor(request, principal, code, retry, back="/account")
 
 
 @router.post("/account/2fa/disable")
