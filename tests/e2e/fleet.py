@@ -10,7 +10,8 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,7 @@ from fleetkeeper.releases.artifact import create_artifact
 from fleetkeeper.releases.keys import init_keys
 from fleetkeeper.releases.signing import sign_release
 from fleetkeeper.releases.trust import build_initial_trust, online_keys_from_json
-from tests.conftest import Api, RunningServer
+from tests.conftest import Api, RunningServer, start_server
 from tests.releases.support import in_days, upload
 
 
@@ -281,3 +282,20 @@ class Fleet:
 
 def management_client(server: RunningServer) -> httpx2.AsyncClient:
     return httpx2.AsyncClient(base_url=server.management_url, timeout=30)
+
+
+@asynccontextmanager
+async def running_fleet(workdir: Path, env: dict[str, str] | None = None) -> AsyncIterator[Fleet]:
+    """A server (SQLite) in `workdir/server` with trust installed; its agents and it stop after."""
+    server = start_server(workdir / "server", timeout=120, env=env)
+    try:
+        async with management_client(server) as client:
+            assert server.admin_password
+            fleet = Fleet(server, workdir, Api(client, None, server.admin_password))  # type: ignore[arg-type]
+            await fleet.setup()
+            try:
+                yield fleet
+            finally:
+                fleet.stop()
+    finally:
+        server.stop()

@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import Api, RunningServer, start_server
-from tests.e2e.fleet import Fleet, management_client
+from tests.conftest import RunningServer
+from tests.e2e.fleet import Fleet, running_fleet
 
 
 def sim_command(server: RunningServer, state_dir: Path, *args: str) -> list[str]:
@@ -68,16 +68,8 @@ async def enrollment_token(fleet: Fleet, group: str | None = None) -> str:
 
 @pytest.fixture
 async def sim_fleet(tmp_path: Path) -> AsyncIterator[Fleet]:
-    server = start_server(tmp_path / "server", timeout=120)
-    try:
-        async with management_client(server) as client:
-            assert server.admin_password
-            api = Api(client, None, server.admin_password)  # type: ignore[arg-type]
-            fleet = Fleet(server, tmp_path, api)
-            await fleet.setup()
-            yield fleet
-    finally:
-        server.stop()
+    async with running_fleet(tmp_path) as fleet:
+        yield fleet
 
 
 @pytest.fixture(autouse=True)
