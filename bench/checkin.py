@@ -51,6 +51,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import asyncpg
+import uvloop
 from tests.conftest import start_server
 
 from bench.fleet import GROUP_NAME, RELEASE, RELEASE_TARGET_PATH, analyze, device_id, fill, fresh_database
@@ -94,35 +95,72 @@ class WorkerJob:
 # --- HTTP/1.1 over one keep-alive mTLS connection -----------------------------------------------
 
 
-class Connection:
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.reader = reader
-        self.writer = writer
+class Connection(asyncio.Protocol):
+    """A keep-alive HTTP/1.1 client of one request at a time, as an asyncio protocol on uvloop:
+    the load generator shares the server's two cores, so each request must cost it little."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.buffer = bytearray()
+        self.answer: asyncio.Future[tuple[int, bytes]] | None = None
 
     @classmethod
     async def open(cls, host: str, port: int, context: ssl.SSLContext) -> Connection:
-        reader, writer = await asyncio.open_connection(host, port, ssl=context, server_hostname="localhost")
-        return cls(reader, writer)
+        loop = asyncio.get_running_loop()
+        _, connection = await loop.create_connection(cls, host, port, ssl=context, server_hostname="localhost")
+        return connection
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]  # uvloop's TLS transport
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        answer = self.answer
+        if answer is None or answer.done():
+            return
+        end = self.buffer.find(b"\r\n\r\n")
+        if end < 0:
+            return
+        try:
+            status, length = _head(bytes(self.buffer[:end]))
+        except (ValueError, RuntimeError) as error:
+            answer.set_exception(error)
+            return
+        if len(self.buffer) < end + 4 + length:
+            return
+        body = bytes(self.buffer[end + 4 : end + 4 + length])
+        del self.buffer[: end + 4 + length]
+        answer.set_result((status, body))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.answer is not None and not self.answer.done():
+            self.answer.set_exception(ConnectionResetError("the server closed the connection"))
 
     async def get(self, path: str) -> tuple[int, bytes]:
-        self.writer.write(f"GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n".encode())
-        head = await self.reader.readuntil(b"\r\n\r\n")
-        lines = head.split(b"\r\n")
-        status = int(lines[0].split(b" ", 2)[1])
-        length = 0
-        for line in lines[1:]:
-            name, _, value = line.partition(b":")
-            if name.strip().lower() == b"content-length":
-                length = int(value)
-            elif name.strip().lower() == b"transfer-encoding":
-                raise RuntimeError("chunked answers are not expected here")
-        body = await self.reader.readexactly(length) if length else b""
-        return status, body
+        assert self.transport is not None
+        if self.transport.is_closing():
+            raise ConnectionResetError("the connection is closed")
+        self.answer = asyncio.get_running_loop().create_future()
+        self.transport.write(f"GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n".encode())
+        return await self.answer
 
     async def close(self) -> None:
-        self.writer.close()
-        with contextlib.suppress(OSError, ssl.SSLError):
-            await self.writer.wait_closed()
+        if self.transport is not None:
+            self.transport.close()
+
+
+def _head(head: bytes) -> tuple[int, int]:
+    """The status and Content-Length of an answer's head."""
+    lines = head.split(b"\r\n")
+    status = int(lines[0].split(b" ", 2)[1])
+    length = 0
+    for line in lines[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            length = int(value)
+        elif name.strip().lower() == b"transfer-encoding":
+            raise RuntimeError("chunked answers are not expected here")
+    return status, length
 
 
 def _context(ca: str, credential: Credential) -> ssl.SSLContext:
@@ -154,7 +192,7 @@ def _names_device(body: bytes, device: str) -> bool:
 
 
 def warm_up(job: WorkerJob) -> dict[str, Any]:
-    return asyncio.run(_warm_up(job))
+    return uvloop.run(_warm_up(job))
 
 
 async def _warm_up(job: WorkerJob) -> dict[str, Any]:
@@ -184,7 +222,7 @@ async def _warm_up(job: WorkerJob) -> dict[str, Any]:
 
 
 def drive(job: WorkerJob) -> dict[str, Any]:
-    return asyncio.run(_drive(job))
+    return uvloop.run(_drive(job))
 
 
 async def _drive(job: WorkerJob) -> dict[str, Any]:
@@ -215,13 +253,22 @@ async def _drive(job: WorkerJob) -> dict[str, Any]:
                     fail(f"status {status}")
                 elif body != expected:
                     fail("unexpected body")
-        except (OSError, ssl.SSLError, asyncio.IncompleteReadError, ValueError) as error:
+        except (OSError, ssl.SSLError, ValueError, RuntimeError) as error:
             fail(type(error).__name__)
         finally:
             await connection.close()
 
-    await asyncio.gather(*(run(credential) for credential in job.credentials))
-    return {"latencies": latencies, "failures": failures}
+    window_cpu: list[float] = []
+
+    async def clock() -> None:
+        """The load generator's own CPU time over the window (it shares the server's cores)."""
+        await asyncio.sleep(max(0.0, job.start_at - time.time()))
+        window_cpu.append(time.process_time())
+        await asyncio.sleep(max(0.0, end_at - time.time()))
+        window_cpu.append(time.process_time())
+
+    await asyncio.gather(clock(), *(run(credential) for credential in job.credentials))
+    return {"latencies": latencies, "failures": failures, "cpu_s": window_cpu[1] - window_cpu[0]}
 
 
 # --- the run ------------------------------------------------------------------------------------
@@ -289,6 +336,7 @@ def measure(
         "latencies": [latency for result in results for latency in result["latencies"]],
         "failures": failures,
         "requests": sum(len(result["latencies"]) for result in results) + len(credentials),
+        "load_generator_cpu_s": sum(result["cpu_s"] for result in results),
     }
 
 
@@ -358,6 +406,7 @@ async def per_request(url: str, server_pid: int, step: Any) -> tuple[dict[str, A
         "pg_transactions": (after.transactions - before.transactions - 1) / requests,
         "server_cpu_ms": (after.server_cpu - before.server_cpu) * 1000 / requests,
         "pg_cpu_ms": database_cpu * 1000 / requests,
+        "load_generator_cpu_ms": result["load_generator_cpu_s"] * 1000 / requests,
     }
 
 

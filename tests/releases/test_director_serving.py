@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import event, update
@@ -14,6 +15,7 @@ from sqlalchemy.engine import Engine
 from tuf.api.metadata import Metadata
 
 from fleetkeeper.core.db import utcnow
+from fleetkeeper.core.direct import DirectStatements
 from fleetkeeper.core.ids import new_id
 from fleetkeeper.devices.models import Device
 from fleetkeeper.releases import service
@@ -149,17 +151,30 @@ async def test_the_background_job_re_signs_before_expiry(
 
 @contextmanager
 def statements_run() -> Iterator[list[str]]:
-    """The SQL statements every engine runs meanwhile (the check-in's read pool included)."""
+    """The SQL statements every engine runs meanwhile, and the hot path's direct ones."""
     seen: list[str] = []
 
     def record(conn: object, cursor: object, statement: str, *args: object) -> None:
         seen.append(statement.lstrip().split(None, 1)[0].upper())
 
+    def recording(method: Any) -> Any:
+        async def run(self: DirectStatements, statement: Any, *args: Any, **kwargs: Any) -> Any:
+            record(None, None, self.compiled(statement).sql)
+            return await method(self, statement, *args, **kwargs)
+
+        return run
+
     event.listen(Engine, "before_cursor_execute", record)
+    # The hot path's statements that bypass SQLAlchemy's engine (core/direct.py).
+    direct_methods = {"fetch_row": DirectStatements.fetch_row, "execute": DirectStatements.execute}
+    for name, method in direct_methods.items():
+        setattr(DirectStatements, name, recording(method))
     try:
         yield seen
     finally:
         event.remove(Engine, "before_cursor_execute", record)
+        for name, method in direct_methods.items():
+            setattr(DirectStatements, name, method)
 
 
 async def test_an_unchanged_check_in_is_one_read_and_no_write(api: Api, tmp_path: Path) -> None:

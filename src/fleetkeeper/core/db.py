@@ -7,12 +7,14 @@ from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import DateTime, Executable, MetaData, Row, event, text
+from sqlalchemy import DateTime, Executable, MetaData, event, text
 from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.orm import DeclarativeBase
 from sqlalchemy.types import TypeDecorator
+
+from fleetkeeper.core.direct import DirectStatements
 
 NAMING_CONVENTION = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
@@ -48,6 +50,11 @@ class UTCDateTime(TypeDecorator[datetime]):
 
 _LIVENESS = text("SELECT 1")
 READ_POOL_SIZE = 20
+DIRECT_POOL_SIZE = 10  # each holds a connection for one round trip
+# Generic plans: PostgreSQL otherwise kept planning the check-in statement anew at each run (0.6 ms
+# of planning for 0.1 ms of execution). Every statement on the read pools is a lookup (or
+# write_one's update) by key, whose best plan does not depend on the values.
+READ_SERVER_SETTINGS = {"plan_cache_mode": "force_generic_plan"}
 
 
 def utcnow() -> datetime:
@@ -93,6 +100,7 @@ class Database:
         self.sessionmaker = async_sessionmaker(self.engine, expire_on_commit=False)
         self._read_engine: AsyncEngine | None = None
         self._read_sessionmaker: async_sessionmaker[AsyncSession] | None = None
+        self._direct_statements: DirectStatements | None = None
 
     @asynccontextmanager
     async def session(self) -> AsyncIterator[AsyncSession]:
@@ -129,65 +137,50 @@ class Database:
                 await session.close()  # the dead connection goes; the next statement takes another
             yield session
 
-    async def read_row(self, statement: Executable, parameters: dict[str, Any]) -> Row[Any] | None:
+    async def read_row(self, statement: Executable, parameters: dict[str, Any]) -> tuple[Any, ...] | None:
         """The first row of one read-only statement: a hot path's whole read in one round trip.
 
-        On PostgreSQL a connection of `read()`'s pool without any liveness check: a connection
-        found dead (the database restarted) is dropped and the statement runs once more, which is
-        safe because it only reads."""
+        On PostgreSQL the statement is compiled once and run on asyncpg directly (`direct`), with
+        no liveness check: a connection found dead (the database restarted) is dropped and the
+        statement runs once more, which is safe because it only reads. `statement` must be built
+        once (a module constant or a cached function's result), not anew per call."""
         if not self.url.startswith("postgresql"):
             async with self.session() as session:
-                return (await session.execute(statement, parameters)).first()
-        self._readers()
-        engine = self._read_engine
-        assert engine is not None
-        try:
-            async with engine.connect() as connection:
-                return (await connection.execute(statement, parameters)).first()
-        except DBAPIError as error:
-            if not error.connection_invalidated:
-                raise
-        async with engine.connect() as connection:
-            return (await connection.execute(statement, parameters)).first()
+                row = (await session.execute(statement, parameters)).first()
+            return tuple(row) if row is not None else None
+        return await self._direct().fetch_row(statement, parameters)
 
     async def write_one(self, statement: Executable, parameters: dict[str, Any], *, idempotent: bool) -> None:
         """One write statement that stands alone (nothing read before decides it), committed by
-        itself: on PostgreSQL one round trip on the read pool's autocommit connections instead of
+        itself: on PostgreSQL one round trip on `read_row`'s autocommit connections instead of
         a checkout probe, BEGIN, the statement and COMMIT; on SQLite a write transaction. An
         `idempotent` statement is sent once more when the connection was found dead."""
         if not self.url.startswith("postgresql"):
             async with self.transaction() as session:
                 await session.execute(statement, parameters)
             return
-        self._readers()
-        engine = self._read_engine
-        assert engine is not None
-        try:
-            async with engine.connect() as connection:
-                await connection.execute(statement, parameters)
-            return
-        except DBAPIError as error:
-            if not (idempotent and error.connection_invalidated):
-                raise
-        async with engine.connect() as connection:
-            await connection.execute(statement, parameters)
+        await self._direct().execute(statement, parameters, idempotent=idempotent)
+
+    def _direct(self) -> DirectStatements:
+        if self._direct_statements is None:
+            self._direct_statements = DirectStatements(
+                self.url, self.engine.dialect, DIRECT_POOL_SIZE, READ_SERVER_SETTINGS
+            )
+        return self._direct_statements
 
     def _readers(self) -> async_sessionmaker[AsyncSession]:
         if self._read_sessionmaker is None:
-            # No pool_pre_ping: read() checks liveness itself, read_row() retries instead. No
-            # overflow either: under more concurrent check-ins than pooled connections, overflow
-            # connections were opened and closed again for single statements (a PostgreSQL backend
-            # started per check-in); requests wait for a pooled connection instead, which each
-            # holds for one round trip. Nothing holds one read() session while asking for another.
-            # Generic plans: PostgreSQL otherwise kept planning the check-in statement anew at each
-            # run (0.6 ms of planning for 0.1 ms of execution). Every statement on this pool is a
-            # lookup (or write_one's update) by key, whose best plan does not depend on the values.
+            # No pool_pre_ping: read() checks liveness itself. No overflow either: under more
+            # concurrent device requests than pooled connections, overflow connections were opened
+            # and closed again for single statements (a PostgreSQL backend started per request);
+            # requests wait for a pooled connection instead. Nothing holds one read() session while
+            # asking for another.
             self._read_engine = create_async_engine(
                 self.url,
                 pool_size=READ_POOL_SIZE,
                 max_overflow=0,
                 isolation_level="AUTOCOMMIT",
-                connect_args={"server_settings": {"plan_cache_mode": "force_generic_plan"}},
+                connect_args={"server_settings": READ_SERVER_SETTINGS},
             )
             self._read_sessionmaker = async_sessionmaker(self._read_engine, expire_on_commit=False)
         return self._read_sessionmaker
@@ -196,3 +189,5 @@ class Database:
         await self.engine.dispose()
         if self._read_engine is not None:
             await self._read_engine.dispose()
+        if self._direct_statements is not None:
+            await self._direct_statements.close()

@@ -3,7 +3,7 @@ device routes use it too."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated, Any, TypeVar
@@ -103,7 +103,7 @@ def serial_parameter(peer: PeerCertificate) -> dict[str, str]:
     return {"serial": _serial(peer)}
 
 
-def identity_of(peer: PeerCertificate, row: Row[Any] | None) -> DeviceIdentity:
+def identity_of(peer: PeerCertificate, row: Sequence[Any] | None) -> DeviceIdentity:
     """The checks of `authenticate` on a row of `identity_query` (None: no such certificate)."""
     nothing: tuple[Any, ...] = (None,) * IDENTITY_COLUMNS
     device_id, status, device_type, last_seen_at, revoked_at = (

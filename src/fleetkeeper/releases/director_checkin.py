@@ -50,7 +50,7 @@ async def unchanged_timestamp(runtime: Runtime, peer: PeerCertificate) -> bytes 
     row = await runtime.database.read_row(_check_in_query(), parameters)
     device = identity_of(peer, row)
     assert row is not None
-    served_target, timestamp, wanted_target, queued, installed = tuple(row)[IDENTITY_COLUMNS:]
+    served_target, timestamp, wanted_target, queued, installed = row[IDENTITY_COLUMNS:]
     if timestamp is None or installed:
         return None
     if served_target != (None if queued else wanted_target):
