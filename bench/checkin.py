@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import functools
 import json
 import os
@@ -107,7 +106,9 @@ class Connection(asyncio.Protocol):
     @classmethod
     async def open(cls, host: str, port: int, context: ssl.SSLContext) -> Connection:
         loop = asyncio.get_running_loop()
-        _, connection = await loop.create_connection(cls, host, port, ssl=context, server_hostname="localhost")
+        _, connection = await loop.create_connection(
+            cls, host, port, ssl=context, server_hostname="localhost"
+        )
         return connection
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:

@@ -33,6 +33,9 @@ DISCONNECTED = (
 )
 
 
+_REQUIRED = object()
+
+
 class CompiledStatement:
     """One statement as PostgreSQL's SQL, its parameters in order and its types' processors."""
 
@@ -43,29 +46,39 @@ class CompiledStatement:
         if any(bind.expanding for bind in compiled.binds.values()):
             raise ValueError("a statement with an expanding IN parameter cannot be compiled once")
         self.sql = compiled.string
-        self._compiled = compiled
-        self._names = list(compiled.positiontup or ())
-        self._bind_processors: dict[str, Callable[[Any], Any]] = {}
-        for name in self._names:
-            processor = compiled.binds[name].type._cached_bind_processor(dialect)
-            if processor is not None:
-                self._bind_processors[name] = processor
+        # Per positional parameter: the key a caller binds it by, the value the statement carries
+        # itself (a literal's), and its type's processor — so that a call only looks values up.
+        self._parameters: list[tuple[str, Any, Callable[[Any], Any] | None]] = []
+        for name in compiled.positiontup or ():
+            bind = compiled.binds[name]
+            processor = bind.type._cached_bind_processor(dialect)
+            self._parameters.append(
+                (bind.key, _REQUIRED if bind.required else bind.effective_value, processor)
+            )
         self._result_processors: list[Callable[[Any], Any] | None] = [
             column.type._cached_result_processor(dialect, None) for column in compiled._result_columns
         ]
 
     def arguments(self, parameters: dict[str, Any]) -> list[Any]:
-        values = self._compiled.construct_params(parameters)
-        processors = self._bind_processors
-        return [
-            processors[name](values[name]) if name in processors else values[name] for name in self._names
-        ]
+        arguments = []
+        for key, carried, processor in self._parameters:
+            value = parameters.get(key, carried)
+            if value is _REQUIRED:
+                raise ValueError(f"the statement's parameter {key!r} was not given")
+            arguments.append(processor(value) if processor is not None else value)
+        return arguments
 
     def row(self, record: asyncpg.Record) -> tuple[Any, ...]:
         return tuple(
             processor(value) if processor is not None else value
             for processor, value in zip(self._result_processors, record, strict=True)
         )
+
+
+async def _keep_session(connection: asyncpg.Connection) -> None:
+    """A connection goes back to the pool as it is: its single statements set no session state,
+    and the default reset (`RESET ALL`, `UNLISTEN *`, … in one more round trip) doubled the
+    statements a check-in sends. asyncpg still rolls back a transaction left open."""
 
 
 class DirectStatements:
@@ -125,6 +138,7 @@ class DirectStatements:
                     min_size=0,
                     max_size=self._pool_size,
                     server_settings=self._server_settings,
+                    reset=_keep_session,
                 )
         return self._pool
 
