@@ -13,7 +13,7 @@ from sqlalchemy import select
 from fleetkeeper.access.models import User
 from fleetkeeper.access.passwords import verify_password
 from fleetkeeper.core.db import Database
-from tests.conftest import RunningServer
+from tests.conftest import RunningServer, start_server
 
 
 def test_healthz_and_readyz(running_server: RunningServer) -> None:
@@ -162,3 +162,34 @@ def test_a_port_in_use_is_a_clear_error_and_the_password_survives(tmp_path: Path
     unknown = run_fleetkeeper("users", "reset-password", "nobody", "--data-dir", data)
     assert unknown.returncode == 1
     assert "user_not_found" in unknown.stderr
+
+
+def _sign_in_statuses(server: RunningServer, forwarded_for: list[str]) -> list[int]:
+    """Failed sign-ins, each under another username and claiming another client address."""
+    return [
+        httpx2.post(
+            f"{server.management_url}/api/v1/auth/sign-in",
+            json={"username": f"nobody-{number}", "password": "guess-guess-guess"},
+            headers={"x-forwarded-for": address},
+        ).status_code
+        for number, address in enumerate(forwarded_for)
+    ]
+
+
+def test_forwarded_addresses_are_believed_only_from_trusted_proxies(tmp_path: Path) -> None:
+    """A local client cannot dodge the per-address sign-in limit by naming another address in
+    X-Forwarded-For; behind a proxy listed in `trusted_proxies`, the forwarded address counts."""
+    addresses = [f"198.51.100.{number}" for number in range(1, 5)]
+    limit = {"FLEETKEEPER_SIGN_IN_LIMIT_PER_ADDRESS": "2/minute"}
+    server = start_server(tmp_path / "direct", env=limit)
+    try:
+        assert _sign_in_statuses(server, addresses) == [401, 401, 429, 429]
+    finally:
+        server.stop()
+    proxied = start_server(
+        tmp_path / "proxied", env={**limit, "FLEETKEEPER_TRUSTED_PROXIES": '["127.0.0.1"]'}
+    )
+    try:
+        assert _sign_in_statuses(proxied, addresses) == [401] * 4
+    finally:
+        proxied.stop()

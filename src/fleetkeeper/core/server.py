@@ -71,12 +71,16 @@ def _listener_configs(runtime: Runtime) -> tuple[uvicorn.Config, uvicorn.Config]
     if settings.tls_cert and settings.tls_key:
         cert, key = settings.tls_cert, settings.tls_key
         management_tls["ssl_context_factory"] = _context_factory(lambda: management_ssl_context(cert, key))
+    # X-Forwarded-For/-Proto are believed only from the operator's `trusted_proxies` (uvicorn
+    # would otherwise believe any local client); devices connect directly, their TLS is ours.
     management = uvicorn.Config(
         create_management_app(runtime),
         host=settings.host,
         port=settings.port,
         http="httptools",
         ws="websockets-sansio",
+        proxy_headers=bool(settings.trusted_proxies),
+        forwarded_allow_ips=settings.trusted_proxies or None,
         **management_tls,
         **common,
     )
@@ -87,6 +91,7 @@ def _listener_configs(runtime: Runtime) -> tuple[uvicorn.Config, uvicorn.Config]
         http=TLSHttpProtocol,
         ws=TLSWebSocketProtocol,
         ssl_context_factory=_context_factory(lambda: runtime.device_tls.context),
+        proxy_headers=False,
         **common,
     )
     return management, device
