@@ -6,7 +6,7 @@ import asyncio
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
-from sqlalchemy import select, text
+from sqlalchemy import bindparam, select, text
 
 from fleetkeeper.access.models import User
 from fleetkeeper.core.db import Database
@@ -99,3 +99,27 @@ async def test_reads_survive_connections_the_database_closed(database: Database)
     await database.write_one(text("INSERT INTO seen_probe VALUES (7)"), {}, idempotent=True)
     async with database.session() as session:
         assert (await session.execute(text("SELECT n FROM seen_probe"))).scalars().all() == [7]
+
+
+_USER_BY_NAME = select(User.id, User.created_at, User.is_disabled).where(User.username == bindparam("name"))
+_USERS_NAMED = select(User.id).where(User.username.in_(bindparam("names", expanding=True)))
+
+
+async def test_a_hot_statement_reads_as_the_orm_would(database: Database) -> None:
+    """`read_row` (on PostgreSQL compiled once and run on asyncpg directly) gives the values the
+    ORM gives — aware UTC times included — and refuses what it cannot run."""
+    created = datetime(2026, 1, 2, 3, 4, 5, tzinfo=timezone(timedelta(hours=2)))
+    async with database.transaction() as session:
+        session.add(User(id="usr_hot", username="hot", created_at=created))
+    for _ in range(2):  # the second run takes the compiled form
+        row = await database.read_row(_USER_BY_NAME, {"name": "hot"})
+        assert row is not None
+        user_id, created_at, disabled = row
+        assert (user_id, created_at, disabled) == ("usr_hot", created, False)
+        assert created_at.utcoffset() == timedelta(0)
+    assert await database.read_row(_USER_BY_NAME, {"name": "nobody"}) is None
+    with pytest.raises(Exception, match="name"):
+        await database.read_row(_USER_BY_NAME, {})
+    if database.url.startswith("postgresql"):
+        with pytest.raises(ValueError, match="expanding"):
+            await database.read_row(_USERS_NAMED, {"names": ["hot"]})
