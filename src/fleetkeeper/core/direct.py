@@ -4,7 +4,7 @@ Per execution, SQLAlchemy spends about as much of the server's CPU as PostgreSQL
 the device check-in's statement: the statement's cache key built anew from its whole tree, a
 greenlet switch per call, the row's processing. A hot path's statement is one object built once
 (`functools.cache`), so here it is compiled once into PostgreSQL's SQL with the order of its
-parameters, and run on a small pool of asyncpg connections (each prepares it once: asyncpg's own
+parameters, and run on a few asyncpg connections of its own (each prepares it once: asyncpg's own
 statement cache). Parameters and results still go through the column types' processors, so a
 row reads as SQLAlchemy would have returned it.
 
@@ -14,7 +14,9 @@ Only for statements whose parameters are all plain values (no expanding `IN`), o
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections import deque
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from typing import Any
 
 import asyncpg
@@ -75,26 +77,101 @@ class CompiledStatement:
         )
 
 
-async def _keep_session(connection: asyncpg.Connection) -> None:
-    """A connection goes back to the pool as it is: its single statements set no session state,
-    and the default reset (`RESET ALL`, `UNLISTEN *`, … in one more round trip) doubled the
-    statements a check-in sends. asyncpg still rolls back a transaction left open."""
+class Connections:
+    """At most `size` asyncpg connections, each lent for one statement.
+
+    asyncpg's own pool spends two to four times a check-in statement's round trip on each
+    checkout (its holders, timeouts, the reset on release); lending an idle connection here is a
+    list pop. A connection that took part in a statement that failed in any way is closed rather
+    than lent again, so that no half-finished exchange reaches the next statement."""
+
+    def __init__(self, dsn: str, size: int, server_settings: dict[str, str]) -> None:
+        self._dsn = dsn
+        self._size = size
+        self._server_settings = server_settings
+        self._idle: list[asyncpg.Connection] = []
+        self._waiters: deque[asyncio.Future[asyncpg.Connection | None]] = deque()
+        self._counted = 0  # open or being opened
+        self._closed = False
+
+    @asynccontextmanager
+    async def lend(self) -> AsyncIterator[asyncpg.Connection]:
+        connection = await self._acquire()
+        try:
+            yield connection
+        except BaseException:
+            connection.terminate()
+            self._give_back(connection)
+            raise
+        self._give_back(connection)
+
+    async def _acquire(self) -> asyncpg.Connection:
+        while True:
+            if self._closed:
+                raise ConnectionError("the database connections are closed")
+            while self._idle:
+                connection = self._idle.pop()
+                if not connection.is_closed():
+                    return connection
+                self._counted -= 1
+            if self._counted < self._size:
+                self._counted += 1
+                try:
+                    return await asyncpg.connect(self._dsn, server_settings=self._server_settings)
+                except BaseException:
+                    self._counted -= 1
+                    self._wake_one(None)
+                    raise
+            waiter: asyncio.Future[asyncpg.Connection | None] = asyncio.get_running_loop().create_future()
+            self._waiters.append(waiter)
+            try:
+                handed = await waiter
+            except asyncio.CancelledError:
+                if waiter.done() and not waiter.cancelled() and (connection := waiter.result()) is not None:
+                    self._give_back(connection)
+                raise
+            if handed is not None:
+                return handed
+            # None: a connection was dropped; its place is free to open another.
+
+    def _give_back(self, connection: asyncpg.Connection) -> None:
+        if connection.is_closed() or self._closed:
+            if not connection.is_closed():
+                connection.terminate()
+            self._counted -= 1
+            self._wake_one(None)
+        elif not self._wake_one(connection):
+            self._idle.append(connection)
+
+    def _wake_one(self, handed: asyncpg.Connection | None) -> bool:
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(handed)
+                return True
+        return False
+
+    async def close(self) -> None:
+        self._closed = True
+        idle, self._idle = self._idle, []
+        self._counted -= len(idle)
+        await asyncio.gather(*(connection.close() for connection in idle), return_exceptions=True)
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_exception(ConnectionError("the database connections are closed"))
 
 
 class DirectStatements:
-    """A pool of asyncpg connections in autocommit (asyncpg's default outside a transaction) for
-    the hot path's single statements, opened when first used."""
+    """Connections in autocommit (asyncpg's default outside a transaction) for the hot path's
+    single statements, opened when first needed."""
 
     def __init__(
         self, sqlalchemy_url: str, dialect: Dialect, pool_size: int, server_settings: dict[str, str]
     ) -> None:
         url = make_url(sqlalchemy_url).set(drivername="postgresql")
-        self._dsn = url.render_as_string(hide_password=False)
+        self._connections = Connections(url.render_as_string(hide_password=False), pool_size, server_settings)
         self._dialect = dialect
-        self._pool_size = pool_size
-        self._server_settings = server_settings
-        self._pool: asyncpg.Pool | None = None
-        self._opening = asyncio.Lock()
         self._compiled: dict[int, tuple[Executable, CompiledStatement]] = {}
 
     def compiled(self, statement: Executable) -> CompiledStatement:
@@ -109,40 +186,26 @@ class DirectStatements:
         """The first row of a read-only statement; sent once more on a connection found closed."""
         compiled = self.compiled(statement)
         arguments = compiled.arguments(parameters)
-        pool = await self._open()
         try:
-            record = await pool.fetchrow(compiled.sql, *arguments)
+            async with self._connections.lend() as connection:
+                record = await connection.fetchrow(compiled.sql, *arguments)
         except DISCONNECTED:
-            record = await pool.fetchrow(compiled.sql, *arguments)
+            async with self._connections.lend() as connection:
+                record = await connection.fetchrow(compiled.sql, *arguments)
         return compiled.row(record) if record is not None else None
 
     async def execute(self, statement: Executable, parameters: dict[str, Any], *, idempotent: bool) -> None:
         """One write that commits by itself; sent once more on a closed connection if `idempotent`."""
         compiled = self.compiled(statement)
         arguments = compiled.arguments(parameters)
-        pool = await self._open()
         try:
-            await pool.execute(compiled.sql, *arguments)
+            async with self._connections.lend() as connection:
+                await connection.execute(compiled.sql, *arguments)
         except DISCONNECTED:
             if not idempotent:
                 raise
-            await pool.execute(compiled.sql, *arguments)
-
-    async def _open(self) -> asyncpg.Pool:
-        if self._pool is not None:
-            return self._pool
-        async with self._opening:
-            if self._pool is None:
-                self._pool = await asyncpg.create_pool(
-                    self._dsn,
-                    min_size=0,
-                    max_size=self._pool_size,
-                    server_settings=self._server_settings,
-                    reset=_keep_session,
-                )
-        return self._pool
+            async with self._connections.lend() as connection:
+                await connection.execute(compiled.sql, *arguments)
 
     async def close(self) -> None:
-        if self._pool is not None:
-            await self._pool.close()
-            self._pool = None
+        await self._connections.close()
