@@ -59,6 +59,10 @@ def serve(
     port: Annotated[int | None, typer.Option(help="management listener port [8080]")] = None,
     device_host: Annotated[str | None, typer.Option(help="device listener address [0.0.0.0]")] = None,
     device_port: Annotated[int | None, typer.Option(help="device listener port [8443]")] = None,
+    device_workers: Annotated[
+        int | None,
+        typer.Option(help="processes accepting device connections, 1-64; above 1 needs PostgreSQL [1]"),
+    ] = None,
 ) -> None:
     """Run the server: the management listener and the device listener."""
     from fleetkeeper.core.logging import configure_logging
@@ -73,6 +77,7 @@ def serve(
         port=port,
         device_host=device_host,
         device_port=device_port,
+        device_workers=device_workers,
     )
     configure_logging(settings.log_level, settings.log_format)
     try:

@@ -38,6 +38,12 @@ class Settings(BaseSettings):
 
     device_host: str = Field(default="0.0.0.0", description="device listener address")  # noqa: S104
     device_port: int = Field(default=8443, ge=0, le=65535, description="device listener port")
+    device_workers: int = Field(
+        default=1,
+        ge=1,
+        le=64,
+        description="processes accepting device connections (more than 1 needs PostgreSQL)",
+    )
     device_server_names: list[str] = Field(
         default_factory=lambda: ["localhost", "127.0.0.1", "::1"],
         description="DNS names and IP addresses in the device listener's certificate",

@@ -16,14 +16,18 @@ _SHARED_PROCESSORS: list[Any] = [
 ]
 
 
-def configure_logging(level: str = "info", fmt: str = "auto") -> None:
+def configure_logging(
+    level: str = "info", fmt: str = "auto", process_fields: dict[str, Any] | None = None
+) -> None:
+    """`process_fields` go on every line of this process (a device worker's number, for one)."""
     use_json = fmt == "json" or (fmt == "auto" and not sys.stderr.isatty())
     renderer: Any = (
         structlog.processors.JSONRenderer() if use_json else structlog.dev.ConsoleRenderer(colors=False)
     )
+    shared = [*_SHARED_PROCESSORS, _adding(process_fields)] if process_fields else _SHARED_PROCESSORS
     structlog.configure(
         processors=[
-            *_SHARED_PROCESSORS,
+            *shared,
             structlog.processors.StackInfoRenderer(),
             structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
         ],
@@ -32,7 +36,7 @@ def configure_logging(level: str = "info", fmt: str = "auto") -> None:
         cache_logger_on_first_use=True,
     )
     formatter = structlog.stdlib.ProcessorFormatter(
-        foreign_pre_chain=_SHARED_PROCESSORS,
+        foreign_pre_chain=shared,
         processors=[
             structlog.stdlib.ProcessorFormatter.remove_processors_meta,
             structlog.processors.format_exc_info,
@@ -52,6 +56,13 @@ def configure_logging(level: str = "info", fmt: str = "auto") -> None:
     logging.getLogger("uvicorn.access").disabled = True
     # Alembic narrates every step at info; keep its warnings.
     logging.getLogger("alembic").setLevel(max(root.level, logging.WARNING))
+
+
+def _adding(fields: dict[str, Any]) -> Any:
+    def add_fields(logger: Any, method: str, event: dict[str, Any]) -> dict[str, Any]:
+        return {**fields, **event}
+
+    return add_fields
 
 
 def get_logger(name: str) -> structlog.stdlib.BoundLogger:

@@ -15,7 +15,9 @@ from fleetkeeper.core.pki import (
     CertificateAuthority,
     PkiPaths,
     ensure_device_listener_certificate,
+    load_certificate,
     load_or_create_ca,
+    load_private_key,
 )
 from fleetkeeper.core.tls import DeviceListenerTls
 
@@ -55,33 +57,46 @@ class Runtime:
     terminal_relay: Relay
     created_ca: bool = False
     first_admin_password: str | None = None
+    # False in a device worker (core/device_workers.py): another process of the same server did
+    # the first-start work and publishes the CRL file.
+    primary: bool = True
 
     @classmethod
-    async def start(cls, settings: Settings) -> Runtime:
+    async def start(cls, settings: Settings, *, primary: bool = True) -> Runtime:
+        """The main process's runtime: migrates an empty embedded database, creates the CA, keys and
+        first administrator on first start, brings the built-in roles up to date and publishes the
+        CRL. `primary=False` (a device worker) only loads what the main process left in place."""
         from fleetkeeper.access.oidc import OidcClient
         from fleetkeeper.access.service import ensure_first_admin, sync_builtin_roles
         from fleetkeeper.access.tokens import KeyRing
         from fleetkeeper.core.ratelimit import RateLimiter
-        from fleetkeeper.devices.certificates import publish_crl
+        from fleetkeeper.devices.certificates import build_crl, publish_crl
         from fleetkeeper.releases.online_keys import load_or_create_online_keys
         from fleetkeeper.releases.storage import object_store_from_settings
         from fleetkeeper.terminal.relay import relay_for
 
-        settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         database = Database(settings.resolved_database_url)
+        pki = PkiPaths(settings.data_dir / "pki")
+        created_ca, password = False, None
         try:
-            await _require_schema_at_head(database, settings)
-            pki = PkiPaths(settings.data_dir / "pki")
-            ca, created_ca = load_or_create_ca(pki)
-            ensure_device_listener_certificate(pki, ca, settings.device_server_names)
-            number, _ = await publish_crl(database, ca, pki)
+            if primary:
+                settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+                await _require_schema_at_head(database, settings)
+                ca, created_ca = load_or_create_ca(pki)
+                ensure_device_listener_certificate(pki, ca, settings.device_server_names)
+                number, crl = await publish_crl(database, ca, pki)
+                online_keys = load_or_create_online_keys(pki.directory / "tuf")
+            else:
+                ca = _load_ca(pki)
+                number, crl = await build_crl(database, ca)
+                online_keys = load_or_create_online_keys(pki.directory / "tuf", create=False)
             device_tls = DeviceListenerTls(
-                pki.device_listener_cert, pki.device_listener_key, pki.ca_cert, pki.crl, crl_number=number
+                pki.device_listener_cert, pki.device_listener_key, pki.ca_cert, crl, crl_number=number
             )
-            online_keys = load_or_create_online_keys(pki.directory / "tuf")
             object_store = object_store_from_settings(settings)
-            await sync_builtin_roles(database)
-            password = await ensure_first_admin(database)
+            if primary:
+                await sync_builtin_roles(database)
+                password = await ensure_first_admin(database)
         except BaseException:
             await database.dispose()
             raise
@@ -99,6 +114,7 @@ class Runtime:
             terminal_relay=relay_for(settings.resolved_database_url),
             created_ca=created_ca,
             first_admin_password=password,
+            primary=primary,
         )
 
     async def close(self) -> None:
@@ -120,6 +136,14 @@ async def _require_schema_at_head(database: Database, settings: Settings) -> Non
         await upgrade_async(database.url)
         return
     raise StartupError(f"refusing to start: {state.describe()}")
+
+
+def _load_ca(pki: PkiPaths) -> CertificateAuthority:
+    if not (pki.ca_key.exists() and pki.ca_cert.exists()):
+        raise StartupError(
+            f"no fleet CA in {pki.directory}: the server's main process makes it on first start"
+        )
+    return CertificateAuthority(load_private_key(pki.ca_key), load_certificate(pki.ca_cert))
 
 
 def _redacted(url: str) -> str:

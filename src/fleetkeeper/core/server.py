@@ -1,4 +1,5 @@
-"""`fleetkeeper serve`: both listeners in one event loop, stopped together on SIGINT/SIGTERM."""
+"""`fleetkeeper serve`: both listeners in one event loop, stopped together on SIGINT/SIGTERM, and
+with `device_workers` above 1 the device listener's worker processes (core/device_workers.py)."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from fleetkeeper.access.service import FIRST_ADMIN_USERNAME
 from fleetkeeper.core.app import create_device_app, create_management_app
 from fleetkeeper.core.config import Settings
 from fleetkeeper.core.db import utcnow
+from fleetkeeper.core.device_workers import DeviceWorkers, bind_device_socket, check_device_workers
 from fleetkeeper.core.jobs import every, once_across_replicas
 from fleetkeeper.core.logging import get_logger
 from fleetkeeper.core.runtime import Runtime, StartupError
@@ -34,7 +36,7 @@ log = get_logger(__name__)
 BANNER_END = "Press Ctrl+C to stop."
 
 
-class _Listener(uvicorn.Server):
+class Listener(uvicorn.Server):
     """A uvicorn server that leaves signals to `serve`, which stops both listeners together."""
 
     @contextlib.contextmanager
@@ -59,21 +61,23 @@ def _context_factory(build: Callable[[], ssl.SSLContext]) -> Callable[[Any, Any]
     return lambda config, default_factory: build()
 
 
-def _listener_configs(runtime: Runtime) -> tuple[uvicorn.Config, uvicorn.Config]:
+_COMMON_CONFIG: dict[str, Any] = {
+    "lifespan": "off",
+    "log_config": None,
+    "access_log": False,
+    "server_header": False,
+}
+
+
+def management_listener_config(runtime: Runtime) -> uvicorn.Config:
     settings = runtime.settings
-    common: dict[str, Any] = {
-        "lifespan": "off",
-        "log_config": None,
-        "access_log": False,
-        "server_header": False,
-    }
     management_tls: dict[str, Any] = {}
     if settings.tls_cert and settings.tls_key:
         cert, key = settings.tls_cert, settings.tls_key
         management_tls["ssl_context_factory"] = _context_factory(lambda: management_ssl_context(cert, key))
     # X-Forwarded-For/-Proto are believed only from the operator's `trusted_proxies` (uvicorn
     # would otherwise believe any local client); devices connect directly, their TLS is ours.
-    management = uvicorn.Config(
+    return uvicorn.Config(
         create_management_app(runtime),
         host=settings.host,
         port=settings.port,
@@ -82,19 +86,20 @@ def _listener_configs(runtime: Runtime) -> tuple[uvicorn.Config, uvicorn.Config]
         proxy_headers=bool(settings.trusted_proxies),
         forwarded_allow_ips=settings.trusted_proxies or None,
         **management_tls,
-        **common,
+        **_COMMON_CONFIG,
     )
-    device = uvicorn.Config(
+
+
+def device_listener_config(runtime: Runtime) -> uvicorn.Config:
+    """The device listener, served on a socket bound beforehand (see core/device_workers.py)."""
+    return uvicorn.Config(
         create_device_app(runtime),
-        host=settings.device_host,
-        port=settings.device_port,
         http=TLSHttpProtocol,
         ws=TLSWebSocketProtocol,
         ssl_context_factory=_context_factory(lambda: runtime.device_tls.context),
         proxy_headers=False,
-        **common,
+        **_COMMON_CONFIG,
     )
-    return management, device
 
 
 # Each process keeps its device listener's CRL current (revocations on other replicas, and the
@@ -108,6 +113,7 @@ LIVE_TARGETS_INTERVAL = 15.0  # live deployments take in devices that joined the
 def run(settings: Settings) -> None:
     """`serve` on uvloop's event loop: its transports (TLS included) cost less CPU per request
     than asyncio's own, and uvicorn, asyncpg and the rest run on it unchanged."""
+    check_device_workers(settings)
     uvloop.run(serve(settings))
 
 
@@ -146,34 +152,47 @@ async def serve(settings: Settings) -> None:
             )
         ),
     ]
+    device_socket: socket.socket | None = None
+    workers: DeviceWorkers | None = None
     try:
-        management, device = (_Listener(config) for config in _listener_configs(runtime))
+        device_socket = bind_device_socket(settings)
+        management = Listener(management_listener_config(runtime))
+        device = Listener(device_listener_config(runtime))
         listeners = [management, device]
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, _stop, listeners)
-        tasks = [asyncio.create_task(listener.serve()) for listener in listeners]
+        tasks = [
+            asyncio.create_task(management.serve()),
+            asyncio.create_task(device.serve(sockets=[device_socket])),
+        ]
         while not all(listener.started for listener in listeners):
             if any(task.done() for task in tasks):
                 _stop(listeners)
                 await asyncio.gather(*tasks)
                 # uvicorn has logged why (typically the address is in use); say what to do.
                 raise StartupError(
-                    f"a listener could not start on {settings.host}:{settings.port} or "
-                    f"{settings.device_host}:{settings.device_port}: is the port in use? "
-                    "Choose others with --port / --device-port (FLEETKEEPER_PORT, FLEETKEEPER_DEVICE_PORT)"
+                    f"a listener could not start on {settings.host}:{settings.port}: is the port in use? "
+                    "Choose another with --port (FLEETKEEPER_PORT)"
                 )
             await asyncio.sleep(0.05)
+        if settings.device_workers > 1:
+            workers = DeviceWorkers(settings, device_socket)
+            workers.start()
         _print_banner(runtime, management.bound_port(), device.bound_port())
         await asyncio.gather(*tasks)
     finally:
+        if workers is not None:
+            await workers.stop()
+        if device_socket is not None:
+            device_socket.close()
         for task in background:
             task.cancel()
         await webhook_client.aclose()
         await runtime.close()
 
 
-def _stop(listeners: list[_Listener]) -> None:
+def _stop(listeners: list[Listener]) -> None:
     for listener in listeners:
         listener.should_exit = True
 

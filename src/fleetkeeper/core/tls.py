@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import ssl
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +45,7 @@ class DeviceListenerTls:
     the handshake.
     """
 
-    def __init__(self, cert: Path, key: Path, client_ca: Path, crl: Path, crl_number: int) -> None:
+    def __init__(self, cert: Path, key: Path, client_ca: Path, crl_pem: bytes, crl_number: int) -> None:
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         context.minimum_version = ssl.TLSVersion.TLSv1_2
         context.load_cert_chain(certfile=cert, keyfile=key)
@@ -53,12 +54,20 @@ class DeviceListenerTls:
         context.verify_flags |= ssl.VERIFY_X509_STRICT | ssl.VERIFY_CRL_CHECK_LEAF
         self.context = context
         self.crl_number = -1
-        self.load_crl(crl, number=crl_number)
+        self.crl_pem = b""
+        self.load_crl(crl_pem, number=crl_number)
 
-    def load_crl(self, crl: Path, *, number: int) -> None:
-        """Adds a newer CRL (a PEM file) to the live context: OpenSSL checks new handshakes against
-        the most recent CRL of the issuer it holds, so revocations apply without a restart."""
-        self.context.load_verify_locations(cafile=crl)
+    def load_crl(self, pem: bytes, *, number: int) -> None:
+        """Adds a newer CRL (PEM) to the live context: OpenSSL checks new handshakes against the
+        most recent CRL of the issuer it holds, so revocations apply without a restart.
+
+        OpenSSL reads CRLs only from files; it reads this process's own copy, not the published
+        crl.pem, which another process of the server may be replacing at that moment."""
+        with tempfile.NamedTemporaryFile(prefix="fleetkeeper-crl-", suffix=".pem") as copy:
+            copy.write(pem)
+            copy.flush()
+            self.context.load_verify_locations(cafile=copy.name)
+        self.crl_pem = pem
         self.crl_number = number
 
 

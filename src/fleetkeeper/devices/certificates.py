@@ -128,15 +128,23 @@ async def publish_crl(database: Database, ca: CertificateAuthority, pki: PkiPath
 
 
 async def reload_crl(runtime: Runtime, *, force: bool = False) -> bool:
-    """Publishes and loads a new CRL when revocations happened (here or on another replica) or the
-    current one nears its next update. Runs after every revocation and periodically."""
+    """Loads a new CRL into this process's device listener when revocations happened (in any
+    process or replica) or the loaded one nears its next update. Runs after every revocation and
+    periodically.
+
+    A server's main process also publishes it to the data directory; its device workers only load
+    theirs, so that one writer keeps the file from going back to an older CRL."""
     number = await crl_number(runtime.database)
-    current = runtime.pki.crl.read_bytes() if runtime.pki.crl.exists() else None
-    stale = current is None or crl_needs_refresh(current)
+    stale = crl_needs_refresh(runtime.device_tls.crl_pem)
+    if runtime.primary and not runtime.pki.crl.exists():
+        stale = True
     if not force and not stale and number <= runtime.device_tls.crl_number:
         return False
-    number, _ = await publish_crl(runtime.database, runtime.ca, runtime.pki)
-    runtime.device_tls.load_crl(runtime.pki.crl, number=number)
+    if runtime.primary:
+        number, pem = await publish_crl(runtime.database, runtime.ca, runtime.pki)
+    else:
+        number, pem = await build_crl(runtime.database, runtime.ca)
+    runtime.device_tls.load_crl(pem, number=number)
     return True
 
 

@@ -70,8 +70,9 @@ class OnlineKeys:
         }
 
 
-def load_or_create_online_keys(directory: Path) -> OnlineKeys:
-    """Load the five online keys from `directory`, or create all of them when none exists.
+def load_or_create_online_keys(directory: Path, *, create: bool = True) -> OnlineKeys:
+    """Load the five online keys from `directory`, or create all of them when none exists (unless
+    `create` is False: then none is an error too).
 
     A directory holding only some of them is refused rather than completed: the missing ones were lost or
     never copied, and a new key would not be the one the offline-signed roots name, so silently making one
@@ -87,6 +88,8 @@ def load_or_create_online_keys(directory: Path) -> OnlineKeys:
             "restore the missing files from a backup, or move all of them away to start a new set "
             "(the repository and director roots must then be re-signed with the new keys)"
         )
+    if not present and not create:
+        raise OnlineKeysError(f"{directory} holds no online TUF keys: the server's main process makes them")
     if not present:
         directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         for path in paths.values():
