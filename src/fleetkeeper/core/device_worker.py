@@ -54,12 +54,12 @@ async def serve_devices(settings: Settings, device_socket: socket.socket) -> Non
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, _stop, listener)
-    orphaned = asyncio.create_task(_stop_when_orphaned(listener))
+    following = asyncio.create_task(_follow_main_process(runtime, listener))
     try:
         log.info("device worker serving", pid=os.getpid())
         await listener.serve(sockets=[device_socket])
     finally:
-        for task in (crl_reload, orphaned):
+        for task in (crl_reload, following):
             task.cancel()
         await runtime.close()
 
@@ -68,12 +68,19 @@ def _stop(listener: Listener) -> None:
     listener.should_exit = True
 
 
-async def _stop_when_orphaned(listener: Listener) -> None:
-    """Standard input is the main process's pipe: its end means the main process has ended."""
+async def _follow_main_process(runtime: Runtime, listener: Listener) -> None:
+    """Standard input is the main process's pipe: a line says that it loaded a newer CRL, and the
+    pipe's end means that the main process has ended."""
+    from fleetkeeper.devices.certificates import reload_crl
+
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader()
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
-    await reader.read()
+    while await reader.readline():
+        try:
+            await reload_crl(runtime)
+        except Exception:
+            log.exception("CRL reload failed")
     log.warning("the server's main process is gone; device worker stopping")
     listener.should_exit = True
     await asyncio.sleep(ORPHAN_GRACE)

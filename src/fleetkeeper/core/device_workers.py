@@ -7,8 +7,9 @@ more than one core. Everything else stays in the main process: the management li
 background jobs and the first-start work.
 
 A worker reads the settings from its standard input, a pipe (secrets never appear on a command
-line or in another process's environment), and keeps that pipe open: end of file means the main
-process is gone, even killed, and the worker stops. A worker that exits on its own is logged and
+line or in another process's environment), and keeps that pipe open: a further line says that the
+main process loaded a newer CRL (a revocation), and end of file means that the main process is
+gone, even killed, so the worker stops. A worker that exits on its own is logged and
 started again after a back-off that grows while it keeps failing.
 """
 
@@ -31,6 +32,8 @@ log = get_logger(__name__)
 
 WORKER_MODULE = "fleetkeeper.core.device_worker"
 LISTEN_BACKLOG = 2048  # uvicorn's default
+# A line from the main process to a worker after the settings: load the newer CRL.
+CRL_CHANGED = b"crl\n"
 RESTART_BACKOFF_FIRST = 1.0
 RESTART_BACKOFF_MAX = 30.0
 # A worker that ran this long before it ended is restarted after the first back-off again.
@@ -109,9 +112,12 @@ class DeviceWorkers:
             asyncio.create_task(self._keep_running(number)) for number in range(1, self._count + 1)
         ]
 
-    @property
-    def pids(self) -> list[int]:
-        return [process.pid for process in self._processes.values()]
+    def crl_changed(self, number: int) -> None:
+        """Tells every worker that the CRL changed (a revocation in this process), so that it
+        reloads its own now rather than at its next periodic check."""
+        for process in self._processes.values():
+            if process.stdin is not None and not process.stdin.is_closing():
+                process.stdin.write(CRL_CHANGED)
 
     async def stop(self) -> None:
         """SIGTERM to every worker, and a wait for all of them (killed after STOP_TIMEOUT)."""

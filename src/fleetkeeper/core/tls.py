@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +56,8 @@ class DeviceListenerTls:
         self.context = context
         self.crl_number = -1
         self.crl_pem = b""
+        # Called with the number of each CRL loaded later (the main process tells its workers).
+        self.crl_loaded_callbacks: list[Callable[[int], None]] = []
         self.load_crl(crl_pem, number=crl_number)
 
     def load_crl(self, pem: bytes, *, number: int) -> None:
@@ -69,6 +72,8 @@ class DeviceListenerTls:
             self.context.load_verify_locations(cafile=copy.name)
         self.crl_pem = pem
         self.crl_number = number
+        for callback in self.crl_loaded_callbacks:
+            callback(number)
 
 
 def management_ssl_context(cert: Path, key: Path) -> ssl.SSLContext:

@@ -51,8 +51,10 @@ async def enroll(body: Envelope, request: Request, response: Response) -> Enroll
 
 @router.get("/crl.pem", dependencies=[PUBLIC])
 async def crl(request: Request) -> Response:
-    """The fleet CA's certificate revocation list (PEM), as Mosquitto's crlfile wants it."""
-    return Response(runtime_of(request).pki.crl.read_bytes(), media_type="application/x-pem-file")
+    """The fleet CA's certificate revocation list (PEM), as Mosquitto's crlfile wants it: the one
+    this process's TLS layer checks (in a device worker, newer than the file after its own
+    revocations, until the main process publishes them)."""
+    return Response(runtime_of(request).device_tls.crl_pem, media_type="application/x-pem-file")
 
 
 @router.get("/ping", status_code=204, dependencies=[Depends(require_peer_certificate)])
