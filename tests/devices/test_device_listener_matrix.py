@@ -59,20 +59,25 @@ class Fleet:
             return http.put(f"{self.server.device_url}/device/v1/inventory", json={"kernel": "6.1"})
 
 
-@pytest.fixture(scope="module")
-def fleet(running_server: RunningServer) -> Fleet:
-    with httpx2.Client(base_url=running_server.management_url, timeout=10) as http:
+def signed_in_fleet(server: RunningServer) -> Fleet:
+    """The server with its first administrator signed in (its one-time password changed)."""
+    with httpx2.Client(base_url=server.management_url, timeout=10) as http:
         first = http.post(
-            "/api/v1/auth/sign-in", json={"username": "admin", "password": running_server.admin_password}
+            "/api/v1/auth/sign-in", json={"username": "admin", "password": server.admin_password}
         )
         token = first.json()["access_token"]
         http.post(
             "/api/v1/me/password",
-            json={"current_password": running_server.admin_password, "new_password": ADMIN_PASSWORD},
+            json={"current_password": server.admin_password, "new_password": ADMIN_PASSWORD},
             headers={"authorization": f"Bearer {token}"},
         )
         signed_in = http.post("/api/v1/auth/sign-in", json={"username": "admin", "password": ADMIN_PASSWORD})
-    return Fleet(running_server, {"authorization": f"Bearer {signed_in.json()['access_token']}"})
+    return Fleet(server, {"authorization": f"Bearer {signed_in.json()['access_token']}"})
+
+
+@pytest.fixture(scope="module")
+def fleet(running_server: RunningServer) -> Fleet:
+    return signed_in_fleet(running_server)
 
 
 def test_valid_certificate_reaches_its_device(fleet: Fleet, tmp_path: Path) -> None:
