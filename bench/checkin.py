@@ -362,7 +362,7 @@ def summarize(windows: list[dict[str, Any]], duration: float) -> dict[str, Any]:
 @dataclass(frozen=True)
 class Counters:
     transactions: int  # committed and rolled back in the benchmark's database
-    server_cpu: float  # seconds of CPU the server process used so far
+    server_cpu: float  # seconds of CPU the server's processes used so far
     database_cpu: dict[int, float]  # the same for each PostgreSQL backend of the database
 
 
@@ -380,8 +380,19 @@ async def counters(url: str, server_pid: int) -> Counters:
     finally:
         await connection.close()
     return Counters(
-        int(count), _cpu_seconds(server_pid), {row["pid"]: _cpu_seconds(row["pid"]) for row in backends}
+        int(count),
+        sum(_cpu_seconds(pid) for pid in _with_children(server_pid)),
+        {row["pid"]: _cpu_seconds(row["pid"]) for row in backends},
     )
+
+
+def _with_children(pid: int) -> list[int]:
+    """The server's process and its device workers (its children)."""
+    try:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        children = []
+    return [pid, *map(int, children)]
 
 
 def _cpu_seconds(pid: int) -> float:
@@ -469,7 +480,13 @@ async def _run(args: argparse.Namespace) -> dict[str, Any]:
             with tempfile.TemporaryDirectory(prefix="fk-checkin-") as work_dir:
                 work = Path(work_dir)
                 (work / "certs").mkdir()
-                server = await asyncio.to_thread(start_server, work / "data", url, timeout=120)
+                server = await asyncio.to_thread(
+                    start_server,
+                    work / "data",
+                    url,
+                    env={"FLEETKEEPER_DEVICE_WORKERS": str(args.device_workers)},
+                    timeout=120,
+                )
                 try:
                     credentials = await certify(
                         database,
@@ -552,6 +569,7 @@ async def _run(args: argparse.Namespace) -> dict[str, Any]:
         "certified_devices": certified,
         "concurrency": concurrency,
         "processes": args.processes,
+        "device_workers": args.device_workers,
         "duration_s": args.duration,
         "rounds": args.rounds,
         "checkins_per_s": round(checkins["per_s"], 1),
@@ -582,6 +600,12 @@ def main() -> None:
     parser.add_argument("--certified", type=int, default=1000, help="devices given a certificate")
     parser.add_argument("--processes", type=int, default=2, help="load generator processes")
     parser.add_argument(
+        "--device-workers",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="the server's device_workers: processes accepting device connections [CPU count]",
+    )
+    parser.add_argument(
         "--rounds",
         type=int,
         default=4,
@@ -592,7 +616,7 @@ def main() -> None:
         help="py-spy's collapsed stacks of the server, one file per window: PATH.checkin.N, PATH.noop.N",
     )
     args = parser.parse_args()
-    for name in ("devices", "concurrency", "certified", "processes", "rounds"):
+    for name in ("devices", "concurrency", "certified", "processes", "device_workers", "rounds"):
         if getattr(args, name) < 1:
             parser.error(f"--{name} must be at least 1")
     if not 0 < args.duration <= 600:

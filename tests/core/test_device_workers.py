@@ -93,24 +93,27 @@ def worker_pids(server: RunningServer) -> list[int]:
     return children
 
 
-def listening_inode(port: int) -> str:
+def listening_inodes(port: int) -> set[str]:
+    """The listening sockets on the port: one per process (SO_REUSEPORT)."""
+    inodes = set()
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         for line in Path(table).read_text().splitlines()[1:]:
             fields = line.split()
             local, state, inode = fields[1], fields[3], fields[9]
             if int(local.rsplit(":", 1)[1], 16) == port and state == "0A":
-                return inode
-    raise AssertionError(f"nothing listens on port {port}")
+                inodes.add(inode)
+    assert inodes, f"nothing listens on port {port}"
+    return inodes
 
 
-def holds_socket(pid: int, inode: str) -> bool:
+def holds_socket(pid: int, inodes: set[str]) -> bool:
     try:
         descriptors = list(Path(f"/proc/{pid}/fd").iterdir())
     except FileNotFoundError:
         return False
     for descriptor in descriptors:
         try:
-            if os.readlink(descriptor) == f"socket:[{inode}]":
+            if os.readlink(descriptor).removeprefix("socket:[").removesuffix("]") in inodes:
                 return True
         except FileNotFoundError:
             continue
@@ -118,9 +121,9 @@ def holds_socket(pid: int, inode: str) -> bool:
 
 
 def accepting_processes(server: RunningServer) -> list[int]:
-    """The server's processes holding the device listener's listening socket."""
-    inode = listening_inode(int(server.device_url.rsplit(":", 1)[1]))
-    return [pid for pid in [server.process.pid, *worker_pids(server)] if holds_socket(pid, inode)]
+    """The server's processes holding a listening socket on the device listener's port."""
+    inodes = listening_inodes(int(server.device_url.rsplit(":", 1)[1]))
+    return [pid for pid in [server.process.pid, *worker_pids(server)] if holds_socket(pid, inodes)]
 
 
 def wait_for_workers(server: RunningServer, timeout: float = 30) -> list[int]:
@@ -231,6 +234,11 @@ def test_a_killed_worker_is_replaced_and_the_listener_keeps_answering(fleet: Fle
     files = fleet.accepted(FakeDevice(), tmp_path)
     victim = worker_pids(fleet.server)[0]
     os.kill(victim, signal.SIGKILL)
+    # Connections the kernel queued on the victim's own socket (SO_REUSEPORT) are reset with it;
+    # once it has exited, new ones go to the others.
+    deadline = time.monotonic() + 10
+    while _alive(victim) and time.monotonic() < deadline:
+        time.sleep(0.05)
     for _ in range(20):  # the main process and the other worker answer meanwhile
         assert fresh_connection_get(fleet, files, "/device/v1/ping").status_code == 204
     deadline = time.monotonic() + 30
@@ -342,3 +350,34 @@ async def test_a_worker_needs_the_main_process_to_have_started(tmp_path: Path, d
     with pytest.raises(StartupError, match="no fleet CA"):
         await Runtime.start(settings, primary=False)
     assert not (tmp_path / "empty").exists()
+
+
+def test_a_second_server_cannot_join_the_device_port(
+    start_with_workers: Callable[[str], RunningServer], tmp_path: Path
+) -> None:
+    """SO_REUSEPORT lets the workers share the port; it must not let another server (same user)
+    share it unnoticed."""
+    server = start_with_workers("first")
+    port = server.device_url.rsplit(":", 1)[1]
+    url = migrated_postgres_database()
+    try:
+        result = run_fleetkeeper(
+            "serve",
+            "--data-dir",
+            str(tmp_path / "second"),
+            "--database-url",
+            url,
+            "--port",
+            "0",
+            "--device-host",
+            "127.0.0.1",
+            "--device-port",
+            port,
+            "--device-workers",
+            "2",
+        )
+    finally:
+        asyncio.run(_drop(url))
+    assert result.returncode == 1, result.stderr
+    assert "port in use" in result.stderr
+    assert len(accepting_processes(server)) == WORKERS

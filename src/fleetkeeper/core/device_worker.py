@@ -1,7 +1,7 @@
-"""One device worker process: the device listener on a socket inherited from the main process.
+"""One device worker process: the device listener on the main process's port (SO_REUSEPORT).
 
-Started by `core/device_workers.py` as `python -m fleetkeeper.core.device_worker --worker N
---listen-fd FD`, with the settings as one JSON line on standard input. It stops on SIGTERM or
+Started by `core/device_workers.py` as `python -m fleetkeeper.core.device_worker --worker N`,
+with the settings as one JSON line on standard input. It stops on SIGTERM or
 SIGINT, and when its standard input ends: the main process is gone.
 """
 
@@ -18,7 +18,7 @@ import sys
 import uvloop
 
 from fleetkeeper.core.config import Settings
-from fleetkeeper.core.device_workers import decode_settings
+from fleetkeeper.core.device_workers import bind_device_socket, decode_settings
 from fleetkeeper.core.jobs import every
 from fleetkeeper.core.logging import configure_logging, get_logger
 from fleetkeeper.core.runtime import Runtime, StartupError
@@ -33,13 +33,11 @@ ORPHAN_GRACE = 5.0
 def main() -> None:
     parser = argparse.ArgumentParser(prog="fleetkeeper device worker", description=__doc__)
     parser.add_argument("--worker", type=int, required=True, help="this worker's number, for the logs")
-    parser.add_argument("--listen-fd", type=int, required=True, help="the inherited listening socket")
     args = parser.parse_args()
     settings = decode_settings(sys.stdin.buffer.readline())
     configure_logging(settings.log_level, settings.log_format, process_fields={"worker": args.worker})
-    device_socket = socket.socket(fileno=args.listen_fd)
     try:
-        uvloop.run(serve_devices(settings, device_socket))
+        uvloop.run(serve_devices(settings, bind_device_socket(settings, joining=True)))
     except StartupError as exc:
         log.error("device worker cannot start", reason=str(exc))
         sys.exit(1)

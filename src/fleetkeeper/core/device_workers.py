@@ -1,9 +1,9 @@
 """Device workers: more processes accepting on the device listener (`device_workers`).
 
-The main process binds the device listener's socket, serves it as before, and starts
-`device_workers - 1` worker processes (`core/device_worker.py`) that inherit the socket: each new
-connection goes to whichever process accepts it first, so device TLS handshakes and check-ins use
-more than one core. Everything else stays in the main process: the management listener, the
+The main process binds the device listener's port, serves it as before, and starts
+`device_workers - 1` worker processes (`core/device_worker.py`) that bind the same port
+(SO_REUSEPORT): the kernel spreads new connections over the processes, so device TLS handshakes
+and check-ins use more than one core. Everything else stays in the main process: the management listener, the
 background jobs and the first-start work.
 
 A worker reads the settings from its standard input, a pipe (secrets never appear on a command
@@ -20,6 +20,7 @@ import contextlib
 import json
 import socket
 import sys
+from collections.abc import Iterator
 from typing import Any
 
 from pydantic import SecretStr
@@ -61,23 +62,40 @@ def check_device_workers(settings: Settings) -> None:
         )
 
 
-def bind_device_socket(settings: Settings) -> socket.socket:
-    """The device listener's listening socket, bound here so that the workers can inherit it (and
-    port 0 gives one real port that every process shares)."""
-    host = settings.device_host
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+def bind_device_socket(settings: Settings, *, joining: bool = False) -> socket.socket:
+    """The device listener's listening socket. With device workers, each process binds its own
+    socket to the same port with SO_REUSEPORT, and the kernel spreads new connections evenly
+    over them (one socket shared by all would go mostly to whichever process woke first). The
+    main process binds first, so port 0 yields one real port that the workers then `join`."""
+    port = settings.device_port
+    reuse_port = settings.device_workers > 1
+    if reuse_port and not joining:
+        # SO_REUSEPORT would also let this server join another one's port unnoticed (same user):
+        # a plain bind first fails if anyone holds it, and picks the real port for port 0.
+        with _bound(settings.device_host, port, reuse_port=False) as probe:
+            port = probe.getsockname()[1]
+            probe.close()
+    with _bound(settings.device_host, port, reuse_port=reuse_port) as sock:
+        sock.listen(LISTEN_BACKLOG)
+        return sock
+
+
+@contextlib.contextmanager
+def _bound(host: str, port: int, *, reuse_port: bool) -> Iterator[socket.socket]:
+    """A socket bound to the address, closed if what follows fails."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((host, settings.device_port))
-        sock.listen(LISTEN_BACKLOG)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind((host, port))
+        yield sock
     except OSError as exc:
         sock.close()
         raise StartupError(
-            f"the device listener cannot listen on {host}:{settings.device_port} ({exc.strerror}): "
+            f"the device listener cannot listen on {host}:{port} ({exc.strerror}): "
             "is the port in use? Choose another with --device-port (FLEETKEEPER_DEVICE_PORT)"
         ) from None
-    return sock
 
 
 def encode_settings(settings: Settings) -> bytes:
@@ -99,9 +117,9 @@ def decode_settings(line: bytes) -> Settings:
 class DeviceWorkers:
     """Starts, restarts and stops the worker processes of one server."""
 
-    def __init__(self, settings: Settings, device_socket: socket.socket) -> None:
-        self._settings_line = encode_settings(settings)
-        self._socket = device_socket
+    def __init__(self, settings: Settings, device_port: int) -> None:
+        # The port the main process bound (a real one when the setting was 0).
+        self._settings_line = encode_settings(settings.model_copy(update={"device_port": device_port}))
         self._count = settings.device_workers - 1
         self._processes: dict[int, asyncio.subprocess.Process] = {}
         self._supervisors: list[asyncio.Task[None]] = []
@@ -172,18 +190,14 @@ class DeviceWorkers:
             backoff = min(backoff * 2, RESTART_BACKOFF_MAX)
 
     async def _spawn(self, number: int) -> asyncio.subprocess.Process:
-        fd = self._socket.fileno()
         process = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
             WORKER_MODULE,
             "--worker",
             str(number),
-            "--listen-fd",
-            str(fd),
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.DEVNULL,
-            pass_fds=(fd,),
             # Its own process group: a Ctrl+C in the terminal reaches the main process only,
             # which stops the workers itself.
             start_new_session=True,

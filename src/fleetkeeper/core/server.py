@@ -177,7 +177,7 @@ async def serve(settings: Settings) -> None:
                 )
             await asyncio.sleep(0.05)
         if settings.device_workers > 1:
-            workers = DeviceWorkers(settings, device_socket)
+            workers = DeviceWorkers(settings, device.bound_port())
             runtime.device_tls.crl_loaded_callbacks.append(workers.crl_changed)
             workers.start()
         _print_banner(runtime, management.bound_port(), device.bound_port())
