@@ -1,15 +1,17 @@
 """Device check-ins against a real server on PostgreSQL with a large fleet registered.
 
     python -m bench.checkin [--devices 1000000] [--duration 20] [--concurrency 64]
-                            [--certified 1000] [--processes 2] [--rounds 4] [--profile PATH]
+                            [--certified 1000] [--processes 2] [--device-workers CPUS]
+                            [--rounds 4] [--profile PATH]
 
 Makes a fresh PostgreSQL database with N accepted devices (bench/fleet.py), one active deployment
 of release fw 2.0 to all of them (`deployments.service.create`, one phase), starts `fleetkeeper
-serve` on it (free ports, temporary data directory), and gives `--certified` devices, spread over
-the fleet, a client certificate from the server's CA (recorded as enrollment records it).
+serve` on it with `--device-workers` processes on the device listener (free ports, temporary data
+directory), and gives `--certified` devices, spread over the fleet, a client certificate from the
+server's CA (recorded as enrollment records it).
 
-Load: `--processes` worker processes, each an asyncio loop holding its share of `--concurrency`
-keep-alive mTLS connections (raw `asyncio.open_connection`, hand-written HTTP/1.1), each
+Load: `--processes` worker processes, each a uvloop event loop holding its share of
+`--concurrency` keep-alive mTLS connections (a hand-written HTTP/1.1 client protocol), each
 connection one device sending one request after the other. Steps, on the same server:
 
 1. warm-up: every certified device checks in once (its first check-in signs its director

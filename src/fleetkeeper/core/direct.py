@@ -127,8 +127,12 @@ class Connections:
             try:
                 handed = await waiter
             except asyncio.CancelledError:
-                if waiter.done() and not waiter.cancelled() and (connection := waiter.result()) is not None:
-                    self._give_back(connection)
+                # Handed something just before the cancellation: pass it on.
+                if waiter.done() and not waiter.cancelled():
+                    if (connection := waiter.result()) is not None:
+                        self._give_back(connection)
+                    else:
+                        self._wake_one(None)
                 raise
             if handed is not None:
                 return handed
