@@ -1,4 +1,5 @@
-"""The hot path's own connections (core/direct.py): bounded, shared fairly, never lent broken."""
+"""The hot path's own connections and compiled statements (core/direct.py): bounded, shared
+fairly, never lent broken; what cannot be compiled once is refused."""
 
 from __future__ import annotations
 
@@ -6,8 +7,12 @@ import asyncio
 
 import asyncpg
 import pytest
+from sqlalchemy import JSON, bindparam, literal_column, select
+from sqlalchemy.dialects import postgresql
 
-from fleetkeeper.core.direct import Connections
+from fleetkeeper.access.models import User
+from fleetkeeper.core import direct
+from fleetkeeper.core.direct import CompiledStatement, Connections
 from tests.conftest import POSTGRES_URL
 
 
@@ -85,3 +90,37 @@ async def test_a_cancelled_wait_loses_no_connection() -> None:
     await connections.close()
     with pytest.raises(ConnectionError):
         await waiter()
+
+
+async def test_a_wait_for_a_connection_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(direct, "CHECKOUT_TIMEOUT", 0.2)
+    connections = Connections(POSTGRES_URL, 1, {})
+    release = asyncio.Event()
+
+    async def holder() -> None:
+        async with connections.lend():
+            await release.wait()
+
+    holding = asyncio.create_task(holder())
+    await asyncio.sleep(0.1)
+
+    async def waiter() -> None:
+        async with connections.lend():
+            pass
+
+    with pytest.raises(TimeoutError):
+        await waiter()
+    release.set()
+    await holding
+    await waiter()  # the place was not lost
+    await connections.close()
+
+
+def test_what_sqlalchemy_decides_per_run_is_refused() -> None:
+    dialect = postgresql.asyncpg.dialect()
+    per_run = select(User.id).where(User.username == bindparam("name", callable_=lambda: "x"))
+    with pytest.raises(ValueError, match="per execution"):
+        CompiledStatement(per_run, dialect)
+    decoded = select(literal_column("'{}'", type_=JSON).label("document"))
+    with pytest.raises(ValueError, match="codecs"):
+        CompiledStatement(decoded, dialect)

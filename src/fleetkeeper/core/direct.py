@@ -8,7 +8,8 @@ parameters, and run on a few asyncpg connections of its own (each prepares it on
 statement cache). Parameters and results still go through the column types' processors, so a
 row reads as SQLAlchemy would have returned it.
 
-Only for statements whose parameters are all plain values (no expanding `IN`), on PostgreSQL.
+Only for statements whose parameters are plain values (no expanding `IN`, no per-run rendering or
+callable) and whose columns need no codec of SQLAlchemy's (no JSON, INET), on PostgreSQL.
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import asyncpg
-from sqlalchemy import Executable
+from sqlalchemy import JSON, Executable
+from sqlalchemy.dialects.postgresql import CIDR, INET
 from sqlalchemy.engine import Dialect, make_url
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.elements import ClauseElement
@@ -33,9 +35,32 @@ DISCONNECTED = (
     asyncpg.exceptions.InterfaceError,
     ConnectionError,
 )
+# Bounds, as SQLAlchemy's pool had: a statement stuck on a lock or a database that stopped
+# answering fails the request instead of holding the process's few connections for ever.
+CHECKOUT_TIMEOUT = 30.0
+STATEMENT_TIMEOUT = 30.0
+
+
+def _retryable(error: BaseException) -> bool:
+    # asyncpg's DataError (a value it could not encode) is an InterfaceError but not a disconnection.
+    return not isinstance(error, asyncpg.exceptions.DataError)
 
 
 _REQUIRED = object()
+
+
+def _refuse_what_changes_per_run(compiled: SQLCompiler) -> None:
+    """What SQLAlchemy decides anew at each execution, or decodes with codecs it installs on its
+    own connections, cannot be compiled once and run here."""
+    for bind in compiled.binds.values():
+        if bind.expanding or bind.literal_execute or bind.callable is not None:
+            raise ValueError(
+                f"parameter {bind.key!r} is rendered or computed per execution (expanding IN, "
+                "literal_execute, a callable): the statement cannot be compiled once"
+            )
+    for column in compiled._result_columns:
+        if isinstance(column.type, (JSON, INET, CIDR)):
+            raise ValueError(f"column {column.keyname!r}: its type is decoded by SQLAlchemy's own codecs")
 
 
 class CompiledStatement:
@@ -45,8 +70,7 @@ class CompiledStatement:
         assert isinstance(statement, ClauseElement)
         compiled = statement.compile(dialect=dialect)
         assert isinstance(compiled, SQLCompiler)
-        if any(bind.expanding for bind in compiled.binds.values()):
-            raise ValueError("a statement with an expanding IN parameter cannot be compiled once")
+        _refuse_what_changes_per_run(compiled)
         self.sql = compiled.string
         # Per positional parameter: the key a caller binds it by, the value the statement carries
         # itself (a literal's), and its type's processor — so that a call only looks values up.
@@ -83,7 +107,9 @@ class Connections:
     asyncpg's own pool spends two to four times a check-in statement's round trip on each
     checkout (its holders, timeouts, the reset on release); lending an idle connection here is a
     list pop. A connection that took part in a statement that failed in any way is closed rather
-    than lent again, so that no half-finished exchange reaches the next statement."""
+    than lent again, so that no half-finished exchange reaches the next statement. Waiting for one
+    and each statement are bounded (CHECKOUT_TIMEOUT, STATEMENT_TIMEOUT); waiters are served in
+    order, and a place freed by a dropped connection goes to the first of them."""
 
     def __init__(self, dsn: str, size: int, server_settings: dict[str, str]) -> None:
         self._dsn = dsn
@@ -106,48 +132,56 @@ class Connections:
         self._give_back(connection)
 
     async def _acquire(self) -> asyncpg.Connection:
-        while True:
-            if self._closed:
-                raise ConnectionError("the database connections are closed")
-            while self._idle:
-                connection = self._idle.pop()
-                if not connection.is_closed():
-                    return connection
-                self._counted -= 1
-            if self._counted < self._size:
-                self._counted += 1
-                try:
-                    return await asyncpg.connect(self._dsn, server_settings=self._server_settings)
-                except BaseException:
-                    self._counted -= 1
-                    self._wake_one(None)
-                    raise
-            waiter: asyncio.Future[asyncpg.Connection | None] = asyncio.get_running_loop().create_future()
-            self._waiters.append(waiter)
-            try:
+        if self._closed:
+            raise ConnectionError("the database connections are closed")
+        while self._idle:
+            connection = self._idle.pop()
+            if not connection.is_closed():
+                return connection
+            self._counted -= 1
+        if self._counted < self._size:
+            self._counted += 1
+            return await self._open_in_place()
+        waiter: asyncio.Future[asyncpg.Connection | None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        try:
+            async with asyncio.timeout(CHECKOUT_TIMEOUT):
                 handed = await waiter
-            except asyncio.CancelledError:
-                # Handed something just before the cancellation: pass it on.
-                if waiter.done() and not waiter.cancelled():
-                    if (connection := waiter.result()) is not None:
-                        self._give_back(connection)
-                    else:
-                        self._wake_one(None)
-                raise
-            if handed is not None:
-                return handed
-            # None: a connection was dropped; its place is free to open another.
+        except (asyncio.CancelledError, TimeoutError):
+            # Handed something just before the cancellation or the timeout: pass it on.
+            if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
+                if (connection := waiter.result()) is not None:
+                    self._give_back(connection)
+                else:
+                    self._free_place()
+            raise
+        # None: a connection was dropped, and its place is now this caller's to open one in.
+        return handed if handed is not None else await self._open_in_place()
+
+    async def _open_in_place(self) -> asyncpg.Connection:
+        """A new connection in a place already counted for it (freed again if this fails)."""
+        try:
+            return await asyncpg.connect(
+                self._dsn, server_settings=self._server_settings, command_timeout=STATEMENT_TIMEOUT
+            )
+        except BaseException:
+            self._free_place()
+            raise
 
     def _give_back(self, connection: asyncpg.Connection) -> None:
         if connection.is_closed() or self._closed:
             if not connection.is_closed():
                 connection.terminate()
-            self._counted -= 1
-            self._wake_one(None)
-        elif not self._wake_one(connection):
+            self._free_place()
+        elif not self._hand(connection):
             self._idle.append(connection)
 
-    def _wake_one(self, handed: asyncpg.Connection | None) -> bool:
+    def _free_place(self) -> None:
+        """A place no connection holds any more: the next waiter's to open one in, else free."""
+        if self._closed or not self._hand(None):
+            self._counted -= 1
+
+    def _hand(self, handed: asyncpg.Connection | None) -> bool:
         while self._waiters:
             waiter = self._waiters.popleft()
             if not waiter.done():
@@ -193,7 +227,9 @@ class DirectStatements:
         try:
             async with self._connections.lend() as connection:
                 record = await connection.fetchrow(compiled.sql, *arguments)
-        except DISCONNECTED:
+        except DISCONNECTED as error:
+            if not _retryable(error):
+                raise
             async with self._connections.lend() as connection:
                 record = await connection.fetchrow(compiled.sql, *arguments)
         return compiled.row(record) if record is not None else None
@@ -205,8 +241,8 @@ class DirectStatements:
         try:
             async with self._connections.lend() as connection:
                 await connection.execute(compiled.sql, *arguments)
-        except DISCONNECTED:
-            if not idempotent:
+        except DISCONNECTED as error:
+            if not (idempotent and _retryable(error)):
                 raise
             async with self._connections.lend() as connection:
                 await connection.execute(compiled.sql, *arguments)
