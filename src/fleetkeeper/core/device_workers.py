@@ -117,15 +117,24 @@ def decode_settings(line: bytes) -> Settings:
 class DeviceWorkers:
     """Starts, restarts and stops the worker processes of one server."""
 
-    def __init__(self, settings: Settings, device_port: int) -> None:
-        # The port the main process bound (a real one when the setting was 0).
-        self._settings_line = encode_settings(settings.model_copy(update={"device_port": device_port}))
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._settings_line = b""
         self._count = settings.device_workers - 1
         self._processes: dict[int, asyncio.subprocess.Process] = {}
         self._supervisors: list[asyncio.Task[None]] = []
         self._stopping = False
 
-    def start(self) -> None:
+    def stopping(self) -> None:
+        """The server is stopping (a signal): a worker that ends from now on is not restarted —
+        under systemd the workers get the same SIGTERM and may well end before `stop`."""
+        self._stopping = True
+
+    def start(self, device_port: int) -> None:
+        """Starts the workers on the port the main process bound (a real one when the setting was 0)."""
+        if self._stopping:
+            return
+        self._settings_line = encode_settings(self._settings.model_copy(update={"device_port": device_port}))
         self._supervisors = [
             asyncio.create_task(self._keep_running(number)) for number in range(1, self._count + 1)
         ]
@@ -169,7 +178,7 @@ class DeviceWorkers:
             pid: int | None = None
             try:
                 process = await self._spawn(number)
-            except OSError as exc:
+            except Exception as exc:  # whatever it was, the supervisor must go on trying
                 log.error("device worker could not be started", worker=number, error=str(exc))
             else:
                 pid = process.pid

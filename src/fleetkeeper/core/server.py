@@ -153,7 +153,7 @@ async def serve(settings: Settings) -> None:
         ),
     ]
     device_socket: socket.socket | None = None
-    workers: DeviceWorkers | None = None
+    workers = DeviceWorkers(settings) if settings.device_workers > 1 else None
     try:
         device_socket = bind_device_socket(settings)
         management = Listener(management_listener_config(runtime))
@@ -161,14 +161,14 @@ async def serve(settings: Settings) -> None:
         listeners = [management, device]
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, _stop, listeners)
+            loop.add_signal_handler(sig, _stop, listeners, workers)
         tasks = [
             asyncio.create_task(management.serve()),
             asyncio.create_task(device.serve(sockets=[device_socket])),
         ]
         while not all(listener.started for listener in listeners):
             if any(task.done() for task in tasks):
-                _stop(listeners)
+                _stop(listeners, workers)
                 await asyncio.gather(*tasks)
                 # uvicorn has logged why (typically the address is in use); say what to do.
                 raise StartupError(
@@ -176,10 +176,9 @@ async def serve(settings: Settings) -> None:
                     "Choose another with --port (FLEETKEEPER_PORT)"
                 )
             await asyncio.sleep(0.05)
-        if settings.device_workers > 1:
-            workers = DeviceWorkers(settings, device.bound_port())
+        if workers is not None:
             runtime.device_tls.crl_loaded_callbacks.append(workers.crl_changed)
-            workers.start()
+            workers.start(device.bound_port())
         _print_banner(runtime, management.bound_port(), device.bound_port())
         await asyncio.gather(*tasks)
     finally:
@@ -193,7 +192,9 @@ async def serve(settings: Settings) -> None:
         await runtime.close()
 
 
-def _stop(listeners: list[Listener]) -> None:
+def _stop(listeners: list[Listener], workers: DeviceWorkers | None) -> None:
+    if workers is not None:
+        workers.stopping()
     for listener in listeners:
         listener.should_exit = True
 

@@ -55,6 +55,7 @@ class DeviceListenerTls:
         context.verify_flags |= ssl.VERIFY_X509_STRICT | ssl.VERIFY_CRL_CHECK_LEAF
         self.context = context
         self.crl_number = -1
+        self.reloading = asyncio.Lock()
         self.crl_pem = b""
         # Called with the number of each CRL loaded later (the main process tells its workers).
         self.crl_loaded_callbacks: list[Callable[[int], None]] = []

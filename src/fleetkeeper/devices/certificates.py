@@ -134,18 +134,21 @@ async def reload_crl(runtime: Runtime, *, force: bool = False) -> bool:
 
     A server's main process also publishes it to the data directory; its device workers only load
     theirs, so that one writer keeps the file from going back to an older CRL."""
-    number = await crl_number(runtime.database)
-    stale = crl_needs_refresh(runtime.device_tls.crl_pem)
-    if runtime.primary and not runtime.pki.crl.exists():
-        stale = True
-    if not force and not stale and number <= runtime.device_tls.crl_number:
-        return False
-    if runtime.primary:
-        number, pem = await publish_crl(runtime.database, runtime.ca, runtime.pki)
-    else:
-        number, pem = await build_crl(runtime.database, runtime.ca)
-    runtime.device_tls.load_crl(pem, number=number)
-    return True
+    # One reload at a time per process (the periodic one and one a revocation asked for), so
+    # that an older CRL built first cannot be loaded last.
+    async with runtime.device_tls.reloading:
+        number = await crl_number(runtime.database)
+        stale = crl_needs_refresh(runtime.device_tls.crl_pem)
+        if runtime.primary and not runtime.pki.crl.exists():
+            stale = True
+        if not force and not stale and number <= runtime.device_tls.crl_number:
+            return False
+        if runtime.primary:
+            number, pem = await publish_crl(runtime.database, runtime.ca, runtime.pki)
+        else:
+            number, pem = await build_crl(runtime.database, runtime.ca)
+        runtime.device_tls.load_crl(pem, number=number)
+        return True
 
 
 def crl_needs_refresh(pem: bytes) -> bool:
