@@ -80,9 +80,22 @@ async def crl_number(database: Database) -> int:
     return state.number if state else 0
 
 
-async def build_crl(database: Database, ca: CertificateAuthority) -> tuple[int, bytes]:
-    """The CRL (PEM) of every revoked certificate that has not expired yet, and its number."""
+async def build_crl(
+    database: Database, ca: CertificateAuthority, *, replacing: bytes | None = None
+) -> tuple[int, bytes]:
+    """The CRL (PEM) of every revoked certificate that has not expired yet, and its number.
+
+    `replacing`: the CRL this one is to replace in a live TLS context. OpenSSL keeps using the
+    first of an issuer's CRLs whose last-update time is not strictly later (to the second), so a
+    CRL built within the same second as the one loaded would be ignored: its last update is put
+    one second after that one's."""
     now = utcnow()
+    last_update = now - CLOCK_SKEW
+    if replacing is not None:
+        loaded = x509.load_pem_x509_crl(replacing).last_update_utc
+        # Never later than now: a CRL from the future would fail every handshake. Built from
+        # five minutes back, that leaves room for 300 reloads in five minutes.
+        last_update = min(max(last_update, loaded + timedelta(seconds=1)), now)
     async with database.session() as session:
         state = await session.get(CrlState, 1)
         rows: Sequence[tuple[str, datetime, str | None]] = (
@@ -100,7 +113,7 @@ async def build_crl(database: Database, ca: CertificateAuthority) -> tuple[int, 
     builder = (
         x509.CertificateRevocationListBuilder()
         .issuer_name(ca.certificate.subject)
-        .last_update(now - CLOCK_SKEW)
+        .last_update(last_update)
         .next_update(now + CRL_VALIDITY)
         .add_extension(x509.CRLNumber(number), critical=False)
         .add_extension(
@@ -120,9 +133,11 @@ async def build_crl(database: Database, ca: CertificateAuthority) -> tuple[int, 
     return number, crl.public_bytes(serialization.Encoding.PEM)
 
 
-async def publish_crl(database: Database, ca: CertificateAuthority, pki: PkiPaths) -> tuple[int, bytes]:
+async def publish_crl(
+    database: Database, ca: CertificateAuthority, pki: PkiPaths, *, replacing: bytes | None = None
+) -> tuple[int, bytes]:
     """Builds the CRL and writes it to the data directory (for Mosquitto's crlfile)."""
-    number, pem = await build_crl(database, ca)
+    number, pem = await build_crl(database, ca, replacing=replacing)
     await asyncio.to_thread(write_bytes_atomic, pki.crl, pem, 0o644)
     return number, pem
 
@@ -143,10 +158,11 @@ async def reload_crl(runtime: Runtime, *, force: bool = False) -> bool:
             stale = True
         if not force and not stale and number <= runtime.device_tls.crl_number:
             return False
+        loaded = runtime.device_tls.crl_pem
         if runtime.primary:
-            number, pem = await publish_crl(runtime.database, runtime.ca, runtime.pki)
+            number, pem = await publish_crl(runtime.database, runtime.ca, runtime.pki, replacing=loaded)
         else:
-            number, pem = await build_crl(runtime.database, runtime.ca)
+            number, pem = await build_crl(runtime.database, runtime.ca, replacing=loaded)
         runtime.device_tls.load_crl(pem, number=number)
         return True
 
