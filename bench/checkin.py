@@ -60,11 +60,9 @@ from fleetkeeper.access.permissions import GrantSet
 from fleetkeeper.access.principal import Principal
 from fleetkeeper.core.db import Database
 from fleetkeeper.core.pki import (
-    CertificateAuthority,
     PkiPaths,
     generate_private_key,
-    load_certificate,
-    load_private_key,
+    load_ca,
     write_private_key,
 )
 from fleetkeeper.deployments.service import DeploymentRequest, create
@@ -427,7 +425,7 @@ async def per_request(url: str, server_pid: int, step: Any) -> tuple[dict[str, A
 async def certify(database: Database, pki_dir: Path, out_dir: Path, devices: list[str]) -> list[Credential]:
     """Client certificates from the server's CA, recorded the way enrollment records them."""
     paths = PkiPaths(pki_dir)
-    ca = CertificateAuthority(load_private_key(paths.ca_key), load_certificate(paths.ca_cert))
+    ca = load_ca(paths)
     issued = []
     async with database.transaction() as session:
         for device in devices:

@@ -52,7 +52,7 @@ from bench.fleet import fresh_database
 from fleetkeeper.access.permissions import GrantSet
 from fleetkeeper.access.principal import Principal
 from fleetkeeper.core.db import Database
-from fleetkeeper.core.pki import CertificateAuthority, PkiPaths, load_certificate, load_private_key
+from fleetkeeper.core.pki import PkiPaths, load_ca, load_certificate
 from fleetkeeper.devices.enrollment import create_token
 from fleetkeeper_agent.signing import b64url_encode, signed_envelope
 
@@ -155,7 +155,7 @@ def check_enrolled(
 def ca_rate(pki_dir: Path, devices: list[Device]) -> float:
     """Certificates per second the fleet CA issues here, one after the other."""
     paths = PkiPaths(pki_dir)
-    ca = CertificateAuthority(load_private_key(paths.ca_key), load_certificate(paths.ca_cert))
+    ca = load_ca(paths)
     keys = [device.key.public_key() for device in devices[:CA_SAMPLE]]
     started = time.perf_counter()
     for number, key in enumerate(keys):

@@ -30,8 +30,7 @@ from fleetkeeper.core.pki import (
     CertificateAuthority,
     PkiPaths,
     generate_private_key,
-    load_certificate,
-    load_private_key,
+    load_ca,
     write_certificate,
     write_private_key,
 )
@@ -149,7 +148,7 @@ class CertificateFactory:
 
     def _ca(self) -> CertificateAuthority:
         paths = PkiPaths(self.ca_dir)
-        return CertificateAuthority(load_private_key(paths.ca_key), load_certificate(paths.ca_cert))
+        return load_ca(paths)
 
     def issue(
         self,

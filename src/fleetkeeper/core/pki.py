@@ -181,11 +181,16 @@ class PkiPaths:
         return self.directory / "crl.pem"
 
 
+def load_ca(paths: PkiPaths) -> CertificateAuthority:
+    """The fleet CA kept in `paths` (FileNotFoundError when its key or certificate is missing)."""
+    return CertificateAuthority(load_private_key(paths.ca_key), load_certificate(paths.ca_cert))
+
+
 def load_or_create_ca(paths: PkiPaths) -> tuple[CertificateAuthority, bool]:
     """Returns the fleet CA, creating it on first start; the flag says whether it was created."""
     paths.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
     if paths.ca_key.exists() and paths.ca_cert.exists():
-        return CertificateAuthority(load_private_key(paths.ca_key), load_certificate(paths.ca_cert)), False
+        return load_ca(paths), False
     if paths.ca_key.exists() or paths.ca_cert.exists():
         raise FileExistsError(
             f"{paths.directory} holds only one of ca.key and ca.crt; restore the other from backup"

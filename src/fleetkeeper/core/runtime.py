@@ -15,9 +15,8 @@ from fleetkeeper.core.pki import (
     CertificateAuthority,
     PkiPaths,
     ensure_device_listener_certificate,
-    load_certificate,
+    load_ca,
     load_or_create_ca,
-    load_private_key,
 )
 from fleetkeeper.core.tls import DeviceListenerTls
 
@@ -139,11 +138,12 @@ async def _require_schema_at_head(database: Database, settings: Settings) -> Non
 
 
 def _load_ca(pki: PkiPaths) -> CertificateAuthority:
-    if not (pki.ca_key.exists() and pki.ca_cert.exists()):
+    try:
+        return load_ca(pki)
+    except FileNotFoundError:
         raise StartupError(
             f"no fleet CA in {pki.directory}: the server's main process makes it on first start"
-        )
-    return CertificateAuthority(load_private_key(pki.ca_key), load_certificate(pki.ca_cert))
+        ) from None
 
 
 def _redacted(url: str) -> str:

@@ -75,28 +75,23 @@ async def get_device(device_id: str, principal: Reader, request: Request) -> Dev
     )
 
 
-async def _managed(request: Request, principal: Principal, device_id: str) -> Device:
-    async with runtime_of(request).database.session() as session:
-        return await service.device_for(session, principal, device_id, Permission.DEVICES_MANAGE)
-
-
 @router.post("/devices/{device_id}/accept")
 async def accept(device_id: str, principal: Manager, request: Request) -> DeviceOut:
     """Accepts a pending enrollment: the device gets its certificate when it asks next."""
-    device = await _managed(request, principal, device_id)
+    device = await service.manageable_device(runtime_of(request).database, principal, device_id)
     return DeviceOut.of(await enrollment.decide(runtime_of(request), principal, device, accept=True))
 
 
 @router.post("/devices/{device_id}/reject")
 async def reject(device_id: str, principal: Manager, request: Request) -> DeviceOut:
-    device = await _managed(request, principal, device_id)
+    device = await service.manageable_device(runtime_of(request).database, principal, device_id)
     return DeviceOut.of(await enrollment.decide(runtime_of(request), principal, device, accept=False))
 
 
 @router.post("/devices/{device_id}/decommission")
 async def decommission(device_id: str, principal: Manager, request: Request) -> DeviceOut:
     """Retires the device: its certificates are revoked and the CRL is published at once."""
-    device = await _managed(request, principal, device_id)
+    device = await service.manageable_device(runtime_of(request).database, principal, device_id)
     await enrollment.decommission(runtime_of(request), principal, device)
     async with runtime_of(request).database.session() as session:
         return DeviceOut.of(await service.get_device(session, device_id))
@@ -104,7 +99,7 @@ async def decommission(device_id: str, principal: Manager, request: Request) -> 
 
 @router.post("/devices/{device_id}/key-rotation/approve", status_code=204)
 async def approve_key_rotation(device_id: str, principal: Manager, request: Request) -> Response:
-    device = await _managed(request, principal, device_id)
+    device = await service.manageable_device(runtime_of(request).database, principal, device_id)
     await enrollment.approve_rotation(runtime_of(request), principal, device)
     return Response(status_code=204)
 

@@ -150,6 +150,12 @@ async def device_for(
     return device
 
 
+async def manageable_device(database: Database, principal: Principal, device_id: str) -> Device:
+    """The device, when the principal may manage it: what a route acting on one device checks first."""
+    async with database.session() as session:
+        return await device_for(session, principal, device_id, Permission.DEVICES_MANAGE)
+
+
 async def certificates_of(session: AsyncSession, device_id: str) -> Sequence[DeviceCertificate]:
     """Every certificate issued to the device, newest first (revoked ones too)."""
     return (

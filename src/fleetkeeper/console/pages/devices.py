@@ -124,14 +124,9 @@ async def device_detail(request: Request, principal: Reader, device_id: str) -> 
     )
 
 
-async def _managed(request: Request, principal: Principal, device_id: str) -> Device:
-    async with runtime_of(request).database.session() as session:
-        return await service.device_for(session, principal, device_id, Permission.DEVICES_MANAGE)
-
-
 @router.post("/devices/{device_id}/decommission")
 async def decommission(request: Request, principal: Manager, device_id: str) -> Response:
-    device = await _managed(request, principal, device_id)
+    device = await service.manageable_device(runtime_of(request).database, principal, device_id)
     await enrollment.decommission(runtime_of(request), principal, device)
     return RedirectResponse(f"/devices/{device.id}", status_code=303)
 

@@ -72,23 +72,18 @@ def _done(what: str, object_id: str) -> Response:
     return RedirectResponse(f"/enrollment?done={what}&device={object_id}", status_code=303)
 
 
-async def _managed(request: Request, principal: Principal, device_id: str) -> Device:
-    async with runtime_of(request).database.session() as session:
-        return await service.device_for(session, principal, device_id, Permission.DEVICES_MANAGE)
-
-
 @router.post("/enrollment/{device_id}/accept")
 async def accept(
     request: Request, principal: Manager, device_id: str, group: Annotated[str, Form(max_length=128)] = ""
 ) -> Response:
-    device = await _managed(request, principal, device_id)
+    device = await service.manageable_device(runtime_of(request).database, principal, device_id)
     await enrollment.accept_into_group(runtime_of(request), principal, device, group or None)
     return _done("accepted", device.id)
 
 
 @router.post("/enrollment/{device_id}/reject")
 async def reject(request: Request, principal: Manager, device_id: str) -> Response:
-    device = await _managed(request, principal, device_id)
+    device = await service.manageable_device(runtime_of(request).database, principal, device_id)
     await enrollment.decide(runtime_of(request), principal, device, accept=False)
     return _done("rejected", device.id)
 
