@@ -118,6 +118,11 @@ async def test_a_hot_statement_reads_as_the_orm_would(database: Database) -> Non
         assert (user_id, created_at, disabled) == ("usr_hot", created, False)
         assert created_at.utcoffset() == timedelta(0)
     assert await database.read_row(_USER_BY_NAME, {"name": "nobody"}) is None
+    # Sent together with others on PostgreSQL, alone on SQLite: the same rows either way.
+    batched = await asyncio.gather(
+        *(database.read_row(_USER_BY_NAME, {"name": name}, batch_by=("name",)) for name in ("hot", "nobody"))
+    )
+    assert batched == [("usr_hot", created, False), None]
     with pytest.raises(Exception, match="name"):
         await database.read_row(_USER_BY_NAME, {})
     if database.url.startswith("postgresql"):

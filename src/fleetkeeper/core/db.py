@@ -140,18 +140,25 @@ class Database:
                 await session.close()  # the dead connection goes; the next statement takes another
             yield session
 
-    async def read_row(self, statement: Executable, parameters: dict[str, Any]) -> tuple[Any, ...] | None:
+    async def read_row(
+        self, statement: Executable, parameters: dict[str, Any], *, batch_by: tuple[str, ...] = ()
+    ) -> tuple[Any, ...] | None:
         """The first row of one read-only statement: a hot path's whole read in one round trip.
 
         On PostgreSQL the statement is compiled once and run on asyncpg directly (`direct`), with
         no liveness check: a connection found dead (the database restarted) is dropped and the
         statement runs once more, which is safe because it only reads. `statement` must be built
-        once (a module constant or a cached function's result), not anew per call."""
+        once (a module constant or a cached function's result), not anew per call.
+
+        `batch_by` names the parameters that tell one caller's run from another's (a device's
+        serial): concurrent runs are then sent as one statement (`direct.Batches`), each keeping
+        its values of those, all sharing the first run's values of the others (a clock read a
+        moment earlier). On SQLite it changes nothing."""
         if not self.url.startswith("postgresql"):
             async with self.session() as session:
                 row = (await session.execute(statement, parameters)).first()
             return tuple(row) if row is not None else None
-        return await self._direct().fetch_row(statement, parameters)
+        return await self._direct().fetch_row(statement, parameters, batch_by)
 
     async def write_one(self, statement: Executable, parameters: dict[str, Any], *, idempotent: bool) -> None:
         """One write statement that stands alone (nothing read before decides it), committed by

@@ -15,10 +15,12 @@ callable) and whose columns need no codec of SQLAlchemy's (no JSON, INET), on Po
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import re
 from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 import asyncpg
 from sqlalchemy import JSON, Executable
@@ -47,6 +49,10 @@ def _retryable(error: BaseException) -> bool:
 
 
 _REQUIRED = object()
+# Runs sent together by `Batches` at most; 64 concurrent device connections per process are
+# the benchmark's load.
+BATCH_LIMIT = 128
+T = TypeVar("T")
 
 
 def _refuse_what_changes_per_run(compiled: SQLCompiler) -> None:
@@ -66,14 +72,15 @@ def _refuse_what_changes_per_run(compiled: SQLCompiler) -> None:
 class CompiledStatement:
     """One statement as PostgreSQL's SQL, its parameters in order and its types' processors."""
 
-    def __init__(self, statement: Executable, dialect: Dialect) -> None:
+    def __init__(self, statement: Executable, dialect: Dialect, per_item: tuple[str, ...] = ()) -> None:
         assert isinstance(statement, ClauseElement)
         compiled = statement.compile(dialect=dialect)
         assert isinstance(compiled, SQLCompiler)
         _refuse_what_changes_per_run(compiled)
         self.sql = compiled.string
-        # Per positional parameter: the key a caller binds it by, the value the statement carries
-        # itself (a literal's), and its type's processor — so that a call only looks values up.
+        # Per positional parameter ($1, $2, ...): the key a caller binds it by, the value the
+        # statement carries itself (a literal's), and its type's processor — so that a call only
+        # looks values up.
         self._parameters: list[tuple[str, Any, Callable[[Any], Any] | None]] = []
         for name in compiled.positiontup or ():
             bind = compiled.binds[name]
@@ -84,6 +91,35 @@ class CompiledStatement:
         self._result_processors: list[Callable[[Any], Any] | None] = [
             column.type._cached_result_processor(dialect, None) for column in compiled._result_columns
         ]
+        self.per_item = per_item
+        if per_item:
+            self.sql = self._batched_sql(compiled, dialect)
+
+    def _batched_sql(self, compiled: SQLCompiler, dialect: Dialect) -> str:
+        """The statement run once per item of a batch, LATERAL, its first row each, after the item's
+        position (1, 2, ...): each `per_item` parameter's own `$n` now carries an array of the items'
+        values, unnested WITH ORDINALITY, and the statement reads the item's value from there."""
+        keys = [key for key, _, _ in self._parameters]
+        positions = []
+        for key in self.per_item:
+            if key not in keys:
+                raise ValueError(f"the statement has no parameter {key!r} to batch by")
+            positions.append(keys.index(key) + 1)
+        inner = self.sql
+        for position in positions:
+            # `$8::VARCHAR` becomes `batch.item_8::VARCHAR`; `$80` is another parameter.
+            inner = re.sub(rf"\${position}(?!\d)", f"batch.item_{position}", inner)
+        arrays = ", ".join(
+            f"${position}::{compiled.binds[compiled.positiontup[position - 1]].type.compile(dialect)}[]"  # type: ignore[index]
+            for position in positions
+        )
+        columns = ", ".join(f"item_{position}" for position in positions)
+        # Built from the compiled statement and positions only: no value reaches the SQL text.
+        return (
+            f"SELECT batch.ordinal, item.* FROM unnest({arrays}) WITH ORDINALITY "  # noqa: S608
+            f"AS batch({columns}, ordinal) CROSS JOIN LATERAL "
+            f"(SELECT * FROM ({inner}) AS single_run LIMIT 1) AS item"
+        )
 
     def arguments(self, parameters: dict[str, Any]) -> list[Any]:
         arguments = []
@@ -94,7 +130,17 @@ class CompiledStatement:
             arguments.append(processor(value) if processor is not None else value)
         return arguments
 
-    def row(self, record: asyncpg.Record) -> tuple[Any, ...]:
+    def batch_arguments(self, items: list[dict[str, Any]]) -> list[Any]:
+        """`arguments` for a batch: the `per_item` parameters as arrays of every item's value, the
+        others the first item's (shared by the batch)."""
+        arguments = self.arguments(items[0])
+        for position, (key, _, processor) in enumerate(self._parameters):
+            if key in self.per_item:
+                values = [item[key] for item in items]
+                arguments[position] = [processor(value) for value in values] if processor else values
+        return arguments
+
+    def row(self, record: asyncpg.Record | tuple[Any, ...]) -> tuple[Any, ...]:
         return tuple(
             processor(value) if processor is not None else value
             for processor, value in zip(self._result_processors, record, strict=True)
@@ -200,6 +246,88 @@ class Connections:
                 waiter.set_exception(ConnectionError("the database connections are closed"))
 
 
+class Batches:
+    """Concurrent runs of one single-row statement for different items (`per_item` parameters),
+    sent as one statement while others are on their way.
+
+    A run waits in line; at most `senders` tasks send what waits, up to BATCH_LIMIT runs at a
+    time, and go on while something waits. A run that finds a sender free is sent on the loop's
+    next turn with whatever came in meanwhile: alone when the process is idle, with the others
+    under load — one round trip and one execution in PostgreSQL for many instead of each."""
+
+    def __init__(self, statements: DirectStatements, compiled: CompiledStatement, senders: int) -> None:
+        self._statements = statements
+        self._compiled = compiled
+        self._senders_allowed = senders
+        self._senders = 0
+        self._sender_starting = False
+        self._waiting: deque[tuple[dict[str, Any], asyncio.Future[tuple[Any, ...] | None]]] = deque()
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def fetch_row(self, parameters: dict[str, Any]) -> tuple[Any, ...] | None:
+        for key in self._compiled.per_item:
+            if key not in parameters:
+                raise ValueError(f"the statement's parameter {key!r} was not given")
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[tuple[Any, ...] | None] = loop.create_future()
+        self._waiting.append((parameters, future))
+        if not self._sender_starting and self._senders < self._senders_allowed:
+            self._sender_starting = True
+            self._senders += 1
+            # A context of its own: a sender works for many requests, not the one that started it.
+            task = loop.create_task(self._send(), context=contextvars.Context())
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        return await future
+
+    async def _send(self) -> None:
+        self._sender_starting = False
+        try:
+            while self._waiting:
+                batch: list[tuple[dict[str, Any], asyncio.Future[tuple[Any, ...] | None]]] = []
+                while self._waiting and len(batch) < BATCH_LIMIT:
+                    parameters, future = self._waiting.popleft()
+                    if not future.done():  # a cancelled request's run is not sent
+                        batch.append((parameters, future))
+                if batch:
+                    await self._send_batch(batch)
+        finally:
+            self._senders -= 1
+
+    async def _send_batch(
+        self, batch: list[tuple[dict[str, Any], asyncio.Future[tuple[Any, ...] | None]]]
+    ) -> None:
+        try:
+            arguments = self._compiled.batch_arguments([parameters for parameters, _ in batch])
+            records = await self._statements.on_connection(
+                lambda connection: connection.fetch(self._compiled.sql, *arguments), retry=True
+            )
+        except BaseException as error:
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(
+                        ConnectionError("the database connections are closed")
+                        if isinstance(error, asyncio.CancelledError)
+                        else error
+                    )
+            if isinstance(error, asyncio.CancelledError):
+                raise
+            return
+        rows = {record[0]: self._compiled.row(tuple(record)[1:]) for record in records}
+        for ordinal, (_, future) in enumerate(batch, start=1):
+            if not future.done():
+                future.set_result(rows.get(ordinal))
+
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        while self._waiting:
+            _, future = self._waiting.popleft()
+            if not future.done():
+                future.set_exception(ConnectionError("the database connections are closed"))
+
+
 class DirectStatements:
     """Connections in autocommit (asyncpg's default outside a transaction) for the hot path's
     single statements, opened when first needed."""
@@ -209,43 +337,64 @@ class DirectStatements:
     ) -> None:
         url = make_url(sqlalchemy_url).set(drivername="postgresql")
         self._connections = Connections(url.render_as_string(hide_password=False), pool_size, server_settings)
+        self._pool_size = pool_size
         self._dialect = dialect
-        self._compiled: dict[int, tuple[Executable, CompiledStatement]] = {}
+        self._compiled: dict[tuple[int, tuple[str, ...]], tuple[Executable, CompiledStatement]] = {}
+        self._batches: dict[tuple[int, tuple[str, ...]], Batches] = {}
 
-    def compiled(self, statement: Executable) -> CompiledStatement:
+    def compiled(self, statement: Executable, per_item: tuple[str, ...] = ()) -> CompiledStatement:
         # Keyed by identity, the statement kept alongside so that its id cannot be reused.
-        found = self._compiled.get(id(statement))
+        key = (id(statement), per_item)
+        found = self._compiled.get(key)
         if found is None:
-            found = (statement, CompiledStatement(statement, self._dialect))
-            self._compiled[id(statement)] = found
+            found = (statement, CompiledStatement(statement, self._dialect, per_item))
+            self._compiled[key] = found
         return found[1]
 
-    async def fetch_row(self, statement: Executable, parameters: dict[str, Any]) -> tuple[Any, ...] | None:
-        """The first row of a read-only statement; sent once more on a connection found closed."""
-        compiled = self.compiled(statement)
-        arguments = compiled.arguments(parameters)
+    async def on_connection(self, use: Callable[[asyncpg.Connection], Awaitable[T]], *, retry: bool) -> T:
+        """`use` on a lent connection; once more on another if the connection was found closed
+        and `retry` (the statement is safe to send twice)."""
         try:
             async with self._connections.lend() as connection:
-                record = await connection.fetchrow(compiled.sql, *arguments)
+                return await use(connection)
         except DISCONNECTED as error:
-            if not _retryable(error):
+            if not (retry and _retryable(error)):
                 raise
             async with self._connections.lend() as connection:
-                record = await connection.fetchrow(compiled.sql, *arguments)
+                return await use(connection)
+
+    async def fetch_row(
+        self, statement: Executable, parameters: dict[str, Any], batch_by: tuple[str, ...] = ()
+    ) -> tuple[Any, ...] | None:
+        """The first row of a read-only statement; sent once more on a connection found closed.
+        With `batch_by`, concurrent calls are sent together (`Batches`), each with its own values
+        of those parameters and the first call's of the others."""
+        if batch_by:
+            return await self._batches_of(statement, batch_by).fetch_row(parameters)
+        compiled = self.compiled(statement)
+        arguments = compiled.arguments(parameters)
+        record = await self.on_connection(
+            lambda connection: connection.fetchrow(compiled.sql, *arguments), retry=True
+        )
         return compiled.row(record) if record is not None else None
+
+    def _batches_of(self, statement: Executable, batch_by: tuple[str, ...]) -> Batches:
+        key = (id(statement), batch_by)
+        batches = self._batches.get(key)
+        if batches is None:
+            batches = Batches(self, self.compiled(statement, batch_by), self._pool_size)
+            self._batches[key] = batches
+        return batches
 
     async def execute(self, statement: Executable, parameters: dict[str, Any], *, idempotent: bool) -> None:
         """One write that commits by itself; sent once more on a closed connection if `idempotent`."""
         compiled = self.compiled(statement)
         arguments = compiled.arguments(parameters)
-        try:
-            async with self._connections.lend() as connection:
-                await connection.execute(compiled.sql, *arguments)
-        except DISCONNECTED as error:
-            if not (idempotent and _retryable(error)):
-                raise
-            async with self._connections.lend() as connection:
-                await connection.execute(compiled.sql, *arguments)
+        await self.on_connection(
+            lambda connection: connection.execute(compiled.sql, *arguments), retry=idempotent
+        )
 
     async def close(self) -> None:
+        for batches in self._batches.values():
+            await batches.close()
         await self._connections.close()

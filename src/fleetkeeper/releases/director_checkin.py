@@ -47,7 +47,8 @@ async def unchanged_timestamp(runtime: Runtime, peer: PeerCertificate) -> bytes 
 
     Raises what `authenticate` raises for a certificate that is not an accepted device's."""
     parameters = {**serial_parameter(peer), **deployments.check_in_parameters(peer.common_name)}
-    row = await runtime.database.read_row(_check_in_query(), parameters)
+    # Every check-in has its own certificate and device; `now` is shared by the check-ins sent together.
+    row = await runtime.database.read_row(_check_in_query(), parameters, batch_by=("serial", "device_id"))
     device = identity_of(peer, row)
     assert row is not None
     served_target, timestamp, wanted_target, queued, installed = row[IDENTITY_COLUMNS:]
