@@ -53,7 +53,8 @@ def device_routers() -> list[APIRouter]:
     from fleetkeeper.releases.device_api import router as releases_device_router
     from fleetkeeper.terminal.device_api import router as terminal_device_router
 
-    return [device_router, releases_device_router, deployments_device_router, terminal_device_router]
+    # Routes are tried in order: what every device polls (the check-in, then ping) comes first.
+    return [releases_device_router, device_router, deployments_device_router, terminal_device_router]
 
 
 # Bodies above the 1 MiB default: release upload chunks.

@@ -7,10 +7,9 @@ import secrets
 import time
 from contextvars import ContextVar
 
-import structlog
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from fleetkeeper.core.logging import get_logger
+from fleetkeeper.core.logging import get_logger, request_fields
 
 REQUEST_ID_HEADER = "x-request-id"
 _ACCEPTABLE_ID = re.compile(r"^[A-Za-z0-9._:-]{8,64}$")
@@ -57,7 +56,7 @@ class RequestIdMiddleware:
                 message["headers"] = [*message.get("headers", []), (b"x-request-id", request_id.encode())]
             await send(message)
 
-        with structlog.contextvars.bound_contextvars(request_id=request_id, listener=self.listener):
+        with request_fields(request_id=request_id, listener=self.listener):
             try:
                 await self.app(scope, receive, send_with_id)
             finally:

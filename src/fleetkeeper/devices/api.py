@@ -29,6 +29,13 @@ def _ca_pem(runtime: Runtime) -> str:
     return runtime.pki.ca_cert.read_text()
 
 
+@router.get("/ping", status_code=204, dependencies=[Depends(require_peer_certificate)])
+async def ping() -> Response:
+    """Nothing but the device listener itself: TLS has verified the client certificate against the
+    fleet CA and its CRL, and no database is read. The reference the check-in benchmark compares with."""
+    return Response(status_code=204)
+
+
 @router.post("/enroll", dependencies=[PUBLIC])
 async def enroll(body: Envelope, request: Request, response: Response) -> EnrollmentOut:
     """A signed enrollment request; send it again (new nonce) to poll or to fetch the certificate."""
@@ -55,13 +62,6 @@ async def crl(request: Request) -> Response:
     this process's TLS layer checks (in a device worker, newer than the file after its own
     revocations, until the main process publishes them)."""
     return Response(runtime_of(request).device_tls.crl_pem, media_type="application/x-pem-file")
-
-
-@router.get("/ping", status_code=204, dependencies=[Depends(require_peer_certificate)])
-async def ping() -> Response:
-    """Nothing but the device listener itself: TLS has verified the client certificate against the
-    fleet CA and its CRL, and no database is read. The reference the check-in benchmark compares with."""
-    return Response(status_code=204)
 
 
 @router.post("/certificate/renew")

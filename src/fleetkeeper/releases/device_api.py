@@ -18,29 +18,6 @@ from fleetkeeper.releases.ranges import range_response
 router = APIRouter(prefix="/device/v1", tags=["device"])
 
 
-@router.get("/repository/metadata/{filename}")
-async def image_metadata(filename: str, device: AuthenticatedDevice, request: Request) -> Response:
-    return await metadata_response(runtime_of(request), repository.IMAGE, filename)
-
-
-@router.get("/repository/targets/{path:path}", response_model=None)
-async def target(path: str, device: AuthenticatedDevice, request: Request) -> Response:
-    """A target file by its consistent-snapshot path (`<name>/<version>/<sha256>.<file>`): HTTP
-    Range supported; with S3, a redirect to a short-lived presigned URL."""
-    runtime = runtime_of(request)
-    key = f"targets/{path}"
-    async with runtime.database.session() as session:
-        release = await service.served_object(session, key)
-    if release is None:
-        raise NotFoundError("no such target", code="target_not_found")
-    url = await runtime.object_store.presigned_url(key, runtime.settings.presigned_url_seconds)
-    if url is not None:
-        return RedirectResponse(url, status_code=307)
-    return await range_response(
-        runtime.object_store, key, request.headers.get("range"), "application/octet-stream"
-    )
-
-
 @router.get("/director/metadata/{filename}")
 async def director_metadata(filename: str, peer: DevicePeer, request: Request) -> Response:
     """This device's director metadata (the device is known from its certificate).
@@ -94,6 +71,29 @@ async def director_metadata(filename: str, peer: DevicePeer, request: Request) -
             "that version is no longer current: refresh from timestamp.json", code="metadata_not_found"
         )
     return _metadata(content)
+
+
+@router.get("/repository/metadata/{filename}")
+async def image_metadata(filename: str, device: AuthenticatedDevice, request: Request) -> Response:
+    return await metadata_response(runtime_of(request), repository.IMAGE, filename)
+
+
+@router.get("/repository/targets/{path:path}", response_model=None)
+async def target(path: str, device: AuthenticatedDevice, request: Request) -> Response:
+    """A target file by its consistent-snapshot path (`<name>/<version>/<sha256>.<file>`): HTTP
+    Range supported; with S3, a redirect to a short-lived presigned URL."""
+    runtime = runtime_of(request)
+    key = f"targets/{path}"
+    async with runtime.database.session() as session:
+        release = await service.served_object(session, key)
+    if release is None:
+        raise NotFoundError("no such target", code="target_not_found")
+    url = await runtime.object_store.presigned_url(key, runtime.settings.presigned_url_seconds)
+    if url is not None:
+        return RedirectResponse(url, status_code=307)
+    return await range_response(
+        runtime.object_store, key, request.headers.get("range"), "application/octet-stream"
+    )
 
 
 def _metadata(content: bytes) -> Response:
