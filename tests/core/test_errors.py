@@ -9,8 +9,9 @@ import pytest
 from fastapi import FastAPI
 from pydantic import BaseModel, ConfigDict
 
-from fleetkeeper.core.errors import ConflictError, UnhandledErrorMiddleware, install_problem_handlers
-from fleetkeeper.core.requestid import RequestIdMiddleware
+from fleetkeeper.core.edge import RequestEdgeMiddleware
+from fleetkeeper.core.errors import ConflictError, install_problem_handlers
+from fleetkeeper.core.metrics import REQUESTS
 
 
 class SignIn(BaseModel):
@@ -22,8 +23,7 @@ class SignIn(BaseModel):
 def build_app() -> FastAPI:
     app = FastAPI()
     install_problem_handlers(app)
-    app.add_middleware(UnhandledErrorMiddleware)
-    app.add_middleware(RequestIdMiddleware, listener="test")
+    app.add_middleware(RequestEdgeMiddleware, listener="test")
 
     @app.post("/sign-in")
     async def sign_in(body: SignIn) -> dict[str, str]:
@@ -90,3 +90,12 @@ async def test_wrong_method_is_a_problem(client: httpx2.AsyncClient) -> None:
     response = await client.get("/sign-in")
     assert response.status_code == 405
     assert response.json()["code"] == "method_not_allowed"
+
+
+async def test_an_unexpected_error_is_counted_as_the_500_it_became(client: httpx2.AsyncClient) -> None:
+    def served() -> float:
+        return REQUESTS.labels("test", "GET", "/boom", "500")._value.get()
+
+    before = served()
+    assert (await client.get("/boom")).status_code == 500
+    assert served() == before + 1

@@ -23,6 +23,7 @@ from fleetkeeper.console.session import (
     SignInRequiredError,
     current_principal,
 )
+from fleetkeeper.core.app import NO_TELEMETRY
 from fleetkeeper.core.errors import ProblemError
 from fleetkeeper.core.runtime import Runtime
 
@@ -102,7 +103,7 @@ async def _on_validation_error(request: Request, exc: Exception) -> Response:
 
 
 def create_console_app(runtime: Runtime) -> FastAPI:
-    app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
+    app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None, telemetry=NO_TELEMETRY)
     app.state.runtime = runtime
     app.state.routers = console_routers()
     for router in app.state.routers:

@@ -5,15 +5,15 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from fastapi import APIRouter, FastAPI
+from fastapi.telemetry import TelemetryConfig
 from starlette.routing import BaseRoute
 
 import fleetkeeper
 from fleetkeeper.core.bodylimit import BodySizeLimitMiddleware
-from fleetkeeper.core.errors import UnhandledErrorMiddleware, install_problem_handlers
+from fleetkeeper.core.edge import RequestEdgeMiddleware
+from fleetkeeper.core.errors import install_problem_handlers
 from fleetkeeper.core.health import router as health_router
-from fleetkeeper.core.metrics import MetricsMiddleware
 from fleetkeeper.core.peer import DeviceCertificateGate
-from fleetkeeper.core.requestid import RequestIdMiddleware
 from fleetkeeper.core.runtime import Runtime
 
 # FastAPI's own documentation routes: public, and the only routes that declare no access rule.
@@ -57,12 +57,17 @@ def device_routers() -> list[APIRouter]:
     return [releases_device_router, device_router, deployments_device_router, terminal_device_router]
 
 
+# FastAPI's own OpenTelemetry instrumentation, off: the server's metrics are Prometheus's
+# (`core/metrics.py`) and its logs structlog's; on, every request looked up three providers.
+NO_TELEMETRY: TelemetryConfig = {"tracing": False, "metrics": False, "logs": False}
+
 # Bodies above the 1 MiB default: release upload chunks.
 BODY_LIMITS = {"/api/v1/releases/uploads/": 64 * 1024 * 1024}
 
 
 def _finish(app: FastAPI, runtime: Runtime, listener: str, routers: list[APIRouter]) -> FastAPI:
-    """Shared by both listeners; added last means outermost: request id, errors, metrics, body size."""
+    """Shared by both listeners; added last means outermost: the request's edge (its id, access
+    line, metrics, unhandled errors), then the body size limit."""
     app.state.runtime = runtime
     app.state.routers = routers
     for router in routers:
@@ -71,9 +76,7 @@ def _finish(app: FastAPI, runtime: Runtime, listener: str, routers: list[APIRout
     # A file sent to a device is bounded by its own setting (the route checks Content-Length too).
     limits = {**BODY_LIMITS, "/api/v1/devices/*/files": runtime.settings.terminal_max_file_bytes}
     app.add_middleware(BodySizeLimitMiddleware, limits=limits)
-    app.add_middleware(MetricsMiddleware, listener=listener)
-    app.add_middleware(UnhandledErrorMiddleware)
-    app.add_middleware(RequestIdMiddleware, listener=listener)
+    app.add_middleware(RequestEdgeMiddleware, listener=listener)
     return app
 
 
@@ -104,6 +107,7 @@ def create_management_app(runtime: Runtime) -> FastAPI:
         redoc_url=None,
         openapi_url="/api/openapi.json",
         swagger_ui_oauth2_redirect_url=None,
+        telemetry=NO_TELEMETRY,
     )
     from fleetkeeper.console.app import mount_console
 
@@ -119,6 +123,7 @@ def create_device_app(runtime: Runtime) -> FastAPI:
         docs_url=None,
         redoc_url=None,
         openapi_url=None,
+        telemetry=NO_TELEMETRY,
     )
     from fleetkeeper.devices.api import PUBLIC_PATHS
 

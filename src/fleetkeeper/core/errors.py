@@ -9,15 +9,11 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from fleetkeeper.core.logging import get_logger
 from fleetkeeper.core.requestid import current_request_id
 
 PROBLEM_CONTENT_TYPE = "application/problem+json"
 PROBLEM_TYPE_PREFIX = "urn:fleetkeeper:problem:"
-
-log = get_logger(__name__)
 
 _CODES_BY_STATUS = {
     400: "bad_request",
@@ -127,42 +123,6 @@ async def _on_validation_error(request: Request, exc: Exception) -> JSONResponse
         for error in exc.errors()
     ]
     return problem_response(422, "validation_failed", "the request does not match the schema", errors=errors)
-
-
-class UnhandledErrorMiddleware:
-    """Turns an exception no handler took into a 500 problem (HTTP) or a 1011 close (WebSocket).
-
-    It sits inside the request-id middleware, so the problem and the logged traceback carry the id.
-    """
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] not in ("http", "websocket"):
-            await self.app(scope, receive, send)
-            return
-        started = False
-
-        async def tracking_send(message: Message) -> None:
-            nonlocal started
-            if message["type"] in ("http.response.start", "websocket.accept", "websocket.close"):
-                started = True
-            await send(message)
-
-        try:
-            await self.app(scope, receive, tracking_send)
-        except Exception:
-            log.exception("unhandled error", path=scope.get("path"))
-            if started:
-                raise
-            if scope["type"] == "websocket":
-                await send({"type": "websocket.close", "code": 1011})
-                return
-            response = problem_response(
-                500, "internal_error", "an unexpected error occurred; the request id names it"
-            )
-            await response(scope, receive, send)
 
 
 def install_problem_handlers(app: FastAPI) -> None:
