@@ -17,6 +17,7 @@ from tuf.api.metadata import Metadata
 from fleetkeeper.core.db import utcnow
 from fleetkeeper.core.direct import DirectStatements
 from fleetkeeper.core.ids import new_id
+from fleetkeeper.core.metrics import REQUESTS
 from fleetkeeper.devices.models import Device
 from fleetkeeper.releases import service
 from fleetkeeper.releases.keys import init_keys
@@ -274,3 +275,23 @@ async def test_a_check_in_is_refused_once_the_device_or_its_certificate_is_not_g
         async with device_client(api.runtime, device.certificate) as client:
             response = await client.get("/device/v1/director/metadata/timestamp.json")
         assert (response.status_code, response.json()["code"]) == (401, code)
+
+
+async def test_a_check_in_answered_before_routing_is_named_by_its_route(api: Api) -> None:
+    """An unchanged check-in is answered by its hot handler (core/hotroutes.py), below FastAPI's
+    routing: in the metrics it is still the route's template, as the ping is."""
+    device = await accepted_device(api)
+    await fetch(api, device.certificate, "timestamp.json")
+
+    def served(route: str, status: str) -> float:
+        return REQUESTS.labels("device", "GET", route, status)._value.get()
+
+    check_in, ping = "/device/v1/director/metadata/{filename}", "/device/v1/ping"
+    before = (served(check_in, "200"), served(ping, "204"))
+    async with device_client(api.runtime, device.certificate) as client:
+        timestamp = await client.get("/device/v1/director/metadata/timestamp.json")
+        pinged = await client.get("/device/v1/ping")
+    assert (timestamp.status_code, pinged.status_code) == (200, 204)
+    assert timestamp.headers["content-type"] == "application/json"
+    assert timestamp.headers["cache-control"] == "no-store"
+    assert (served(check_in, "200"), served(ping, "204")) == (before[0] + 1, before[1] + 1)

@@ -13,6 +13,7 @@ from fleetkeeper.core.bodylimit import BodySizeLimitMiddleware
 from fleetkeeper.core.edge import RequestEdgeMiddleware
 from fleetkeeper.core.errors import install_problem_handlers
 from fleetkeeper.core.health import router as health_router
+from fleetkeeper.core.hotroutes import HotRoute, HotRoutes, route_for
 from fleetkeeper.core.peer import DeviceCertificateGate
 from fleetkeeper.core.runtime import Runtime
 
@@ -65,14 +66,17 @@ NO_TELEMETRY: TelemetryConfig = {"tracing": False, "metrics": False, "logs": Fal
 BODY_LIMITS = {"/api/v1/releases/uploads/": 64 * 1024 * 1024}
 
 
-def _finish(app: FastAPI, runtime: Runtime, listener: str, routers: list[APIRouter]) -> FastAPI:
-    """Shared by both listeners; added last means outermost: the request's edge (its id, access
-    line, metrics, unhandled errors), then the body size limit."""
+def _include(app: FastAPI, runtime: Runtime, routers: list[APIRouter]) -> None:
     app.state.runtime = runtime
     app.state.routers = routers
     for router in routers:
         app.include_router(router)
     install_problem_handlers(app)
+
+
+def _wrap(app: FastAPI, runtime: Runtime, listener: str) -> FastAPI:
+    """Shared by both listeners; added last means outermost: the request's edge (its id, access
+    line, metrics, unhandled errors), then the body size limit."""
     # A file sent to a device is bounded by its own setting (the route checks Content-Length too).
     limits = {**BODY_LIMITS, "/api/v1/devices/*/files": runtime.settings.terminal_max_file_bytes}
     app.add_middleware(BodySizeLimitMiddleware, limits=limits)
@@ -111,7 +115,8 @@ def create_management_app(runtime: Runtime) -> FastAPI:
     )
     from fleetkeeper.console.app import mount_console
 
-    _finish(app, runtime, "management", management_routers())
+    _include(app, runtime, management_routers())
+    _wrap(app, runtime, "management")
     mount_console(app, runtime)
     return app
 
@@ -127,5 +132,21 @@ def create_device_app(runtime: Runtime) -> FastAPI:
     )
     from fleetkeeper.devices.api import PUBLIC_PATHS
 
+    _include(app, runtime, device_routers())
+    app.add_middleware(HotRoutes, runtime=runtime, routes=device_hot_routes(app))
     app.add_middleware(DeviceCertificateGate, public_paths=PUBLIC_PATHS)
-    return _finish(app, runtime, "device", device_routers())
+    return _wrap(app, runtime, "device")
+
+
+def device_hot_routes(app: FastAPI) -> dict[str, HotRoute]:
+    """What every device sends all the time: a check-in, ping (the check-in benchmark's reference
+    takes the same way)."""
+    from fleetkeeper.devices.api import hot_ping
+    from fleetkeeper.releases.device_api import unchanged_check_in
+
+    return {
+        "/device/v1/director/metadata/timestamp.json": HotRoute(
+            route_for(app_routes(app), "/device/v1/director/metadata/{filename}"), unchanged_check_in
+        ),
+        "/device/v1/ping": HotRoute(route_for(app_routes(app), "/device/v1/ping"), hot_ping),
+    }

@@ -103,9 +103,15 @@ def problem_response(
     )
 
 
+def response_for(problem: ProblemError) -> JSONResponse:
+    return problem_response(
+        problem.status, problem.code, problem.detail, headers=problem.headers, **problem.extra
+    )
+
+
 async def _on_problem(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, ProblemError)
-    return problem_response(exc.status, exc.code, exc.detail, headers=exc.headers, **exc.extra)
+    return response_for(exc)
 
 
 async def _on_http_exception(request: Request, exc: Exception) -> JSONResponse:

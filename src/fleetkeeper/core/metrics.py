@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
 from starlette.responses import Response
 from starlette.types import Scope
@@ -19,11 +21,21 @@ LATENCY = Histogram(
 )
 
 
+# Each (listener, method, route, status)'s counter and histogram: `labels()` looks them up under
+# a lock, with its arguments checked, twice per request.
+_SERIES: dict[tuple[str, str, str, int], tuple[Any, Any]] = {}
+
+
 def observe_request(listener: str, scope: Scope, status: int, seconds: float) -> None:
     """One HTTP request, by its route's template (its path would make a series per device)."""
     route = getattr(scope.get("route"), "path", None) or "unmatched"
-    REQUESTS.labels(listener, scope["method"], route, str(status)).inc()
-    LATENCY.labels(listener, route).observe(seconds)
+    key = (listener, scope["method"], route, status)
+    series = _SERIES.get(key)
+    if series is None:
+        series = (REQUESTS.labels(listener, key[1], route, str(status)), LATENCY.labels(listener, route))
+        _SERIES[key] = series
+    series[0].inc()
+    series[1].observe(seconds)
 
 
 def metrics_response() -> Response:

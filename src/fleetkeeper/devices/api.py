@@ -36,6 +36,11 @@ async def ping() -> Response:
     return Response(status_code=204)
 
 
+async def hot_ping(runtime: Runtime, peer: PeerCertificate) -> Response:
+    """`ping` as a hot handler (`core/hotroutes.py`)."""
+    return await ping()
+
+
 @router.post("/enroll", dependencies=[PUBLIC])
 async def enroll(body: Envelope, request: Request, response: Response) -> EnrollmentOut:
     """A signed enrollment request; send it again (new nonce) to poll or to fetch the certificate."""

@@ -6,7 +6,8 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import RedirectResponse
 
 from fleetkeeper.core.errors import NotFoundError
-from fleetkeeper.core.runtime import runtime_of
+from fleetkeeper.core.peer import PeerCertificate
+from fleetkeeper.core.runtime import Runtime, runtime_of
 from fleetkeeper.deployments import service as deployments
 from fleetkeeper.devices import service as devices
 from fleetkeeper.devices.auth import AuthenticatedDevice, DevicePeer, authenticate, authenticate_with
@@ -30,9 +31,9 @@ async def director_metadata(filename: str, peer: DevicePeer, request: Request) -
     match = METADATA_FILE.match(filename)
     version, role = (match.group(1), match.group(2)) if match else (None, None)
     if role == "timestamp" and version is None:
-        unchanged = await director_checkin.unchanged_timestamp(runtime, peer)
+        unchanged = await unchanged_check_in(runtime, peer)
         if unchanged is not None:
-            return _metadata(unchanged)
+            return unchanged
     wanted_release = None
     state = None
     # A check-in that gets here may write (`assignment_for` records an install it finds in the
@@ -94,6 +95,13 @@ async def target(path: str, device: AuthenticatedDevice, request: Request) -> Re
     return await range_response(
         runtime.object_store, key, request.headers.get("range"), "application/octet-stream"
     )
+
+
+async def unchanged_check_in(runtime: Runtime, peer: PeerCertificate) -> Response | None:
+    """A check-in that changes nothing: the stored director timestamp, else None (the general
+    path of `director_metadata`). Also the check-in's hot handler (`core/hotroutes.py`)."""
+    unchanged = await director_checkin.unchanged_timestamp(runtime, peer)
+    return _metadata(unchanged) if unchanged is not None else None
 
 
 def _metadata(content: bytes) -> Response:
