@@ -303,14 +303,13 @@ class Batches:
                 lambda connection: connection.fetch(self._compiled.sql, *arguments), retry=True
             )
         except BaseException as error:
+            stopped = not isinstance(error, Exception)  # cancelled (the statements closing), or exiting
             for _, future in batch:
                 if not future.done():
                     future.set_exception(
-                        ConnectionError("the database connections are closed")
-                        if isinstance(error, asyncio.CancelledError)
-                        else error
+                        ConnectionError("the database connections are closed") if stopped else error
                     )
-            if isinstance(error, asyncio.CancelledError):
+            if stopped:
                 raise
             return
         rows = {record[0]: self._compiled.row(tuple(record)[1:]) for record in records}
