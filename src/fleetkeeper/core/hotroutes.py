@@ -13,6 +13,7 @@ answers in full (the general path)."""
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass
 
 from fastapi.routing import APIRoute
 from starlette.responses import Response
@@ -26,13 +27,13 @@ from fleetkeeper.core.runtime import Runtime
 HotHandler = Callable[[Runtime, PeerCertificate], Awaitable[Response | None]]
 
 
+@dataclass(frozen=True)
 class HotRoute:
     """A path's hot handler, and the FastAPI route that answers the same path in full (its
     template names the request in the metrics and the access log, as when the route answers)."""
 
-    def __init__(self, route: APIRoute, handler: HotHandler) -> None:
-        self.route = route
-        self.handler = handler
+    route: APIRoute
+    handler: HotHandler
 
 
 class HotRoutes:
