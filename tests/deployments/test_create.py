@@ -14,9 +14,8 @@ from fleetkeeper.audit.models import AuditRecord
 from fleetkeeper.core.db import Database, utcnow
 from fleetkeeper.core.errors import ProblemError
 from fleetkeeper.core.ids import new_id
-from fleetkeeper.deployments.models import Deployment, DeploymentDevice
 from fleetkeeper.deployments.plans import Phase, Size, phase_boundaries
-from fleetkeeper.deployments.service import DeploymentRequest, create, phase_counts
+from fleetkeeper.deployments.service import MAX_PAGE, DeploymentRequest, create, list_devices, phase_counts
 from fleetkeeper.devices.models import Device, DeviceGroup, GroupMember
 from tests.conftest import Api
 from tests.releases.test_director_serving import a_release
@@ -71,6 +70,20 @@ def scoped(groups: list[str]) -> Principal:
         [{"permission": "devices:deploy", "scopes": groups}, {"permission": "devices:read"}]
     )
     return Principal(user_id="usr_scoped", username="scoped", grants=grants, method="password")
+
+
+async def devices_of(api: Api, deployment_id: str) -> dict[str, tuple[int, str]]:
+    """device id -> (phase, status) of every device in the deployment, through the devices list
+    (rows and chunks alike)."""
+    found: dict[str, tuple[int, str]] = {}
+    cursor = None
+    while True:
+        async with api.runtime.database.session() as session:
+            page = await list_devices(session, admin(api), deployment_id, limit=MAX_PAGE, cursor=cursor)
+        found |= {entry.device_id: (entry.phase, entry.status) for entry in page.items}
+        if page.next_cursor is None:
+            return found
+        cursor = page.next_cursor
 
 
 def request(**changes: Any) -> DeploymentRequest:
@@ -135,19 +148,10 @@ async def test_phases_take_the_devices_in_id_order(api: Api) -> None:
     ]
     first = await create(api.runtime, admin(api), request(phases=phases))
     second = await create(api.runtime, admin(api), request(phases=phases))
-    async with api.runtime.database.session() as session:
-        assigned = {
-            deployment_id: dict(
-                (
-                    await session.execute(
-                        select(DeploymentDevice.device_id, DeploymentDevice.phase)
-                        .join(Deployment, Deployment.number == DeploymentDevice.deployment_number)
-                        .where(Deployment.id == deployment_id)
-                    )
-                ).all()
-            )
-            for deployment_id in (first.id, second.id)
-        }
+    assigned = {}
+    for deployment_id in (first.id, second.id):
+        found = await devices_of(api, deployment_id)
+        assigned[deployment_id] = {device_id: phase for device_id, (phase, _status) in found.items()}
     expected = {device_id: 0 if rank < 3 else 1 if rank < 13 else 2 for rank, device_id in enumerate(ids)}
     assert assigned[first.id] == expected
     assert assigned[second.id] == expected

@@ -19,7 +19,7 @@ from fleetkeeper.deployments.models import Deployment, DeploymentDevice
 from fleetkeeper.deployments.webhook_models import WebhookDelivery
 from fleetkeeper.deployments.webhooks import create_webhook
 from tests.conftest import Api
-from tests.deployments.test_create import add_devices, admin, request, scoped
+from tests.deployments.test_create import add_devices, admin, devices_of, request, scoped
 from tests.deployments.test_rollout import current, director_targets, send
 from tests.devices.helpers import FakeDevice, enroll
 from tests.releases.test_director_serving import a_release
@@ -75,14 +75,8 @@ async def deploy(api: Api, headers: Headers, **body: Any) -> dict[str, Any]:
 
 
 async def rows(api: Api, deployment_id: str) -> dict[str, tuple[int, str]]:
-    """device id -> (phase, status) of the deployment's rows."""
-    async with api.runtime.database.session() as session:
-        found = await session.execute(
-            select(DeploymentDevice.device_id, DeploymentDevice.phase, DeploymentDevice.status)
-            .join(Deployment, Deployment.number == DeploymentDevice.deployment_number)
-            .where(Deployment.id == deployment_id)
-        )
-        return {device_id: (phase, status) for device_id, phase, status in found}
+    """device id -> (phase, status) of the deployment's devices."""
+    return await devices_of(api, deployment_id)
 
 
 async def audit_details(api: Api, action: str) -> list[dict[str, Any]]:

@@ -11,8 +11,8 @@ from sqlalchemy import select
 
 from fleetkeeper.audit.models import AuditRecord
 from fleetkeeper.deployments import service
-from fleetkeeper.deployments.models import Deployment, DeploymentDevice
 from tests.conftest import Api
+from tests.deployments.test_create import devices_of
 from tests.deployments.test_rollout import deploy, director_targets, fleet_of, send
 from tests.devices.helpers import FakeDevice, device_client
 from tests.releases.test_director_serving import a_release
@@ -309,16 +309,8 @@ async def test_a_device_that_runs_the_release_is_not_asked_again(api: Api) -> No
     ).status_code == 204
     await report_inventory(api, other_version, {"release": {"name": "fw", "version": "1.9"}})
     deployment = await deploy(api)
-    async with api.runtime.database.session() as session:
-        statuses = dict(
-            (
-                await session.execute(
-                    select(DeploymentDevice.device_id, DeploymentDevice.status)
-                    .join(Deployment, Deployment.number == DeploymentDevice.deployment_number)
-                    .where(Deployment.id == deployment["id"])
-                )
-            ).all()
-        )
+    found = await devices_of(api, deployment["id"])
+    statuses = {device_id: status for device_id, (_phase, status) in found.items()}
     assert statuses[runs_it.device_id] == "already_installed", "set at creation"
     assert statuses[other_version.device_id] == statuses[fresh.device_id] == "pending"
     assert deployment["progress"] == {"1": {"already_installed": 1, "pending": 3}}

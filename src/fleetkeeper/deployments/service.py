@@ -20,6 +20,7 @@ from sqlalchemy import (
     Insert,
     Integer,
     Select,
+    SQLColumnExpression,
     Subquery,
     bindparam,
     case,
@@ -28,6 +29,7 @@ from sqlalchemy import (
     literal,
     select,
     true,
+    union_all,
     update,
 )
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
@@ -43,6 +45,7 @@ from fleetkeeper.core.db import UTCDateTime, utcnow
 from fleetkeeper.core.errors import ForbiddenError, NotFoundError, ProblemError
 from fleetkeeper.core.ids import new_id
 from fleetkeeper.core.runtime import Runtime
+from fleetkeeper.deployments.chunks import chunk_phase, members, phase_of, write_chunks
 from fleetkeeper.deployments.models import (
     DEVICE_STATUSES,
     FAILED_STATUSES,
@@ -52,6 +55,7 @@ from fleetkeeper.deployments.models import (
     PENDING,
     SUCCEEDED_STATUSES,
     Deployment,
+    DeploymentChunk,
     DeploymentCount,
     DeploymentDevice,
     DeploymentEvent,
@@ -178,16 +182,19 @@ async def _fan_out(
     target: ColumnElement[bool],
     phases: list[tuple[int, ColumnElement[bool]]],
 ) -> dict[int, dict[str, int]]:
-    """A row per targeted device, with one INSERT … SELECT per phase (the phase a constant in each),
-    counted as it is written: the counters need no second pass over a million rows. Returns the
+    """The deployment's devices, phase by phase (the phase a constant in each statement), counted
+    as they are written: the counters need no second pass over a million rows. Returns the
     devices per phase and status.
 
-    A device whose inventory says it runs the release already is written `already_installed`
-    (unless the deployment forces a reinstall), through a LEFT JOIN to those devices in the same
-    statement — only when the target has one: in the usual case, a release new to the target,
-    every row is pending and each phase's count is its statement's row count. Both are exact: a
-    device joining the target meanwhile is in its phase's statement or in none, and one installing
-    the release meanwhile is pending, found at its next check-in."""
+    A fixed target is written as chunks of ids (chunks.py, models.DeploymentChunk): 5,000
+    rows for a million devices. A live target gets a row per device, as the devices that join it
+    later do (live.py keeps those rows in line with the group).
+
+    A device whose inventory says it runs the release already gets its row at once, marked
+    `already_installed` (unless the deployment forces a reinstall) — only when the target has
+    one: in the usual case, a release new to the target, nothing but the chunks is written. Both
+    are exact: a device joining the target meanwhile is in its phase's statements or in none, and
+    one installing the release meanwhile is pending, found at its next check-in."""
     running = _devices_running(release).subquery("running")
     marks_installed = not deployment.force and (
         await session.scalar(
@@ -195,32 +202,55 @@ async def _fan_out(
         )
         is not None
     )
-    is_running = running.c.device_id.is_not(None)
     counts: dict[int, dict[str, int]] = {}
     for phase, in_phase in phases:
-        columns: dict[str, ColumnElement[Any]] = {
-            "deployment_number": literal(deployment.number, Integer),
-            "device_id": Device.id.expression,
-            "phase": literal(phase, Integer),
-            "status": literal(PENDING),
-            "attempts": literal(0, Integer),
-            "last_seq": literal(0, Integer),
-        }
+        in_target = target & in_phase
+        if deployment.target.get("live"):
+            counts[phase] = await _write_rows(session, deployment, phase, in_target, running, marks_installed)
+            continue
+        total = await write_chunks(session, deployment.number, phase, in_target)
+        installed = 0
         if marks_installed:
-            columns |= {
-                "status": case((is_running, literal("already_installed")), else_=literal(PENDING)),
-                "detail": case((is_running, literal(_ALREADY_INSTALLED))),
-                "updated_at": case((is_running, literal(clock(), UTCDateTime()))),
-            }
-        rows = select(*columns.values()).select_from(Device)
-        if marks_installed:
-            rows = rows.outerjoin(running, running.c.device_id == Device.id)
-        fan_out = insert(DeploymentDevice).from_select(list(columns), rows.where(target, in_phase))
-        if marks_installed:
-            counts[phase] = await _insert_counting_statuses(session, fan_out)
-        else:
-            counts[phase] = {PENDING: _rowcount(await session.execute(fan_out))}
+            runs_it = in_target & Device.id.in_(select(running.c.device_id))
+            written = await _write_rows(session, deployment, phase, runs_it, running, True)
+            installed = written.get("already_installed", 0)
+        counts[phase] = {PENDING: total - installed, "already_installed": installed}
     return counts
+
+
+async def _write_rows(
+    session: AsyncSession,
+    deployment: Deployment,
+    phase: int,
+    devices_in_phase: ColumnElement[bool],
+    running: Subquery,
+    marks_installed: bool,
+) -> dict[str, int]:
+    """A row per device of `devices_in_phase` in one INSERT … SELECT: pending, or already installed
+    (through a LEFT JOIN to the devices running the release, when `marks_installed`). Returns the
+    rows written per status."""
+    is_running = running.c.device_id.is_not(None)
+    columns: dict[str, ColumnElement[Any]] = {
+        "deployment_number": literal(deployment.number, Integer),
+        "device_id": Device.id.expression,
+        "phase": literal(phase, Integer),
+        "status": literal(PENDING),
+        "attempts": literal(0, Integer),
+        "last_seq": literal(0, Integer),
+    }
+    if marks_installed:
+        columns |= {
+            "status": case((is_running, literal("already_installed")), else_=literal(PENDING)),
+            "detail": case((is_running, literal(_ALREADY_INSTALLED))),
+            "updated_at": case((is_running, literal(clock(), UTCDateTime()))),
+        }
+    rows = select(*columns.values()).select_from(Device)
+    if marks_installed:
+        rows = rows.outerjoin(running, running.c.device_id == Device.id)
+    fan_out = insert(DeploymentDevice).from_select(list(columns), rows.where(devices_in_phase))
+    if marks_installed:
+        return await _insert_counting_statuses(session, fan_out)
+    return {PENDING: _rowcount(await session.execute(fan_out))}
 
 
 async def _insert_counting_statuses(session: AsyncSession, fan_out: Insert) -> dict[str, int]:
@@ -443,15 +473,29 @@ async def counts_of_many(
 async def recount(session: AsyncSession, deployment_id: str) -> dict[int, dict[str, int]]:
     """Devices per phase and status counted over the deployment's rows: what the counters must say
     (for tests and repairs; at a million devices this is a full scan of the deployment)."""
+    deployment = await get(session, deployment_id)
     rows = await session.execute(
         select(DeploymentDevice.phase, DeploymentDevice.status, func.count())
-        .join(Deployment, Deployment.number == DeploymentDevice.deployment_number)
-        .where(Deployment.id == deployment_id)
+        .where(DeploymentDevice.deployment_number == deployment.number)
         .group_by(DeploymentDevice.phase, DeploymentDevice.status)
     )
     counts: dict[int, dict[str, int]] = {}
     for phase, status, count in rows:
         counts.setdefault(phase, {})[status] = count
+    joined, device_id, _position = members(session)
+    untouched = await session.execute(
+        select(DeploymentChunk.phase, func.count())
+        .select_from(joined)
+        .where(
+            DeploymentChunk.deployment_number == deployment.number,
+            _without_row(DeploymentChunk.deployment_number, device_id),
+        )
+        .group_by(DeploymentChunk.phase)
+    )
+    status = _untouched_status(deployment)
+    for phase, count in untouched:
+        by_status = counts.setdefault(phase, {})
+        by_status[status] = by_status.get(status, 0) + count
     return counts
 
 
@@ -560,18 +604,26 @@ class FleetHealth:
 async def fleet_health(session: AsyncSession, principal: Principal) -> FleetHealth:
     """One pass over the deployment rows of the fleet (a full scan at scale: it serves the dashboard,
     not a check-in)."""
+    joined, member, _position = members(session)
+    states = union_all(
+        select(DeploymentDevice.deployment_number, DeploymentDevice.device_id, DeploymentDevice.status),
+        # Devices of chunks without a row are pending (those of aborted deployments are left out).
+        select(DeploymentChunk.deployment_number, member, literal(PENDING))
+        .select_from(joined)
+        .where(_without_row(DeploymentChunk.deployment_number, member)),
+    ).subquery("states")
     newest = (
         select(
-            DeploymentDevice.device_id,
-            DeploymentDevice.status,
+            states.c.device_id,
+            states.c.status,
             func.row_number()
             .over(
-                partition_by=DeploymentDevice.device_id,
+                partition_by=states.c.device_id,
                 order_by=(Deployment.created_at.desc(), Deployment.id.desc()),
             )
             .label("rank"),
         )
-        .join(Deployment, Deployment.number == DeploymentDevice.deployment_number)
+        .join(Deployment, Deployment.number == states.c.deployment_number)
         .where(Deployment.status.in_((*UNDER_WAY_STATUSES, "finished")))
         .subquery()
     )
@@ -692,18 +744,57 @@ async def list_devices(
             query = query.where(left_pending(DeploymentDevice.status))
         if phase is not None:
             query = query.where(DeploymentDevice.phase == phase)
-        if after is not None and name == after[0]:
-            query = query.where(DeploymentDevice.device_id > after[1])
+        resume_after = after[1] if after is not None and name == after[0] else None
+        if resume_after is not None:
+            query = query.where(DeploymentDevice.device_id > resume_after)
         if scope is not None:
             query = query.join(Device, Device.id == DeploymentDevice.device_id).where(scope)
         wanted_rows = limit + 1 - len(items)
-        items += (await session.scalars(query.order_by(DeploymentDevice.device_id).limit(wanted_rows))).all()
+        query = query.order_by(DeploymentDevice.device_id).limit(wanted_rows)
+        found = list((await session.scalars(query)).all())
+        if name == _untouched_status(deployment):  # and the chunks' devices without a row
+            found += await _untouched(session, deployment, name, phase, resume_after, scope, wanted_rows)
+            found = sorted(found, key=lambda entry: entry.device_id)[:wanted_rows]
+        items += found
         if len(items) > limit:
             more = True
             items = items[:limit]
             break
     next_cursor = _encode_cursor([items[-1].status, items[-1].device_id]) if more else None
     return DevicesPage(items, next_cursor)
+
+
+async def _untouched(
+    session: AsyncSession,
+    deployment: Deployment,
+    status: str,
+    phase: int | None,
+    after_id: str | None,
+    scope: ColumnElement[bool] | None,
+    limit: int,
+) -> list[DeploymentDevice]:
+    """The first `limit` devices of the deployment's chunks that have no row, in id order (chunk
+    by chunk, each in its order), as rows (not in the session) with `status`."""
+    joined, device_id, position = members(session)
+    query = (
+        select(device_id, DeploymentChunk.phase)
+        .select_from(joined)
+        .where(
+            DeploymentChunk.deployment_number == deployment.number,
+            _without_row(DeploymentChunk.deployment_number, device_id),
+        )
+    )
+    if phase is not None:
+        query = query.where(DeploymentChunk.phase == phase)
+    if after_id is not None:
+        query = query.where(DeploymentChunk.last_device_id > after_id, device_id > after_id)
+    if scope is not None:
+        query = query.join(Device, Device.id == device_id).where(scope)
+    rows = await session.execute(query.order_by(DeploymentChunk.first_device_id, position).limit(limit))
+    return [
+        DeploymentDevice(**_untouched_columns(deployment.number, member, member_phase, status))
+        for member, member_phase in rows
+    ]
 
 
 @dataclass(frozen=True)
@@ -723,7 +814,9 @@ async def deployments_of_device(
     # probe per deployment from the newest, until the page is full: deployment_devices has no
     # index that leads with the device (see DeploymentDevice). On PostgreSQL a plain join let the
     # planner scan all of deployment_devices instead (0.4 s for 2 million rows and 10,000
-    # deployments); the LATERAL subquery, limited to the one row there is, keeps the probe.
+    # deployments); the LATERAL subquery, limited to the one row there is, keeps the probe. A
+    # deployment where the device has no row may hold it in a chunk: two more probes.
+    in_chunk = chunk_phase(Deployment.number, literal(device_id))
     if session.get_bind().dialect.name == "postgresql":
         row_of_device = (
             select(DeploymentDevice)
@@ -734,13 +827,14 @@ async def deployments_of_device(
             .limit(1)
             .lateral()
         )
-        query = select(Deployment, aliased(DeploymentDevice, row_of_device)).join(row_of_device, true())
+        row = aliased(DeploymentDevice, row_of_device)
+        query = select(Deployment, row, in_chunk).outerjoin(row_of_device, true())
     else:
-        query = select(Deployment, DeploymentDevice).join(
-            DeploymentDevice,
-            (DeploymentDevice.deployment_number == Deployment.number)
-            & (DeploymentDevice.device_id == device_id),
+        row = DeploymentDevice
+        query = select(Deployment, row, in_chunk).outerjoin(
+            row, (row.deployment_number == Deployment.number) & (row.device_id == device_id)
         )
+    query = query.where(row.device_id.is_not(None) | in_chunk.is_not(None))
     if cursor is not None:
         created, last_id = _decode_cursor(cursor, 2)
         try:
@@ -756,7 +850,17 @@ async def deployments_of_device(
             query.order_by(Deployment.created_at.desc(), Deployment.id.desc()).limit(limit + 1)
         )
     ).all()
-    items = [(row[0], row[1]) for row in rows[:limit]]
+    items = [
+        (
+            deployment,
+            entry
+            if entry is not None
+            else DeploymentDevice(
+                **_untouched_columns(deployment.number, device_id, chunk, _untouched_status(deployment))
+            ),
+        )
+        for deployment, entry, chunk in rows[:limit]
+    ]
     next_cursor = None
     if len(rows) > limit:
         last = items[-1][0]
@@ -789,7 +893,12 @@ async def device_history(
     deployment = await get(session, deployment_id)
     entry = await session.get(DeploymentDevice, (deployment.number, device_id))
     if entry is None:
-        raise NotFoundError("this device is not part of that deployment", code="not_in_deployment")
+        chunk = await phase_of(session, deployment.number, device_id)
+        if chunk is None:
+            raise NotFoundError("this device is not part of that deployment", code="not_in_deployment")
+        entry = DeploymentDevice(
+            **_untouched_columns(deployment.number, device_id, chunk, _untouched_status(deployment))
+        )
     events = (
         await session.scalars(
             select(DeploymentEvent)
@@ -853,11 +962,12 @@ def _assignment_query() -> Select[Any]:
     Built once, with parameters `device_id`, `now` and `slot_since`: building it took longer
     than running it (the aliases and expressions of a statement this size)."""
     downloading, installed = _slot_and_installed()
-    pending = DeploymentDevice.status == "pending"
+    phase, status = _membership()
+    pending = status == PENDING
     return _open_deployment(
         Deployment,
         Release,
-        DeploymentDevice.phase,
+        phase,
         case((Deployment.max_downloading.is_not(None) & pending, downloading)).label("downloading"),
         case((~Deployment.force & pending & installed, literal(True)), else_=literal(False)).label(
             "installed"
@@ -873,7 +983,7 @@ def check_in_assignment() -> Subquery:
     already reports the release — then the check-in must take `assignment_for`, which records
     that and looks at the next deployment."""
     downloading, installed = _slot_and_installed()
-    pending = DeploymentDevice.status == "pending"
+    pending = _membership()[1] == PENDING
     no_slot = Deployment.max_downloading.is_not(None) & pending & (downloading >= Deployment.max_downloading)
     return _open_deployment(
         Release.target_path.label("target_path"),
@@ -924,21 +1034,38 @@ def _slot_and_installed() -> tuple[ColumnElement[int], ColumnElement[bool]]:
     return downloading, installed
 
 
+@functools.cache
+def _membership() -> tuple[ColumnElement[int], ColumnElement[str]]:
+    """The device's phase and status in a deployment of the check-in's query (parameter
+    `device_id`): from its row when it has one, else from the chunk that holds it (pending; no
+    phase when no chunk does: the device is not in the deployment)."""
+    device_id: BindParameter[str] = bindparam("device_id", type_=DeploymentDevice.device_id.type)
+    return (
+        func.coalesce(DeploymentDevice.phase, chunk_phase(Deployment.number, device_id)),
+        func.coalesce(DeploymentDevice.status, literal(PENDING)),
+    )
+
+
 def _open_deployment(*columns: Any) -> Select[Any]:
     device_id: BindParameter[str] = bindparam("device_id")
     now: BindParameter[datetime] = bindparam("now")
+    phase, status = _membership()
     return (
         select(*columns)
-        .join(DeploymentDevice, DeploymentDevice.deployment_number == Deployment.number)
+        .select_from(Deployment)
         .join(Release, Release.id == Deployment.release_id)
+        .outerjoin(
+            DeploymentDevice,
+            (DeploymentDevice.deployment_number == Deployment.number)
+            & (DeploymentDevice.device_id == device_id),
+        )
         .where(
-            DeploymentDevice.device_id == device_id,
             # A scheduled deployment is active once its start time has come. The lists are of
             # literals: a list of values would be an expanding parameter, re-rendered at each run.
             Deployment.status.in_([literal("active"), literal("scheduled")]),
             (Deployment.start_at.is_(None)) | (Deployment.start_at <= now),
-            DeploymentDevice.phase <= Deployment.current_phase,
-            DeploymentDevice.status.not_in([literal(status) for status in FINAL_STATUSES]),
+            phase <= Deployment.current_phase,
+            status.not_in([literal(final) for final in FINAL_STATUSES]),
             Release.deleted_at.is_(None),
         )
         .order_by(Deployment.created_at, Deployment.id)
@@ -999,7 +1126,16 @@ async def _mark_already_installed(
             .values(status="already_installed", detail=_ALREADY_INSTALLED, updated_at=clock())
             .execution_options(synchronize_session=False)
         )
-        if not getattr(result, "rowcount", 0):
+        if not _rowcount(result):  # no row yet (the device is in a chunk): its first one
+            result = await session.execute(
+                _upsert(session)(DeploymentDevice)
+                .values(
+                    _untouched_columns(deployment.number, device_id, phase, "already_installed")
+                    | {"detail": _ALREADY_INSTALLED, "updated_at": clock()}
+                )
+                .on_conflict_do_nothing()
+            )
+        if not _rowcount(result):
             return  # the device reported in between: its report wins
         await _move_count(session, deployment_id, phase, "pending", "already_installed")
         await record(
@@ -1024,11 +1160,7 @@ async def report(
     async with runtime.database.transaction() as session:
         # The deployment first, then the device's row: the order abort locks them in.
         deployment = await session.get(Deployment, deployment_id, with_for_update=True)
-        entry = (
-            await session.get(DeploymentDevice, (deployment.number, device.id), with_for_update=True)
-            if deployment is not None
-            else None
-        )
+        entry = await _row_to_report_on(session, deployment, device.id) if deployment is not None else None
         if entry is None or deployment is None:
             raise NotFoundError("this device is not part of that deployment", code="not_in_deployment")
         if deployment.status == "scheduled" and (
@@ -1087,6 +1219,61 @@ async def report(
             )
             await _move_on(session, deployment)
     return entry
+
+
+async def _row_to_report_on(
+    session: AsyncSession, deployment: Deployment, device_id: str
+) -> DeploymentDevice | None:
+    """The device's row in the deployment, locked; written first (pending) when the device is in
+    one of the deployment's chunks and has no row yet. None: the device is not in it."""
+    key = (deployment.number, device_id)
+    entry = await session.get(DeploymentDevice, key, with_for_update=True)
+    if entry is not None:
+        return entry
+    phase = await phase_of(session, deployment.number, device_id)
+    if phase is None:
+        return None
+    await session.execute(
+        _upsert(session)(DeploymentDevice)
+        .values(**_untouched_columns(deployment.number, device_id, phase, PENDING))
+        .on_conflict_do_nothing()  # a report of the same device in between wrote it: it is locked below
+    )
+    return await session.get(DeploymentDevice, key, with_for_update=True, populate_existing=True)
+
+
+def _untouched_columns(deployment_number: int, device_id: str, phase: int, status: str) -> dict[str, Any]:
+    """A device's row before anything happened to it: the row a chunk's device is written with,
+    and how one without a row is shown."""
+    return {
+        "deployment_number": deployment_number,
+        "device_id": device_id,
+        "phase": phase,
+        "status": status,
+        "attempts": 0,
+        "last_seq": 0,
+        "updated_at": None,
+        "detail": None,
+    }
+
+
+def _without_row(
+    deployment_number: SQLColumnExpression[int] | int, device_id: ColumnElement[str]
+) -> ColumnElement[bool]:
+    """The chunk's device `device_id` has no row in the deployment: untouched."""
+    return ~(
+        select(DeploymentDevice.device_id)
+        .where(
+            DeploymentDevice.deployment_number == deployment_number,
+            DeploymentDevice.device_id == device_id,
+        )
+        .exists()
+    )
+
+
+def _untouched_status(deployment: Deployment) -> str:
+    """The status of a chunk's device without a row: pending, or aborted with its deployment
+    (abort moves the rows' statuses and every count, not the chunks)."""
+    return "aborted" if deployment.status == "aborted" else PENDING
 
 
 # The end of a device's log (detail) kept with its row and each history event.
@@ -1226,11 +1413,7 @@ async def change_state(runtime: Runtime, principal: Principal, deployment_id: st
         await _ensure_may_deploy_to_all(
             session,
             principal,
-            Device.id.in_(
-                select(DeploymentDevice.device_id).where(
-                    DeploymentDevice.deployment_number == deployment.number
-                )
-            ),
+            _devices_of(session, deployment),
         )
         if deployment.status not in allowed:
             raise ProblemError(
@@ -1268,6 +1451,16 @@ async def change_state(runtime: Runtime, principal: Principal, deployment_id: st
             details={"phase": deployment.current_phase + 1},
         )
     return deployment
+
+
+def _devices_of(session: AsyncSession, deployment: Deployment) -> ColumnElement[bool]:
+    """The devices of the deployment (a condition on Device): those with a row, and its chunks'."""
+    joined, device_id, _position = members(session)
+    return Device.id.in_(
+        select(DeploymentDevice.device_id).where(DeploymentDevice.deployment_number == deployment.number)
+    ) | Device.id.in_(
+        select(device_id).select_from(joined).where(DeploymentChunk.deployment_number == deployment.number)
+    )
 
 
 async def _abort_counts(session: AsyncSession, deployment_id: str) -> None:

@@ -1,0 +1,181 @@
+"""Devices of a deployment as chunks of ids (models.DeploymentChunk): writing them, finding a
+device in them, and reading them back as rows — in SQL that PostgreSQL (arrays) and SQLite
+(JSON lists) each spell their own way."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import (
+    Boolean,
+    ColumnElement,
+    FromClause,
+    Integer,
+    ScalarSelect,
+    SQLColumnExpression,
+    func,
+    insert,
+    literal,
+    select,
+    true,
+)
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.orm import aliased
+from sqlalchemy.sql.compiler import SQLCompiler
+from sqlalchemy.sql.functions import FunctionElement
+
+from fleetkeeper.deployments.models import CHUNK_SIZE, DeploymentChunk
+from fleetkeeper.devices.models import Device
+
+
+class _Holds(FunctionElement[bool]):
+    """`ids` (a chunk's device_ids) holds `device_id`."""
+
+    type = Boolean()
+    inherit_cache = True
+    name = "holds"
+
+
+@compiles(_Holds, "postgresql")
+def _holds_postgresql(element: _Holds, compiler: SQLCompiler, **kw: Any) -> str:
+    ids, device_id = list(element.clauses)
+    return f"({compiler.process(device_id, **kw)} = ANY ({compiler.process(ids, **kw)}))"
+
+
+@compiles(_Holds)
+def _holds_sqlite(element: _Holds, compiler: SQLCompiler, **kw: Any) -> str:
+    ids, device_id = list(element.clauses)
+    return (
+        f"EXISTS (SELECT 1 FROM json_each({compiler.process(ids, **kw)}) AS held "  # noqa: S608 (SQL)
+        f"WHERE held.value = {compiler.process(device_id, **kw)})"
+    )
+
+
+class _Gathered(FunctionElement[Any]):
+    """The aggregate that gathers a chunk's ids into device_ids."""
+
+    inherit_cache = True
+    name = "gathered"
+
+
+@compiles(_Gathered, "postgresql")
+def _gathered_postgresql(element: _Gathered, compiler: SQLCompiler, **kw: Any) -> str:
+    return f"array_agg({compiler.process(element.clauses, **kw)})"
+
+
+@compiles(_Gathered)
+def _gathered_sqlite(element: _Gathered, compiler: SQLCompiler, **kw: Any) -> str:
+    return f"json_group_array({compiler.process(element.clauses, **kw)})"
+
+
+class _Size(FunctionElement[int]):
+    """How many ids a chunk's device_ids holds."""
+
+    type = Integer()
+    inherit_cache = True
+    name = "size"
+
+
+@compiles(_Size, "postgresql")
+def _size_postgresql(element: _Size, compiler: SQLCompiler, **kw: Any) -> str:
+    return f"cardinality({compiler.process(element.clauses, **kw)})"
+
+
+@compiles(_Size)
+def _size_sqlite(element: _Size, compiler: SQLCompiler, **kw: Any) -> str:
+    return f"json_array_length({compiler.process(element.clauses, **kw)})"
+
+
+def chunk_phase(
+    deployment_number: SQLColumnExpression[int], device_id: SQLColumnExpression[str]
+) -> ScalarSelect[int]:
+    """The phase of the device's chunk in the deployment, NULL when no chunk holds it: two probes
+    of the chunks' key (chunks do not overlap, so only the last one starting at or before the id
+    can hold it), and the ids of that one chunk read."""
+    starting_before = aliased(DeploymentChunk)  # not correlated with the chunk read below
+    candidate = (
+        select(starting_before.first_device_id)
+        .where(
+            starting_before.deployment_number == deployment_number,
+            starting_before.first_device_id <= device_id,
+        )
+        .order_by(starting_before.first_device_id.desc())
+        .limit(1)
+        .correlate_except(starting_before)  # the deployment is the enclosing query's
+        .scalar_subquery()
+    )
+    return (
+        select(DeploymentChunk.phase)
+        .where(
+            DeploymentChunk.deployment_number == deployment_number,
+            DeploymentChunk.first_device_id == candidate,
+            DeploymentChunk.last_device_id >= device_id,
+            _Holds(DeploymentChunk.device_ids, device_id),
+        )
+        .correlate_except(DeploymentChunk)
+        .scalar_subquery()
+    )
+
+
+async def phase_of(session: AsyncSession, deployment_number: int, device_id: str) -> int | None:
+    """The phase of the chunk that holds the device, None when none of the deployment's does."""
+    found = chunk_phase(literal(deployment_number, Integer), literal(device_id))
+    return await session.scalar(select(found))
+
+
+async def write_chunks(
+    session: AsyncSession, deployment_number: int, phase: int, devices: ColumnElement[bool]
+) -> int:
+    """One INSERT … SELECT of the chunks of `devices` (a condition on Device) in one phase: the
+    devices numbered in id order, CHUNK_SIZE to a chunk. Returns how many devices it wrote."""
+    numbered = (
+        select(
+            Device.id.label("device_id"),
+            # The databases' own "/" of two integers: integer division in both.
+            (func.row_number().over(order_by=Device.id) - 1)
+            .self_group()
+            .op("/", return_type=Integer)(CHUNK_SIZE)
+            .label("chunk"),
+        )
+        .where(devices)
+        .subquery("numbered")
+    )
+    if session.get_bind().dialect.name == "postgresql":
+        # The chunks are hashed in memory: 5,000 groups of a million ids need more than the
+        # default 4 MB, and sorting them instead to group them cost a quarter more.
+        await session.execute(select(func.set_config("work_mem", "64MB", true())))
+    sizes = await session.scalars(
+        insert(DeploymentChunk)
+        .from_select(
+            ["deployment_number", "phase", "first_device_id", "last_device_id", "device_ids"],
+            select(
+                literal(deployment_number, Integer),
+                literal(phase, Integer),
+                func.min(numbered.c.device_id),
+                func.max(numbered.c.device_id),
+                _Gathered(numbered.c.device_id),
+            ).group_by(numbered.c.chunk),
+        )
+        .returning(_Size(DeploymentChunk.device_ids))
+    )
+    return sum(sizes)
+
+
+def members(session: AsyncSession) -> tuple[FromClause, ColumnElement[str], ColumnElement[int]]:
+    """The chunks' devices as rows: a FROM clause to select from (with DeploymentChunk's columns
+    and the device's), the device id, and its position in its chunk."""
+    if session.get_bind().dialect.name == "postgresql":
+        unnested = (
+            func.unnest(DeploymentChunk.device_ids)
+            .table_valued("value", with_ordinality="position")
+            .render_derived(name="member")
+            .lateral()
+        )
+        position: ColumnElement[int] = unnested.c.position
+    else:  # SQLite reads a table-valued function's arguments from the tables before it, unasked
+        each = func.json_each(DeploymentChunk.device_ids)
+        unnested = each.table_valued("value", "key").alias("member")
+        position = unnested.c.key
+    joined = DeploymentChunk.__table__.join(unnested, true())
+    return joined, unnested.c.value, position
