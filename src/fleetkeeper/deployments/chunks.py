@@ -4,6 +4,7 @@ device in them, and reading them back as rows — in SQL that PostgreSQL (arrays
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy import (
@@ -12,6 +13,7 @@ from sqlalchemy import (
     FromClause,
     Integer,
     ScalarSelect,
+    Select,
     SQLColumnExpression,
     func,
     insert,
@@ -24,67 +26,40 @@ from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import aliased
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.functions import FunctionElement
+from sqlalchemy.sql.type_api import TypeEngine
+from sqlalchemy.types import NullType
 
 from fleetkeeper.deployments.models import CHUNK_SIZE, DeploymentChunk
 from fleetkeeper.devices.models import Device
 
 
-class _Holds(FunctionElement[bool]):
-    """`ids` (a chunk's device_ids) holds `device_id`."""
+def _spelled(name: str, type_: TypeEngine[Any], postgresql: str, sqlite: str) -> Any:
+    """A SQL function written `postgresql` on PostgreSQL and `sqlite` elsewhere: templates whose
+    {0}, {1}… are the function's arguments, compiled."""
+    element = type(name, (FunctionElement,), {"type": type_, "inherit_cache": True, "name": name})
 
-    type = Boolean()
-    inherit_cache = True
-    name = "holds"
+    def spelling(template: str) -> Callable[..., str]:
+        def compile_(function: FunctionElement[Any], compiler: SQLCompiler, **kw: Any) -> str:
+            return template.format(*(compiler.process(argument, **kw) for argument in function.clauses))
 
+        return compile_
 
-@compiles(_Holds, "postgresql")
-def _holds_postgresql(element: _Holds, compiler: SQLCompiler, **kw: Any) -> str:
-    ids, device_id = list(element.clauses)
-    return f"({compiler.process(device_id, **kw)} = ANY ({compiler.process(ids, **kw)}))"
-
-
-@compiles(_Holds)
-def _holds_sqlite(element: _Holds, compiler: SQLCompiler, **kw: Any) -> str:
-    ids, device_id = list(element.clauses)
-    return (
-        f"EXISTS (SELECT 1 FROM json_each({compiler.process(ids, **kw)}) AS held "  # noqa: S608 (SQL)
-        f"WHERE held.value = {compiler.process(device_id, **kw)})"
-    )
+    compiles(element, "postgresql")(spelling(postgresql))
+    compiles(element)(spelling(sqlite))
+    return element
 
 
-class _Gathered(FunctionElement[Any]):
-    """The aggregate that gathers a chunk's ids into device_ids."""
-
-    inherit_cache = True
-    name = "gathered"
-
-
-@compiles(_Gathered, "postgresql")
-def _gathered_postgresql(element: _Gathered, compiler: SQLCompiler, **kw: Any) -> str:
-    return f"array_agg({compiler.process(element.clauses, **kw)})"
-
-
-@compiles(_Gathered)
-def _gathered_sqlite(element: _Gathered, compiler: SQLCompiler, **kw: Any) -> str:
-    return f"json_group_array({compiler.process(element.clauses, **kw)})"
-
-
-class _Size(FunctionElement[int]):
-    """How many ids a chunk's device_ids holds."""
-
-    type = Integer()
-    inherit_cache = True
-    name = "size"
-
-
-@compiles(_Size, "postgresql")
-def _size_postgresql(element: _Size, compiler: SQLCompiler, **kw: Any) -> str:
-    return f"cardinality({compiler.process(element.clauses, **kw)})"
-
-
-@compiles(_Size)
-def _size_sqlite(element: _Size, compiler: SQLCompiler, **kw: Any) -> str:
-    return f"json_array_length({compiler.process(element.clauses, **kw)})"
+# `ids` (a chunk's device_ids) holds `device_id`: _holds(ids, device_id).
+_holds = _spelled(
+    "holds",
+    Boolean(),
+    postgresql="({1} = ANY ({0}))",
+    sqlite="EXISTS (SELECT 1 FROM json_each({0}) AS held WHERE held.value = {1})",
+)
+# The aggregate that gathers a chunk's ids into device_ids.
+_gathered = _spelled("gathered", NullType(), postgresql="array_agg({0})", sqlite="json_group_array({0})")
+# How many ids a chunk's device_ids holds.
+_size = _spelled("size", Integer(), postgresql="cardinality({0})", sqlite="json_array_length({0})")
 
 
 def chunk_phase(
@@ -111,7 +86,7 @@ def chunk_phase(
             DeploymentChunk.deployment_number == deployment_number,
             DeploymentChunk.first_device_id == candidate,
             DeploymentChunk.last_device_id >= device_id,
-            _Holds(DeploymentChunk.device_ids, device_id),
+            _holds(DeploymentChunk.device_ids, device_id),
         )
         .correlate_except(DeploymentChunk)
         .scalar_subquery()
@@ -154,10 +129,10 @@ async def write_chunks(
                 literal(phase, Integer),
                 func.min(numbered.c.device_id),
                 func.max(numbered.c.device_id),
-                _Gathered(numbered.c.device_id),
+                _gathered(numbered.c.device_id),
             ).group_by(numbered.c.chunk),
         )
-        .returning(_Size(DeploymentChunk.device_ids))
+        .returning(_size(DeploymentChunk.device_ids))
     )
     return sum(sizes)
 
@@ -179,3 +154,12 @@ def members(session: AsyncSession) -> tuple[FromClause, ColumnElement[str], Colu
         position = unnested.c.key
     joined = DeploymentChunk.__table__.join(unnested, true())
     return joined, unnested.c.value, position
+
+
+def member_ids(session: AsyncSession, deployment_number: int, phase: int | None = None) -> Select[Any]:
+    """The ids of the deployment's chunks (of one phase), as a query."""
+    joined, device_id, _position = members(session)
+    query = (
+        select(device_id).select_from(joined).where(DeploymentChunk.deployment_number == deployment_number)
+    )
+    return query.where(DeploymentChunk.phase == phase) if phase is not None else query

@@ -45,7 +45,7 @@ from fleetkeeper.core.db import UTCDateTime, utcnow
 from fleetkeeper.core.errors import ForbiddenError, NotFoundError, ProblemError
 from fleetkeeper.core.ids import new_id
 from fleetkeeper.core.runtime import Runtime
-from fleetkeeper.deployments.chunks import chunk_phase, members, phase_of, write_chunks
+from fleetkeeper.deployments.chunks import chunk_phase, member_ids, members, phase_of, write_chunks
 from fleetkeeper.deployments.models import (
     DEVICE_STATUSES,
     FAILED_STATUSES,
@@ -211,7 +211,9 @@ async def _fan_out(
         total = await write_chunks(session, deployment.number, phase, in_target)
         installed = 0
         if marks_installed:
-            runs_it = in_target & Device.id.in_(select(running.c.device_id))
+            # Of the devices just written to chunks: one that joined the target since is in none.
+            chunked = Device.id.in_(member_ids(session, deployment.number, phase))
+            runs_it = in_target & chunked & Device.id.in_(select(running.c.device_id))
             written = await _write_rows(session, deployment, phase, runs_it, running, True)
             installed = written.get("already_installed", 0)
         counts[phase] = {PENDING: total - installed, "already_installed": installed}
@@ -1455,12 +1457,9 @@ async def change_state(runtime: Runtime, principal: Principal, deployment_id: st
 
 def _devices_of(session: AsyncSession, deployment: Deployment) -> ColumnElement[bool]:
     """The devices of the deployment (a condition on Device): those with a row, and its chunks'."""
-    joined, device_id, _position = members(session)
     return Device.id.in_(
         select(DeploymentDevice.device_id).where(DeploymentDevice.deployment_number == deployment.number)
-    ) | Device.id.in_(
-        select(device_id).select_from(joined).where(DeploymentChunk.deployment_number == deployment.number)
-    )
+    ) | Device.id.in_(member_ids(session, deployment.number))
 
 
 async def _abort_counts(session: AsyncSession, deployment_id: str) -> None:
