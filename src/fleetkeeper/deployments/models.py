@@ -139,7 +139,7 @@ class DeploymentChunk(Base):
     `device_ids` (an array on PostgreSQL, a JSON list on SQLite) between `first_device_id` and
     `last_device_id`, all in one phase. A device starts without a row in deployment_devices and is
     pending while it has none; its first report (or the already-installed mark) writes its row,
-    which from then on is what counts. See docs/architecture.md, "Deployments".
+    which from then on is what counts. See docs/deployments.md.
 
     A million devices are 5,000 rows here instead of a million rows and key entries: this is
     what makes creating a deployment for a whole fleet fast (docs/benchmarks.md). The chunks of a
