@@ -11,7 +11,7 @@ from sqlalchemy import insert, select, text
 
 from fleetkeeper.core.db import Database
 from fleetkeeper.core.migrations import downgrade, upgrade_async
-from fleetkeeper.deployments import chunks
+from fleetkeeper.deployments import chunks, service
 from fleetkeeper.deployments.models import Deployment, DeploymentChunk
 from fleetkeeper.deployments.service import create
 from tests.conftest import BACKENDS, Api, FreshDatabaseUrl
@@ -58,6 +58,49 @@ async def test_chunks_cut_the_target_in_id_order_within_each_phase(
         device_id: 0 if rank < 3 else 1 if rank < 13 else 2 for rank, device_id in enumerate(ids)
     }
     assert outside == [None] * 7
+
+
+async def test_the_list_sorts_a_chunks_ids_whatever_their_order_in_it(
+    api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(chunks, "CHUNK_SIZE", 4)
+    await a_release(api)
+    ids = sorted(await add_devices(api.runtime.database, 10, group="fleet"))
+    deployment = await create(api.runtime, admin(api), request())
+    async with api.runtime.database.transaction() as session:
+        for chunk in await session.scalars(select(DeploymentChunk)):
+            chunk.device_ids = list(reversed(chunk.device_ids))
+    listed = await devices_of_in_pages(api, deployment.id, limit=3)
+    assert listed == ids
+
+
+async def devices_of_in_pages(api: Api, deployment_id: str, *, limit: int) -> list[str]:
+    found: list[str] = []
+    cursor = None
+    while True:
+        async with api.runtime.database.session() as session:
+            page = await service.list_devices(session, admin(api), deployment_id, limit=limit, cursor=cursor)
+        found += [entry.device_id for entry in page.items]
+        if page.next_cursor is None:
+            return found
+        cursor = page.next_cursor
+
+
+async def test_no_already_installed_mark_after_an_abort(api: Api) -> None:
+    """A check-in that read an open deployment, then lost the race to an abort: its mark writes
+    nothing, and the counters still match the devices."""
+    await a_release(api)
+    (device,) = await fleet_of(api, 1)
+    deployment = await deploy(api)
+    aborted = await api.client.post(
+        f"/api/v1/deployments/{deployment['id']}/abort", headers=await api.admin_headers()
+    )
+    assert aborted.status_code == 200
+    async with api.runtime.database.session() as session:
+        await service._mark_already_installed(session, deployment["id"], device.device_id or "", 0)
+    async with api.runtime.database.session() as session:
+        counts = await service.counts_of(session, deployment["id"])
+        assert counts == await service.recount(session, deployment["id"]) == {0: {"aborted": 1}}
 
 
 async def test_a_device_is_looked_for_in_its_deployments_own_chunks(api: Api) -> None:

@@ -137,28 +137,21 @@ async def write_chunks(
     return sum(sizes)
 
 
-def members(session: AsyncSession) -> tuple[FromClause, ColumnElement[str], ColumnElement[int]]:
+def members(session: AsyncSession) -> tuple[FromClause, ColumnElement[str]]:
     """The chunks' devices as rows: a FROM clause to select from (with DeploymentChunk's columns
-    and the device's), the device id, and its position in its chunk."""
+    and the device's), and the device id. A chunk's ids come in no promised order."""
     if session.get_bind().dialect.name == "postgresql":
-        unnested = (
-            func.unnest(DeploymentChunk.device_ids)
-            .table_valued("value", with_ordinality="position")
-            .render_derived(name="member")
-            .lateral()
-        )
-        position: ColumnElement[int] = unnested.c.position
-    else:  # SQLite reads a table-valued function's arguments from the tables before it, unasked
-        each = func.json_each(DeploymentChunk.device_ids)
-        unnested = each.table_valued("value", "key").alias("member")
-        position = unnested.c.key
-    joined = DeploymentChunk.__table__.join(unnested, true())
-    return joined, unnested.c.value, position
+        unnested = func.unnest(DeploymentChunk.device_ids).table_valued("value")
+        member = unnested.render_derived(name="member").lateral()
+        return DeploymentChunk.__table__.join(member, true()), member.c.value
+    # SQLite reads a table-valued function's arguments from the tables before it, unasked.
+    each = func.json_each(DeploymentChunk.device_ids).table_valued("value").alias("member")
+    return DeploymentChunk.__table__.join(each, true()), each.c.value
 
 
 def member_ids(session: AsyncSession, deployment_number: int, phase: int | None = None) -> Select[Any]:
     """The ids of the deployment's chunks (of one phase), as a query."""
-    joined, device_id, _position = members(session)
+    joined, device_id = members(session)
     query = (
         select(device_id).select_from(joined).where(DeploymentChunk.deployment_number == deployment_number)
     )

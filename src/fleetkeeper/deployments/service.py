@@ -484,7 +484,7 @@ async def recount(session: AsyncSession, deployment_id: str) -> dict[int, dict[s
     counts: dict[int, dict[str, int]] = {}
     for phase, status, count in rows:
         counts.setdefault(phase, {})[status] = count
-    joined, device_id, _position = members(session)
+    joined, device_id = members(session)
     untouched = await session.execute(
         select(DeploymentChunk.phase, func.count())
         .select_from(joined)
@@ -606,7 +606,7 @@ class FleetHealth:
 async def fleet_health(session: AsyncSession, principal: Principal) -> FleetHealth:
     """One pass over the deployment rows of the fleet (a full scan at scale: it serves the dashboard,
     not a check-in)."""
-    joined, member, _position = members(session)
+    joined, member = members(session)
     states = union_all(
         select(DeploymentDevice.deployment_number, DeploymentDevice.device_id, DeploymentDevice.status),
         # Devices of chunks without a row are pending (those of aborted deployments are left out).
@@ -775,9 +775,9 @@ async def _untouched(
     scope: ColumnElement[bool] | None,
     limit: int,
 ) -> list[DeploymentDevice]:
-    """The first `limit` devices of the deployment's chunks that have no row, in id order (chunk
-    by chunk, each in its order), as rows (not in the session) with `status`."""
-    joined, device_id, position = members(session)
+    """The first `limit` devices of the deployment's chunks that have no row, in id order, as rows
+    (not in the session) with `status`."""
+    joined, device_id = members(session)
     query = (
         select(device_id, DeploymentChunk.phase)
         .select_from(joined)
@@ -792,7 +792,8 @@ async def _untouched(
         query = query.where(DeploymentChunk.last_device_id > after_id, device_id > after_id)
     if scope is not None:
         query = query.join(Device, Device.id == device_id).where(scope)
-    rows = await session.execute(query.order_by(DeploymentChunk.first_device_id, position).limit(limit))
+    # Chunk by chunk (they never overlap), each chunk's ids sorted: its array is in no set order.
+    rows = await session.execute(query.order_by(DeploymentChunk.first_device_id, device_id).limit(limit))
     return [
         DeploymentDevice(**_untouched_columns(deployment.number, member, member_phase, status))
         for member, member_phase in rows
@@ -1128,7 +1129,7 @@ async def _mark_already_installed(
             .values(status="already_installed", detail=_ALREADY_INSTALLED, updated_at=clock())
             .execution_options(synchronize_session=False)
         )
-        if not _rowcount(result):  # no row yet (the device is in a chunk): its first one
+        if not _rowcount(result) and await _untouched_in_chunk(session, deployment, device_id):
             result = await session.execute(
                 _upsert(session)(DeploymentDevice)
                 .values(
@@ -1138,7 +1139,7 @@ async def _mark_already_installed(
                 .on_conflict_do_nothing()
             )
         if not _rowcount(result):
-            return  # the device reported in between: its report wins
+            return  # the device reported in between (its report wins), or it is pending here no more
         await _move_count(session, deployment_id, phase, "pending", "already_installed")
         await record(
             session,
@@ -1256,6 +1257,14 @@ def _untouched_columns(deployment_number: int, device_id: str, phase: int, statu
         "updated_at": None,
         "detail": None,
     }
+
+
+async def _untouched_in_chunk(session: AsyncSession, deployment: Deployment, device_id: str) -> bool:
+    """The device has no row, only its chunk, in a deployment that is not aborted: its first row
+    may be written. (After an abort, or once a live deployment dropped its row, it may not.)"""
+    return (
+        deployment.status != "aborted" and await phase_of(session, deployment.number, device_id) is not None
+    )
 
 
 def _without_row(
