@@ -9,14 +9,13 @@ import asyncio
 import pytest
 from sqlalchemy import insert, select, text
 
-from fleetkeeper.core.db import Database
 from fleetkeeper.core.migrations import downgrade, upgrade_async
 from fleetkeeper.deployments import chunks, service
 from fleetkeeper.deployments.models import Deployment, DeploymentChunk
 from fleetkeeper.deployments.service import create
 from tests.conftest import BACKENDS, Api, FreshDatabaseUrl
-from tests.deployments.test_create import add_devices, admin, request
-from tests.deployments.test_migration_numbers import ROWS, fill_at_0012, rows_by_deployment_id
+from tests.deployments.test_create import add_devices, admin, devices_of, request
+from tests.deployments.test_migration_numbers import ROWS, rows_by_deployment_id, upgraded_from_0012
 from tests.deployments.test_rollout import current, deploy, fleet_of, send
 from tests.releases.test_director_serving import a_release
 
@@ -70,20 +69,8 @@ async def test_the_list_sorts_a_chunks_ids_whatever_their_order_in_it(
     async with api.runtime.database.transaction() as session:
         for chunk in await session.scalars(select(DeploymentChunk)):
             chunk.device_ids = list(reversed(chunk.device_ids))
-    listed = await devices_of_in_pages(api, deployment.id, limit=3)
-    assert listed == ids
-
-
-async def devices_of_in_pages(api: Api, deployment_id: str, *, limit: int) -> list[str]:
-    found: list[str] = []
-    cursor = None
-    while True:
-        async with api.runtime.database.session() as session:
-            page = await service.list_devices(session, admin(api), deployment_id, limit=limit, cursor=cursor)
-        found += [entry.device_id for entry in page.items]
-        if page.next_cursor is None:
-            return found
-        cursor = page.next_cursor
+    listed = await devices_of(api, deployment.id, limit=3)
+    assert list(listed) == ids
 
 
 async def test_no_already_installed_mark_after_an_abort(api: Api) -> None:
@@ -186,11 +173,7 @@ async def test_undoing_the_migration_writes_a_row_for_every_chunks_device(
     backend: str, fresh_database_url: FreshDatabaseUrl
 ) -> None:
     url = await fresh_database_url(backend)
-    await upgrade_async(url, "0012")
-    database = Database(url)
-    try:
-        await fill_at_0012(database)
-        await upgrade_async(url)
+    async with upgraded_from_0012(url) as database:
         async with database.transaction() as session:
             number = await session.scalar(
                 select(Deployment.number).where(Deployment.id == "dep_b_created_first")
@@ -224,5 +207,3 @@ async def test_undoing_the_migration_writes_a_row_for_every_chunks_device(
         assert await rows_by_deployment_id(database, "number") == expected
         async with database.session() as session:
             assert await session.scalar(text("SELECT count(*) FROM deployment_chunks")) == 0
-    finally:
-        await database.dispose()

@@ -72,14 +72,14 @@ def scoped(groups: list[str]) -> Principal:
     return Principal(user_id="usr_scoped", username="scoped", grants=grants, method="password")
 
 
-async def devices_of(api: Api, deployment_id: str) -> dict[str, tuple[int, str]]:
-    """device id -> (phase, status) of every device in the deployment, through the devices list
-    (rows and chunks alike)."""
+async def devices_of(api: Api, deployment_id: str, *, limit: int = MAX_PAGE) -> dict[str, tuple[int, str]]:
+    """device id -> (phase, status) of every device in the deployment, in the devices list's order
+    and through its pages of `limit` (rows and chunks alike)."""
     found: dict[str, tuple[int, str]] = {}
     cursor = None
     while True:
         async with api.runtime.database.session() as session:
-            page = await list_devices(session, admin(api), deployment_id, limit=MAX_PAGE, cursor=cursor)
+            page = await list_devices(session, admin(api), deployment_id, limit=limit, cursor=cursor)
         found |= {entry.device_id: (entry.phase, entry.status) for entry in page.items}
         if page.next_cursor is None:
             return found

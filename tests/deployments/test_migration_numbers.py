@@ -4,6 +4,8 @@ kept with its phase and status, new deployments numbered after them; and back do
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import timedelta
 
 import pytest
@@ -104,16 +106,25 @@ async def rows_by_deployment_id(database: Database, key: str) -> dict[str, dict[
         return rows
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-async def test_deployments_are_numbered_and_their_rows_kept(
-    backend: str, fresh_database_url: FreshDatabaseUrl
-) -> None:
-    url = await fresh_database_url(backend)
+@asynccontextmanager
+async def upgraded_from_0012(url: str) -> AsyncIterator[Database]:
+    """The database at `url` filled at 0012 (ROWS), then upgraded to the newest revision."""
     await upgrade_async(url, "0012")
     database = Database(url)
     try:
         await fill_at_0012(database)
         await upgrade_async(url)
+        yield database
+    finally:
+        await database.dispose()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+async def test_deployments_are_numbered_and_their_rows_kept(
+    backend: str, fresh_database_url: FreshDatabaseUrl
+) -> None:
+    url = await fresh_database_url(backend)
+    async with upgraded_from_0012(url) as database:
         async with database.session() as session:
             numbers = dict((await session.execute(text("SELECT id, number FROM deployments"))).all())
         assert numbers == {"dep_b_created_first": 1, "dep_a_created_second": 2}
@@ -124,5 +135,3 @@ async def test_deployments_are_numbered_and_their_rows_kept(
         assert await rows_by_deployment_id(database, "id") == ROWS
         await upgrade_async(url)
         assert await rows_by_deployment_id(database, "number") == ROWS
-    finally:
-        await database.dispose()

@@ -20,7 +20,6 @@ from sqlalchemy import (
     Insert,
     Integer,
     Select,
-    SQLColumnExpression,
     Subquery,
     bindparam,
     case,
@@ -490,7 +489,7 @@ async def recount(session: AsyncSession, deployment_id: str) -> dict[int, dict[s
         .select_from(joined)
         .where(
             DeploymentChunk.deployment_number == deployment.number,
-            _without_row(DeploymentChunk.deployment_number, device_id),
+            _without_row(device_id),
         )
         .group_by(DeploymentChunk.phase)
     )
@@ -612,7 +611,7 @@ async def fleet_health(session: AsyncSession, principal: Principal) -> FleetHeal
         # Devices of chunks without a row are pending (those of aborted deployments are left out).
         select(DeploymentChunk.deployment_number, member, literal(PENDING))
         .select_from(joined)
-        .where(_without_row(DeploymentChunk.deployment_number, member)),
+        .where(_without_row(member)),
     ).subquery("states")
     newest = (
         select(
@@ -755,7 +754,7 @@ async def list_devices(
         query = query.order_by(DeploymentDevice.device_id).limit(wanted_rows)
         found = list((await session.scalars(query)).all())
         if name == _untouched_status(deployment):  # and the chunks' devices without a row
-            found += await _untouched(session, deployment, name, phase, resume_after, scope, wanted_rows)
+            found += await _untouched(session, deployment, phase, resume_after, scope, wanted_rows)
             found = sorted(found, key=lambda entry: entry.device_id)[:wanted_rows]
         items += found
         if len(items) > limit:
@@ -769,21 +768,20 @@ async def list_devices(
 async def _untouched(
     session: AsyncSession,
     deployment: Deployment,
-    status: str,
     phase: int | None,
     after_id: str | None,
     scope: ColumnElement[bool] | None,
     limit: int,
 ) -> list[DeploymentDevice]:
     """The first `limit` devices of the deployment's chunks that have no row, in id order, as rows
-    (not in the session) with `status`."""
+    (not in the session)."""
     joined, device_id = members(session)
     query = (
         select(device_id, DeploymentChunk.phase)
         .select_from(joined)
         .where(
             DeploymentChunk.deployment_number == deployment.number,
-            _without_row(DeploymentChunk.deployment_number, device_id),
+            _without_row(device_id),
         )
     )
     if phase is not None:
@@ -794,10 +792,7 @@ async def _untouched(
         query = query.join(Device, Device.id == device_id).where(scope)
     # Chunk by chunk (they never overlap), each chunk's ids sorted: its array is in no set order.
     rows = await session.execute(query.order_by(DeploymentChunk.first_device_id, device_id).limit(limit))
-    return [
-        DeploymentDevice(**_untouched_columns(deployment.number, member, member_phase, status))
-        for member, member_phase in rows
-    ]
+    return [_untouched_entry(deployment, member, member_phase) for member, member_phase in rows]
 
 
 @dataclass(frozen=True)
@@ -856,11 +851,7 @@ async def deployments_of_device(
     items = [
         (
             deployment,
-            entry
-            if entry is not None
-            else DeploymentDevice(
-                **_untouched_columns(deployment.number, device_id, chunk, _untouched_status(deployment))
-            ),
+            entry if entry is not None else _untouched_entry(deployment, device_id, chunk),
         )
         for deployment, entry, chunk in rows[:limit]
     ]
@@ -899,9 +890,7 @@ async def device_history(
         chunk = await phase_of(session, deployment.number, device_id)
         if chunk is None:
             raise NotFoundError("this device is not part of that deployment", code="not_in_deployment")
-        entry = DeploymentDevice(
-            **_untouched_columns(deployment.number, device_id, chunk, _untouched_status(deployment))
-        )
+        entry = _untouched_entry(deployment, device_id, chunk)
     events = (
         await session.scalars(
             select(DeploymentEvent)
@@ -1267,14 +1256,12 @@ async def _untouched_in_chunk(session: AsyncSession, deployment: Deployment, dev
     )
 
 
-def _without_row(
-    deployment_number: SQLColumnExpression[int] | int, device_id: ColumnElement[str]
-) -> ColumnElement[bool]:
-    """The chunk's device `device_id` has no row in the deployment: untouched."""
+def _without_row(device_id: ColumnElement[str]) -> ColumnElement[bool]:
+    """A chunk's device `device_id` has no row in the chunk's deployment: untouched."""
     return ~(
         select(DeploymentDevice.device_id)
         .where(
-            DeploymentDevice.deployment_number == deployment_number,
+            DeploymentDevice.deployment_number == DeploymentChunk.deployment_number,
             DeploymentDevice.device_id == device_id,
         )
         .exists()
@@ -1285,6 +1272,13 @@ def _untouched_status(deployment: Deployment) -> str:
     """The status of a chunk's device without a row: pending, or aborted with its deployment
     (abort moves the rows' statuses and every count, not the chunks)."""
     return "aborted" if deployment.status == "aborted" else PENDING
+
+
+def _untouched_entry(deployment: Deployment, device_id: str, phase: int) -> DeploymentDevice:
+    """How a chunk's device without a row is shown: a row (not in the session), untouched."""
+    return DeploymentDevice(
+        **_untouched_columns(deployment.number, device_id, phase, _untouched_status(deployment))
+    )
 
 
 # The end of a device's log (detail) kept with its row and each history event.
