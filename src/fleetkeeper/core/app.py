@@ -32,6 +32,8 @@ def management_routers() -> list[APIRouter]:
     from fleetkeeper.releases.upload_api import router as uploads_router
     from fleetkeeper.terminal.api import router as terminal_router
 
+    # Routes are tried in order: `/releases/uploads/{id}` before `/releases/{name}/{version}`,
+    # which would otherwise take an upload's DELETE (tests/core/test_route_order.py).
     return [
         health_router,
         auth_router,
@@ -39,8 +41,8 @@ def management_routers() -> list[APIRouter]:
         access_router,
         audit_router,
         devices_router,
-        releases_router,
         uploads_router,
+        releases_router,
         deployments_router,
         device_deployments_router,
         webhook_router,
