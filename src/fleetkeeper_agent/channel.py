@@ -19,10 +19,10 @@ import os
 import pwd
 import signal
 import ssl
-import stat
 import struct
 import termios
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +30,8 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 
 from fleetkeeper_agent.config import AgentConfig, TerminalConfig
+from fleetkeeper_agent.errors import AgentError
+from fleetkeeper_agent.files import components_beneath, create_file_beneath, open_file_beneath
 
 log = logging.getLogger(__name__)
 
@@ -59,11 +61,9 @@ def decode_data(frame: bytes) -> tuple[str, bytes] | None:
         return None
 
 
-class RefusedError(Exception):
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
+class RefusedError(AgentError):
+    """What the device refuses the operator, sent back as `refused` or `file_error` with its code. The
+    file helpers' own AgentErrors (`path_not_allowed`, `not_found`, …) are sent back the same way."""
 
 
 class Channel:
@@ -113,7 +113,7 @@ class Channel:
         elif isinstance(transfer := self.transfers.get(session), Upload):
             try:
                 await transfer.write(data)
-            except RefusedError as exc:
+            except AgentError as exc:
                 self.transfers.pop(session, None)
                 transfer.abort()
                 await self.send_json(
@@ -161,7 +161,7 @@ class Channel:
                 sender.start()
             elif kind == "file_ack" and isinstance(transfer := self.transfers.get(session), DownloadSender):
                 transfer.acknowledge(int(message["received"]))
-        except RefusedError as exc:
+        except AgentError as exc:
             transfer = self.transfers.pop(session, None)
             if transfer is not None:
                 transfer.abort()
@@ -456,22 +456,11 @@ def _session_members(session: int) -> list[int]:
 # --- file transfer ----------------------------------------------------------------------------
 
 
-def allowed_path(path: str, roots: tuple[Path, ...]) -> Path:
-    """`path` with symlinks and `..` resolved, if it lies inside one of `roots` (resolved the same
-    way); RefusedError otherwise."""
-    if not path.startswith("/") or "\x00" in path:
-        raise RefusedError("path_not_allowed", "the path must be absolute")
-    resolved = Path(os.path.realpath(path))
-    for root in roots:
-        real_root = Path(os.path.realpath(root))
-        if resolved == real_root or real_root in resolved.parents:
-            return resolved
-    raise RefusedError("path_not_allowed", f"{path} is outside the device's file roots")
-
-
 class Upload:
     """Bytes from the operator into a temporary file beside the target, renamed into place once
-    all have arrived: a broken transfer never leaves half a file under the target's name."""
+    all have arrived: a broken transfer never leaves half a file under the target's name. The
+    directory is held open from the request on (files.create_file_beneath): no link swapped in
+    afterwards redirects the file."""
 
     def __init__(self, channel: Channel, session: str, path: str, size: int) -> None:
         config = channel.config
@@ -479,27 +468,24 @@ class Upload:
             raise RefusedError(
                 "file_too_large", f"the device accepts files up to {config.max_file_bytes} bytes"
             )
-        self.target = allowed_path(path, config.file_roots)
-        if self.target.is_dir():
-            raise RefusedError("is_a_directory", f"{self.target} is a directory")
-        if not self.target.parent.is_dir():
-            raise RefusedError("not_found", f"{self.target.parent} does not exist")
+        root, parts = components_beneath(path, config.file_roots)
+        self.path = path
+        with _io_refusal(path):
+            self.file = create_file_beneath(root, parts)
         self.channel = channel
         self.session = session
         self.size = size
         self.received = 0
         self.acked = 0
         self.digest = hashlib.sha256()
-        self.temporary = self.target.parent / f".{self.target.name}.{session}.part"
-        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-        self.fd = os.open(self.temporary, flags, 0o644)
 
     async def write(self, data: bytes) -> None:
         self.received += len(data)
         if self.received > self.size:
             raise RefusedError("length_mismatch", "more bytes than announced")
         self.digest.update(data)
-        os.write(self.fd, data)
+        with _io_refusal(self.path):
+            self.file.write(data)
         if self.received - self.acked >= FILE_ACK_EVERY:
             self.acked = self.received
             await self.channel.send_json(
@@ -510,33 +496,36 @@ class Upload:
         if self.received != self.size:
             self.abort()
             raise RefusedError("length_mismatch", f"{self.received} bytes arrived, {self.size} announced")
-        os.fsync(self.fd)
-        os.close(self.fd)
-        self.fd = -1
-        os.replace(self.temporary, self.target)
-        log.info("channel: received %s (%d bytes)", self.target, self.size)
+        with _io_refusal(self.path):
+            self.file.commit()
+        log.info("channel: received %s (%d bytes)", self.path, self.size)
         return self.size, self.digest.hexdigest()
 
     def abort(self) -> None:
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
-            self.temporary.unlink(missing_ok=True)
+        self.file.discard()
+
+
+@contextlib.contextmanager
+def _io_refusal(path: str) -> Iterator[None]:
+    """A filesystem error (a full disk, a permission) is the operator's `io_error`, not the channel's end."""
+    try:
+        yield
+    except OSError as exc:
+        raise RefusedError("io_error", f"{path}: {exc.strerror or exc}") from None
 
 
 class DownloadSender:
+    """A file to the operator. It is opened when the request comes (files.open_file_beneath), and what
+    is sent is what that descriptor reads: a link swapped in afterwards is never followed."""
+
     def __init__(self, channel: Channel, session: str, path: str, limit: int) -> None:
-        self.source = allowed_path(path, channel.config.file_roots)
-        try:
-            info = self.source.stat()
-        except FileNotFoundError:
-            raise RefusedError("not_found", f"{self.source} does not exist") from None
-        if stat.S_ISDIR(info.st_mode):
-            raise RefusedError("is_a_directory", f"{self.source} is a directory")
-        if not stat.S_ISREG(info.st_mode):
-            raise RefusedError("path_not_allowed", f"{self.source} is not a regular file")
+        root, parts = components_beneath(path, channel.config.file_roots)
+        with _io_refusal(path):
+            fd, info = open_file_beneath(root, parts)
         if info.st_size > limit:
-            raise RefusedError("file_too_large", f"{self.source} is over {limit} bytes")
+            os.close(fd)
+            raise RefusedError("file_too_large", f"{path} is over {limit} bytes")
+        self.source = os.fdopen(fd, "rb")
         self.channel = channel
         self.session = session
         self.size = info.st_size
@@ -554,6 +543,7 @@ class DownloadSender:
     def abort(self) -> None:
         if self._task is not None:
             self._task.cancel()
+        self.source.close()  # a task cancelled before it ran would not close it
 
     async def _send(self) -> None:
         channel, session = self.channel, self.session
@@ -561,7 +551,7 @@ class DownloadSender:
         digest = hashlib.sha256()
         sent = 0
         try:
-            with self.source.open("rb") as handle:
+            with self.source as handle:
                 while sent < self.size:
                     while sent - self.acked > FILE_WINDOW:
                         self._acked.clear()

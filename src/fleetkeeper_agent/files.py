@@ -1,15 +1,23 @@
-"""Crash-safe file writes: a reader sees the old file or the new one, never a torn one."""
+"""Crash-safe file writes: a reader sees the old file or the new one, never a torn one. And files
+opened beneath a directory one component at a time, never through a symbolic link, for paths that
+someone else names (the operator's file transfers)."""
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import re
 import secrets
 import shutil
+import stat
+from collections.abc import Sequence
 from pathlib import Path
 
+from fleetkeeper_agent.errors import AgentError
+
 COPY_CHUNK = 1024 * 1024
+_BENEATH = os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 def write_atomic(path: Path, data: bytes, *, mode: int = 0o644, overwrite: bool = True) -> None:
@@ -80,3 +88,165 @@ def fsync_directory(directory: Path) -> None:
             os.fsync(fd)
     finally:
         os.close(fd)
+
+
+# --- beneath a directory, never through a link ------------------------------------------------------
+#
+# A path checked first and opened afterwards can be made to name something else in between (a link
+# swapped in for a file or a directory). So nothing here checks a path: each component is opened
+# relative to the descriptor of the one before, with O_NOFOLLOW, and what was opened is checked on its
+# descriptor. Once open, a rename or a swap of a name no longer changes what the descriptor is.
+
+
+def components_beneath(path: str, roots: Sequence[Path]) -> tuple[Path, list[str]]:
+    """The root among `roots` that the absolute `path` is spelled under, and the components below it.
+
+    By spelling alone: a `..` is refused rather than resolved, and links are left to the walk of
+    `open_directory_beneath`, which refuses them. A root may be given as configured or resolved."""
+    if not path.startswith("/") or "\x00" in path:
+        raise AgentError("path_not_allowed", "the path must be absolute, without NUL")
+    parts = [part for part in path.split("/") if part not in ("", ".")]
+    if ".." in parts:
+        raise AgentError("path_not_allowed", f"{path} has a '..' component: give the path within the root")
+    for root in roots:
+        for spelling in (os.path.normpath(root), os.path.realpath(root)):
+            root_parts = [part for part in spelling.split("/") if part]
+            if parts[: len(root_parts)] == root_parts:
+                return root, parts[len(root_parts) :]
+    raise AgentError("path_not_allowed", f"{path} is outside the device's file roots")
+
+
+def open_directory_beneath(root: Path, parts: Sequence[str]) -> int:
+    """A descriptor of the directory `root`/`parts`…, reached without following any link below `root`
+    (`root` itself is the device owner's choice and is opened as configured)."""
+    try:
+        fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise _refusal(exc, str(root)) from None
+    try:
+        for depth, part in enumerate(parts, start=1):
+            try:
+                child = os.open(part, os.O_RDONLY | os.O_DIRECTORY | _BENEATH, dir_fd=fd)
+            except OSError as exc:
+                raise _refusal(exc, os.path.join(root, *parts[:depth]), fd, part) from None
+            os.close(fd)
+            fd = child
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def open_file_beneath(root: Path, parts: Sequence[str]) -> tuple[int, os.stat_result]:
+    """A read-only descriptor of the regular file `root`/`parts`…, and its status, reached without
+    following any link below `root`."""
+    shown = os.path.join(root, *parts)
+    if not parts:
+        raise AgentError("is_a_directory", f"{shown} is a directory")
+    directory = open_directory_beneath(root, parts[:-1])
+    try:
+        # O_NONBLOCK: opening a FIFO must not wait for a writer; it is refused below like any non-file.
+        flags = os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | _BENEATH
+        fd = os.open(parts[-1], flags, dir_fd=directory)
+    except OSError as exc:
+        raise _refusal(exc, shown, directory, parts[-1]) from None
+    finally:
+        os.close(directory)
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode):
+        os.close(fd)
+        if stat.S_ISDIR(info.st_mode):
+            raise AgentError("is_a_directory", f"{shown} is a directory")
+        raise AgentError("path_not_allowed", f"{shown} is not a regular file")
+    return fd, info
+
+
+def create_file_beneath(root: Path, parts: Sequence[str], *, mode: int = 0o644) -> NewFile:
+    """A `NewFile` that will replace (or become) the file `root`/`parts`…, in its directory reached
+    without following any link below `root`. A link or anything but a regular file at that name is
+    refused: it is not the operator's file to replace."""
+    shown = os.path.join(root, *parts)
+    if not parts:
+        raise AgentError("is_a_directory", f"{shown} is a directory")
+    directory = open_directory_beneath(root, parts[:-1])
+    try:
+        try:
+            info = os.stat(parts[-1], dir_fd=directory, follow_symlinks=False)
+        except FileNotFoundError:
+            info = None
+        if info is not None and stat.S_ISLNK(info.st_mode):
+            raise _link_refusal(shown)
+        if info is not None and stat.S_ISDIR(info.st_mode):
+            raise AgentError("is_a_directory", f"{shown} is a directory")
+        if info is not None and not stat.S_ISREG(info.st_mode):
+            raise AgentError("path_not_allowed", f"{shown} is not a regular file")
+        return NewFile(directory, parts[-1], mode=mode)
+    except BaseException:
+        os.close(directory)
+        raise
+
+
+class NewFile:
+    """A file written under a temporary name in a directory held by its descriptor (which it owns),
+    fsynced, and renamed to `name` in that same directory by `commit`: a reader sees the old file or
+    the new one, and a link swapped in for the directory's path meanwhile changes nothing."""
+
+    def __init__(self, directory: int, name: str, *, mode: int = 0o644) -> None:
+        self.directory = directory
+        self.name = name
+        self.temporary = f".{name}.{secrets.token_hex(6)}.tmp"
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | _BENEATH
+        self.fd = os.open(self.temporary, flags, mode, dir_fd=directory)
+
+    def write(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(self.fd, view) :]
+
+    def commit(self) -> None:
+        try:
+            os.fsync(self.fd)
+            os.close(self.fd)
+            self.fd = -1
+            os.replace(self.temporary, self.name, src_dir_fd=self.directory, dst_dir_fd=self.directory)
+            with contextlib.suppress(OSError):  # as in fsync_directory
+                os.fsync(self.directory)
+        except BaseException:
+            self.discard()
+            raise
+        os.close(self.directory)
+        self.directory = -1
+
+    def discard(self) -> None:
+        """Removes the temporary file; safe to call again, and after `commit`."""
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+        if self.directory >= 0:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.temporary, dir_fd=self.directory)
+            os.close(self.directory)
+            self.directory = -1
+
+
+def _refusal(exc: OSError, shown: str, directory: int | None = None, name: str = "") -> AgentError:
+    """What the operator is told when a component would not open."""
+    if exc.errno == errno.ELOOP:
+        return _link_refusal(shown)
+    if exc.errno == errno.ENOTDIR and directory is not None:
+        # O_DIRECTORY | O_NOFOLLOW on a link fails with ENOTDIR, not ELOOP.
+        with contextlib.suppress(OSError):
+            if stat.S_ISLNK(os.stat(name, dir_fd=directory, follow_symlinks=False).st_mode):
+                return _link_refusal(shown)
+        return AgentError("not_found", f"{shown} is not a directory")
+    if exc.errno == errno.ENOENT:
+        return AgentError("not_found", f"{shown} does not exist")
+    return AgentError("io_error", f"{shown}: {exc.strerror or exc}")
+
+
+def _link_refusal(shown: str) -> AgentError:
+    return AgentError(
+        "path_not_allowed",
+        f"{shown} is a symbolic link; file transfers follow no link below a file root: "
+        "give the path the link points to",
+    )
