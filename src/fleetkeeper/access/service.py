@@ -11,6 +11,7 @@ from sqlalchemy import delete, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from fleetkeeper.access import administrators
 from fleetkeeper.access.models import AccessPolicy, ApiToken, Role, RoleAssignment, SignInSession, User
 from fleetkeeper.access.passwords import (
     check_password_policy,
@@ -205,11 +206,14 @@ async def create_user(
 async def set_user_roles(
     database: Database, actor: Principal, user_id: str, roles: list[RoleAssignmentSpec]
 ) -> list[str]:
+    """Replaces the user's roles; never leaves nobody who can manage users (`administrators`)."""
     async with database.transaction() as session:
+        await administrators.lock(session)
         await get_user(session, user_id)
         await _ensure_outranks(session, actor, user_id)
         await session.execute(delete(RoleAssignment).where(RoleAssignment.user_id == user_id))
         names = await _assign_roles(session, actor, user_id, roles)
+        await administrators.ensure_one_remains(session)
         await record(
             session,
             actor=actor.actor,
@@ -273,16 +277,19 @@ async def _ensure_outranks(session: AsyncSession, actor: Principal, user_id: str
 
 
 async def set_user_disabled(database: Database, actor: Principal, user_id: str, disabled: bool) -> User:
-    """Disabling ends every session and revokes every API token of the user at once."""
+    """Disabling ends every session and revokes every API token of the user at once; the last
+    administrator is not disabled (`administrators`)."""
     if user_id == actor.user_id:
         raise ConflictError("you cannot disable your own account", code="cannot_modify_self")
     async with database.transaction() as session:
+        await administrators.lock(session)
         user = await get_user(session, user_id)
         await _ensure_outranks(session, actor, user_id)
         if user.is_disabled == disabled:
             return user
         user.is_disabled = disabled
         if disabled:
+            await administrators.ensure_one_remains(session)
             await revoke_all_credentials(session, user_id)
         await record(
             session,
@@ -310,13 +317,16 @@ async def revoke_all_credentials(session: AsyncSession, user_id: str) -> None:
 
 
 async def delete_user(database: Database, actor: Principal, user_id: str) -> None:
+    """Removes the account; the last administrator is not removed (`administrators`)."""
     if user_id == actor.user_id:
         raise ConflictError("you cannot delete your own account", code="cannot_modify_self")
     async with database.transaction() as session:
+        await administrators.lock(session)
         user = await get_user(session, user_id)
         await _ensure_outranks(session, actor, user_id)
         username = user.username
         await session.delete(user)
+        await administrators.ensure_one_remains(session)
         await record(
             session,
             actor=actor.actor,
@@ -494,6 +504,7 @@ async def update_role(
     grants: list[dict[str, Any]] | None,
 ) -> Role:
     async with database.transaction() as session:
+        await administrators.lock(session)
         role = await get_role(session, name)
         if role.is_builtin:
             raise ConflictError("built-in roles cannot be changed; make a custom role", code="builtin_role")
@@ -502,6 +513,7 @@ async def update_role(
             new_grants = validate_grants(grants)
             _ensure_holds(actor, new_grants)
             role.grants = new_grants.to_json()
+            await administrators.ensure_one_remains(session)
         if description is not None:
             role.description = description
         await record(
