@@ -6,13 +6,20 @@ compromised, a third-party tree packed without looking). The rules (docs/update-
 
 - only regular files, directories, symbolic links and hard links; no devices, FIFOs, sparse or
   other special members;
-- names are relative, without `..`, and each appears once (`./a` and `a` are the same name);
+- names are relative, without `..`, at most `MAX_NAME_LENGTH` characters and `MAX_DEPTH` levels, and
+  each appears once (`./a` and `a` are the same name);
 - a symbolic link's target is relative and stays inside the tree when resolved from the link's own
   directory, and it does not walk through another link (a lexical check cannot follow links, so a
   path through one is refused rather than guessed); no member is placed under a link;
 - a hard link names a regular file that came earlier in the archive;
 - the archive is no larger than declared (the signed payload length), holds at most `max_members`
-  members, and its regular files add up to at most `max_total_bytes`.
+  members (every header counts, and so does each directory a name implies without a member of its
+  own), and its regular files add up to at most `max_total_bytes`.
+
+The check costs time and memory in proportion to the archive (names are walked component by
+component through a tree of the members, never cut into every prefix), and nothing here recurses
+over the tree's depth: a hostile archive is refused with an `unsafe_archive`, never a MemoryError or
+a RecursionError.
 
 The tree is extracted into a temporary directory beside the destination and renamed into place last, so
 a refusal or a crash never leaves a partial tree under the final name. tarfile's "data" filter is
@@ -22,7 +29,6 @@ applied as well, for what it adds (no setuid bits, no owners from the archive), 
 from __future__ import annotations
 
 import os
-import posixpath
 import shutil
 import tarfile
 from dataclasses import dataclass
@@ -33,6 +39,11 @@ from fleetkeeper_agent.files import fsync_directory
 
 DEFAULT_MAX_TOTAL_BYTES = 8 * 1024**3
 DEFAULT_MAX_MEMBERS = 100_000
+MAX_NAME_LENGTH = 4096  # characters of a member's name or link target: Linux's PATH_MAX
+# Levels of a member's name. Real trees stay far below it; it keeps what the standard library does
+# per level (os.makedirs while extracting, shutil.rmtree on a refusal) far from the recursion limit.
+MAX_DEPTH = 128
+_SHOWN = 80  # characters of a refused name quoted in the error
 _ALLOWED_TYPES = {tarfile.REGTYPE, tarfile.AREGTYPE, tarfile.DIRTYPE, tarfile.SYMTYPE, tarfile.LNKTYPE}
 _TYPE_NAMES = {
     tarfile.CHRTYPE: "a character device",
@@ -53,8 +64,16 @@ def _unsafe(detail: str) -> AgentError:
     return AgentError("unsafe_archive", detail)
 
 
-def _normal_name(raw: str) -> str:
-    """The member's name as a relative POSIX path without `.` segments; `` for the root itself."""
+def _shown(name: str) -> str:
+    return repr(name) if len(name) <= _SHOWN else repr(name[:_SHOWN]) + "…"
+
+
+def _name_parts(raw: str) -> list[str]:
+    """The member's name as components, without `.` ones; `[]` for the root itself."""
+    if len(raw) > MAX_NAME_LENGTH:
+        raise _unsafe(
+            f"member {_shown(raw)} has a name of {len(raw)} characters, more than {MAX_NAME_LENGTH}"
+        )
     if raw.startswith("/"):
         raise _unsafe(f"member {raw!r} has an absolute path")
     if "\x00" in raw or "\\" in raw:
@@ -62,101 +81,145 @@ def _normal_name(raw: str) -> str:
     parts = [part for part in raw.split("/") if part not in ("", ".")]
     if ".." in parts:
         raise _unsafe(f"member {raw!r} has a '..' component")
-    return "/".join(parts)
-
-
-def _resolve_inside(base: str, target: str) -> list[str] | None:
-    """The components of `target` resolved lexically from directory `base`; None when it leaves the tree."""
-    parts = base.split("/") if base else []
-    for part in target.split("/"):
-        if part in ("", "."):
-            continue
-        if part == "..":
-            if not parts:
-                return None
-            parts.pop()
-        else:
-            parts.append(part)
+    if len(parts) > MAX_DEPTH:
+        raise _unsafe(f"member {_shown(raw)} is {len(parts)} levels deep, more than {MAX_DEPTH}")
     return parts
+
+
+class _Entry:
+    """One name of the tree being checked: what the archive made it, and the names below it."""
+
+    __slots__ = ("children", "kind")
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind  # dir, implicit (a parent tar will make), file, symlink, hardlink
+        self.children: dict[str, _Entry] = {}
+
+
+class _Tree:
+    """The members seen so far, as a tree of names, counted against `max_members`."""
+
+    def __init__(self, max_members: int) -> None:
+        self.root = _Entry("dir")
+        self.max_members = max_members
+        self.count = 0
+
+    def counted(self) -> None:
+        self.count += 1
+        if self.count > self.max_members:
+            raise _unsafe(f"more than {self.max_members} members, counting the directories names imply")
+
+    def parent_of(self, parts: list[str]) -> _Entry:
+        """The directory `parts` goes in, made implicit where the archive did not list it."""
+        entry = self.root
+        for depth, part in enumerate(parts[:-1], start=1):
+            child = entry.children.get(part)
+            if child is None:
+                self.counted()
+                child = entry.children[part] = _Entry("implicit")
+            elif child.kind not in ("dir", "implicit"):
+                under = "/".join(parts[:depth])
+                raise _unsafe(
+                    f"member {'/'.join(parts)!r} is placed under {under!r}, which is not a directory"
+                )
+            entry = child
+        return entry
+
+    def find(self, parts: list[str]) -> _Entry | None:
+        entry: _Entry | None = self.root
+        for part in parts:
+            entry = _child(entry, part)
+        return entry
+
+
+def _child(entry: _Entry | None, name: str) -> _Entry | None:
+    return entry.children.get(name) if entry is not None else None
 
 
 def check_members(tar: tarfile.TarFile, *, archive_size: int, limits: UnpackLimits) -> list[tarfile.TarInfo]:
     """Every member of `tar`, checked against the rules above; raises `unsafe_archive` at the first breach."""
-    kinds: dict[str, str] = {}  # normalized name -> file, dir, implicit (a parent), symlink, hardlink
-    symlinks: dict[str, str] = {}
+    tree = _Tree(limits.max_members)
+    symlinks: list[tuple[list[str], str]] = []
     members: list[tarfile.TarInfo] = []
     total = 0
     for info in tar:
-        if len(members) >= limits.max_members:
-            raise _unsafe(f"more than {limits.max_members} members")
-        name = _normal_name(info.name)
+        tree.counted()
+        parts = _name_parts(info.name)
         if info.type not in _ALLOWED_TYPES:
             what = _TYPE_NAMES.get(info.type, f"of tar type {info.type!r}")
             raise _unsafe(f"member {info.name!r} is {what}")
-        if not name:
+        if not parts:
             if not info.isdir():
                 raise _unsafe(f"member {info.name!r} names the tree's root but is not a directory")
             continue  # "./": the destination itself
-        if name in kinds and not (kinds[name] == "implicit" and info.isdir()):
+        name = "/".join(parts)
+        parent = tree.parent_of(parts)
+        existing = parent.children.get(parts[-1])
+        if existing is not None and not (existing.kind == "implicit" and info.isdir()):
             raise _unsafe(f"member {name!r} appears twice")
-        parents = name.split("/")[:-1]
-        for depth in range(1, len(parents) + 1):
-            prefix = "/".join(parents[:depth])
-            kind = kinds.setdefault(prefix, "implicit")  # a directory tar will make for the member
-            if kind not in ("dir", "implicit"):
-                raise _unsafe(f"member {name!r} is placed under {prefix!r}, which is not a directory")
         if info.issym():
-            _check_symlink(name, info.linkname, kinds)
-            kinds[name] = "symlink"
-            symlinks[name] = info.linkname
+            _check_symlink(tree, parts, info.linkname)
+            kind = "symlink"
+            symlinks.append((parts, info.linkname))
         elif info.islnk():
-            target = _normal_name(info.linkname)
-            if kinds.get(target) != "file":
+            linked = tree.find(_name_parts(info.linkname))
+            if linked is None or linked.kind != "file":
                 raise _unsafe(f"hard link {name!r} -> {info.linkname!r} names no earlier regular file")
-            kinds[name] = "hardlink"
+            kind = "hardlink"
         elif info.isdir():
-            kinds[name] = "dir"
+            kind = "dir"
         else:
             if info.size < 0 or info.offset_data + info.size > archive_size:
                 raise _unsafe(f"member {name!r} extends past the end of the archive")
             total += info.size
             if total > limits.max_total_bytes:
                 raise _unsafe(f"the members add up to more than {limits.max_total_bytes} bytes")
-            kinds[name] = "file"
+            kind = "file"
+        if existing is None:
+            parent.children[parts[-1]] = _Entry(kind)
+        else:
+            existing.kind = kind  # an implicit directory listed at last; its children stay
         members.append(info)
     # A link that came first may point through a directory entry that came later: check again at the end.
-    for name, target in symlinks.items():
-        _check_symlink(name, target, kinds)
+    for parts, target in symlinks:
+        _check_symlink(tree, parts, target)
     return members
 
 
-def _check_symlink(name: str, target: str, kinds: dict[str, str]) -> None:
+def _check_symlink(tree: _Tree, parts: list[str], target: str) -> None:
+    """The link's target, resolved from the link's directory one component at a time, must stay inside
+    the tree and not walk through another link: lexically `link/..` is the link's directory, really
+    it is the parent of where the link points, so a path through a link is refused rather than
+    guessed. Pointing *at* a link (lib.so -> lib.so.1) is fine."""
+    name = "/".join(parts)
     if not target or target.startswith("/"):
         raise _unsafe(f"symbolic link {name!r} -> {target!r} is absolute or empty")
-    resolved = _resolve_inside(posixpath.dirname(name), target)
-    if resolved is None:
-        raise _unsafe(f"symbolic link {name!r} -> {target!r} leaves the tree")
-    # Lexically `link/..` is the link's directory; really it is the parent of where the link points.
-    # Walking through a link is therefore refused; pointing *at* one (lib.so -> lib.so.1) is fine.
-    walked = _walk_components(posixpath.dirname(name), target)
-    for prefix in walked[:-1]:
-        if kinds.get(prefix) == "symlink":
-            raise _unsafe(f"symbolic link {name!r} -> {target!r} goes through the link {prefix!r}")
-
-
-def _walk_components(base: str, target: str) -> list[str]:
-    """Every intermediate path the lexical resolution of `target` from `base` passes through."""
-    parts = base.split("/") if base else []
-    seen: list[str] = []
+    if len(target) > MAX_NAME_LENGTH:
+        raise _unsafe(
+            f"symbolic link {name!r} -> {_shown(target)} has a target of {len(target)} characters, "
+            f"more than {MAX_NAME_LENGTH}"
+        )
+    # Where the resolution stands: the names from the root down and their entries (None for a name
+    # the tree does not hold, yet).
+    names = parts[:-1]
+    entries: list[_Entry | None] = [tree.root]
+    for part in names:
+        entries.append(_child(entries[-1], part))
     for part in target.split("/"):
         if part in ("", "."):
             continue
+        reached = entries[-1]
+        if reached is not None and reached.kind == "symlink":
+            through = "/".join(names)
+            raise _unsafe(f"symbolic link {name!r} -> {target!r} goes through the link {through!r}")
         if part == "..":
-            parts.pop()
+            if not names:
+                raise _unsafe(f"symbolic link {name!r} -> {target!r} leaves the tree")
+            names.pop()
+            entries.pop()
         else:
-            parts.append(part)
-        seen.append("/".join(parts))
-    return seen
+            names.append(part)
+            entries.append(_child(entries[-1], part))
 
 
 def unpack_archive(
@@ -207,14 +270,17 @@ def _remove_tree(path: Path) -> None:
 
 def _fsync_tree(root: Path) -> None:
     """The tree must be on disk before its name is: after a power cut the name means a whole tree."""
-    for directory, _subdirs, files in os.walk(root):
-        for file_name in files:
-            path = os.path.join(directory, file_name)
-            if os.path.islink(path):
-                continue
-            fd = os.open(path, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-        fsync_directory(Path(directory))
+    pending = [root]
+    while pending:
+        directory = pending.pop()
+        with os.scandir(directory) as entries:
+            for entry in entries:
+                if entry.is_dir(follow_symlinks=False):
+                    pending.append(Path(entry.path))
+                elif entry.is_file(follow_symlinks=False):
+                    fd = os.open(entry.path, os.O_RDONLY | os.O_NOFOLLOW)
+                    try:
+                        os.fsync(fd)
+                    finally:
+                        os.close(fd)
+        fsync_directory(directory)

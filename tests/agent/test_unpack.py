@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import tarfile
+import tracemalloc
 from pathlib import Path
 
 import pytest
@@ -148,3 +149,66 @@ def test_a_leftover_of_a_crash_is_cleared_and_an_existing_destination_kept(tmp_p
     with pytest.raises(AgentError, match="already exists"):
         unpack_archive(archive, parent / "app.1")
     assert (parent / "app.1/a").read_bytes() == b"new"
+
+
+# --- archives made to exhaust the unpacker ------------------------------------------------------
+
+
+def test_a_deep_member_name_is_refused_with_bounded_memory(tmp_path: Path) -> None:
+    # 20 KB of name: holding every prefix of it as its own string would take about 100 MB.
+    archive = build_tar(tmp_path / "payload.tar", [Member("a/" * 10_000 + "f", b"x")])
+    parent = tmp_path / "opt"
+    parent.mkdir()
+    tracemalloc.start()
+    try:
+        with pytest.raises(AgentError) as caught:
+            unpack_archive(archive, parent / "app.1")
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert caught.value.code == "unsafe_archive", caught.value
+    assert "characters" in caught.value.message
+    assert len(caught.value.message) < 500  # the name is shown cut short
+    assert peak < 16 * 1024**2
+    assert list(parent.iterdir()) == []
+
+
+def test_a_tree_deeper_than_the_limit_is_refused(tmp_path: Path) -> None:
+    # Each level is its own member: no single name is long, the tree is 1,200 directories deep.
+    levels = [Member("a/" * depth, type=tarfile.DIRTYPE, mode=0o755) for depth in range(1, 1201)]
+    archive = build_tar(tmp_path / "payload.tar", levels)
+    parent = tmp_path / "opt"
+    parent.mkdir()
+    with pytest.raises(AgentError, match="levels deep") as caught:
+        unpack_archive(archive, parent / "app.1")
+    assert caught.value.code == "unsafe_archive"
+    assert list(parent.iterdir()) == []
+
+
+def test_a_link_target_longer_than_a_path_is_refused(tmp_path: Path) -> None:
+    archive = build_tar(
+        tmp_path / "payload.tar", [Member("link", type=tarfile.SYMTYPE, linkname="a/" * 5_000 + "f")]
+    )
+    parent = tmp_path / "opt"
+    parent.mkdir()
+    with pytest.raises(AgentError, match="characters") as caught:
+        unpack_archive(archive, parent / "app.1")
+    assert caught.value.code == "unsafe_archive"
+    assert list(parent.iterdir()) == []
+
+
+def test_every_member_counts_towards_the_limit_also_the_root_and_implied_directories(tmp_path: Path) -> None:
+    parent = tmp_path / "opt"
+    parent.mkdir()
+    roots = build_tar(tmp_path / "roots.tar", [Member("./", type=tarfile.DIRTYPE, mode=0o755)] * 11)
+    with pytest.raises(AgentError, match="more than 10 members") as caught:
+        unpack_archive(roots, parent / "app.1", limits=UnpackLimits(max_members=10))
+    assert caught.value.code == "unsafe_archive"
+    # Five files, each under three directories of its own that the archive never lists.
+    implied = build_tar(tmp_path / "implied.tar", [Member(f"d{i}/e/f/file", b"x") for i in range(5)])
+    with pytest.raises(AgentError, match="more than 10 members") as caught:
+        unpack_archive(implied, parent / "app.1", limits=UnpackLimits(max_members=10))
+    assert caught.value.code == "unsafe_archive"
+    assert list(parent.iterdir()) == []
+    unpack_archive(implied, parent / "app.1", limits=UnpackLimits(max_members=20))
+    assert (parent / "app.1/d4/e/f/file").read_bytes() == b"x"
