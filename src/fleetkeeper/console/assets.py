@@ -19,6 +19,8 @@ VENDOR_FILES = {
     "xterm.js": "@xterm/xterm/lib/xterm.js",
     "xterm.css": "@xterm/xterm/css/xterm.css",
     "addon-fit.js": "@xterm/addon-fit/lib/addon-fit.js",
+    "swagger-ui-bundle.js": "swagger-ui-dist/swagger-ui-bundle.js",
+    "swagger-ui.css": "swagger-ui-dist/swagger-ui.css",
 }
 # Files change only with a new version of the package, which changes nothing in their URL, so
 # browsers revalidate rather than cache for long.

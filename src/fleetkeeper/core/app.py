@@ -17,7 +17,8 @@ from fleetkeeper.core.hotroutes import HotRoute, HotRoutes, route_for
 from fleetkeeper.core.peer import DeviceCertificateGate
 from fleetkeeper.core.runtime import Runtime
 
-# FastAPI's own documentation routes: public, and the only routes that declare no access rule.
+# The API's documentation (FastAPI's OpenAPI document, and the page that shows it): public, and
+# the only routes that declare no access rule.
 FRAMEWORK_PUBLIC_PATHS = frozenset({"/api/docs", "/api/openapi.json"})
 
 
@@ -106,18 +107,22 @@ def console_routes(app: FastAPI) -> Iterator[BaseRoute]:
 
 
 def create_management_app(runtime: Runtime) -> FastAPI:
+    # FastAPI's own documentation pages are off: they load their scripts from a public CDN and
+    # start them inline. The console serves /api/docs from its pinned copy (console/apidocs.py).
     app = FastAPI(
         title="fleetkeeper",
         version=fleetkeeper.__version__,
-        docs_url="/api/docs",
+        docs_url=None,
         redoc_url=None,
         openapi_url="/api/openapi.json",
         swagger_ui_oauth2_redirect_url=None,
         telemetry=NO_TELEMETRY,
     )
+    from fleetkeeper.console.apidocs import api_docs_route
     from fleetkeeper.console.app import mount_console
 
     _include(app, runtime, management_routers())
+    app.router.routes.append(api_docs_route("/api/docs", title=app.title, openapi_url="/api/openapi.json"))
     _wrap(app, runtime, "management")
     mount_console(app, runtime)
     return app
