@@ -6,7 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Request, Response
 
-from fleetkeeper.access import service, signin
+from fleetkeeper.access import service, signin, twofactor
 from fleetkeeper.access.auth import requires
 from fleetkeeper.access.models import Role
 from fleetkeeper.access.permissions import Permission
@@ -104,6 +104,14 @@ async def reset_password(user_id: str, principal: Admin, request: Request) -> Pa
     return PasswordResetResponse(
         one_time_password=await service.reset_password(runtime_of(request).database, principal, user_id)
     )
+
+
+@router.post("/users/{user_id}/2fa/reset", status_code=204)
+async def reset_second_factor(user_id: str, principal: Admin, request: Request) -> Response:
+    """For someone who lost their authenticator: turns their two-factor sign-in off and ends their
+    sessions; they sign in with the password alone (and enrol again where policy requires 2FA)."""
+    await twofactor.reset(runtime_of(request).database, principal, user_id)
+    return Response(status_code=204)
 
 
 @router.delete("/users/{user_id}/sessions", status_code=204)

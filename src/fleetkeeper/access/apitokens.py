@@ -46,10 +46,7 @@ async def create(
 ) -> tuple[ApiToken, str]:
     """Grants default to everything the owner holds now; either way they are re-checked against
     the owner's grants on every use, so a token loses what its owner loses."""
-    if owner.api_token_id is not None:
-        raise ForbiddenError(
-            "API tokens are created from a signed-in session, not with another token", code="session_required"
-        )
+    owner.ensure_session()
     if not timedelta(minutes=5) <= expires_in <= MAX_LIFETIME:
         raise ProblemError("a token lives between 5 minutes and 366 days", code="invalid_expiry", status=422)
     requested = owner.grants if grants is None else validate_grants(grants)

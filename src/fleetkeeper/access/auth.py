@@ -188,4 +188,16 @@ def signed_in(*, allow_pending: bool = False) -> Any:
     return Depends(mark(AccessRule("authenticated", allow_pending=allow_pending), dependency))
 
 
+def in_session(*, allow_pending: bool = False) -> Any:
+    """A user signed in with a password or through SSO, not an API token (changes to the
+    caller's own account: password, second factor, sessions, tokens)."""
+
+    async def dependency(connection: HTTPConnection) -> Principal:
+        principal = await authenticate(connection, allow_pending=allow_pending)
+        principal.ensure_session()
+        return principal
+
+    return Depends(mark(AccessRule("authenticated", allow_pending=allow_pending), dependency))
+
+
 PUBLIC = Depends(public_dependency)

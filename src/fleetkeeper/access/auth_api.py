@@ -10,13 +10,14 @@ from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import RedirectResponse
 
 from fleetkeeper.access import apitokens, signin, twofactor
-from fleetkeeper.access.auth import PUBLIC, client_address, requires, signed_in
+from fleetkeeper.access.auth import PUBLIC, client_address, in_session, requires, signed_in
 from fleetkeeper.access.oidc import OidcError, sign_in_with_provider
 from fleetkeeper.access.permissions import Permission
 from fleetkeeper.access.principal import Principal
 from fleetkeeper.access.schemas import (
     ApiTokenOut,
     ChangePasswordRequest,
+    ConfirmTotpRequest,
     CreateApiTokenRequest,
     CreatedApiToken,
     DisableTotpRequest,
@@ -40,8 +41,11 @@ from fleetkeeper.core.runtime import runtime_of
 auth_router = APIRouter(prefix="/api/v1/auth", tags=["sign-in"])
 me_router = APIRouter(prefix="/api/v1/me", tags=["my account"])
 
-Me = Annotated[Principal, signed_in()]
 MeMaybePending = Annotated[Principal, signed_in(allow_pending=True)]
+# Changes to the account itself (and what shows its credentials) need its owner signed in: an
+# API token, however narrow, would otherwise become a way to take the account over.
+MySession = Annotated[Principal, in_session()]
+MySessionMaybePending = Annotated[Principal, in_session(allow_pending=True)]
 
 
 def _sign_in_flow(request: Request) -> signin.SignIn:
@@ -196,7 +200,7 @@ async def me(principal: MeMaybePending, request: Request) -> MeOut:
 
 @me_router.post("/password", status_code=204)
 async def change_password(
-    body: ChangePasswordRequest, principal: MeMaybePending, request: Request
+    body: ChangePasswordRequest, principal: MySessionMaybePending, request: Request
 ) -> Response:
     """Changes my password (and a one-time password at first sign-in). Refresh afterwards for a full token."""
     await change_own_password(
@@ -206,60 +210,67 @@ async def change_password(
 
 
 @me_router.get("/sessions")
-async def my_sessions(principal: Me, request: Request) -> list[SessionOut]:
+async def my_sessions(principal: MySession, request: Request) -> list[SessionOut]:
     async with runtime_of(request).database.session() as session:
         rows = await signin.list_sessions(session, principal.user_id)
     return [SessionOut.of(row, principal.session_id) for row in rows]
 
 
 @me_router.delete("/sessions/{session_id}", status_code=204)
-async def end_my_session(session_id: str, principal: Me, request: Request) -> Response:
+async def end_my_session(session_id: str, principal: MySession, request: Request) -> Response:
     await signin.end_session(runtime_of(request).database, principal, session_id)
     return Response(status_code=204)
 
 
 @me_router.delete("/sessions", status_code=204)
-async def end_all_my_sessions(principal: Me, request: Request) -> Response:
+async def end_all_my_sessions(principal: MySession, request: Request) -> Response:
     """Signs me out everywhere, this session included."""
     await signin.end_all_sessions(runtime_of(request).database, principal, principal.user_id)
     return Response(status_code=204)
 
 
 @me_router.post("/2fa/totp")
-async def start_totp(principal: MeMaybePending, request: Request) -> TotpEnrollment:
+async def start_totp(principal: MySessionMaybePending, request: Request) -> TotpEnrollment:
     """A new TOTP secret to put into an authenticator app; confirm it with a code."""
     enrollment = await twofactor.start_enrollment(runtime_of(request).database, principal)
     return TotpEnrollment(secret=enrollment.secret, otpauth_uri=enrollment.otpauth_uri)
 
 
 @me_router.post("/2fa/totp/confirm")
-async def confirm_totp(body: TotpCode, principal: MeMaybePending, request: Request) -> RecoveryCodes:
-    """Turns two-factor sign-in on and returns ten single-use recovery codes."""
-    codes = await twofactor.confirm_enrollment(runtime_of(request).database, principal, body.code)
+async def confirm_totp(
+    body: ConfirmTotpRequest, principal: MySessionMaybePending, request: Request
+) -> RecoveryCodes:
+    """Turns two-factor sign-in on and returns ten single-use recovery codes. Needs the current
+    password, unless this session began less than 10 minutes ago."""
+    codes = await twofactor.confirm_enrollment(
+        runtime_of(request).database, principal, body.code, body.password
+    )
     return RecoveryCodes(recovery_codes=codes)
 
 
 @me_router.post("/2fa/totp/disable", status_code=204)
-async def disable_totp(body: DisableTotpRequest, principal: Me, request: Request) -> Response:
+async def disable_totp(body: DisableTotpRequest, principal: MySession, request: Request) -> Response:
     await twofactor.disable(runtime_of(request).database, principal, body.password, body.code)
     return Response(status_code=204)
 
 
 @me_router.post("/2fa/recovery-codes")
-async def new_recovery_codes(body: TotpCode, principal: Me, request: Request) -> RecoveryCodes:
+async def new_recovery_codes(body: TotpCode, principal: MySession, request: Request) -> RecoveryCodes:
     """Replaces all recovery codes; needs a current TOTP code."""
     codes = await twofactor.regenerate_recovery_codes(runtime_of(request).database, principal, body.code)
     return RecoveryCodes(recovery_codes=codes)
 
 
 @me_router.get("/tokens")
-async def my_tokens(principal: Me, request: Request) -> list[ApiTokenOut]:
+async def my_tokens(principal: MySession, request: Request) -> list[ApiTokenOut]:
     async with runtime_of(request).database.session() as session:
         return [ApiTokenOut.of(token) for token in await apitokens.list_for(session, principal.user_id)]
 
 
 @me_router.post("/tokens", status_code=201)
-async def create_token(body: CreateApiTokenRequest, principal: Me, request: Request) -> CreatedApiToken:
+async def create_token(
+    body: CreateApiTokenRequest, principal: MySession, request: Request
+) -> CreatedApiToken:
     grants = None if body.grants is None else [grant.model_dump(mode="json") for grant in body.grants]
     token, secret = await apitokens.create(
         runtime_of(request).database,
@@ -272,6 +283,6 @@ async def create_token(body: CreateApiTokenRequest, principal: Me, request: Requ
 
 
 @me_router.delete("/tokens/{token_id}", status_code=204)
-async def revoke_token(token_id: str, principal: Me, request: Request) -> Response:
+async def revoke_token(token_id: str, principal: MySession, request: Request) -> Response:
     await apitokens.revoke(runtime_of(request).database, principal, token_id)
     return Response(status_code=204)

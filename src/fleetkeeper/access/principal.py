@@ -29,6 +29,20 @@ class Principal:
     def rate_limit_key(self) -> str:
         return self.api_token_id or self.session_id or self.user_id
 
+    @property
+    def in_session(self) -> bool:
+        """Signed in with a password or through SSO (not an API token)."""
+        return self.session_id is not None
+
+    def ensure_session(self) -> None:
+        """Raises 403 for an API token: changes to the account itself need its owner signed in.
+        (A token narrowed to releases:read must not become its owner's password or second factor.)"""
+        if not self.in_session:
+            raise ForbiddenError(
+                "an API token cannot do this: sign in with your password or single sign-on",
+                code="session_required",
+            )
+
     def can(self, permission: Permission, scope: Iterable[str] | None = None) -> bool:
         return self.grants.allows(permission, scope)
 

@@ -152,6 +152,12 @@ class TotpCode(Request):
     code: Annotated[str, StringConstraints(min_length=1, max_length=32)]
 
 
+class ConfirmTotpRequest(TotpCode):
+    password: Secret | None = Field(
+        default=None, description="the current password; not needed within 10 minutes of signing in"
+    )
+
+
 class DisableTotpRequest(Request):
     password: Secret
     code: Annotated[str, StringConstraints(min_length=1, max_length=32)]

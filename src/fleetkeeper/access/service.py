@@ -210,7 +210,7 @@ async def set_user_roles(
     async with database.transaction() as session:
         await administrators.lock(session)
         await get_user(session, user_id)
-        await _ensure_outranks(session, actor, user_id)
+        await ensure_outranks(session, actor, user_id)
         await session.execute(delete(RoleAssignment).where(RoleAssignment.user_id == user_id))
         names = await _assign_roles(session, actor, user_id, roles)
         await administrators.ensure_one_remains(session)
@@ -267,7 +267,7 @@ def _check_scope_value(value: str) -> None:
         raise ProblemError(f"{value!r} is not a valid group or tag name", code="invalid_scope", status=422)
 
 
-async def _ensure_outranks(session: AsyncSession, actor: Principal, user_id: str) -> None:
+async def ensure_outranks(session: AsyncSession, actor: Principal, user_id: str) -> None:
     """Nobody administers an account that may do more than they may: that would be a way in."""
     if not actor.grants.covers(await user_grants(session, user_id)):
         raise ForbiddenError(
@@ -284,7 +284,7 @@ async def set_user_disabled(database: Database, actor: Principal, user_id: str, 
     async with database.transaction() as session:
         await administrators.lock(session)
         user = await get_user(session, user_id)
-        await _ensure_outranks(session, actor, user_id)
+        await ensure_outranks(session, actor, user_id)
         if user.is_disabled == disabled:
             return user
         user.is_disabled = disabled
@@ -302,17 +302,21 @@ async def set_user_disabled(database: Database, actor: Principal, user_id: str, 
     return user
 
 
-async def revoke_all_credentials(session: AsyncSession, user_id: str) -> None:
-    now = utcnow()
+async def end_sessions(session: AsyncSession, user_id: str) -> None:
+    """Ends every sign-in session of the user (their API tokens stay)."""
     await session.execute(
         update(SignInSession)
         .where(SignInSession.user_id == user_id, SignInSession.revoked_at.is_(None))
-        .values(revoked_at=now)
+        .values(revoked_at=utcnow())
     )
+
+
+async def revoke_all_credentials(session: AsyncSession, user_id: str) -> None:
+    await end_sessions(session, user_id)
     await session.execute(
         update(ApiToken)
         .where(ApiToken.user_id == user_id, ApiToken.revoked_at.is_(None))
-        .values(revoked_at=now)
+        .values(revoked_at=utcnow())
     )
 
 
@@ -323,7 +327,7 @@ async def delete_user(database: Database, actor: Principal, user_id: str) -> Non
     async with database.transaction() as session:
         await administrators.lock(session)
         user = await get_user(session, user_id)
-        await _ensure_outranks(session, actor, user_id)
+        await ensure_outranks(session, actor, user_id)
         username = user.username
         await session.delete(user)
         await administrators.ensure_one_remains(session)
@@ -343,7 +347,7 @@ async def reset_password(database: Database, actor: Principal, user_id: str) -> 
     password_hash = await hash_password(password)
     async with database.transaction() as session:
         user = await get_user(session, user_id)
-        await _ensure_outranks(session, actor, user_id)
+        await ensure_outranks(session, actor, user_id)
         if user.auth_source != "local":
             raise ConflictError(
                 "this account signs in through the identity provider", code="not_a_local_account"
@@ -387,7 +391,8 @@ async def change_own_password(
     database: Database, principal: Principal, current_password: str, new_password: str
 ) -> None:
     """Checks the current password; other sessions and API tokens of the user stay (the
-    password is not their secret), but other sign-in sessions end."""
+    password is not their secret), but other sign-in sessions end. Never through an API token."""
+    principal.ensure_session()
     async with database.session() as session:
         user = await get_user(session, principal.user_id)
     if user.auth_source != "local":

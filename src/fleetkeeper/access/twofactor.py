@@ -1,4 +1,5 @@
-"""TOTP second factor (RFC 6238 through pyotp) and single-use recovery codes."""
+"""TOTP second factor (RFC 6238 through pyotp) and single-use recovery codes; an administrator's
+reset for someone who lost their authenticator."""
 
 from __future__ import annotations
 
@@ -12,14 +13,22 @@ import pyotp
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from fleetkeeper.access import reauth
 from fleetkeeper.access.models import RecoveryCode, User
 from fleetkeeper.access.passwords import verify_password
 from fleetkeeper.access.principal import Principal
-from fleetkeeper.access.service import get_user, roles_requiring_2fa, user_role_names
+from fleetkeeper.access.service import (
+    end_sessions,
+    ensure_outranks,
+    get_user,
+    normalize_username,
+    roles_requiring_2fa,
+    user_role_names,
+)
 from fleetkeeper.access.tokens import hash_secret
-from fleetkeeper.audit.service import Actor, record
+from fleetkeeper.audit.service import SYSTEM, Actor, record
 from fleetkeeper.core.db import Database, utcnow
-from fleetkeeper.core.errors import ConflictError, ProblemError
+from fleetkeeper.core.errors import ConflictError, NotFoundError, ProblemError
 from fleetkeeper.core.ids import new_id
 
 ISSUER_NAME = "fleetkeeper"
@@ -60,6 +69,8 @@ def _new_recovery_code() -> str:
 
 
 async def start_enrollment(database: Database, principal: Principal) -> Enrollment:
+    """A new secret, pending until `confirm_enrollment`; until then it changes nothing."""
+    principal.ensure_session()
     secret = pyotp.random_base32()
     async with database.transaction() as session:
         user = await get_user(session, principal.user_id)
@@ -72,8 +83,17 @@ async def start_enrollment(database: Database, principal: Principal) -> Enrollme
     return Enrollment(secret, uri)
 
 
-async def confirm_enrollment(database: Database, principal: Principal, code: str) -> list[str]:
-    """Turns TOTP on once a code from the authenticator matches; returns fresh recovery codes."""
+async def confirm_enrollment(
+    database: Database, principal: Principal, code: str, password: str | None = None
+) -> list[str]:
+    """Turns TOTP on once a code from the authenticator matches; returns fresh recovery codes.
+    Needs the password unless the session began moments ago (`reauth`)."""
+    principal.ensure_session()
+    async with database.session() as session:
+        user = await get_user(session, principal.user_id)
+        if user.totp_pending_secret is None:
+            raise ConflictError("start the enrollment first", code="totp_not_started")
+        await reauth.ensure_present(session, principal, user, password)
     async with database.transaction() as session:
         user = await get_user(session, principal.user_id)
         if user.totp_pending_secret is None:
@@ -97,6 +117,8 @@ async def confirm_enrollment(database: Database, principal: Principal, code: str
 
 
 async def regenerate_recovery_codes(database: Database, principal: Principal, code: str) -> list[str]:
+    """Replaces every recovery code; needs a current TOTP code."""
+    principal.ensure_session()
     async with database.transaction() as session:
         user = await get_user(session, principal.user_id)
         if user.totp_secret is None or not _consume_totp(user, code):
@@ -114,6 +136,7 @@ async def regenerate_recovery_codes(database: Database, principal: Principal, co
 
 async def disable(database: Database, principal: Principal, password: str, code: str) -> None:
     """Needs the password and a current code (or a recovery code); refused where policy requires 2FA."""
+    principal.ensure_session()
     async with database.session() as session:
         user = await get_user(session, principal.user_id)
         required = await roles_requiring_2fa(session) & set(await user_role_names(session, user.id))
@@ -130,10 +153,7 @@ async def disable(database: Database, principal: Principal, password: str, code:
         raise _invalid_code()
     async with database.transaction() as session:
         user = await get_user(session, principal.user_id)
-        user.totp_secret = None
-        user.totp_enabled_at = None
-        user.totp_last_step = None
-        await session.execute(delete(RecoveryCode).where(RecoveryCode.user_id == user.id))
+        await _turn_off(session, user)
         await record(
             session,
             actor=principal.actor,
@@ -141,6 +161,58 @@ async def disable(database: Database, principal: Principal, password: str, code:
             object_type="user",
             object_id=user.id,
         )
+
+
+async def reset(database: Database, actor: Principal, user_id: str) -> None:
+    """For someone who lost their authenticator and recovery codes: an administrator turns their
+    two-factor sign-in off and ends their sessions, so that the next sign-in takes the password
+    alone (and asks to enrol again where policy requires 2FA). Their API tokens stay. Nobody
+    resets their own: that is `disable`, which asks for the password and a code."""
+    if user_id == actor.user_id:
+        raise ConflictError(
+            "you cannot reset your own second factor: turn it off under your account, or ask "
+            "another administrator",
+            code="cannot_modify_self",
+        )
+    async with database.transaction() as session:
+        user = await get_user(session, user_id)
+        await ensure_outranks(session, actor, user_id)
+        await _reset(session, user, actor.actor, {"username": user.username})
+
+
+async def recover(database: Database, username: str) -> str:
+    """`reset` for someone at the server's console (`fleetkeeper users reset-2fa`), recorded as
+    done by the server itself: whoever can run it can read the database anyway. Returns the
+    account's username as stored."""
+    async with database.transaction() as session:
+        user = await session.scalar(select(User).where(User.username == normalize_username(username)))
+        if user is None:
+            raise NotFoundError(f"no account named {username}", code="user_not_found")
+        await _reset(session, user, SYSTEM, {"via": "command line", "username": user.username})
+    return user.username
+
+
+async def _reset(session: AsyncSession, user: User, actor: Actor, details: dict[str, str]) -> None:
+    if user.totp_enabled_at is None:
+        raise ConflictError(f"{user.username} has no two-factor sign-in to reset", code="totp_not_enabled")
+    await _turn_off(session, user)
+    await end_sessions(session, user.id)
+    await record(
+        session,
+        actor=actor,
+        action="user.two_factor_reset",
+        object_type="user",
+        object_id=user.id,
+        details=details,
+    )
+
+
+async def _turn_off(session: AsyncSession, user: User) -> None:
+    user.totp_secret = None
+    user.totp_pending_secret = None
+    user.totp_enabled_at = None
+    user.totp_last_step = None
+    await session.execute(delete(RecoveryCode).where(RecoveryCode.user_id == user.id))
 
 
 def _consume_totp(user: User, code: str) -> bool:

@@ -39,5 +39,37 @@ def reset_password(
     typer.echo(f"one-time password for {username}: {password}\nIt must be changed at the next sign-in.")
 
 
+@users_app.command("reset-2fa")
+def reset_second_factor(
+    username: Annotated[str, typer.Argument(help="the account, e.g. admin")],
+    config: cli.ConfigOption = None,
+    data_dir: cli.DataDirOption = None,
+    database_url: cli.DatabaseOption = None,
+) -> None:
+    """Turn off the two-factor sign-in of an account and end its sessions: for someone who lost
+    their authenticator and recovery codes when no other administrator can reset it."""
+    from fleetkeeper.access.twofactor import recover
+    from fleetkeeper.core.db import Database
+    from fleetkeeper.core.errors import ProblemError
+
+    settings = cli.settings_from(config=config, data_dir=data_dir, database_url=database_url)
+
+    async def run() -> str:
+        database = Database(settings.resolved_database_url)
+        try:
+            return await recover(database, username)
+        finally:
+            await database.dispose()
+
+    try:
+        account = asyncio.run(run())
+    except ProblemError as exc:
+        cli.fail(f"{exc.code}: {exc.detail}")
+    typer.echo(
+        f"two-factor sign-in of {account} is off and its sessions are ended.\n"
+        "The password alone signs in now; enrol again from My account."
+    )
+
+
 # Imported last, as in cli/audit.py: cli.main imports this module to register the sub-app.
 from fleetkeeper.cli import main as cli  # noqa: E402

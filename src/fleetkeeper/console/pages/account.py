@@ -3,14 +3,14 @@ required 2FA enrolment), and My account (password, two-factor sign-in, API token
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from typing import Annotated
 
 from fastapi import APIRouter, Form, Request
 from starlette.responses import RedirectResponse, Response
 
-from fleetkeeper.access import apitokens, signin, twofactor
+from fleetkeeper.access import apitokens, reauth, signin, twofactor
 from fleetkeeper.access.permissions import Permission
 from fleetkeeper.access.principal import Principal
 from fleetkeeper.access.service import change_own_password, get_user, user_role_names
@@ -32,7 +32,13 @@ async def setup(request: Request, principal: SetupUser) -> Response:
     if principal.pending[0] == "enroll_2fa":
         enrollment = await twofactor.start_enrollment(runtime_of(request).database, principal)
     return render(
-        request, "account_setup.html", principal, step=principal.pending[0], enrollment=enrollment, error=""
+        request,
+        "account_setup.html",
+        principal,
+        step=principal.pending[0],
+        enrollment=enrollment,
+        ask_password=await _asks_password(request, principal),
+        error="",
     )
 
 
@@ -67,36 +73,52 @@ async def setup_password(
 
 @router.post("/account/setup/2fa")
 async def setup_second_factor(
-    request: Request, principal: SetupUser, code: Annotated[str, Form(max_length=16)]
+    request: Request,
+    principal: SetupUser,
+    code: Annotated[str, Form(max_length=16)],
+    password: Annotated[str, Form(max_length=1024)] = "",
 ) -> Response:
-    def retry(enrollment: twofactor.Enrollment, error: str) -> Response:
+    async def retry(enrollment: twofactor.Enrollment, error: str) -> Response:
         return render(
             request,
             "account_setup.html",
             principal,
             step="enroll_2fa",
             enrollment=enrollment,
+            ask_password=await _asks_password(request, principal),
             error=error,
             status=422,
         )
 
-    return await _confirm_second_factor(request, principal, code, retry, back="/")
+    return await _confirm_second_factor(request, principal, code, password, retry, back="/")
+
+
+async def _asks_password(request: Request, principal: Principal) -> bool:
+    """Turning 2FA on needs the password once the sign-in is no longer recent (`reauth`); an SSO
+    account has none here, and is told to sign in again instead."""
+    if principal.method != "password":
+        return False
+    async with runtime_of(request).database.session() as session:
+        return not await reauth.signed_in_recently(session, principal)
 
 
 async def _confirm_second_factor(
     request: Request,
     principal: Principal,
     code: str,
-    retry: Callable[[twofactor.Enrollment, str], Response],
+    password: str,
+    retry: Callable[[twofactor.Enrollment, str], Awaitable[Response]],
     *,
     back: str,
 ) -> Response:
     """Turns 2FA on and shows the recovery codes once; a wrong code shows a new key to try again."""
     database = runtime_of(request).database
     try:
-        recovery_codes = await twofactor.confirm_enrollment(database, principal, code.strip())
+        recovery_codes = await twofactor.confirm_enrollment(
+            database, principal, code.strip(), password or None
+        )
     except ProblemError as exc:
-        return retry(await twofactor.start_enrollment(database, principal), exc.detail or exc.code)
+        return await retry(await twofactor.start_enrollment(database, principal), exc.detail or exc.code)
     return render(request, "recovery_codes.html", principal, recovery_codes=recovery_codes, back=back)
 
 
@@ -168,19 +190,35 @@ async def change_password(
 @router.post("/account/2fa/start")
 async def start_two_factor(request: Request, principal: Me) -> Response:
     enrollment = await twofactor.start_enrollment(runtime_of(request).database, principal)
-    return render(request, "account/enroll.html", principal, enrollment=enrollment, error="")
+    return render(
+        request,
+        "account/enroll.html",
+        principal,
+        enrollment=enrollment,
+        ask_password=await _asks_password(request, principal),
+        error="",
+    )
 
 
 @router.post("/account/2fa/confirm")
 async def confirm_two_factor(
-    request: Request, principal: Me, code: Annotated[str, Form(max_length=16)]
+    request: Request,
+    principal: Me,
+    code: Annotated[str, Form(max_length=16)],
+    password: Annotated[str, Form(max_length=1024)] = "",
 ) -> Response:
-    def retry(enrollment: twofactor.Enrollment, error: str) -> Response:
+    async def retry(enrollment: twofactor.Enrollment, error: str) -> Response:
         return render(
-            request, "account/enroll.html", principal, enrollment=enrollment, error=error, status=422
+            request,
+            "account/enroll.html",
+            principal,
+            enrollment=enrollment,
+            ask_password=await _asks_password(request, principal),
+            error=error,
+            status=422,
         )
 
-    return await _confirm_second_factor(request, principal, code, retry, back="/account")
+    return await _confirm_second_factor(request, principal, code, password, retry, back="/account")
 
 
 @router.post("/account/2fa/disable")

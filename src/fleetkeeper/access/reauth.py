@@ -1,0 +1,48 @@
+"""Asking again who is at the keyboard before the most sensitive change to an account.
+
+A signed-in session is not proof enough to turn two-factor sign-in on: whoever holds a stolen
+session could otherwise bind the account to their own authenticator and keep its owner out. The
+rule: the request carries the account's current password, or the session itself began less than
+`RECENT_SIGN_IN` ago (a sign-in with the password and any second factor, or through SSO — which is
+how an account whose role requires 2FA enrols right after signing in, and how an SSO account,
+which has no password here, enrols at all). The other sensitive changes ask for more already:
+a new password the current one, new recovery codes a current code, turning 2FA off both.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from fleetkeeper.access.models import SignInSession, User
+from fleetkeeper.access.passwords import verify_password
+from fleetkeeper.access.principal import Principal
+from fleetkeeper.core.db import utcnow
+from fleetkeeper.core.errors import ForbiddenError, ProblemError
+
+RECENT_SIGN_IN = timedelta(minutes=10)
+
+
+async def signed_in_recently(session: AsyncSession, principal: Principal) -> bool:
+    """Whether the caller's session began less than `RECENT_SIGN_IN` ago (refreshes do not count)."""
+    if principal.session_id is None:
+        return False
+    sign_in = await session.get(SignInSession, principal.session_id)
+    return sign_in is not None and utcnow() - sign_in.created_at < RECENT_SIGN_IN
+
+
+async def ensure_present(
+    session: AsyncSession, principal: Principal, user: User, password: str | None
+) -> None:
+    """Raises 403 unless `password` is the account's or the session began moments ago. A password
+    given is checked even then: a wrong one is never ignored."""
+    if password is not None:
+        if not await verify_password(user.password_hash, password):
+            raise ProblemError("the password is wrong", code="invalid_credentials", status=403)
+        return
+    if await signed_in_recently(session, principal):
+        return
+    again = f"sign in again and do this within {int(RECENT_SIGN_IN.total_seconds() // 60)} minutes"
+    how = f'send your current password as "password", or {again}' if user.auth_source == "local" else again
+    raise ForbiddenError(f"confirm it is you: {how}", code="reauthentication_required")
