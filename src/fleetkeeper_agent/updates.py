@@ -38,6 +38,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 WHOAMI_PATH = "/device/v1/whoami"
+MAX_REASON = 1000  # characters of an unexpected exception's message in a report
 
 
 class UpdateFlow:
@@ -254,9 +255,10 @@ class UpdateFlow:
         module, context = self._module(state)
         try:
             needs_reboot = module.install(context)
-        except AgentError as exc:
-            log.error("install of %s failed: %s", state.target_path, exc)
-            return self._save(state.moved("rolling_back", detail=f"install failed: {exc.message}"))
+        except Exception as exc:  # whatever breaks an install is rolled back: retried as is, it breaks again
+            reason = _failure(exc, f"the {module.name} module's install")
+            log.error("install of %s failed: %s", state.target_path, reason)
+            return self._save(state.moved("rolling_back", detail=f"install failed: {reason}"))
         if needs_reboot:
             self._reboot_into(
                 state.moved("rebooting", boot_id=self._boot_id()).queue(state.deployment_id, "rebooting")
@@ -269,7 +271,14 @@ class UpdateFlow:
             self._reboot_into(state)  # killed before the reboot happened: ask again
             return None
         module, context = self._module(state)
-        if not module.activated(context):
+        try:
+            activated = module.activated(context)
+        except AgentError:
+            raise  # a bootloader not answering yet: asked again at the next check-in
+        except Exception as exc:  # a module's bug must not hold the device between two releases
+            reason = _failure(exc, f"the {module.name} module's activation check")
+            return self._save(state.moved("rolling_back", detail=f"install failed: {reason}"))
+        if not activated:
             return self._save(
                 state.moved("rolling_back", detail="the new release did not boot; the old one runs again")
             )
@@ -398,3 +407,16 @@ class UpdateFlow:
     def _clean(self, state: UpdateState) -> None:
         shutil.rmtree(self._payload_path(state).parent, ignore_errors=True)
         shutil.rmtree(self._work_dir(state), ignore_errors=True)
+
+
+def _failure(exc: Exception, where: str) -> str:
+    """The reason a step failed, for the report. An AgentError is a failure the module foresaw; anything
+    else is a bug (or an input that broke a library): it is named by its type, and its traceback goes
+    to the log, because an exception that escaped would make every check-in retry the same step."""
+    if isinstance(exc, AgentError):
+        return exc.message
+    log.error("%s raised %s", where, type(exc).__name__, exc_info=exc)
+    text = str(exc)
+    if len(text) > MAX_REASON:
+        text = text[:MAX_REASON] + "…"
+    return f"{where} raised {type(exc).__name__}: {text} (unexpected; the traceback is in the agent's log)"

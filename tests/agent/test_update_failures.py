@@ -1,0 +1,176 @@
+"""An install that fails in a way no module meant (a bug, an archive that broke the unpacker) is
+reported as a failure, rolled back, and leaves the agent free for the next check-in: an update never
+wedges the device in the middle of an install."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tarfile
+from pathlib import Path
+from typing import Any
+
+import httpx2
+import pytest
+
+from fleetkeeper_agent.client import DeviceClient, tls_context
+from fleetkeeper_agent.config import AgentConfig
+from fleetkeeper_agent.modules import InstallContext
+from fleetkeeper_agent.modules.file import FileModule
+from fleetkeeper_agent.update_state import UpdateState
+from fleetkeeper_agent.updates import UpdateFlow
+from tests.agent.fakeserver import FakeCA
+from tests.agent.modulekit import Member, build_tar
+
+
+class DeploymentsServer:
+    """The device API's deployment routes, answered in process: one deployment, until the device
+    reports its outcome."""
+
+    def __init__(self, target_path: str) -> None:
+        self.target_path = target_path
+        self.reports: list[dict[str, Any]] = []
+
+    def __call__(self, request: httpx2.Request) -> httpx2.Response:
+        path = request.url.path
+        if path.endswith("/status"):
+            self.reports.append(json.loads(request.content))
+            return httpx2.Response(200, json={})
+        if path == "/device/v1/deployments/current" and not self.reports:
+            current = {"deployment_id": "dep_1", "target_path": self.target_path, "release_counter": 2}
+            return httpx2.Response(200, json=current)
+        return httpx2.Response(404, json={"code": "no_deployment", "detail": "nothing to install"})
+
+
+class NothingListed:
+    """The director, once the device has reported: it lists nothing for it."""
+
+    def check(self, highest_installed_counter: int) -> None:
+        return None
+
+
+def announced_install(
+    tmp_path: Path, module: str, settings: dict[str, Any], payload_name: str, payload: bytes
+) -> tuple[UpdateFlow, DeploymentsServer]:
+    """Release 2.0 downloaded and its install announced (as an agent killed right after announcing it
+    leaves it): the next check-in runs the install. A reboot is a new boot id."""
+    boot_id = tmp_path / "boot_id"
+    boot_id.write_text("boot-1\n")
+    config = AgentConfig(data_dir=tmp_path / "agent", modules={module: settings}, boot_id_file=boot_id)
+    config.data_dir.mkdir()
+    target_path = f"app/2.0/{payload_name}"
+    hashes = {"sha256": hashlib.sha256(payload).hexdigest()}
+    server = DeploymentsServer(target_path)
+    client = DeviceClient(
+        "https://devices.test", tls_context(FakeCA.create().pem), transport=httpx2.MockTransport(server)
+    )
+    checker: Any = NothingListed()
+    flow = UpdateFlow(config, client, checker, reboot=lambda: boot_id.write_text("boot-2\n"))
+    downloaded = flow.payload_path(hashes, target_path)
+    downloaded.parent.mkdir(parents=True)
+    downloaded.write_bytes(payload)
+    release = {
+        "name": "app",
+        "version": "2.0",
+        "release_counter": 2,
+        "module": module,
+        "payload": {"path": f"payload/{payload_name}", "length": len(payload), "sha256": hashes["sha256"]},
+    }
+    UpdateState().moved(
+        "installing",
+        deployment_id="dep_1",
+        target_path=target_path,
+        length=len(payload),
+        hashes=hashes,
+        release=release,
+        release_counter=2,
+    ).save(config.data_dir)
+    return flow, server
+
+
+def file_install(tmp_path: Path) -> tuple[UpdateFlow, DeploymentsServer]:
+    """app.conf 1.0 in /etc, 2.0 about to be installed by the `file` module."""
+    etc = tmp_path / "etc"
+    etc.mkdir()
+    (etc / "app.conf").write_bytes(b"release 1.0\n")
+    return announced_install(tmp_path, "file", {"directory": str(etc)}, "app.conf", b"release 2.0\n")
+
+
+@pytest.mark.parametrize(
+    "error", [RuntimeError("a bug in the module"), RecursionError("maximum recursion depth exceeded")]
+)
+def test_an_unexpected_error_in_install_is_reported_and_rolled_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, error: Exception
+) -> None:
+    flow, server = file_install(tmp_path)
+    real_install = FileModule.install
+
+    def install_then_fail(self: FileModule, ctx: InstallContext) -> bool:
+        real_install(self, ctx)  # the new file is in place when the module breaks
+        raise error
+
+    monkeypatch.setattr(FileModule, "install", install_then_fail)
+    state = flow.tick()
+
+    assert (tmp_path / "etc" / "app.conf").read_bytes() == b"release 1.0\n"
+    assert state.phase == "idle"
+    assert state.outbox == ()
+    assert state.installed.version is None  # 2.0 never became the installed release
+    assert [report["status"] for report in server.reports] == ["failure"]
+    detail = server.reports[0]["detail"]
+    assert detail.startswith("install failed: ")
+    assert type(error).__name__ in detail
+    assert str(error) in detail
+    assert list((flow.data_dir / "work").iterdir()) == []  # the install's journal and backup are gone
+
+    # The next check-in finds nothing under way and nothing to do: no crash, no second report.
+    assert flow.tick().phase == "idle"
+    assert len(server.reports) == 1
+
+
+def test_an_unexpected_error_in_the_activation_check_after_the_reboot_is_rolled_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    flow, server = file_install(tmp_path)
+    real_install = FileModule.install
+
+    def install_for_a_reboot(self: FileModule, ctx: InstallContext) -> bool:
+        real_install(self, ctx)
+        return True
+
+    def broken_activated(self: FileModule, ctx: InstallContext) -> bool:
+        raise KeyError("slot")
+
+    monkeypatch.setattr(FileModule, "install", install_for_a_reboot)
+    monkeypatch.setattr(FileModule, "activated", broken_activated)
+    assert flow.tick().phase == "rebooting"
+    assert (tmp_path / "etc" / "app.conf").read_bytes() == b"release 2.0\n"
+
+    state = flow.tick()  # after the reboot
+    assert state.phase == "idle"
+    assert (tmp_path / "etc" / "app.conf").read_bytes() == b"release 1.0\n"
+    assert [report["status"] for report in server.reports] == ["rebooting", "failure"]
+    assert "activation check raised KeyError" in server.reports[1]["detail"]
+    assert flow.tick().phase == "idle"
+
+
+def test_a_tree_too_deep_for_the_unpacker_fails_the_install_which_is_rolled_back(tmp_path: Path) -> None:
+    """Issue 18: such a tree raised RecursionError through the `directory` module, so every check-in
+    tried the install again and crashed, and the device never rolled back nor reported."""
+    (tmp_path / "opt" / "app.1.0").mkdir(parents=True)
+    (tmp_path / "opt" / "app").symlink_to("app.1.0")
+    archive = build_tar(
+        tmp_path / "payload.tar",
+        [Member("a/" * depth, type=tarfile.DIRTYPE, mode=0o755) for depth in range(1, 1201)],
+    )
+    settings = {"path": str(tmp_path / "opt" / "app")}
+    flow, server = announced_install(tmp_path, "directory", settings, "payload.tar", archive.read_bytes())
+
+    state = flow.tick()
+    assert state.phase == "idle"
+    assert os.readlink(tmp_path / "opt" / "app") == "app.1.0"
+    assert sorted(os.listdir(tmp_path / "opt")) == ["app", "app.1.0"]
+    assert [report["status"] for report in server.reports] == ["failure"]
+    assert server.reports[0]["detail"].startswith("install failed: ")
+    assert flow.tick().phase == "idle"
