@@ -111,10 +111,10 @@ def _with_client_certificate(app: ASGIApp, pem: str | None) -> ASGIApp:
 
 @asynccontextmanager
 async def device_client(
-    runtime: Runtime, certificate: str | None = None
+    runtime: Runtime, certificate: str | None = None, *, address: str = "198.51.100.20"
 ) -> AsyncIterator[httpx2.AsyncClient]:
     app = _with_client_certificate(create_device_app(runtime), certificate)
-    transport = httpx2.ASGITransport(app=app, client=("198.51.100.20", 50000))
+    transport = httpx2.ASGITransport(app=app, client=(address, 50000))
     async with httpx2.AsyncClient(transport=transport, base_url="https://devices.test") as client:
         yield client
 

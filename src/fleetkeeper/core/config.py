@@ -54,6 +54,21 @@ class Settings(BaseSettings):
         default="automatic", description="whether a device's new key needs an operator's approval"
     )
     enrollment_limit_per_address: str = Field(default="60/minute")
+    enrollment_limit_per_network: str = Field(
+        default="600/minute", description="enrollment requests (polls too) from one network prefix"
+    )
+    enrollment_network_prefix_v4: int = Field(
+        default=24, ge=8, le=32, description="the IPv4 prefix length of one network for its limit"
+    )
+    enrollment_network_prefix_v6: int = Field(
+        default=56, ge=16, le=128, description="the IPv6 prefix length of one network for its limit"
+    )
+    enrollment_queue_limit: int = Field(
+        default=10_000, ge=1, description="devices waiting for an operator at once; new requests wait"
+    )
+    enrollment_pending_days: int = Field(
+        default=7, ge=1, le=365, description="how long an undecided enrollment request is kept"
+    )
 
     object_store_url: str | None = Field(
         default=None,
@@ -151,6 +166,7 @@ class Settings(BaseSettings):
         "sign_in_limit_per_account",
         "api_limit_per_principal",
         "enrollment_limit_per_address",
+        "enrollment_limit_per_network",
     )
     @classmethod
     def _rate_limit(cls, value: str) -> str:

@@ -25,7 +25,7 @@ from fleetkeeper.core.errors import (
 )
 from fleetkeeper.core.ids import new_id
 from fleetkeeper.core.runtime import Runtime
-from fleetkeeper.devices import certificates
+from fleetkeeper.devices import certificates, enrollment_limits
 from fleetkeeper.devices.envelope import (
     DevicePublicKey,
     SignedPayload,
@@ -99,9 +99,7 @@ class EnrollmentAnswer:
 async def enroll(runtime: Runtime, envelope: dict[str, Any], address: str | None) -> EnrollmentAnswer:
     """The device's signed enrollment request. The same key always maps to the same device, so a
     device polls by sending its enrollment again."""
-    await runtime.rate_limiter.hit(
-        runtime.settings.enrollment_limit_per_address, "enroll", str(address), detail="too many enrollments"
-    )
+    await enrollment_limits.count_request(runtime, address)
     signed = open_envelope(envelope, ENROLL_TYPE)
     identity = check_identity(signed.payload.get("identity"))
     token_value = signed.payload.get("enrollment_token")
@@ -150,6 +148,8 @@ async def _enroll(
         new = device is None or device.status == "preauthorized"
         if device is None:
             token = await _valid_token(session, token_value) if token_value else None
+            if token is None:
+                await enrollment_limits.ensure_queue_has_room(session, runtime.settings, address)
             device = await _new_device(session, signed, identity, token, address, audit)
         elif device.status == "preauthorized":
             await _first_contact(session, device, identity, address, audit)
