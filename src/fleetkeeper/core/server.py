@@ -120,6 +120,7 @@ CRL_RELOAD_INTERVAL = 30.0
 METADATA_REFRESH_INTERVAL = 60.0
 WEBHOOK_DELIVERY_INTERVAL = 15.0
 LIVE_TARGETS_INTERVAL = 15.0  # live deployments take in devices that joined their group
+ENROLLMENT_EXPIRY_INTERVAL = 3600.0  # undecided enrollment requests are kept for days
 
 
 def run(settings: Settings) -> None:
@@ -133,6 +134,7 @@ async def serve(settings: Settings) -> None:
     from fleetkeeper.deployments.live import sync_live_deployments
     from fleetkeeper.deployments.webhooks import deliver_due
     from fleetkeeper.devices.certificates import reload_crl
+    from fleetkeeper.devices.enrollment_limits import expire_stale_requests
     from fleetkeeper.releases.service import refresh_due_metadata
 
     runtime = await Runtime.start(settings)
@@ -160,6 +162,15 @@ async def serve(settings: Settings) -> None:
                 "live-targets",
                 lambda: once_across_replicas(
                     runtime.database, "live-targets", lambda: sync_live_deployments(runtime)
+                ),
+            )
+        ),
+        asyncio.create_task(
+            every(
+                ENROLLMENT_EXPIRY_INTERVAL,
+                "enrollment-expiry",
+                lambda: once_across_replicas(
+                    runtime.database, "enrollment-expiry", lambda: expire_stale_requests(runtime)
                 ),
             )
         ),
