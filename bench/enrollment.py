@@ -19,8 +19,9 @@ References in the same run:
   TLS, middleware, rate limiter and signature check, refused before any database work (400).
 
 Prints one JSON line: enrollments/s with p50/p99 latency, both reference rates, `ratio`
-(enrollments/s over CA certificates/s) and the errors. The server's per-address enrollment limit
-is lifted for the run. `--profile FILE` samples the server with py-spy while it enrolls.
+(enrollments/s over CA certificates/s) and the errors. The server's per-address and per-network
+enrollment limits are lifted for the run. `--profile FILE` samples the server with py-spy while it
+enrolls.
 """
 
 from __future__ import annotations
@@ -203,7 +204,10 @@ async def _run(args: argparse.Namespace) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="fk-enroll-") as work_dir:
         data_dir = Path(work_dir) / "data"
         async with database_url(args.backend, data_dir) as url:
-            env = {"FLEETKEEPER_ENROLLMENT_LIMIT_PER_ADDRESS": "1000000/minute"}
+            env = {
+                "FLEETKEEPER_ENROLLMENT_LIMIT_PER_ADDRESS": "1000000/minute",
+                "FLEETKEEPER_ENROLLMENT_LIMIT_PER_NETWORK": "1000000/minute",
+            }
             server = await asyncio.to_thread(start_server, data_dir, url, env, 120)
             try:
                 return await _measure(

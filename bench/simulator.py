@@ -114,7 +114,11 @@ def main() -> None:
                 check=True,
                 capture_output=True,
             )
-        env = {"FLEETKEEPER_ENROLLMENT_LIMIT_PER_ADDRESS": f"{args.devices * 10}/minute"}
+        limit = f"{args.devices * 10}/minute"
+        env = {
+            "FLEETKEEPER_ENROLLMENT_LIMIT_PER_ADDRESS": limit,
+            "FLEETKEEPER_ENROLLMENT_LIMIT_PER_NETWORK": limit,
+        }
         server = start_server(work / "data", database_url, env=env, timeout=120)
         try:
             assert server.admin_password
