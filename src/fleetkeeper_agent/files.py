@@ -79,6 +79,59 @@ def remove_stale_temporaries(path: Path) -> None:
             (path.parent / name).unlink(missing_ok=True)
 
 
+def remove_tree(path: Path) -> None:
+    """Remove `path`, a file, a link or a whole tree, never following a link; nothing there is fine.
+
+    In a loop that holds one directory open at a time, not a recursion that holds one per level (as
+    shutil.rmtree does): a tree of any depth (an archive's) goes like any other. Coming back up
+    through `..`, each directory must be the one the walk went down from; a tree moved meanwhile
+    stops the removal with an OSError rather than letting it continue somewhere else."""
+    try:
+        info = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISDIR(info.st_mode):
+        os.unlink(path)
+        return
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | _BENEATH)
+    way_down: list[tuple[str, int, int]] = []  # each step: the name entered, its parent's device and inode
+    try:
+        while True:
+            child = _empty_but_directories(fd)
+            if child is not None:
+                here = os.fstat(fd)
+                way_down.append((child, here.st_dev, here.st_ino))
+                below = os.open(child, os.O_RDONLY | os.O_DIRECTORY | _BENEATH, dir_fd=fd)
+                os.close(fd)
+                fd = below
+                continue
+            if not way_down:
+                break
+            name, device, inode = way_down.pop()
+            parent = os.open("..", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=fd)
+            os.close(fd)
+            fd = parent
+            here = os.fstat(fd)
+            if (here.st_dev, here.st_ino) != (device, inode):
+                raise OSError(errno.ESTALE, f"{path} was moved while it was being removed")
+            os.rmdir(name, dir_fd=fd)
+    finally:
+        os.close(fd)
+    os.rmdir(path)
+
+
+def _empty_but_directories(fd: int) -> str | None:
+    """Unlinks the entries of the directory `fd` up to its first subdirectory, and returns that
+    subdirectory's name; None once the directory is empty."""
+    with os.scandir(fd) as entries:
+        for entry in entries:
+            if entry.is_dir(follow_symlinks=False):
+                return entry.name
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(entry.name, dir_fd=fd)
+    return None
+
+
 def fsync_directory(directory: Path) -> None:
     """Makes a rename durable: without it, a power cut may bring back the old directory entry."""
     fd = os.open(directory, os.O_RDONLY)

@@ -29,19 +29,18 @@ applied as well, for what it adds (no setuid bits, no owners from the archive), 
 from __future__ import annotations
 
 import os
-import shutil
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from fleetkeeper_agent.errors import AgentError
-from fleetkeeper_agent.files import fsync_directory
+from fleetkeeper_agent.files import fsync_directory, remove_tree
 
 DEFAULT_MAX_TOTAL_BYTES = 8 * 1024**3
 DEFAULT_MAX_MEMBERS = 100_000
 MAX_NAME_LENGTH = 4096  # characters of a member's name or link target: Linux's PATH_MAX
 # Levels of a member's name. Real trees stay far below it; it keeps what the standard library does
-# per level (os.makedirs while extracting, shutil.rmtree on a refusal) far from the recursion limit.
+# per level (os.makedirs while extracting) far from the recursion limit.
 MAX_DEPTH = 128
 _SHOWN = 80  # characters of a refused name quoted in the error
 _ALLOWED_TYPES = {tarfile.REGTYPE, tarfile.AREGTYPE, tarfile.DIRTYPE, tarfile.SYMTYPE, tarfile.LNKTYPE}
@@ -244,7 +243,7 @@ def unpack_archive(
     if max_archive_bytes is not None and archive_size > max_archive_bytes:
         raise _unsafe(f"the archive is {archive_size} bytes, more than the declared {max_archive_bytes}")
     partial = destination.with_name(f".{destination.name}.partial")
-    _remove_tree(partial)
+    remove_tree(partial)
     try:
         with tarfile.open(archive, mode="r:") as tar:
             members = check_members(tar, archive_size=archive_size, limits=limits)
@@ -253,19 +252,12 @@ def unpack_archive(
         _fsync_tree(partial)
         os.rename(partial, destination)
     except tarfile.TarError as exc:
-        _remove_tree(partial)
+        remove_tree(partial)
         raise AgentError("invalid_archive", f"{archive.name} is not a readable tar archive: {exc}") from exc
     except BaseException:
-        _remove_tree(partial)
+        remove_tree(partial)
         raise
     fsync_directory(destination.parent)
-
-
-def _remove_tree(path: Path) -> None:
-    if path.is_symlink() or path.is_file():
-        path.unlink()
-    elif path.exists():
-        shutil.rmtree(path)
 
 
 def _fsync_tree(root: Path) -> None:

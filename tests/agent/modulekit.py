@@ -6,10 +6,12 @@ import hashlib
 import io
 import os
 import stat
+import subprocess
 import sys
 import tarfile
 import textwrap
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -107,3 +109,27 @@ def shell_command(bin_dir: Path, name: str, body: str) -> Path:
     path.write_text("#!/bin/sh\n" + textwrap.dedent(body))
     path.chmod(0o755)
     return path
+
+
+@contextmanager
+def deep_tree(top: Path, levels: int, outside: Path) -> Iterator[None]:
+    """`top`/a/a/…, `levels` directories deep, each holding a file and a link to `outside` (which a
+    removal must not follow). Made relative to each directory's descriptor: the path soon passes
+    PATH_MAX. Whatever the test leaves of it is removed by `rm`, since pytest's own clean-up of the
+    temporary directories (shutil.rmtree) recurses once per level and would fail on it."""
+    top.mkdir(parents=True)
+    fd = os.open(top, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for _ in range(levels):
+            os.mkdir("a", dir_fd=fd)
+            os.close(os.open("file", os.O_WRONLY | os.O_CREAT, 0o644, dir_fd=fd))
+            os.symlink(outside, "outside", dir_fd=fd)
+            below = os.open("a", os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+            os.close(fd)
+            fd = below
+    finally:
+        os.close(fd)
+    try:
+        yield
+    finally:
+        subprocess.run(["rm", "-rf", "--", str(top)], check=True)

@@ -11,7 +11,7 @@ import pytest
 
 from fleetkeeper_agent.errors import AgentError
 from fleetkeeper_agent.modules import BUILTIN_MODULES, InstallContext, UpdateModule, load_module
-from tests.agent.modulekit import Member, build_tar, context, snapshot
+from tests.agent.modulekit import Member, build_tar, context, deep_tree, snapshot
 
 # --- file ----------------------------------------------------------------------------------------------
 
@@ -197,6 +197,20 @@ def test_a_hostile_tree_leaves_the_live_one_alone(tmp_path: Path) -> None:
     assert snapshot(opt) == before
     module.rollback(ctx)
     assert snapshot(opt) == before
+
+
+def test_rollback_clears_a_partial_tree_of_any_depth(tmp_path: Path) -> None:
+    install_first_release(tmp_path)
+    module, ctx, opt = directory_setup(tmp_path)
+    before = snapshot(opt)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    module.install(ctx)
+    # What an agent without the unpacker's depth limit could leave behind a deep archive.
+    with deep_tree(opt / ".app.2.0.partial", 1200, outside):
+        module.rollback(ctx)
+    assert snapshot(opt) == before
+    assert list(outside.iterdir()) == []
 
 
 def test_the_unpacked_size_limit_comes_from_the_settings(tmp_path: Path) -> None:

@@ -11,7 +11,7 @@ import pytest
 
 from fleetkeeper_agent.errors import AgentError
 from fleetkeeper_agent.unpack import UnpackLimits, unpack_archive
-from tests.agent.modulekit import Member, build_tar, snapshot
+from tests.agent.modulekit import Member, build_tar, deep_tree, snapshot
 
 
 def test_a_good_tree_is_unpacked_whole(tmp_path: Path) -> None:
@@ -212,3 +212,16 @@ def test_every_member_counts_towards_the_limit_also_the_root_and_implied_directo
     assert list(parent.iterdir()) == []
     unpack_archive(implied, parent / "app.1", limits=UnpackLimits(max_members=20))
     assert (parent / "app.1/d4/e/f/file").read_bytes() == b"x"
+
+
+def test_a_leftover_deeper_than_any_recursion_is_cleared_without_following_its_links(tmp_path: Path) -> None:
+    # What an agent without the depth limit left after a deep archive broke its unpacking.
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "keep.txt").write_text("not the tree's")
+    parent = tmp_path / "opt"
+    archive = build_tar(tmp_path / "payload.tar", [Member("a", b"new")])
+    with deep_tree(parent / ".app.1.partial", 1200, outside):
+        unpack_archive(archive, parent / "app.1")
+    assert sorted(os.listdir(parent)) == ["app.1"]
+    assert os.listdir(outside) == ["keep.txt"]

@@ -16,13 +16,12 @@ Settings (`[modules.directory]`): `path` (required, absolute), `keep_previous` (
 from __future__ import annotations
 
 import os
-import shutil
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from fleetkeeper_agent.errors import AgentError
-from fleetkeeper_agent.files import fsync_directory
+from fleetkeeper_agent.files import fsync_directory, remove_tree
 from fleetkeeper_agent.modules.base import InstallContext, Settings, UpdateModule, read_journal, write_journal
 from fleetkeeper_agent.unpack import (
     DEFAULT_MAX_MEMBERS,
@@ -159,10 +158,7 @@ class DirectoryModule(UpdateModule):
 
 def _remove_tree(path: Path) -> None:
     """Remove a tree; a crash halfway leaves a smaller tree, which the next call removes."""
-    if path.is_symlink():
-        path.unlink()
-    elif path.exists():
-        shutil.rmtree(path)
-    else:
+    if not (path.exists() or path.is_symlink()):
         return
+    remove_tree(path)
     fsync_directory(path.parent)
