@@ -1,6 +1,10 @@
-"""Crash-safe file writes: a reader sees the old file or the new one, never a torn one. And files
-opened beneath a directory one component at a time, never through a symbolic link, for paths that
-someone else names (the operator's file transfers)."""
+"""The agent's careful file operations:
+
+- writes that survive a crash: a reader sees the old file or the new one, never a torn one;
+- trees removed without following a link and without a recursion, however deep they are;
+- paths someone else names (an operator's file transfer) opened beneath a directory, one component
+  at a time, never through a symbolic link.
+"""
 
 from __future__ import annotations
 
