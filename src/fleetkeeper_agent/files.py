@@ -166,7 +166,7 @@ def components_beneath(path: str, roots: Sequence[Path]) -> tuple[Path, list[str
     if ".." in parts:
         raise AgentError("path_not_allowed", f"{path} has a '..' component: give the path within the root")
     for root in roots:
-        for spelling in (os.path.normpath(root), os.path.realpath(root)):
+        for spelling in (os.path.abspath(root), os.path.realpath(root)):
             root_parts = [part for part in spelling.split("/") if part]
             if parts[: len(root_parts)] == root_parts:
                 return root, parts[len(root_parts) :]
