@@ -7,12 +7,18 @@ import asyncio
 import os
 import secrets
 import subprocess
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 
 import httpx2
+import pyotp
 import pytest
 import redis
 
+from fleetkeeper.access import backoff
+from fleetkeeper.core.app import create_management_app
+from fleetkeeper.core.runtime import Runtime
+from tests.access.test_twofactor import code_at, enrol
 from tests.conftest import (
     ADMIN_PASSWORD,
     POSTGRES_URL,
@@ -119,3 +125,120 @@ def test_two_processes_share_the_limits_through_redis(
     # Shared, the 4 failures are counted across both and the 5th attempt waits.
     assert statuses[:4] == [401] * 4
     assert 429 in statuses[4:]
+
+
+# --- who the back-off holds back --------------------------------------------------------------
+
+
+@pytest.fixture
+def long_waits(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The first wait after the free failures lasts ten minutes, so that a test sees a back-off
+    still holding however slowly it runs (no test waits one out: that is timed above)."""
+    monkeypatch.setattr(backoff, "FIRST_WAIT_SECONDS", 600.0)
+
+
+@asynccontextmanager
+async def client_at(runtime: Runtime, address: str) -> AsyncIterator[httpx2.AsyncClient]:
+    """The management app reached from another client address than the `api` fixture's."""
+    transport = httpx2.ASGITransport(app=create_management_app(runtime), client=(address, 40000))
+    async with httpx2.AsyncClient(transport=transport, base_url="http://testserver") as client:
+        yield client
+
+
+async def sign_in_from(client: httpx2.AsyncClient, username: str, password: str) -> int:
+    response = await client.post("/api/v1/auth/sign-in", json={"username": username, "password": password})
+    return response.status_code
+
+
+async def test_an_attacker_elsewhere_does_not_keep_the_owner_out(api: Api, long_waits: None) -> None:
+    await api.admin_headers()
+    async with client_at(api.runtime, "198.51.100.66") as attacker:
+        statuses = [await sign_in_from(attacker, "admin", f"guess-{n}-guess-guess") for n in range(15)]
+        assert statuses[:4] == [401] * 4
+        assert set(statuses[4:]) == {429}, statuses
+        assert (await attempt(api, ADMIN_PASSWORD)).status_code == 200, "the owner, from their own address"
+        assert await sign_in_from(attacker, "admin", ADMIN_PASSWORD) == 429, "the attacker still waits"
+    async with client_at(api.runtime, "198.51.100.67") as colleague:
+        assert await sign_in_from(colleague, "admin", ADMIN_PASSWORD) == 200
+
+
+async def test_one_address_spraying_many_accounts_is_held_back(
+    runtime_factory: RuntimeFactory, long_waits: None
+) -> None:
+    runtime = await runtime_factory(sign_in_failures_per_address=5)
+    async with api_for(runtime) as api:
+        await api.admin_headers()
+        async with client_at(runtime, "198.51.100.99") as sprayer:
+            statuses = [await sign_in_from(sprayer, f"user-{n}", "guess-guess-guess") for n in range(8)]
+            assert statuses[:6] == [401] * 6
+            assert set(statuses[6:]) == {429}, statuses
+            assert await sign_in_from(sprayer, "admin", ADMIN_PASSWORD) == 429, "the whole address waits"
+        assert (await attempt(api, ADMIN_PASSWORD)).status_code == 200, "other addresses do not"
+
+
+async def test_a_distributed_attack_on_one_account_trips_its_own_cap(
+    runtime_factory: RuntimeFactory, long_waits: None
+) -> None:
+    runtime = await runtime_factory(sign_in_failures_per_account=8)
+    async with api_for(runtime) as api:
+        await api.admin_headers()
+        for number in range(3):
+            async with client_at(runtime, f"198.51.100.{number + 10}") as bot:
+                statuses = [await sign_in_from(bot, "admin", "guess-guess-guess") for _ in range(3)]
+                assert statuses == [401] * 3, "each address alone is within its free failures"
+        assert (await attempt(api, ADMIN_PASSWORD)).status_code == 429, (
+            "nine failures from everywhere, eight free"
+        )
+
+
+# --- passwords and codes checked outside sign-in ----------------------------------------------
+
+
+async def test_wrong_current_passwords_meet_the_same_back_off(api: Api, long_waits: None) -> None:
+    admin = await api.admin_headers()
+    body = {"current_password": "wrong-wrong-wrong", "new_password": "amber-harvest-pylon-64"}
+    statuses = [
+        (await api.client.post("/api/v1/me/password", json=body, headers=admin)).status_code
+        for _ in range(15)
+    ]
+    assert statuses[:4] == [403] * 4
+    assert set(statuses[4:]) == {429}, statuses
+    right = {"current_password": ADMIN_PASSWORD, "new_password": "amber-harvest-pylon-64"}
+    limited = await api.client.post("/api/v1/me/password", json=right, headers=admin)
+    assert limited.status_code == 429
+    assert limited.json()["code"] == "rate_limited"
+    assert "retry-after" in limited.headers
+
+
+async def test_wrong_codes_and_passwords_for_two_factor_meet_the_back_off(api: Api, long_waits: None) -> None:
+    admin = await api.admin_headers()
+    started = await api.client.post("/api/v1/me/2fa/totp", headers=admin)
+    confirm = [
+        (
+            await api.client.post("/api/v1/me/2fa/totp/confirm", json={"code": "000000"}, headers=admin)
+        ).status_code
+        for _ in range(6)
+    ]
+    assert confirm[:4] == [403] * 4
+    assert set(confirm[4:]) == {429}, confirm
+    code = pyotp.TOTP(started.json()["secret"]).now()
+    still = await api.client.post("/api/v1/me/2fa/totp/confirm", json={"code": code}, headers=admin)
+    assert still.status_code == 429, "even the right code waits"
+
+
+async def test_disabling_two_factor_and_new_recovery_codes_meet_the_back_off(
+    api: Api, long_waits: None
+) -> None:
+    secret, _ = await enrol(api, await api.admin_headers())
+    headers = bearer(await api.sign_in("admin", ADMIN_PASSWORD, totp_code=code_at(secret, 1)))
+    wrong_password = {"password": "wrong-wrong-wrong", "code": "000000"}
+    statuses = [
+        (
+            await api.client.post("/api/v1/me/2fa/totp/disable", json=wrong_password, headers=headers)
+        ).status_code
+        for _ in range(15)
+    ]
+    assert statuses[:4] == [403] * 4
+    assert set(statuses[4:]) == {429}, statuses
+    codes = await api.client.post("/api/v1/me/2fa/recovery-codes", json={"code": "000000"}, headers=headers)
+    assert codes.status_code == 429, "one count per account, whichever check failed"

@@ -203,8 +203,9 @@ async def change_password(
     body: ChangePasswordRequest, principal: MySessionMaybePending, request: Request
 ) -> Response:
     """Changes my password (and a one-time password at first sign-in). Refresh afterwards for a full token."""
+    runtime = runtime_of(request)
     await change_own_password(
-        runtime_of(request).database, principal, body.current_password, body.new_password
+        runtime.database, runtime.rate_limiter, principal, body.current_password, body.new_password
     )
     return Response(status_code=204)
 
@@ -242,22 +243,27 @@ async def confirm_totp(
 ) -> RecoveryCodes:
     """Turns two-factor sign-in on and returns ten single-use recovery codes. Needs the current
     password, unless this session began less than 10 minutes ago."""
+    runtime = runtime_of(request)
     codes = await twofactor.confirm_enrollment(
-        runtime_of(request).database, principal, body.code, body.password
+        runtime.database, runtime.rate_limiter, principal, body.code, body.password
     )
     return RecoveryCodes(recovery_codes=codes)
 
 
 @me_router.post("/2fa/totp/disable", status_code=204)
 async def disable_totp(body: DisableTotpRequest, principal: MySession, request: Request) -> Response:
-    await twofactor.disable(runtime_of(request).database, principal, body.password, body.code)
+    runtime = runtime_of(request)
+    await twofactor.disable(runtime.database, runtime.rate_limiter, principal, body.password, body.code)
     return Response(status_code=204)
 
 
 @me_router.post("/2fa/recovery-codes")
 async def new_recovery_codes(body: TotpCode, principal: MySession, request: Request) -> RecoveryCodes:
     """Replaces all recovery codes; needs a current TOTP code."""
-    codes = await twofactor.regenerate_recovery_codes(runtime_of(request).database, principal, body.code)
+    runtime = runtime_of(request)
+    codes = await twofactor.regenerate_recovery_codes(
+        runtime.database, runtime.rate_limiter, principal, body.code
+    )
     return RecoveryCodes(recovery_codes=codes)
 
 

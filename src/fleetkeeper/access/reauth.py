@@ -7,6 +7,9 @@ rule: the request carries the account's current password, or the session itself 
 how an account whose role requires 2FA enrols right after signing in, and how an SSO account,
 which has no password here, enrols at all). The other sensitive changes ask for more already:
 a new password the current one, new recovery codes a current code, turning 2FA off both.
+
+Every such password or code meets the same growing wait as sign-in (`backoff`), counted per
+account: the caller is already known, and a stolen session must not try passwords at its ease.
 """
 
 from __future__ import annotations
@@ -15,13 +18,41 @@ from datetime import timedelta
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from fleetkeeper.access import backoff
 from fleetkeeper.access.models import SignInSession, User
 from fleetkeeper.access.passwords import verify_password
 from fleetkeeper.access.principal import Principal
 from fleetkeeper.core.db import utcnow
 from fleetkeeper.core.errors import ForbiddenError, ProblemError
+from fleetkeeper.core.ratelimit import RateLimiter
 
 RECENT_SIGN_IN = timedelta(minutes=10)
+
+
+def _answers(user_id: str) -> backoff.Counter:
+    return backoff.Counter(f"account-check/{user_id}")
+
+
+async def before_checking(limiter: RateLimiter, user_id: str) -> None:
+    """Raises 429 while the account waits out wrong answers; call it before checking any."""
+    await backoff.ensure_not_waiting(
+        limiter, [_answers(user_id)], "too many wrong passwords or codes: wait before trying again"
+    )
+
+
+async def wrong_answer(limiter: RateLimiter, user_id: str) -> None:
+    await backoff.count_failure(limiter, [_answers(user_id)])
+
+
+async def right_answers(limiter: RateLimiter, user_id: str) -> None:
+    await backoff.forget_failures(limiter, _answers(user_id))
+
+
+async def check_password(limiter: RateLimiter, user: User, password: str) -> None:
+    """Raises 403 invalid_credentials, and counts it, unless `password` is the account's."""
+    if not await verify_password(user.password_hash, password):
+        await wrong_answer(limiter, user.id)
+        raise ProblemError("the current password is wrong", code="invalid_credentials", status=403)
 
 
 async def signed_in_recently(session: AsyncSession, principal: Principal) -> bool:
@@ -33,13 +64,12 @@ async def signed_in_recently(session: AsyncSession, principal: Principal) -> boo
 
 
 async def ensure_present(
-    session: AsyncSession, principal: Principal, user: User, password: str | None
+    session: AsyncSession, limiter: RateLimiter, principal: Principal, user: User, password: str | None
 ) -> None:
     """Raises 403 unless `password` is the account's or the session began moments ago. A password
-    given is checked even then: a wrong one is never ignored."""
+    given is checked even then: a wrong one is never ignored. Call `before_checking` first."""
     if password is not None:
-        if not await verify_password(user.password_hash, password):
-            raise ProblemError("the password is wrong", code="invalid_credentials", status=403)
+        await check_password(limiter, user, password)
         return
     if await signed_in_recently(session, principal):
         return

@@ -11,13 +11,12 @@ from sqlalchemy import delete, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from fleetkeeper.access import administrators
+from fleetkeeper.access import administrators, reauth
 from fleetkeeper.access.models import AccessPolicy, ApiToken, Role, RoleAssignment, SignInSession, User
 from fleetkeeper.access.passwords import (
     check_password_policy,
     generate_one_time_password,
     hash_password,
-    verify_password,
 )
 from fleetkeeper.access.permissions import BUILTIN_ROLES, GrantSet
 
@@ -28,6 +27,7 @@ from fleetkeeper.audit.service import SYSTEM, record
 from fleetkeeper.core.db import Database, utcnow
 from fleetkeeper.core.errors import ConflictError, ForbiddenError, NotFoundError, ProblemError
 from fleetkeeper.core.ids import new_id
+from fleetkeeper.core.ratelimit import RateLimiter
 
 FIRST_ADMIN_USERNAME = "admin"
 USERNAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9._@-]{0,63}$")
@@ -388,7 +388,7 @@ async def recover_password(database: Database, username: str) -> str:
 
 
 async def change_own_password(
-    database: Database, principal: Principal, current_password: str, new_password: str
+    database: Database, limiter: RateLimiter, principal: Principal, current_password: str, new_password: str
 ) -> None:
     """Checks the current password; other sessions and API tokens of the user stay (the
     password is not their secret), but other sign-in sessions end. Never through an API token."""
@@ -397,8 +397,9 @@ async def change_own_password(
         user = await get_user(session, principal.user_id)
     if user.auth_source != "local":
         raise ConflictError("this account signs in through the identity provider", code="not_a_local_account")
-    if not await verify_password(user.password_hash, current_password):
-        raise ProblemError("the current password is wrong", code="invalid_credentials", status=403)
+    await reauth.before_checking(limiter, user.id)
+    await reauth.check_password(limiter, user, current_password)
+    await reauth.right_answers(limiter, user.id)
     check_password_policy(new_password, user.username)
     if current_password == new_password:
         raise ProblemError(

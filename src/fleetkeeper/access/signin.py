@@ -9,7 +9,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from fleetkeeper.access import twofactor
+from fleetkeeper.access import backoff, twofactor
 from fleetkeeper.access.models import RefreshToken, SignInSession, User
 from fleetkeeper.access.passwords import hash_password, needs_rehash, verify_password
 from fleetkeeper.access.principal import Principal
@@ -20,15 +20,10 @@ from fleetkeeper.core.config import Settings
 from fleetkeeper.core.db import Database, utcnow
 from fleetkeeper.core.errors import NotFoundError, UnauthenticatedError
 from fleetkeeper.core.ids import new_id
-from fleetkeeper.core.ratelimit import RateLimitedError, RateLimiter
+from fleetkeeper.core.ratelimit import RateLimiter
 
 SESSION_LIFETIME = timedelta(days=30)
 REFRESH_TOKEN_TTL = timedelta(days=14)
-# Growing back-off: after this many failures in a row an account (or address) waits 1 s, 2 s, 4 s …
-FREE_FAILURES = 3
-BACKOFF_BASE_SECONDS = 1.0
-BACKOFF_MAX_SECONDS = 900.0
-FAILURE_MEMORY_SECONDS = 3600.0
 
 
 @dataclass(frozen=True)
@@ -58,6 +53,30 @@ def _invalid_credentials() -> UnauthenticatedError:
     return UnauthenticatedError("the username or password is wrong", code="invalid_credentials")
 
 
+@dataclass(frozen=True)
+class _Counters:
+    """Whom failed sign-ins hold back (`backoff`). An attacker's failures make the attacker's own
+    address wait at that account, not the account's owner elsewhere, nor the others behind that
+    address; the address as a whole waits only after many failures at any accounts (spraying),
+    the account as a whole only after more than one address can fail alone (a distributed attack)."""
+
+    from_address: backoff.Counter
+    address: backoff.Counter
+    account: backoff.Counter
+
+    @classmethod
+    def of(cls, username: str, address: str | None, settings: Settings) -> _Counters:
+        return cls(
+            backoff.Counter(f"signin/account-from-address/{address}/{username}"),
+            backoff.Counter(f"signin/address/{address}", settings.sign_in_failures_per_address),
+            backoff.Counter(f"signin/account/{username}", settings.sign_in_failures_per_account),
+        )
+
+    @property
+    def all(self) -> tuple[backoff.Counter, ...]:
+        return (self.from_address, self.address, self.account)
+
+
 class SignIn:
     """The password sign-in flow with its limits; one per process (it holds the rate limiter)."""
 
@@ -71,17 +90,20 @@ class SignIn:
 
     async def sign_in(self, credentials: Credentials, client: Client) -> TokenPair:
         username = normalize_username(credentials.username)
-        account_key = f"signin-account/{username}"
-        address_key = f"signin-address/{client.address}"
+        counters = _Counters.of(username, client.address, self.settings)
         await self.limiter.hit(
-            self.settings.sign_in_limit_per_address, address_key, detail="too many sign-ins"
+            self.settings.sign_in_limit_per_address,
+            f"signin-address/{client.address}",
+            detail="too many sign-ins",
         )
         await self.limiter.hit(
-            self.settings.sign_in_limit_per_account, account_key, detail="too many sign-ins"
+            self.settings.sign_in_limit_per_account,
+            f"signin-account-from-address/{client.address}/{username}",
+            detail="too many sign-ins",
         )
-        wait = max(await self.limiter.blocked_for(account_key), await self.limiter.blocked_for(address_key))
-        if wait > 0:
-            raise RateLimitedError("too many failed sign-ins: wait before trying again", retry_after=wait)
+        await backoff.ensure_not_waiting(
+            self.limiter, counters.all, "too many failed sign-ins: wait before trying again"
+        )
 
         async with self.database.session() as session:
             user = await session.scalar(select(User).where(User.username == username))
@@ -90,7 +112,7 @@ class SignIn:
             user.password_hash if usable and user else None, credentials.password
         )
         if not (usable and password_ok) or user is None:
-            await self._failed(account_key, address_key, username, client, user, "wrong username or password")
+            await self._failed(counters, username, client, user, "wrong username or password")
             raise _invalid_credentials()
 
         if user.totp_enabled_at is not None:
@@ -102,30 +124,17 @@ class SignIn:
             if not await twofactor.accept_second_factor(
                 self.database, user.id, credentials.totp_code, credentials.recovery_code
             ):
-                await self._failed(account_key, address_key, username, client, user, "wrong second factor")
+                await self._failed(counters, username, client, user, "wrong second factor")
                 raise UnauthenticatedError("the second factor is wrong or used", code="invalid_second_factor")
 
-        await self.limiter.clear_failures(account_key)
+        await backoff.forget_failures(self.limiter, counters.from_address)
         rehashed = await hash_password(credentials.password) if needs_rehash(user.password_hash) else None
         return await self.start_session(user, "password", client, rehashed=rehashed)
 
     async def _failed(
-        self,
-        account_key: str,
-        address_key: str,
-        username: str,
-        client: Client,
-        user: User | None,
-        reason: str,
+        self, counters: _Counters, username: str, client: Client, user: User | None, reason: str
     ) -> None:
-        for key in (account_key, address_key):
-            await self.limiter.record_failure(
-                key,
-                free_failures=FREE_FAILURES,
-                base_delay=BACKOFF_BASE_SECONDS,
-                max_delay=BACKOFF_MAX_SECONDS,
-                memory=FAILURE_MEMORY_SECONDS,
-            )
+        await backoff.count_failure(self.limiter, counters.all)
         async with self.database.transaction() as session:
             await record(
                 session,

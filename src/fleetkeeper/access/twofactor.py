@@ -15,7 +15,6 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from fleetkeeper.access import reauth
 from fleetkeeper.access.models import RecoveryCode, User
-from fleetkeeper.access.passwords import verify_password
 from fleetkeeper.access.principal import Principal
 from fleetkeeper.access.service import (
     end_sessions,
@@ -30,6 +29,7 @@ from fleetkeeper.audit.service import SYSTEM, Actor, record
 from fleetkeeper.core.db import Database, utcnow
 from fleetkeeper.core.errors import ConflictError, NotFoundError, ProblemError
 from fleetkeeper.core.ids import new_id
+from fleetkeeper.core.ratelimit import RateLimiter
 
 ISSUER_NAME = "fleetkeeper"
 RECOVERY_CODE_COUNT = 10
@@ -84,22 +84,24 @@ async def start_enrollment(database: Database, principal: Principal) -> Enrollme
 
 
 async def confirm_enrollment(
-    database: Database, principal: Principal, code: str, password: str | None = None
+    database: Database, limiter: RateLimiter, principal: Principal, code: str, password: str | None = None
 ) -> list[str]:
     """Turns TOTP on once a code from the authenticator matches; returns fresh recovery codes.
     Needs the password unless the session began moments ago (`reauth`)."""
     principal.ensure_session()
+    await reauth.before_checking(limiter, principal.user_id)
     async with database.session() as session:
         user = await get_user(session, principal.user_id)
         if user.totp_pending_secret is None:
             raise ConflictError("start the enrollment first", code="totp_not_started")
-        await reauth.ensure_present(session, principal, user, password)
+        await reauth.ensure_present(session, limiter, principal, user, password)
     async with database.transaction() as session:
         user = await get_user(session, principal.user_id)
         if user.totp_pending_secret is None:
             raise ConflictError("start the enrollment first", code="totp_not_started")
         step = _matching_step(user.totp_pending_secret, code)
         if step is None:
+            await reauth.wrong_answer(limiter, user.id)
             raise _invalid_code()
         user.totp_secret = user.totp_pending_secret
         user.totp_pending_secret = None
@@ -113,15 +115,20 @@ async def confirm_enrollment(
             object_type="user",
             object_id=user.id,
         )
+    await reauth.right_answers(limiter, principal.user_id)
     return codes
 
 
-async def regenerate_recovery_codes(database: Database, principal: Principal, code: str) -> list[str]:
+async def regenerate_recovery_codes(
+    database: Database, limiter: RateLimiter, principal: Principal, code: str
+) -> list[str]:
     """Replaces every recovery code; needs a current TOTP code."""
     principal.ensure_session()
+    await reauth.before_checking(limiter, principal.user_id)
     async with database.transaction() as session:
         user = await get_user(session, principal.user_id)
         if user.totp_secret is None or not _consume_totp(user, code):
+            await reauth.wrong_answer(limiter, user.id)
             raise _invalid_code()
         codes = await _replace_recovery_codes(session, user.id)
         await record(
@@ -131,10 +138,13 @@ async def regenerate_recovery_codes(database: Database, principal: Principal, co
             object_type="user",
             object_id=user.id,
         )
+    await reauth.right_answers(limiter, principal.user_id)
     return codes
 
 
-async def disable(database: Database, principal: Principal, password: str, code: str) -> None:
+async def disable(
+    database: Database, limiter: RateLimiter, principal: Principal, password: str, code: str
+) -> None:
     """Needs the password and a current code (or a recovery code); refused where policy requires 2FA."""
     principal.ensure_session()
     async with database.session() as session:
@@ -147,10 +157,12 @@ async def disable(database: Database, principal: Principal, password: str, code:
             f"your role(s) {', '.join(sorted(required))} require two-factor sign-in",
             code="second_factor_required_by_policy",
         )
-    if not await verify_password(user.password_hash, password):
-        raise ProblemError("the password is wrong", code="invalid_credentials", status=403)
+    await reauth.before_checking(limiter, user.id)
+    await reauth.check_password(limiter, user, password)
     if not await accept_second_factor(database, user.id, code, code):
+        await reauth.wrong_answer(limiter, user.id)
         raise _invalid_code()
+    await reauth.right_answers(limiter, user.id)
     async with database.transaction() as session:
         user = await get_user(session, principal.user_id)
         await _turn_off(session, user)

@@ -122,8 +122,22 @@ class Settings(BaseSettings):
         pattern=r"^[A-Za-z0-9:_-]{1,64}$",
         description="Redis key prefix (one per fleet)",
     )
-    sign_in_limit_per_address: str = Field(default="30/minute")
-    sign_in_limit_per_account: str = Field(default="10/minute")
+    sign_in_limit_per_address: str = Field(
+        default="30/minute", description="sign-in attempts from one address, at any accounts"
+    )
+    sign_in_limit_per_account: str = Field(
+        default="10/minute", description="sign-in attempts at one account from one address"
+    )
+    sign_in_failures_per_address: int = Field(
+        default=20,
+        ge=1,
+        description="failed sign-ins from one address, at any accounts, before the address waits",
+    )
+    sign_in_failures_per_account: int = Field(
+        default=100,
+        ge=1,
+        description="failed sign-ins at one account, from all addresses together, before it waits",
+    )
     api_limit_per_principal: str = Field(default="1200/minute")
 
     oidc_issuer: str | None = Field(default=None, description="OpenID provider; enables SSO sign-in")

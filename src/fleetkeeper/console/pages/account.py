@@ -55,7 +55,10 @@ async def setup_password(
         error = "The two new passwords differ."
     else:
         try:
-            await change_own_password(runtime_of(request).database, principal, current_password, new_password)
+            runtime = runtime_of(request)
+            await change_own_password(
+                runtime.database, runtime.rate_limiter, principal, current_password, new_password
+            )
         except ProblemError as exc:
             error = exc.detail or exc.code
     if error:
@@ -112,13 +115,14 @@ async def _confirm_second_factor(
     back: str,
 ) -> Response:
     """Turns 2FA on and shows the recovery codes once; a wrong code shows a new key to try again."""
-    database = runtime_of(request).database
+    runtime = runtime_of(request)
     try:
         recovery_codes = await twofactor.confirm_enrollment(
-            database, principal, code.strip(), password or None
+            runtime.database, runtime.rate_limiter, principal, code.strip(), password or None
         )
     except ProblemError as exc:
-        return await retry(await twofactor.start_enrollment(database, principal), exc.detail or exc.code)
+        enrollment = await twofactor.start_enrollment(runtime.database, principal)
+        return await retry(enrollment, exc.detail or exc.code)
     return render(request, "recovery_codes.html", principal, recovery_codes=recovery_codes, back=back)
 
 
@@ -181,7 +185,10 @@ async def change_password(
     if new_password != repeat_password:
         return await _account_page(request, principal, error="The two new passwords differ.", status=422)
     try:
-        await change_own_password(runtime_of(request).database, principal, current_password, new_password)
+        runtime = runtime_of(request)
+        await change_own_password(
+            runtime.database, runtime.rate_limiter, principal, current_password, new_password
+        )
     except ProblemError as exc:
         return await _account_page(request, principal, error=exc.detail or exc.code, status=exc.status)
     return _back("password")
@@ -229,7 +236,8 @@ async def disable_two_factor(
     code: Annotated[str, Form(max_length=32)],
 ) -> Response:
     try:
-        await twofactor.disable(runtime_of(request).database, principal, password, code.strip())
+        runtime = runtime_of(request)
+        await twofactor.disable(runtime.database, runtime.rate_limiter, principal, password, code.strip())
     except ProblemError as exc:
         return await _account_page(request, principal, error=exc.detail or exc.code, status=exc.status)
     return _back("2fa-off")
@@ -240,8 +248,9 @@ async def new_recovery_codes(
     request: Request, principal: Me, code: Annotated[str, Form(max_length=16)]
 ) -> Response:
     try:
+        runtime = runtime_of(request)
         codes = await twofactor.regenerate_recovery_codes(
-            runtime_of(request).database, principal, code.strip()
+            runtime.database, runtime.rate_limiter, principal, code.strip()
         )
     except ProblemError as exc:
         return await _account_page(request, principal, error=exc.detail or exc.code, status=exc.status)
