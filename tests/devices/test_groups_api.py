@@ -43,14 +43,24 @@ async def test_dynamic_group_and_search(api: Api) -> None:
     )
     assert [d["id"] for d in everything_but.json()["items"]] == [other.device_id]
 
-    # The group scopes a role: a reader of "old-rpi" sees what matches it, now and later.
+    # A group scopes a role when devices cannot move themselves into it: a reader of "plant-3"
+    # (a tag) sees what matches it, now and later; "old-rpi" reads what devices report, and as a
+    # scope reaches nothing (tests/devices/test_scope_groups.py).
+    await api.client.post(
+        "/api/v1/device-groups", json={"name": "plant-3", "filter": 'tag.site == "plant-3"'}, headers=admin
+    )
     reader = await api.create_user(
-        "r", "tulip-orbit-canyon-7", roles=[{"role": "read-only", "device_groups": ["old-rpi"]}]
+        "r", "tulip-orbit-canyon-7", roles=[{"role": "read-only", "device_groups": ["plant-3", "old-rpi"]}]
     )
     assert [d["id"] for d in (await api.client.get("/api/v1/devices", headers=reader)).json()["items"]] == [
         old.device_id
     ]
-    await report(api, new.certificate, {"os": {"version": "11.9"}})
+    await report(api, new.certificate, {"os": {"version": "11.9"}})  # into old-rpi: no matter
+    visible = {d["id"] for d in (await api.client.get("/api/v1/devices", headers=reader)).json()["items"]}
+    assert visible == {old.device_id}
+    await api.client.put(
+        f"/api/v1/devices/{new.device_id}/tags", json={"tags": {"site": "plant-3"}}, headers=admin
+    )
     visible = {d["id"] for d in (await api.client.get("/api/v1/devices", headers=reader)).json()["items"]}
     assert visible == {old.device_id, new.device_id}
 

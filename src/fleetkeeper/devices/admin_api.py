@@ -65,7 +65,7 @@ async def list_devices(
 async def get_device(device_id: str, principal: Reader, request: Request) -> DeviceDetail:
     async with runtime_of(request).database.session() as session:
         device = await service.device_for(session, principal, device_id, Permission.DEVICES_READ)
-        groups = sorted(await service.device_group_names(session, device_id))
+        groups = service.shown_group_names(principal, await service.device_group_names(session, device_id))
         certificates = await service.certificates_of(session, device_id)
     return DeviceDetail(
         **DeviceOut.of(device).model_dump(),
@@ -155,8 +155,9 @@ async def revoke_token(token_id: str, principal: Manager, request: Request) -> R
 
 @router.get("/device-groups")
 async def list_groups(principal: Reader, request: Request) -> list[GroupOut]:
+    """The groups the caller sees: every group with devices:read unscoped, else those it names."""
     async with runtime_of(request).database.session() as session:
-        return [GroupOut.of(group) for group in await service.list_groups(session)]
+        return [GroupOut.of(group) for group in await service.visible_groups(session, principal)]
 
 
 @router.post("/device-groups", status_code=201)
@@ -187,7 +188,7 @@ async def group_devices(
 ) -> DevicePageOut:
     """A group's devices (a dynamic group's filter evaluated now), as far as the caller may read."""
     async with runtime_of(request).database.session() as session:
-        group = await service.get_group(session, name)
+        group = await service.visible_group(session, principal, name)
         page = await service.list_devices(
             session, principal, limit=limit, cursor=cursor, extra=service.group_condition(group)
         )

@@ -8,6 +8,7 @@ from typing import Annotated, Any
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from fleetkeeper.devices.models import Device, DeviceCertificate, DeviceGroup, EnrollmentToken
+from fleetkeeper.devices.scopes import device_reported_fields
 
 
 class Request(BaseModel):
@@ -173,11 +174,23 @@ class GroupOut(BaseModel):
     description: str
     kind: str
     filter: str | None
+    usable_as_scope: bool = Field(
+        description="a role scoped to this group reaches its devices; false when the filter reads "
+        "what devices report themselves (docs/access.md, Scopes)"
+    )
+    device_reported_fields: list[str] = Field(description="the fields of the filter that devices decide")
 
     @classmethod
     def of(cls, group: DeviceGroup) -> GroupOut:
+        reported = device_reported_fields(group)
         return cls(
-            id=group.id, name=group.name, description=group.description, kind=group.kind, filter=group.filter
+            id=group.id,
+            name=group.name,
+            description=group.description,
+            kind=group.kind,
+            filter=group.filter,
+            usable_as_scope=not reported,
+            device_reported_fields=reported,
         )
 
 

@@ -17,13 +17,10 @@ from sqlalchemy import (
     and_,
     bindparam,
     exists,
-    false,
     func,
     literal,
     or_,
     select,
-    true,
-    union_all,
     update,
 )
 from sqlalchemy.exc import IntegrityError
@@ -43,6 +40,12 @@ from fleetkeeper.devices.inventory import (
     replace_attributes,
 )
 from fleetkeeper.devices.models import Device, DeviceCertificate, DeviceGroup, GroupMember
+from fleetkeeper.devices.scopes import device_group_names as device_group_names
+from fleetkeeper.devices.scopes import ensure_may_move, groups_seen_by
+from fleetkeeper.devices.scopes import groups_usable_as_scope as groups_usable_as_scope
+from fleetkeeper.devices.scopes import scope_condition as scope_condition
+from fleetkeeper.devices.scopes import shown_group_names as shown_group_names
+from fleetkeeper.devices.scopes import usable_as_scope as usable_as_scope
 
 # No "/": a group name is a path segment of the API.
 GROUP_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
@@ -71,52 +74,6 @@ def _not_found() -> NotFoundError:
 # --- groups and scopes --------------------------------------------------------------------------
 
 
-async def device_group_names(session: AsyncSession, device_id: str) -> set[str]:
-    """The static groups the device is in, and the dynamic groups whose filter it matches now."""
-    static = await session.scalars(
-        select(DeviceGroup.name)
-        .join(GroupMember, GroupMember.group_id == DeviceGroup.id)
-        .where(GroupMember.device_id == device_id)
-    )
-    names = set(static)
-    dynamic = (
-        await session.execute(
-            select(DeviceGroup.name, DeviceGroup.filter).where(DeviceGroup.kind == "dynamic")
-        )
-    ).all()
-    probes = [
-        select(literal(name).label("name")).where(Device.id == device_id, compile_filter(expression))
-        for name, expression in dynamic
-        if expression
-    ]
-    if probes:
-        names.update((await session.scalars(select(union_all(*probes).subquery().c.name))).all())
-    return names
-
-
-async def scope_condition(
-    session: AsyncSession, principal: Principal, permission: Permission
-) -> ColumnElement[bool]:
-    """SQL that keeps the devices a permission reaches: in a static group it names, or matching a
-    dynamic group it names. Unscoped: everything; not held: nothing."""
-    scopes = principal.grants.scopes(permission)
-    if scopes is None:
-        return true()
-    if not scopes:
-        return false()
-    groups = (await session.execute(select(DeviceGroup).where(DeviceGroup.name.in_(scopes)))).scalars().all()
-    static_ids = [group.id for group in groups if group.kind == "static"]
-    conditions: list[ColumnElement[bool]] = []
-    if static_ids:
-        conditions.append(
-            exists().where(GroupMember.device_id == Device.id, GroupMember.group_id.in_(static_ids))
-        )
-    conditions += [
-        compile_filter(group.filter) for group in groups if group.kind == "dynamic" and group.filter
-    ]
-    return or_(*conditions) if conditions else false()
-
-
 async def ensure_device_permission(
     session: AsyncSession, principal: Principal, permission: Permission, device: Device
 ) -> None:
@@ -124,13 +81,14 @@ async def ensure_device_permission(
     caller may not even read is reported as not found, so that ids cannot be probed."""
     if principal.grants.scopes(permission) is None:
         return
-    groups = await device_group_names(session, device.id)
+    groups = await device_group_names(session, device.id, as_scope=True)
     if principal.can(permission, groups):
         return
     if not principal.can(Permission.DEVICES_READ, groups):
         raise _not_found()
+    shown = shown_group_names(principal, groups)
     raise ForbiddenError(
-        f"this needs {permission.value} in one of the device's groups: {', '.join(sorted(groups)) or 'none'}",
+        f"this needs {permission.value} in one of the device's groups: {', '.join(shown) or 'none of yours'}",
         permission=permission.value,
     )
 
@@ -339,13 +297,19 @@ _TOUCH = update(Device).where(Device.id == bindparam("device_id")).values(last_s
 
 
 async def set_tags(database: Database, principal: Principal, device_id: str, tags: Any) -> Device:
+    """Replaces the operator's tags. A change that moves the device into or out of a dynamic group
+    (one that reads the tag) needs devices:manage in that group too (scopes.ensure_may_move)."""
     tags = check_tags(tags)
     async with database.transaction() as session:
         device = await device_for(session, principal, device_id, Permission.DEVICES_MANAGE)
+        scoped = principal.grants.scopes(Permission.DEVICES_MANAGE) is not None
+        before = await device_group_names(session, device.id) if scoped else set()
         device.tags = tags
         await replace_attributes(
             session, device.id, {f"tag.{key}": value for key, value in tags.items()}, namespace="tag."
         )
+        if scoped:
+            ensure_may_move(principal, before, await device_group_names(session, device.id))
         await record(
             session,
             actor=principal.actor,
@@ -373,10 +337,27 @@ async def list_groups(session: AsyncSession) -> Sequence[DeviceGroup]:
     return (await session.scalars(select(DeviceGroup).order_by(DeviceGroup.name))).all()
 
 
+async def visible_groups(session: AsyncSession, principal: Principal) -> list[DeviceGroup]:
+    """The groups the caller sees: all with devices:read unscoped, else those it names."""
+    return groups_seen_by(principal, await list_groups(session))
+
+
+def group_not_found(name: str) -> NotFoundError:
+    return NotFoundError(f"no device group named {name}", code="group_not_found")
+
+
 async def get_group(session: AsyncSession, name: str) -> DeviceGroup:
     group = await session.scalar(select(DeviceGroup).where(DeviceGroup.name == name))
     if group is None:
-        raise NotFoundError(f"no device group named {name}", code="group_not_found")
+        raise group_not_found(name)
+    return group
+
+
+async def visible_group(session: AsyncSession, principal: Principal, name: str) -> DeviceGroup:
+    """A group the caller sees; any other answers as an unknown one."""
+    group = await get_group(session, name)
+    if not groups_seen_by(principal, [group]):
+        raise group_not_found(name)
     return group
 
 

@@ -99,7 +99,8 @@ def inventory_rows(report: Any, prefix: str = "") -> list[tuple[str, str]]:
 async def device_detail(request: Request, principal: Reader, device_id: str) -> Response:
     async with runtime_of(request).database.session() as session:
         device = await service.device_for(session, principal, device_id, Permission.DEVICES_READ)
-        groups = sorted(await service.device_group_names(session, device_id))
+        groups = service.shown_group_names(principal, await service.device_group_names(session, device_id))
+        scope_groups = await service.device_group_names(session, device_id, as_scope=True)
         certificates = await service.certificates_of(session, device_id)
         history = await deployments.deployments_of_device(session, principal, device_id, limit=20)
         audit_trail = None
@@ -118,8 +119,8 @@ async def device_detail(request: Request, principal: Reader, device_id: str) -> 
         inventory=inventory_rows(device.inventory or {}),
         deployments=history.items,
         audit_trail=audit_trail.items if audit_trail else None,
-        may_manage=principal.can(Permission.DEVICES_MANAGE, groups),
-        may_connect=principal.can(Permission.DEVICES_CONNECT, groups),
+        may_manage=principal.can(Permission.DEVICES_MANAGE, scope_groups),
+        may_connect=principal.can(Permission.DEVICES_CONNECT, scope_groups),
         tags_text="\n".join(f"{key}={value}" for key, value in sorted(device.tags.items())),
     )
 
