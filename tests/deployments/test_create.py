@@ -66,8 +66,13 @@ def admin(api: Api) -> Principal:
 
 
 def scoped(groups: list[str]) -> Principal:
+    """devices:deploy in these groups; the release is read, as every deployment's is."""
     grants = GrantSet.from_json(
-        [{"permission": "devices:deploy", "scopes": groups}, {"permission": "devices:read"}]
+        [
+            {"permission": "devices:deploy", "scopes": groups},
+            {"permission": "devices:read"},
+            {"permission": "releases:read"},
+        ]
     )
     return Principal(user_id="usr_scoped", username="scoped", grants=grants, method="password")
 

@@ -189,8 +189,8 @@ async def test_reports_for_another_device_or_unknown_status_are_refused(api: Api
 
 async def test_a_user_scoped_to_one_group_cannot_deploy_beyond_it(api: Api) -> None:
     await a_release(api)
-    await fleet_of(api, 1, group="plant-a")
-    await fleet_of(api, 1, group="plant-b")
+    plant_a = await fleet_of(api, 1, group="plant-a")
+    plant_b = await fleet_of(api, 1, group="plant-b")
     admin = await api.admin_headers()
     await api.client.post(
         "/api/v1/device-groups", json={"name": "everything", "filter": 'status == "accepted"'}, headers=admin
@@ -200,8 +200,11 @@ async def test_a_user_scoped_to_one_group_cannot_deploy_beyond_it(api: Api) -> N
     )
     payload = {"name": "x", "release": "fw", "version": "2.0", "target": {"group": "everything"}}
     refused = await api.client.post("/api/v1/deployments", json=payload, headers=user)
-    assert refused.status_code == 403
-    assert refused.json()["groups"] == ["everything", "plant-b"]
+    # "everything" is not a group of theirs, and reaches beyond plant-a: as if it did not exist.
+    assert (refused.status_code, refused.json()["code"]) == (404, "group_not_found")
+    devices = {"devices": [plant_b[0].device_id, plant_a[0].device_id]}
+    refused = await api.client.post("/api/v1/deployments", json={**payload, "target": devices}, headers=user)
+    assert (refused.status_code, refused.json()["code"]) == (404, "device_not_found")
     allowed = await api.client.post(
         "/api/v1/deployments", json={**payload, "target": {"group": "plant-a"}}, headers=user
     )

@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy import select
 
 from fleetkeeper.audit.models import AuditRecord
-from fleetkeeper.deployments import service
+from fleetkeeper.deployments import service, visibility
 from tests.conftest import Api
 from tests.deployments.test_create import devices_of
 from tests.deployments.test_rollout import deploy, director_targets, fleet_of, send
@@ -265,8 +265,9 @@ async def test_history_of_a_device_and_its_deployments(api: Api) -> None:
     in_scope = await api.client.get(f"/api/v1/devices/{outsider.device_id}/deployments", headers=reader)
     assert in_scope.status_code == 200
     assert in_scope.json()["items"] == []
+    # A deployment of none of the reader's devices is unknown to them (tests/deployments/test_visibility.py).
     scoped_list = await api.client.get(f"/api/v1/deployments/{older['id']}/devices", headers=reader)
-    assert scoped_list.json()["items"] == [], "a scoped reader sees only the devices of its groups"
+    assert (scoped_list.status_code, scoped_list.json()["code"]) == (404, "deployment_not_found")
 
 
 async def test_the_download_cap_queues_devices_until_a_slot_frees(api: Api) -> None:
@@ -394,12 +395,14 @@ async def test_fleet_health_judges_each_device_by_its_newest_deployment(api: Api
         outside = await service.fleet_health(
             session, Principal(user_id="usr_x", username="x", grants=elsewhere, method="password")
         )
-        under_way = await service.under_way(session)
+        under_way = await visibility.under_way(session, admin(api))
         counts = await devices.status_counts(session, admin(api))
     assert (health.failing, health.outdated) == (1, 2)  # the failed and the waiting device
     assert (outside.failing, outside.outdated) == (0, 0)  # devices the caller cannot read
-    [(shown_deployment, statistics)] = under_way
+    [shown] = under_way
+    shown_deployment, statistics = shown.deployment, shown.statistics
     assert shown_deployment.id == deployment_id
+    assert statistics is not None
     assert [phase.total for phase in statistics.phases] == [3]
     assert (statistics.overall.succeeded, statistics.overall.failed) == (1, 1)
     # Online: seen over mTLS lately; the waiting device has not spoken since its enrollment.

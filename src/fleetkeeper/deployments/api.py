@@ -12,7 +12,7 @@ from fleetkeeper.access.auth import requires
 from fleetkeeper.access.service import Permission, Principal
 from fleetkeeper.core.errors import NotFoundError
 from fleetkeeper.core.runtime import runtime_of
-from fleetkeeper.deployments import live, service, webhooks
+from fleetkeeper.deployments import live, service, visibility, webhooks
 from fleetkeeper.deployments.models import Deployment, DeploymentDevice
 from fleetkeeper.devices.auth import AuthenticatedDevice
 
@@ -87,6 +87,11 @@ class DeploymentOut(BaseModel):
     statistics: StatisticsOut | None = None
 
     @classmethod
+    def of_view(cls, view: visibility.DeploymentView) -> DeploymentOut:
+        """As the reader sees it: their part of the target; numbers only if all of it is theirs."""
+        return cls.of(view.deployment, view.counts).model_copy(update={"target": view.target})
+
+    @classmethod
     def of(cls, deployment: Deployment, progress: dict[int, dict[str, int]] | None = None) -> DeploymentOut:
         statistics = None
         if progress is not None:
@@ -143,23 +148,24 @@ async def create(body: CreateDeployment, principal: Deployer, request: Request) 
             max_downloading=body.max_downloading,
         ),
     )
-    return DeploymentOut.of(deployment, await service.phase_counts(runtime, deployment.id))
+    return DeploymentOut.of_view(await visibility.view_after_change(runtime, principal, deployment))
 
 
 @router.get("")
 async def list_deployments(principal: Reader, request: Request) -> list[DeploymentOut]:
+    """The newest deployments that reach the caller's groups (docs/deployments.md, "Who sees what")."""
     async with runtime_of(request).database.session() as session:
-        rows, counts = await service.list_deployments(session)
-    return [DeploymentOut.of(row, counts[row.id]) for row in rows]
+        views = await visibility.newest(session, principal)
+    return [DeploymentOut.of_view(view) for view in views]
 
 
 @router.get("/{deployment_id}")
 async def get(deployment_id: str, principal: Reader, request: Request) -> DeploymentOut:
-    """The deployment with its statistics, per phase and overall (read from its counters)."""
+    """The deployment with its statistics, per phase and overall (read from its counters); to a
+    reader of part of its target, their part and no numbers."""
     async with runtime_of(request).database.session() as session:
-        deployment = await service.get(session, deployment_id)
-        counts = await service.counts_of(session, deployment_id)
-    return DeploymentOut.of(deployment, counts)
+        view = await visibility.view(session, principal, deployment_id)
+    return DeploymentOut.of_view(view)
 
 
 class DeploymentDeviceOut(BaseModel):
@@ -296,7 +302,7 @@ async def finish(deployment_id: str, principal: Deployer, request: Request) -> D
     """Ends a live deployment: it stops following its group and finishes once its devices are done."""
     runtime = runtime_of(request)
     deployment = await live.finish(runtime, principal, deployment_id)
-    return DeploymentOut.of(deployment, await service.phase_counts(runtime, deployment_id))
+    return DeploymentOut.of_view(await visibility.view_after_change(runtime, principal, deployment))
 
 
 @router.post("/{deployment_id}/{action}")
@@ -309,7 +315,7 @@ async def change(
     """Pause, resume, abort (devices not yet done stop; those done stay), or open the next phase."""
     runtime = runtime_of(request)
     deployment = await service.change_state(runtime, principal, deployment_id, action)
-    return DeploymentOut.of(deployment, await service.phase_counts(runtime, deployment_id))
+    return DeploymentOut.of_view(await visibility.view_after_change(runtime, principal, deployment))
 
 
 webhook_router = APIRouter(prefix="/api/v1/webhooks", tags=["deployments"])

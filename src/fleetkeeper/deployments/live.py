@@ -29,6 +29,7 @@ from fleetkeeper.core.errors import ConflictError, ForbiddenError, NotFoundError
 from fleetkeeper.core.logging import get_logger
 from fleetkeeper.core.runtime import Runtime
 from fleetkeeper.deployments.models import FINAL_STATUSES, PENDING, Deployment, DeploymentDevice
+from fleetkeeper.deployments.visibility import visible_deployment
 from fleetkeeper.devices import service as devices
 from fleetkeeper.devices.models import Device, DeviceGroup
 from fleetkeeper.releases.models import Release
@@ -288,9 +289,7 @@ async def finish(runtime: Runtime, principal: Principal, deployment_id: str) -> 
     from fleetkeeper.deployments import service  # service builds on this module (create's check)
 
     async with runtime.database.transaction() as session:
-        deployment = await session.get(Deployment, deployment_id, with_for_update=True)
-        if deployment is None:
-            raise NotFoundError("no such deployment", code="deployment_not_found")
+        deployment = await visible_deployment(session, principal, deployment_id, lock=True)
         if not is_live(deployment):
             raise ConflictError(
                 "only a live deployment is finished by an operator: this one finishes by itself "

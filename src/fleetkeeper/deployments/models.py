@@ -27,6 +27,8 @@ from fleetkeeper.core.db import Base, UTCDateTime, utcnow
 
 # active: devices in open phases are told to install; paused/aborted/finished: nobody new is.
 DEPLOYMENT_STATUSES = ("scheduled", "active", "paused", "finished", "aborted")
+# Deployments that still move devices (the dashboard's "active deployments").
+UNDER_WAY_STATUSES = ("active", "paused")
 # What a device reports, in the order an install goes through them (reports never go back).
 DEVICE_STATUSES = (
     "pending",

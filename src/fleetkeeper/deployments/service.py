@@ -41,9 +41,10 @@ from fleetkeeper.access.service import Permission, Principal
 from fleetkeeper.audit.service import SYSTEM, record
 from fleetkeeper.core.db import _IMMEDIATE as WRITE_LOCK_UP_FRONT
 from fleetkeeper.core.db import UTCDateTime, utcnow
-from fleetkeeper.core.errors import ForbiddenError, NotFoundError, ProblemError
+from fleetkeeper.core.errors import NotFoundError, ProblemError
 from fleetkeeper.core.ids import new_id
 from fleetkeeper.core.runtime import Runtime
+from fleetkeeper.deployments import targeting
 from fleetkeeper.deployments.chunks import chunk_phase, member_ids, members, phase_of, write_chunks
 from fleetkeeper.deployments.models import (
     DEVICE_STATUSES,
@@ -53,6 +54,7 @@ from fleetkeeper.deployments.models import (
     NUMBERS,
     PENDING,
     SUCCEEDED_STATUSES,
+    UNDER_WAY_STATUSES,
     Deployment,
     DeploymentChunk,
     DeploymentCount,
@@ -61,12 +63,12 @@ from fleetkeeper.deployments.models import (
     left_pending,
 )
 from fleetkeeper.deployments.plans import (
-    Target,
     parse_failure_threshold,
     parse_phases,
     parse_target,
     phase_boundaries,
 )
+from fleetkeeper.deployments.visibility import visible_deployment
 from fleetkeeper.deployments.windows import is_open, next_open, parse_windows
 from fleetkeeper.devices import service as devices
 from fleetkeeper.devices.models import Device, DeviceAttribute
@@ -86,50 +88,6 @@ class DeploymentRequest:
     max_retries: int = 0
     force: bool = False
     max_downloading: int | None = None
-
-
-async def _target_condition(session: AsyncSession, target: Target) -> ColumnElement[bool]:
-    """The accepted devices the target names."""
-    if target.devices is not None:
-        known = await session.scalar(
-            select(func.count()).select_from(Device).where(Device.id.in_(target.devices))
-        )
-        if known != len(target.devices):
-            raise NotFoundError("the target names devices that do not exist", code="device_not_found")
-        condition: ColumnElement[bool] = Device.id.in_(target.devices)
-    else:
-        assert target.group is not None
-        condition = devices.group_condition(await devices.get_group(session, target.group))
-    return condition & (Device.status == "accepted")
-
-
-async def _release(session: AsyncSession, name: str, version: str) -> Release:
-    release: Release | None = await session.scalar(
-        select(Release).where(Release.name == name, Release.version == version, Release.deleted_at.is_(None))
-    )
-    if release is None:
-        raise NotFoundError(f"no release {name} {version}", code="release_not_found")
-    return release
-
-
-async def _ensure_may_deploy_to_all(
-    session: AsyncSession, principal: Principal, target: ColumnElement[bool]
-) -> None:
-    """devices:deploy for every device targeted: one outside the caller's scope refuses the whole
-    request, naming the group it is in."""
-    if principal.grants.scopes(Permission.DEVICES_DEPLOY) is None:
-        return
-    allowed = await devices.scope_condition(session, principal, Permission.DEVICES_DEPLOY)
-    outside = await session.scalar(select(Device.id).where(target, ~allowed).order_by(Device.id).limit(1))
-    if outside is None:
-        return
-    groups = sorted(await devices.device_group_names(session, outside))
-    raise ForbiddenError(
-        f"the target includes devices outside your scope, such as {outside} "
-        f"(in {', '.join(groups) if groups else 'no group'}): devices:deploy is needed on all of them",
-        permission=Permission.DEVICES_DEPLOY.value,
-        groups=groups,
-    )
 
 
 def _above(cut: str | None) -> ColumnElement[bool]:
@@ -293,8 +251,9 @@ async def create(runtime: Runtime, principal: Principal, request: DeploymentRequ
     if request.start_at is not None and request.start_at.tzinfo is None:
         raise ProblemError("start_at needs a time zone", code="invalid_request", status=422)
     async with runtime.database.transaction() as session:
-        release = await _release(session, request.release_name, request.release_version)
-        condition = await _target_condition(session, target)
+        release = await targeting.release(session, principal, request.release_name, request.release_version)
+        # Scope first: nothing about a target out of reach is told (targeting.py).
+        condition = await targeting.target_devices(session, principal, target)
         # One pass over the target for both its size and a device type the release is not for
         # (two scans of a million devices were a fifth of the time budget).
         counted, incompatible = (
@@ -315,7 +274,6 @@ async def create(runtime: Runtime, principal: Principal, request: DeploymentRequ
                 code="incompatible_device_type",
                 status=422,
             )
-        await _ensure_may_deploy_to_all(session, principal, condition)
         now = clock()
         deployment = Deployment(
             id=new_id("dep"),
@@ -506,16 +464,6 @@ async def phase_counts(runtime: Runtime, deployment_id: str) -> dict[int, dict[s
         return await counts_of(session, deployment_id)
 
 
-async def list_deployments(
-    session: AsyncSession, *, limit: int = 200
-) -> tuple[Sequence[Deployment], dict[str, dict[int, dict[str, int]]]]:
-    """The newest deployments, with their devices per phase and status."""
-    rows = (
-        await session.scalars(select(Deployment).order_by(Deployment.created_at.desc()).limit(limit))
-    ).all()
-    return rows, await counts_of_many(session, [row.id for row in rows])
-
-
 # --- statistics ---------------------------------------------------------------------------------
 
 
@@ -570,24 +518,6 @@ def started_at(deployment: Deployment) -> datetime | None:
     if deployment.start_at is None:
         return deployment.created_at
     return max(deployment.start_at, deployment.created_at) if deployment.start_at <= clock() else None
-
-
-# Deployments that still move devices (the dashboard's "active deployments").
-UNDER_WAY_STATUSES = ("active", "paused")
-
-
-async def under_way(session: AsyncSession, *, limit: int = 20) -> list[tuple[Deployment, Statistics]]:
-    """The newest active or paused deployments with their statistics per phase."""
-    rows = (
-        await session.scalars(
-            select(Deployment)
-            .where(Deployment.status.in_(UNDER_WAY_STATUSES))
-            .order_by(Deployment.created_at.desc())
-            .limit(limit)
-        )
-    ).all()
-    counts = await counts_of_many(session, [row.id for row in rows])
-    return [(row, statistics(row, counts[row.id])) for row in rows]
 
 
 @dataclass(frozen=True)
@@ -705,7 +635,7 @@ async def list_devices(
     (a device whose status changes between two pages may be seen twice or not at all, as in any
     live listing). `phase` counts from 0 here (the API shows phases from 1)."""
     _check_limit(limit)
-    deployment = await get(session, deployment_id)
+    deployment = await visible_deployment(session, principal, deployment_id)
     if status is not None and status not in DEVICE_STATUSES:
         raise ProblemError(
             f"unknown status {status!r}; one of {', '.join(DEVICE_STATUSES)}",
@@ -867,7 +797,7 @@ async def recent_events(
 ) -> Sequence[DeploymentEvent]:
     """The newest status reports of the deployment's devices the caller may read, newest first."""
     _check_limit(limit)
-    await get(session, deployment_id)
+    await visible_deployment(session, principal, deployment_id)
     query = select(DeploymentEvent).where(DeploymentEvent.deployment_id == deployment_id)
     if principal.grants.scopes(Permission.DEVICES_READ) is not None:
         scope = await devices.scope_condition(session, principal, Permission.DEVICES_READ)
@@ -884,7 +814,7 @@ async def device_history(
 ) -> tuple[DeploymentDevice, Sequence[DeploymentEvent]]:
     """One device's row in a deployment and every report it made on it, oldest first."""
     await devices.device_for(session, principal, device_id, Permission.DEVICES_READ)
-    deployment = await get(session, deployment_id)
+    deployment = await visible_deployment(session, principal, deployment_id)
     entry = await session.get(DeploymentDevice, (deployment.number, device_id))
     if entry is None:
         chunk = await phase_of(session, deployment.number, device_id)
@@ -1412,14 +1342,8 @@ async def change_state(runtime: Runtime, principal: Principal, deployment_id: st
     }
     allowed, target_status = transitions[action]
     async with runtime.database.transaction() as session:
-        deployment = await session.get(Deployment, deployment_id, with_for_update=True)
-        if deployment is None:
-            raise NotFoundError("no such deployment", code="deployment_not_found")
-        await _ensure_may_deploy_to_all(
-            session,
-            principal,
-            _devices_of(session, deployment),
-        )
+        deployment = await visible_deployment(session, principal, deployment_id, lock=True)
+        await targeting.ensure_may_deploy_to_all(session, principal, _devices_of(session, deployment))
         if deployment.status not in allowed:
             raise ProblemError(
                 f"a {deployment.status} deployment cannot {action}", code="invalid_transition", status=409

@@ -15,6 +15,7 @@ from fleetkeeper.console.render import render
 from fleetkeeper.console.session import page
 from fleetkeeper.core.runtime import runtime_of
 from fleetkeeper.deployments import service as deployments
+from fleetkeeper.deployments import visibility
 from fleetkeeper.devices import service as devices
 
 router = APIRouter(include_in_schema=False)
@@ -28,7 +29,9 @@ async def _sections(request: Request, principal: Principal) -> dict[str, Any]:
         if principal.can(Permission.DEVICES_READ):
             sections["counts"] = await devices.status_counts(session, principal)
             sections["health"] = await deployments.recent_fleet_health(session, principal)
-            sections["under_way"] = await deployments.under_way(session)
+            sections["under_way"] = [
+                (view.deployment, view.statistics) for view in await visibility.under_way(session, principal)
+            ]
         if principal.can(Permission.AUDIT_READ):
             sections["security_events"] = await recent_security_events(session)
     return sections

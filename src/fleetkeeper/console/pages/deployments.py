@@ -17,7 +17,7 @@ from fleetkeeper.console.render import is_htmx, render
 from fleetkeeper.console.session import page
 from fleetkeeper.core.errors import ProblemError
 from fleetkeeper.core.runtime import runtime_of
-from fleetkeeper.deployments import service
+from fleetkeeper.deployments import service, visibility
 from fleetkeeper.deployments.plans import MAX_PHASES
 from fleetkeeper.devices import service as devices
 from fleetkeeper.releases import service as releases
@@ -187,10 +187,13 @@ class DeploymentForm:
 @router.get("/deployments")
 async def deployments(request: Request, principal: Reader) -> Response:
     async with runtime_of(request).database.session() as session:
-        rows, counts = await service.list_deployments(session)
-        by_id = await releases.releases_by_id(session, principal, [row.release_id for row in rows])
+        views = await visibility.newest(session, principal)
+        release_ids = [view.deployment.release_id for view in views]
+        by_id = await releases.releases_by_id(session, principal, release_ids)
+    # A deployment whose target is only partly the reader's shows no numbers (visibility.py).
     items = [
-        (row, by_id.get(row.release_id), service.statistics(row, counts[row.id]).overall) for row in rows
+        (view.deployment, by_id.get(view.deployment.release_id), view.statistics and view.statistics.overall)
+        for view in views
     ]
     return render(request, "deployments/list.html", principal, items=items)
 
@@ -202,7 +205,7 @@ async def _form_page(
         offered = await releases.list_releases(
             session, principal, name=None, limit=RELEASES_OFFERED, after=None
         )
-        groups = await devices.list_groups(session)
+        groups = await devices.visible_groups(session, principal)
     phase_rows, window_rows = form.rows()
     return render(
         request,
@@ -246,8 +249,8 @@ async def _live_context(
     request: Request, principal: Principal, deployment_id: str, cursor: str | None, per_page: int
 ) -> dict[str, Any]:
     async with runtime_of(request).database.session() as session:
-        deployment = await service.get(session, deployment_id)
-        counts = await service.counts_of(session, deployment_id)
+        view = await visibility.view(session, principal, deployment_id)
+        deployment = view.deployment
         listed = await service.list_devices(session, principal, deployment_id, limit=per_page, cursor=cursor)
         events = await service.recent_events(session, principal, deployment_id)
         release = (await releases.releases_by_id(session, principal, [deployment.release_id])).get(
@@ -255,8 +258,9 @@ async def _live_context(
         )
     return {
         "deployment": deployment,
+        "target": view.target,
         "release": release,
-        "numbers": service.statistics(deployment, counts),
+        "numbers": view.statistics,  # None: part of the target is not the reader's (visibility.py)
         "devices": listed.items,
         # The query of this page of devices, and of the first and next ones, kept while polling.
         "page_query": _page_query(cursor, per_page),

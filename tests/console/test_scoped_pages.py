@@ -1,0 +1,68 @@
+"""The console shows a reader scoped to device groups what the API shows them: the deployments that
+reach their groups (in the list, on the dashboard, by address), and only their groups. In process,
+over plain HTTP with the session cookie (no browser needed), on both databases."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import httpx2
+
+from fleetkeeper.deployments import service
+from tests.conftest import Api, api_for
+from tests.deployments.test_create import add_devices, admin, request
+from tests.releases.test_director_serving import a_release
+
+PASSWORD = "tulip-orbit-canyon-7"
+
+
+@asynccontextmanager
+async def console_as(api: Api, username: str) -> AsyncIterator[httpx2.AsyncClient]:
+    """A console session of `username`, signed in through the sign-in form."""
+    async with api_for(api.runtime) as own:
+        form = await own.client.get("/sign-in")
+        token = re.search(r'name="csrf_token" value="([^"]+)"', form.text)
+        assert token, form.text[:500]
+        signed_in = await own.client.post(
+            "/sign-in",
+            data={"username": username, "password": PASSWORD, "csrf_token": token.group(1), "next": "/"},
+        )
+        assert signed_in.status_code == 303, signed_in.text
+        yield own.client
+
+
+async def test_console_pages_show_a_scoped_reader_only_the_deployments_that_reach_them(api: Api) -> None:
+    await a_release(api)
+    await add_devices(api.runtime.database, 2, group="plant-3")
+    await add_devices(api.runtime.database, 2, group="plant-4")
+    mine = await service.create(
+        api.runtime, admin(api), request(name="rollout-plant-3", target={"group": "plant-3"})
+    )
+    theirs = await service.create(
+        api.runtime, admin(api), request(name="rollout-plant-4", target={"group": "plant-4"})
+    )
+    await api.create_user(
+        "reader-3", PASSWORD, roles=[{"role": "deployments-manager", "device_groups": ["plant-3"]}]
+    )
+
+    async with console_as(api, "reader-3") as console:
+        listed = await console.get("/deployments")
+        assert listed.status_code == 200
+        assert "rollout-plant-3" in listed.text
+        assert "rollout-plant-4" not in listed.text
+        assert theirs.id not in listed.text
+        for path in (f"/deployments/{theirs.id}", f"/deployments/{theirs.id}/live"):
+            hidden = await console.get(path)
+            assert hidden.status_code == 404, path
+            assert "rollout-plant-4" not in hidden.text
+        assert (await console.get(f"/deployments/{mine.id}")).status_code == 200
+        for path in ("/", "/dashboard/live"):
+            dashboard = await console.get(path)
+            assert dashboard.status_code == 200
+            assert "rollout-plant-3" in dashboard.text, path
+            assert "rollout-plant-4" not in dashboard.text, path
+        offered = await console.get("/deployments/new")
+        assert 'value="plant-3"' in offered.text
+        assert 'value="plant-4"' not in offered.text, "groups outside the scope are not offered"
