@@ -91,7 +91,11 @@ async def metadata_response(runtime: Runtime, which: str, filename: str) -> Resp
 
 @router.get("/repository/metadata/{filename}")
 async def image_metadata(filename: str, principal: Reader, request: Request) -> Response:
-    """The image repository's metadata (`1.root.json`, `root.json` for the newest, `timestamp.json`, …)."""
+    """The image repository's metadata (`1.root.json`, `root.json` for the newest, `timestamp.json`, …);
+    `targets.json` needs releases:read on all releases: it names every release."""
+    match = METADATA_FILE.match(filename)
+    if match is not None and match.group(2) == "targets":
+        service.ensure_reads_every_release(principal, "targets.json")
     return await metadata_response(runtime_of(request), repository.IMAGE, filename)
 
 
@@ -149,7 +153,9 @@ async def export_bundle(
     request: Request,
     device_type: Annotated[str, Query(min_length=1, max_length=64)],
 ) -> StreamingResponse:
-    """An offline bundle for air-gapped sites: the metadata chain and the target, as one tar."""
+    """An offline bundle for air-gapped sites: the metadata chain and the target, as one tar. It
+    carries targets.json, so it needs releases:read on all releases."""
+    service.ensure_reads_every_release(principal, "an offline bundle")
     runtime = runtime_of(request)
     async with runtime.database.session() as session:
         release = await service.get_release(session, principal, name, version, Permission.RELEASES_READ)

@@ -285,6 +285,18 @@ async def release_out(runtime: Runtime, release_id: str) -> ReleaseOut:
         return ReleaseOut.of(release, await release_tags(session, release_id))
 
 
+def ensure_reads_every_release(principal: Principal, what: str) -> None:
+    """The image repository's targets metadata names every release, and it is signed offline: it
+    cannot be cut down to a reader's release tags without breaking its signature. So it goes only
+    to a reader of every release (releases:read unscoped), and so does anything that carries it."""
+    if principal.grants.scopes(Permission.RELEASES_READ) is not None:
+        raise ForbiddenError(
+            f"{what} holds the signed targets metadata, which names every release: "
+            "it needs releases:read on all releases",
+            permission=Permission.RELEASES_READ.value,
+        )
+
+
 def _tag_scope_condition(principal: Principal, permission: Permission) -> Any:
     scopes = principal.grants.scopes(permission)
     if scopes is None:
