@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DATA_DIR ?= fleetkeeper-data
-# The console's front-end libraries (htmx, xterm.js) are installed here by npm (see console-assets).
+# The console's front-end libraries (htmx, xterm.js, Swagger UI) are installed here by npm (see console-assets).
 CONSOLE_VENDOR := src/fleetkeeper/console/vendor
 # `make serve` keeps the device listener on loopback; `make serve DEVICE_HOST=0.0.0.0` opens it.
 # The demo's simulated devices are on this machine: its listener is always on loopback.
@@ -48,7 +48,7 @@ $(S3_SERVER)/node_modules: $(S3_SERVER)/package.json
 	cd $(S3_SERVER) && npm install --no-package-lock --no-audit --no-fund --loglevel=error
 	touch $@
 
-# The console's front-end libraries (htmx, xterm.js), pinned in its package.json, served as installed.
+# The console's front-end libraries (htmx, xterm.js, Swagger UI), pinned in its package.json, served as installed.
 $(CONSOLE_VENDOR)/node_modules: $(CONSOLE_VENDOR)/package.json
 	cd $(CONSOLE_VENDOR) && npm install --no-package-lock --no-audit --no-fund --loglevel=error
 	touch $@

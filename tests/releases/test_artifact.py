@@ -77,6 +77,7 @@ def test_symlinks_in_inputs_are_refused(tmp_path: Path) -> None:
     ("overrides", "code"),
     [
         ({"name": "../evil"}, "invalid_artifact"),
+        ({"name": "uploads"}, "invalid_artifact"),
         ({"version": ""}, "invalid_artifact"),
         ({"release_counter": -1}, "invalid_artifact"),
         ({"module": "exe"}, "invalid_artifact"),

@@ -35,6 +35,7 @@ CHUNK = 1024 * 1024
 
 # Starting with a letter or digit: no ".", "..", or hidden path segments in target paths.
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,63}")
+RESERVED_NAMES = frozenset({"uploads"})
 FILE_RE = re.compile(r"[A-Za-z0-9_+-][A-Za-z0-9._+-]{0,127}")
 CUSTOM_MODULE_RE = re.compile(r"x-[a-z0-9][a-z0-9._-]{0,62}")
 SHA256_RE = re.compile(r"[0-9a-f]{64}")
@@ -235,6 +236,8 @@ def validate_release(release: Any) -> None:
             isinstance(value, str) and bool(NAME_RE.fullmatch(value)),
             f"{field}: 1-64 of A-Z a-z 0-9 . _ + -, the first a letter or digit",
         )
+    # /api/v1/releases/uploads/{id} is the upload route: a release of that name could not be deleted.
+    _require(release["name"] not in RESERVED_NAMES, f"name: {', '.join(sorted(RESERVED_NAMES))} is reserved")
     _require(_is_count(release["release_counter"]), "release_counter: an integer >= 0")
     module = release["module"]
     _require(

@@ -29,7 +29,8 @@ def recording_key(session_id: str) -> str:
 
 
 def check_device_path(path: str) -> str:
-    """An absolute path on the device; the agent resolves it and checks it against its roots."""
+    """An absolute path on the device; the agent opens it beneath one of its roots, refusing `..` and
+    symbolic links there."""
     if not path.startswith("/") or "\x00" in path or len(path) > MAX_PATH_LENGTH:
         raise ProblemError(
             f"path must be absolute, without NUL, at most {MAX_PATH_LENGTH} characters", code="invalid_path"
