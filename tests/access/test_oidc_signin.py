@@ -14,6 +14,7 @@ from fleetkeeper.access.models import User
 from fleetkeeper.core.app import create_management_app
 from tests.access.conftest import OidcProviderFactory
 from tests.access.oidc import OidcProvider, complete_login
+from tests.access.test_own_account import age_sessions
 from tests.conftest import Api, RuntimeFactory, api_for, bearer
 
 CALLBACK = "http://testserver/api/v1/auth/oidc/callback"
@@ -157,3 +158,19 @@ async def test_a_callback_from_another_browser_is_refused(sso_api: Api) -> None:
     assert (
         await sso_api.client.get("/api/v1/auth/oidc/callback?" + urlsplit(callback_url).query)
     ).status_code == 200
+
+
+async def test_an_sso_account_signs_in_again_to_create_an_api_token(sso_api: Api) -> None:
+    """It has no password here: after a while, only a new sign-in at the provider proves it."""
+    tokens = await callback(sso_api, await complete_login(await start(sso_api), "bob", "bob-password"))
+    fresh = await sso_api.client.post("/api/v1/me/tokens", json={"name": "ci"}, headers=bearer(tokens))
+    assert fresh.status_code == 201, fresh.text
+    await age_sessions(sso_api, 11)
+    stale = await sso_api.client.post("/api/v1/me/tokens", json={"name": "cd"}, headers=bearer(tokens))
+    assert stale.status_code == 403, stale.text
+    assert stale.json()["code"] == "reauthentication_required"
+    assert "sign in again" in stale.json()["detail"]
+    assert "password" not in stale.json()["detail"], "there is no password to send"
+    again = await callback(sso_api, await complete_login(await start(sso_api), "bob", "bob-password"))
+    done = await sso_api.client.post("/api/v1/me/tokens", json={"name": "cd"}, headers=bearer(again))
+    assert done.status_code == 201, done.text

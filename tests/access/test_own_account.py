@@ -1,6 +1,6 @@
 """Changes to one's own account need a signed-in session, never an API token; turning two-factor
-sign-in on needs the password or a recent sign-in; an administrator (or the server's console) can
-reset someone's lost second factor."""
+sign-in on and creating an API token need the password or a recent sign-in; an administrator (or
+the server's console) can reset someone's lost second factor."""
 
 from __future__ import annotations
 
@@ -107,6 +107,44 @@ async def test_turning_two_factor_on_needs_the_password_unless_just_signed_in(ap
 async def test_a_fresh_sign_in_is_proof_enough_to_turn_two_factor_on(api: Api) -> None:
     jane = await api.create_user("jane", PASSWORD)
     await enrol(api, jane)  # confirms with the code alone, minutes after signing in
+
+
+async def test_creating_an_api_token_needs_the_password_unless_just_signed_in(api: Api) -> None:
+    """A stolen session must not mint a token that outlives it and a password change."""
+    jane = await api.create_user("jane", PASSWORD, roles=[{"role": "read-only"}])
+    await age_sessions(api, 11)
+    tokens = "/api/v1/me/tokens"
+    without = await api.client.post(tokens, json={"name": "ci"}, headers=jane)
+    assert without.status_code == 403, without.text
+    assert without.headers["content-type"] == "application/problem+json"
+    assert without.json()["code"] == "reauthentication_required"
+    assert '"password"' in without.json()["detail"]
+    wrong = await api.client.post(tokens, json={"name": "ci", "password": "not-the-password"}, headers=jane)
+    assert wrong.status_code == 403
+    assert wrong.json()["code"] == "invalid_credentials"
+    assert (await api.client.get(tokens, headers=jane)).json() == [], "nothing was created"
+
+    done = await api.client.post(tokens, json={"name": "ci", "password": PASSWORD}, headers=jane)
+    assert done.status_code == 201, done.text
+    assert PASSWORD not in done.text
+    assert (await api.client.get("/api/v1/me", headers=bearer(done.json()["secret"]))).status_code == 200
+    async with api.runtime.database.session() as session:
+        created = (
+            await session.scalars(select(AuditRecord).where(AuditRecord.action == "api_token.created"))
+        ).one()
+    assert PASSWORD not in created.details
+    assert sorted(created.details_object()) == ["expires_at", "grants", "name"]
+
+
+async def test_a_fresh_sign_in_is_proof_enough_to_create_an_api_token(api: Api) -> None:
+    jane = await api.create_user("jane", PASSWORD, roles=[{"role": "read-only"}])
+    created = await api.client.post("/api/v1/me/tokens", json={"name": "ci"}, headers=jane)
+    assert created.status_code == 201, created.text
+    wrong = await api.client.post(
+        "/api/v1/me/tokens", json={"name": "cd", "password": "not-the-password"}, headers=jane
+    )
+    assert wrong.status_code == 403, "a password given is checked, even when none was needed"
+    assert wrong.json()["code"] == "invalid_credentials"
 
 
 async def user_id_of(api: Api, headers: dict[str, str]) -> str:

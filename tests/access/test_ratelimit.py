@@ -242,3 +242,20 @@ async def test_disabling_two_factor_and_new_recovery_codes_meet_the_back_off(
     assert set(statuses[4:]) == {429}, statuses
     codes = await api.client.post("/api/v1/me/2fa/recovery-codes", json={"code": "000000"}, headers=headers)
     assert codes.status_code == 429, "one count per account, whichever check failed"
+
+
+async def test_wrong_passwords_for_a_new_api_token_meet_the_back_off(api: Api, long_waits: None) -> None:
+    admin = await api.admin_headers()
+    wrong = {"name": "ci", "password": "wrong-wrong-wrong"}
+    statuses = [
+        (await api.client.post("/api/v1/me/tokens", json=wrong, headers=admin)).status_code for _ in range(6)
+    ]
+    assert statuses[:4] == [403] * 4
+    assert set(statuses[4:]) == {429}, statuses
+    right = {"name": "ci", "password": ADMIN_PASSWORD}
+    limited = await api.client.post("/api/v1/me/tokens", json=right, headers=admin)
+    assert limited.status_code == 429, "even the right password waits"
+    assert limited.json()["code"] == "rate_limited"
+    body = {"current_password": ADMIN_PASSWORD, "new_password": "amber-harvest-pylon-64"}
+    password = await api.client.post("/api/v1/me/password", json=body, headers=admin)
+    assert password.status_code == 429, "one count per account, whichever check failed"

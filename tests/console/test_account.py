@@ -1,5 +1,6 @@
-"""My account over plain HTTP: turning two-factor sign-in on a while after signing in asks for the
-password again (right after signing in, the sign-in itself is proof enough: see test_admin.py)."""
+"""My account over plain HTTP: turning two-factor sign-in on, or creating an API token, a while
+after signing in asks for the password again (right after signing in, the sign-in itself is proof
+enough: see test_admin.py)."""
 
 from __future__ import annotations
 
@@ -68,3 +69,48 @@ def test_turning_two_factor_on_long_after_signing_in_asks_for_the_password(
     )
     assert done.status_code == 200, done.text
     assert 'data-testid="recovery-codes"' in done.text
+
+
+def _token_form(page: str) -> str:
+    form = re.search(r'<form method="post" action="/account/tokens".*?</form>', page, re.DOTALL)
+    assert form, "the account page has the new token form"
+    return form[0]
+
+
+def _new_token(http: httpx2.Client, name: str, **extra: str) -> httpx2.Response:
+    account = http.get("/account")
+    data = {"csrf_token": _csrf(account.text), "name": name, "expires_in_days": "7", **extra}
+    return http.post("/account/tokens", data=data)
+
+
+def test_a_new_api_token_long_after_signing_in_asks_for_the_password(
+    console_server: RunningServer, admin_api: ApiClient
+) -> None:
+    admin_api.call("POST", "/api/v1/users", json={"username": "late-minter", "password": PASSWORD + "-0"})
+    first = ApiClient(console_server, "late-minter", PASSWORD + "-0")
+    first.call(
+        "POST", "/api/v1/me/password", json={"current_password": PASSWORD + "-0", "new_password": PASSWORD}
+    )
+    http = _signed_in(console_server, "late-minter", PASSWORD)
+    assert 'name="password"' not in _token_form(http.get("/account").text), "not right after signing in"
+    fresh = _new_token(http, "fresh")
+    assert fresh.status_code == 200, fresh.text
+    assert 'data-testid="token-secret"' in fresh.text
+
+    _age_sessions(console_server, "late-minter")
+    assert 'name="password"' in _token_form(http.get("/account").text), "the form asks for the password"
+    without = _new_token(http, "late")
+    assert without.status_code == 403
+    assert "confirm it is you" in without.text
+    assert 'data-testid="token-secret"' not in without.text
+    wrong = _new_token(http, "late", password="not-the-password")
+    assert wrong.status_code == 403
+    assert "the current password is wrong" in wrong.text
+    assert "not-the-password" not in wrong.text
+    done = _new_token(http, "late", password=PASSWORD)
+    assert done.status_code == 200, done.text
+    assert 'data-testid="token-secret"' in done.text
+    assert PASSWORD not in done.text
+    listed = admin_api.call("GET", "/api/v1/audit/records", params={"action": "api_token.created"})
+    assert isinstance(listed, dict)
+    assert PASSWORD not in str(listed)

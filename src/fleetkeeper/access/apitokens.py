@@ -1,4 +1,7 @@
-"""Personal API tokens: named, expiring, never more than their owner may do, shown once."""
+"""Personal API tokens: named, expiring, never more than their owner may do, shown once.
+
+A token outlives the session that made it and a change of its owner's password, so making one asks
+who is at the keyboard as turning 2FA on does (`reauth`): a stolen session alone cannot mint one."""
 
 from __future__ import annotations
 
@@ -10,15 +13,17 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from fleetkeeper.access import reauth
 from fleetkeeper.access.models import ApiToken
 from fleetkeeper.access.permissions import GrantSet
 from fleetkeeper.access.principal import Principal
-from fleetkeeper.access.service import validate_grants
+from fleetkeeper.access.service import get_user, validate_grants
 from fleetkeeper.access.tokens import hash_secret, new_secret
 from fleetkeeper.audit.service import record
 from fleetkeeper.core.db import Database, utcnow
 from fleetkeeper.core.errors import ConflictError, ForbiddenError, NotFoundError, ProblemError
 from fleetkeeper.core.ids import new_id
+from fleetkeeper.core.ratelimit import RateLimiter
 
 TOKEN_PREFIX = "fkpat"  # noqa: S105 -- a marker, not a secret
 MAX_LIFETIME = timedelta(days=366)
@@ -38,13 +43,16 @@ def parse_token(value: str) -> tuple[str, str] | None:
 
 async def create(
     database: Database,
+    limiter: RateLimiter,
     owner: Principal,
     *,
     name: str,
     expires_in: timedelta,
     grants: list[dict[str, Any]] | None,
+    password: str | None = None,
 ) -> tuple[ApiToken, str]:
-    """Grants default to everything the owner holds now; either way they are re-checked against
+    """Needs the owner's current password unless their session began moments ago (`reauth`).
+    Grants default to everything the owner holds now; either way they are re-checked against
     the owner's grants on every use, so a token loses what its owner loses."""
     owner.ensure_session()
     if not timedelta(minutes=5) <= expires_in <= MAX_LIFETIME:
@@ -54,6 +62,12 @@ async def create(
         raise ForbiddenError(
             "a token cannot hold permissions its owner lacks", code="cannot_grant_beyond_own"
         )
+    await reauth.before_checking(limiter, owner.user_id)
+    async with database.session() as session:
+        user = await get_user(session, owner.user_id)
+        await reauth.ensure_present(session, limiter, owner, user, password)
+    if password is not None:
+        await reauth.right_answers(limiter, owner.user_id)
     secret = new_secret()
     now = utcnow()
     try:

@@ -277,13 +277,18 @@ async def my_tokens(principal: MySession, request: Request) -> list[ApiTokenOut]
 async def create_token(
     body: CreateApiTokenRequest, principal: MySession, request: Request
 ) -> CreatedApiToken:
+    """A personal API token, its secret shown only here. Needs the current password, unless this
+    session began less than 10 minutes ago."""
+    runtime = runtime_of(request)
     grants = None if body.grants is None else [grant.model_dump(mode="json") for grant in body.grants]
     token, secret = await apitokens.create(
-        runtime_of(request).database,
+        runtime.database,
+        runtime.rate_limiter,
         principal,
         name=body.name,
         expires_in=timedelta(days=body.expires_in_days),
         grants=grants,
+        password=body.password,
     )
     return CreatedApiToken(token=ApiTokenOut.of(token), secret=secret)
 

@@ -1,11 +1,12 @@
-"""Asking again who is at the keyboard before the most sensitive change to an account.
+"""Asking again who is at the keyboard before the most sensitive changes to an account.
 
-A signed-in session is not proof enough to turn two-factor sign-in on: whoever holds a stolen
-session could otherwise bind the account to their own authenticator and keep its owner out. The
-rule: the request carries the account's current password, or the session itself began less than
+A signed-in session is not proof enough to turn two-factor sign-in on, nor to create an API token:
+whoever holds a stolen session could otherwise bind the account to their own authenticator and
+keep its owner out, or mint a token that outlives the session and a password change. The rule:
+the request carries the account's current password, or the session itself began less than
 `RECENT_SIGN_IN` ago (a sign-in with the password and any second factor, or through SSO — which is
 how an account whose role requires 2FA enrols right after signing in, and how an SSO account,
-which has no password here, enrols at all). The other sensitive changes ask for more already:
+which has no password here, does either at all). The other sensitive changes ask for more already:
 a new password the current one, new recovery codes a current code, turning 2FA off both.
 
 Every such password or code meets the same growing wait as sign-in (`backoff`), counted per

@@ -13,6 +13,10 @@ from fleetkeeper.access.permissions import Permission
 Secret = Annotated[str, StringConstraints(min_length=1, max_length=256)]
 Name = Annotated[str, StringConstraints(min_length=1, max_length=128, strip_whitespace=True)]
 ScopeList = Annotated[list[Annotated[str, StringConstraints(max_length=128)]], Field(max_length=200)]
+# Where a change asks who is at the keyboard (access/reauth.py).
+ConfirmingPassword = Annotated[
+    Secret | None, Field(description="the current password; not needed within 10 minutes of signing in")
+]
 
 
 class Request(BaseModel):
@@ -153,9 +157,7 @@ class TotpCode(Request):
 
 
 class ConfirmTotpRequest(TotpCode):
-    password: Secret | None = Field(
-        default=None, description="the current password; not needed within 10 minutes of signing in"
-    )
+    password: ConfirmingPassword = None
 
 
 class DisableTotpRequest(Request):
@@ -171,6 +173,7 @@ class CreateApiTokenRequest(Request):
     name: Annotated[str, StringConstraints(min_length=1, max_length=100, strip_whitespace=True)]
     expires_in_days: int = Field(default=90, ge=1, le=366)
     grants: list[GrantModel] | None = Field(default=None, description="omit for everything you hold now")
+    password: ConfirmingPassword = None
 
 
 class ApiTokenOut(BaseModel):

@@ -97,8 +97,8 @@ async def setup_second_factor(
 
 
 async def _asks_password(request: Request, principal: Principal) -> bool:
-    """Turning 2FA on needs the password once the sign-in is no longer recent (`reauth`); an SSO
-    account has none here, and is told to sign in again instead."""
+    """Turning 2FA on and creating an API token need the password once the sign-in is no longer
+    recent (`reauth`); an SSO account has none here, and is told to sign in again instead."""
     if principal.method != "password":
         return False
     async with runtime_of(request).database.session() as session:
@@ -159,6 +159,7 @@ async def _account_page(
         tokens=tokens,
         sessions=sessions,
         grant_rows=held,
+        ask_password=await _asks_password(request, principal),
         error=error,
         notice=notice or NOTICES.get(request.query_params.get("done", ""), ""),
         status=status,
@@ -271,13 +272,19 @@ async def create_token(request: Request, principal: Me) -> Response:
         days = int(field(form, "expires_in_days", 8) or "90")
     except ValueError:
         days = 0
-    token, secret = await apitokens.create(
-        runtime_of(request).database,
-        principal,
-        name=field(form, "name", 100).strip(),
-        expires_in=timedelta(days=days),
-        grants=grants_from_form(form) if field(form, "narrow") == "yes" else None,
-    )
+    runtime = runtime_of(request)
+    try:
+        token, secret = await apitokens.create(
+            runtime.database,
+            runtime.rate_limiter,
+            principal,
+            name=field(form, "name", 100).strip(),
+            expires_in=timedelta(days=days),
+            grants=grants_from_form(form) if field(form, "narrow") == "yes" else None,
+            password=field(form, "password", 1024) or None,
+        )
+    except ProblemError as exc:
+        return await _account_page(request, principal, error=exc.detail or exc.code, status=exc.status)
     return render(request, "account/token_created.html", principal, token=token, secret=secret)
 
 
