@@ -35,6 +35,15 @@ class FirmwareModule(UpdateModule):
 
 class NotAModule:
     pass
+
+
+class FussyModule(FirmwareModule):
+    # Reads its settings carelessly: a missing one is a KeyError, not an AgentError.
+    name = "x-fussy"
+
+    def __init__(self, settings):
+        super().__init__(settings)
+        self.port = settings["serial_port"]
 """
 
 
@@ -53,6 +62,7 @@ def plugin_distribution(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iter
             x-firmware = fk_firmware_plugin:FirmwareModule
             x-broken = fk_firmware_plugin:NotAModule
             x-missing = fk_firmware_plugin_gone:Module
+            x-fussy = fk_firmware_plugin:FussyModule
             """)
     )
     monkeypatch.syspath_prepend(str(site))
@@ -88,3 +98,13 @@ def test_a_custom_module_that_cannot_be_used_has_a_code(
     with pytest.raises(AgentError) as caught:
         load_module(name, {})
     assert caught.value.code == code
+
+
+def test_a_module_whose_constructor_raises_anything_is_unavailable(plugin_distribution: Path) -> None:
+    """A third party's module may check its settings with a bare lookup: that is a module that cannot be
+    used with this configuration, said with the code every caller handles, not an exception of any type."""
+    with pytest.raises(AgentError) as caught:
+        load_module("x-fussy", {})
+    assert caught.value.code == "module_unavailable"
+    assert caught.value.message == "FussyModule(settings) raised KeyError: 'serial_port'"
+    assert load_module("x-fussy", {"serial_port": "/dev/ttyS1"}).name == "x-fussy"

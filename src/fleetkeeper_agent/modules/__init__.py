@@ -30,16 +30,31 @@ __all__ = ["BUILTIN_MODULES", "ENTRY_POINT_GROUP", "InstallContext", "UpdateModu
 
 
 def load_module(name: str, settings: Mapping[str, Any]) -> UpdateModule:
-    """The module `name` (a release's `module` field), configured with its settings table."""
+    """The module `name` (a release's `module` field), configured with its settings table. Whatever
+    goes wrong is an AgentError: `unknown_module`, `module_unavailable`, or the module's own
+    (`invalid_settings`)."""
     if name in BUILTIN_MODULES:
-        return BUILTIN_MODULES[name](settings)
+        return _made(BUILTIN_MODULES[name], settings)
     if name.startswith("x-"):
         for entry_point in entry_points(group=ENTRY_POINT_GROUP, name=name):
             try:
                 module_class = entry_point.load()
             except Exception as exc:  # a third party's import error, whatever it is
-                raise AgentError("module_unavailable", f"the module {name} does not load: {exc}") from exc
+                raise AgentError(
+                    "module_unavailable", f"the entry point {name} does not load: {type(exc).__name__}: {exc}"
+                ) from exc
             if not (isinstance(module_class, type) and issubclass(module_class, UpdateModule)):
                 raise AgentError("module_unavailable", f"the entry point {name} is not an UpdateModule class")
-            return module_class(settings)
+            return _made(module_class, settings)
     raise AgentError("unknown_module", f"no update module {name!r} is installed on this device")
+
+
+def _made(module_class: type[UpdateModule], settings: Mapping[str, Any]) -> UpdateModule:
+    try:
+        return module_class(settings)
+    except AgentError:
+        raise
+    except Exception as exc:  # a settings check written as a bare lookup, or a bug
+        raise AgentError(
+            "module_unavailable", f"{module_class.__name__}(settings) raised {type(exc).__name__}: {exc}"
+        ) from exc
