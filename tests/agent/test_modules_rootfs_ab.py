@@ -108,6 +108,30 @@ def test_rollback_before_the_reboot_restores_the_environment(tmp_path: Path) -> 
     assert bootloader.simulate_boot() == "a"
 
 
+def test_no_install_overwrites_the_fallback_of_a_slot_still_on_trial(tmp_path: Path) -> None:
+    """The device runs b on trial (upgrade_available=1) and nothing will close the trial (its rollback
+    was given up): a to be written now would leave the bootloader nothing known to fall back to. Once
+    the bootloader has fallen back to a by itself, b is free to take the next release."""
+    module, ctx, bootloader = simulated(tmp_path)
+    module.install(ctx)
+    assert bootloader.simulate_boot() == "b"
+    payload = tmp_path / "rootfs-3.img"
+    payload.write_bytes(b"rootfs 3.0 " * 2000)
+    next_ctx = context(tmp_path, payload, "rootfs-ab", module.settings, version="3.0", work="work-3")
+
+    with pytest.raises(AgentError, match="slot b runs on trial") as caught:
+        module.install(next_ctx)
+    assert caught.value.code == "install_failed"
+    assert (tmp_path / "slot-a").read_bytes() == OLD_IMAGE
+    assert module.rollback(next_ctx) is False  # nothing to undo
+    assert bootloader.read()["boot_slot"] == "b"
+
+    assert [bootloader.simulate_boot() for _ in range(3)] == ["b", "b", "a"]
+    assert module.install(next_ctx) is True
+    assert (tmp_path / "slot-b").read_bytes() == payload.read_bytes()
+    assert (tmp_path / "slot-a").read_bytes() == OLD_IMAGE
+
+
 def test_an_unknown_running_slot_is_refused(tmp_path: Path) -> None:
     module, ctx, _ = simulated(tmp_path)
     (tmp_path / "cmdline").write_text("console=ttyS0 root=/dev/nowhere\n")
@@ -164,7 +188,7 @@ def fake_grub_editenv(bin_dir: Path, calls: Path) -> None:
         file=$1; command=$2; shift 2
         [ -f "$file" ] || printf '# GRUB Environment Block\\n' > "$file"
         case $command in
-          list) grep -v '^#' "$file" ;;
+          list) grep -v '^#' "$file" || true ;;  # a block of no variables lists nothing, exit 0
           set) for pair in "$@"; do
                  grep -v "^${{pair%%=*}}=" "$file" > "$file.new"
                  echo "$pair" >> "$file.new"

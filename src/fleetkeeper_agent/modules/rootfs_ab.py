@@ -3,7 +3,8 @@
 install: the image goes to the inactive slot (block device, or a file in tests), fsynced and read back;
 then the boot environment gets `upgrade_available=1 bootcount=0 boot_slot=<new>` in one write, and
 install asks for a reboot. The bootloader boots the new slot, counting boots; if the agent does not
-commit within `bootlimit` boots, the bootloader switches back on its own.
+commit within `bootlimit` boots, the bootloader switches back on its own. An install never starts while
+the running slot is itself on trial: the other slot is then the bootloader's way back.
 
 The running slot is read from the kernel command line: the boot script adds `fleetkeeper.slot=<slot>`
 (setting `cmdline_marker`) to the kernel's arguments. Without the marker, the slot whose block device is
@@ -149,6 +150,7 @@ class RootfsABModule(UpdateModule):
         if journal is None:
             # Chosen once: after the boot environment changed, a second call must not pick again.
             active = self.running_slot()
+            self._refuse_while_on_trial(active)
             journal = {"active": active, "target": self._other(active), "written": False}
             write_journal(ctx, JOURNAL, journal)
         if not journal["written"]:
@@ -160,6 +162,19 @@ class RootfsABModule(UpdateModule):
             {names.upgrade_available: "1", names.bootcount: "0", names.boot_slot: journal["target"]}
         )
         return True
+
+    def _refuse_while_on_trial(self, running: str) -> None:
+        """The running slot still on trial means an install nobody committed nor rolled back (a rollback
+        the agent gave up): the other slot is then the bootloader's only way back, not ours to write."""
+        names = self.variables
+        env = self.bootloader.read()
+        if env.get(names.upgrade_available) == "1" and env.get(names.boot_slot) == running:
+            raise AgentError(
+                "install_failed",
+                f"slot {running} runs on trial ({names.upgrade_available}=1) and slot {self._other(running)} "
+                "is what the bootloader falls back to: not overwritten. Reboot until the bootloader has "
+                "fallen back, or commit the running slot, then install again",
+            )
 
     def _write_image(self, image: Path, slot: Path) -> None:
         length = image.stat().st_size
