@@ -21,8 +21,11 @@ from fleetkeeper.releases.models import Release
 
 
 async def release(session: AsyncSession, principal: Principal, name: str, version: str) -> Release:
-    """The release as the catalogue shows it to the caller: the same 404 as reading it."""
-    return await releases.get_release(session, principal, name, version, Permission.RELEASES_READ)
+    """The release as the catalogue shows it to the caller: the same 404 as reading it. Held until
+    the deployment is written: a deletion of the release waits for it, then is refused."""
+    return await releases.get_release(
+        session, principal, name, version, Permission.RELEASES_READ, lock="key_share"
+    )
 
 
 async def target_devices(session: AsyncSession, principal: Principal, target: Target) -> ColumnElement[bool]:

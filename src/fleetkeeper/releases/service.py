@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 from sqlalchemy import exists, select
 from sqlalchemy.exc import IntegrityError
@@ -348,11 +348,24 @@ async def targets_signing_policy(session: AsyncSession) -> SigningPolicy | None:
 
 
 async def get_release(
-    session: AsyncSession, principal: Principal, name: str, version: str, permission: Permission
+    session: AsyncSession,
+    principal: Principal,
+    name: str,
+    version: str,
+    permission: Permission,
+    *,
+    lock: Literal["key_share", "update"] | None = None,
 ) -> Release:
-    release = await session.scalar(
-        select(Release).where(Release.name == name, Release.version == version, Release.deleted_at.is_(None))
+    """The release, if the caller may read it (404 otherwise) and holds `permission` on it (403).
+    `lock` holds its row until the caller's transaction ends: "key_share" for a row about to name
+    it (a deployment), so that a deletion waits for that row and sees it; "update" for the
+    deletion, which such a reader waits for, and then finds no release."""
+    query = select(Release).where(
+        Release.name == name, Release.version == version, Release.deleted_at.is_(None)
     )
+    if lock is not None:
+        query = query.with_for_update(key_share=lock == "key_share")
+    release = await session.scalar(query)
     if release is None:
         raise NotFoundError(f"no release {name} {version}", code="release_not_found")
     tags = await release_tags(session, release.id)
@@ -390,18 +403,46 @@ async def set_tags(
     return tags
 
 
-# Other domains (deployments) say whether a release is in use; none is until they register.
-IN_USE_CHECKS: list[Any] = []
+@dataclass(frozen=True)
+class ReleaseInUse:
+    """Why a release may not be deleted now, as the domain that uses it tells the caller: `reason`
+    names what uses it and what to do first; `details` go into the refusal as they are."""
+
+    reason: str
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+# Asked with the deleting transaction's session, the caller, and the release's id.
+InUseCheck = Callable[[AsyncSession, Principal, str], Awaitable[ReleaseInUse | None]]
+_in_use_checks: list[InUseCheck] = []
+
+
+def register_in_use_check(check: InUseCheck) -> None:
+    """How another domain keeps a release it needs from being deleted: deployments registers its
+    check when it is imported (fleetkeeper/deployments/__init__.py). Registered twice, kept once."""
+    if check not in _in_use_checks:
+        _in_use_checks.append(check)
+
+
+def in_use_checks() -> tuple[InUseCheck, ...]:
+    return tuple(_in_use_checks)
 
 
 async def delete_release(runtime: Runtime, principal: Principal, name: str, version: str) -> None:
     """The payload goes; the target stays in signed metadata (the server cannot re-sign targets)
-    but is no longer served, and the director never assigns it."""
+    but is no longer served, and the director never assigns it. Refused (409 release_in_use) while
+    another domain needs the release. The row stays, marked deleted, so that what named the
+    release (a finished deployment) still does."""
     async with runtime.database.transaction() as session:
-        release = await get_release(session, principal, name, version, Permission.RELEASES_MANAGE)
-        for check in IN_USE_CHECKS:
-            if await check(session, release.id):
-                raise ConflictError(f"an active deployment uses {name} {version}", code="release_in_use")
+        release = await get_release(
+            session, principal, name, version, Permission.RELEASES_MANAGE, lock="update"
+        )
+        for check in _in_use_checks:
+            use = await check(session, principal, release.id)
+            if use is not None:
+                raise ConflictError(
+                    f"{name} {version} cannot be deleted: {use.reason}", code="release_in_use", **use.details
+                )
         release.deleted_at = utcnow()
         object_key = release.object_key
         await record(
