@@ -29,6 +29,7 @@ from fleetkeeper_agent.deployment_client import (
     send_report,
 )
 from fleetkeeper_agent.errors import AgentError
+from fleetkeeper_agent.update_failures import ModuleLoadError, failure
 from fleetkeeper_agent.update_state import Installed, UpdateState, mark_inventory_due
 
 if TYPE_CHECKING:
@@ -38,7 +39,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 WHOAMI_PATH = "/device/v1/whoami"
-MAX_REASON = 1000  # characters of an unexpected exception's message in a report
 
 
 class UpdateFlow:
@@ -252,11 +252,18 @@ class UpdateFlow:
     # --- install, reboot, health check ------------------------------------------------------------
 
     def _installing(self, state: UpdateState) -> UpdateState | None:
-        module, context = self._module(state)
+        try:
+            module, context = self._module(state)
+        except ModuleLoadError as exc:
+            log.error("install of %s failed: %s", state.target_path, exc.message)
+            # Nothing was installed: nothing to roll back.
+            done = self._save(state.finished().queue(state.deployment_id, "failure", exc.message))
+            self._clean(state)
+            return done
         try:
             needs_reboot = module.install(context)
         except Exception as exc:  # whatever breaks an install is rolled back: retried as is, it breaks again
-            reason = _failure(exc, f"the {module.name} module's install")
+            reason = failure(exc, f"the {module.name} module's install")
             log.error("install of %s failed: %s", state.target_path, reason)
             return self._save(state.moved("rolling_back", detail=f"install failed: {reason}"))
         if needs_reboot:
@@ -276,7 +283,7 @@ class UpdateFlow:
         except AgentError:
             raise  # a bootloader not answering yet: asked again at the next check-in
         except Exception as exc:  # a module's bug must not hold the device between two releases
-            reason = _failure(exc, f"the {module.name} module's activation check")
+            reason = failure(exc, f"the {module.name} module's activation check")
             return self._save(state.moved("rolling_back", detail=f"install failed: {reason}"))
         if not activated:
             return self._save(
@@ -394,7 +401,10 @@ class UpdateFlow:
         from fleetkeeper_agent.modules import InstallContext, load_module
 
         name = str(state.release.get("module"))
-        module = load_module(name, self.config.modules.get(name, {}))
+        try:
+            module = load_module(name, self.config.modules.get(name, {}))
+        except AgentError as exc:
+            raise ModuleLoadError(name, exc) from exc
         work_dir = self._work_dir(state)
         work_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         return module, InstallContext(
@@ -407,16 +417,3 @@ class UpdateFlow:
     def _clean(self, state: UpdateState) -> None:
         shutil.rmtree(self._payload_path(state).parent, ignore_errors=True)
         shutil.rmtree(self._work_dir(state), ignore_errors=True)
-
-
-def _failure(exc: Exception, where: str) -> str:
-    """The reason a step failed, for the report. An AgentError is a failure the module foresaw; anything
-    else is a bug (or an input that broke a library): it is named by its type, and its traceback goes
-    to the log, because an exception that escaped would make every check-in retry the same step."""
-    if isinstance(exc, AgentError):
-        return exc.message
-    log.error("%s raised %s", where, type(exc).__name__, exc_info=exc)
-    text = str(exc)
-    if len(text) > MAX_REASON:
-        text = text[:MAX_REASON] + "…"
-    return f"{where} raised {type(exc).__name__}: {text} (unexpected; the traceback is in the agent's log)"

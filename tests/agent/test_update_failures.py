@@ -8,6 +8,7 @@ import hashlib
 import json
 import os
 import tarfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ from fleetkeeper_agent.update_state import UpdateState
 from fleetkeeper_agent.updates import UpdateFlow
 from tests.agent.fakeserver import FakeCA
 from tests.agent.modulekit import Member, build_tar
+from tests.agent.test_modules_loading import plugin_distribution  # noqa: F401 - a fixture used by name
 
 
 class DeploymentsServer:
@@ -37,6 +39,8 @@ class DeploymentsServer:
         if path.endswith("/status"):
             self.reports.append(json.loads(request.content))
             return httpx2.Response(200, json={})
+        if path == "/device/v1/whoami":  # the health check's last step: the server is reachable
+            return httpx2.Response(200, json={"device_id": "dev_1"})
         if path == "/device/v1/deployments/current" and not self.reports:
             current = {"deployment_id": "dep_1", "target_path": self.target_path, "release_counter": 2}
             return httpx2.Response(200, json=current)
@@ -51,42 +55,74 @@ class NothingListed:
 
 
 def announced_install(
-    tmp_path: Path, module: str, settings: dict[str, Any], payload_name: str, payload: bytes
+    tmp_path: Path,
+    module: str,
+    settings: dict[str, Any],
+    payload_name: str,
+    payload: bytes,
+    *,
+    health_commands: list[list[str]] | None = None,
+    on_reboot: Callable[[], object] | None = None,
 ) -> tuple[UpdateFlow, DeploymentsServer]:
     """Release 2.0 downloaded and its install announced (as an agent killed right after announcing it
-    leaves it): the next check-in runs the install. A reboot is a new boot id."""
+    leaves it): the next check-in runs the install. A reboot is a new boot id, then `on_reboot`."""
     boot_id = tmp_path / "boot_id"
     boot_id.write_text("boot-1\n")
-    config = AgentConfig(data_dir=tmp_path / "agent", modules={module: settings}, boot_id_file=boot_id)
+    config = AgentConfig(
+        data_dir=tmp_path / "agent",
+        modules={module: settings},
+        boot_id_file=boot_id,
+        health_commands=health_commands or [],
+    )
     config.data_dir.mkdir()
-    target_path = f"app/2.0/{payload_name}"
-    hashes = {"sha256": hashlib.sha256(payload).hexdigest()}
-    server = DeploymentsServer(target_path)
+    server = DeploymentsServer(f"app/2.0/{payload_name}")
     client = DeviceClient(
         "https://devices.test", tls_context(FakeCA.create().pem), transport=httpx2.MockTransport(server)
     )
     checker: Any = NothingListed()
-    flow = UpdateFlow(config, client, checker, reboot=lambda: boot_id.write_text("boot-2\n"))
+
+    def reboot() -> None:
+        boot_id.write_text("boot-2\n")
+        if on_reboot is not None:
+            on_reboot()
+
+    flow = UpdateFlow(config, client, checker, reboot=reboot)
+    announce(flow, module, payload_name, payload)
+    return flow, server
+
+
+def announce(
+    flow: UpdateFlow,
+    module: str,
+    payload_name: str,
+    payload: bytes,
+    *,
+    version: str = "2.0",
+    deployment_id: str = "dep_1",
+) -> None:
+    """A release downloaded for a deployment, and its install announced in the device's state."""
+    target_path = f"app/{version}/{payload_name}"
+    hashes = {"sha256": hashlib.sha256(payload).hexdigest()}
     downloaded = flow.payload_path(hashes, target_path)
     downloaded.parent.mkdir(parents=True)
     downloaded.write_bytes(payload)
+    counter = int(version.split(".")[0])
     release = {
         "name": "app",
-        "version": "2.0",
-        "release_counter": 2,
+        "version": version,
+        "release_counter": counter,
         "module": module,
         "payload": {"path": f"payload/{payload_name}", "length": len(payload), "sha256": hashes["sha256"]},
     }
-    UpdateState().moved(
+    UpdateState.load(flow.data_dir).moved(
         "installing",
-        deployment_id="dep_1",
+        deployment_id=deployment_id,
         target_path=target_path,
         length=len(payload),
         hashes=hashes,
         release=release,
-        release_counter=2,
-    ).save(config.data_dir)
-    return flow, server
+        release_counter=counter,
+    ).save(flow.data_dir)
 
 
 def file_install(tmp_path: Path) -> tuple[UpdateFlow, DeploymentsServer]:
@@ -174,3 +210,76 @@ def test_a_tree_too_deep_for_the_unpacker_fails_the_install_which_is_rolled_back
     assert [report["status"] for report in server.reports] == ["failure"]
     assert server.reports[0]["detail"].startswith("install failed: ")
     assert flow.tick().phase == "idle"
+
+
+# --- a module that cannot be loaded ----------------------------------------------------------------
+
+
+def app_conf_install(
+    tmp_path: Path, module: str, settings: dict[str, Any]
+) -> tuple[UpdateFlow, DeploymentsServer, Path]:
+    """file_install's release, for a module (and settings) of the test's choosing."""
+    etc = tmp_path / "etc"
+    etc.mkdir()
+    (etc / "app.conf").write_bytes(b"release 1.0\n")
+    flow, server = announced_install(tmp_path, module, settings, "app.conf", b"release 2.0\n")
+    return flow, server, etc / "app.conf"
+
+
+def assert_nothing_left(flow: UpdateFlow) -> None:
+    """Neither the payload nor a work directory of the install stays behind."""
+    for kept in ("downloads", "work"):
+        directory = flow.data_dir / kept
+        assert not directory.exists() or list(directory.iterdir()) == [], kept
+
+
+@pytest.mark.parametrize(
+    ("module", "settings", "reason"),
+    [
+        ("file", {}, "[modules.file] directory: expected a non-empty string"),
+        ("file", {"directory": "etc"}, "[modules.file] directory: expected an absolute path"),
+        ("x-gone", {}, "no update module 'x-gone' is installed on this device"),
+    ],
+)
+def test_a_module_that_cannot_be_loaded_fails_the_install_with_nothing_installed(
+    tmp_path: Path, module: str, settings: dict[str, Any], reason: str
+) -> None:
+    flow, server, installed = app_conf_install(tmp_path, module, settings)
+
+    state = flow.tick()
+    assert state.phase == "idle"
+    assert state.outbox == ()
+    assert installed.read_bytes() == b"release 1.0\n"
+    assert state.installed.version is None
+    assert [report["status"] for report in server.reports] == ["failure"]
+    assert server.reports[0]["detail"] == (
+        f"the {module} module could not be loaded: {reason}; "
+        f"check [modules.{module}] in the agent configuration"
+    )
+    assert_nothing_left(flow)
+
+    assert flow.tick().phase == "idle"
+    assert len(server.reports) == 1
+
+
+@pytest.mark.usefixtures("plugin_distribution")
+@pytest.mark.parametrize(
+    ("module", "reason"),
+    [
+        ("x-missing", "the entry point x-missing does not load: ModuleNotFoundError: "),
+        ("x-broken", "the entry point x-broken is not an UpdateModule class"),
+        ("x-fussy", "FussyModule(settings) raised KeyError: 'serial_port'"),
+    ],
+)
+def test_a_custom_module_that_does_not_load_fails_the_install_with_nothing_installed(
+    tmp_path: Path, module: str, reason: str
+) -> None:
+    flow, server, installed = app_conf_install(tmp_path, module, {})
+
+    assert flow.tick().phase == "idle"
+    assert installed.read_bytes() == b"release 1.0\n"
+    assert [report["status"] for report in server.reports] == ["failure"]
+    detail = server.reports[0]["detail"]
+    assert detail.startswith(f"the {module} module could not be loaded: {reason}")
+    assert detail.endswith(f"; check [modules.{module}] in the agent configuration")
+    assert_nothing_left(flow)
