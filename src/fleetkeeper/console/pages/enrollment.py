@@ -40,7 +40,8 @@ async def _queue_page(
         pending = await service.list_devices(
             session, principal, sort="created_at", limit=QUEUE_SIZE, extra=Device.status == "pending"
         )
-        groups = await service.list_groups(session)
+        # Only the groups the operator sees (their devices:read), as GET /api/v1/device-groups.
+        groups = await service.visible_groups(session, principal)
         tokens = await enrollment.list_tokens(session, principal)
     return render(
         request,
@@ -49,7 +50,12 @@ async def _queue_page(
         status=status,
         pending=pending.items,
         more_pending=pending.next_cursor is not None,
-        static_groups=[group.name for group in groups if group.kind == "static"],
+        # Offered to put devices in: those of them that are static and theirs to manage.
+        static_groups=[
+            group.name
+            for group in groups
+            if group.kind == "static" and principal.can(Permission.DEVICES_MANAGE, [group.name])
+        ],
         group_names={group.id: group.name for group in groups},
         tokens=tokens,
         created=created,
