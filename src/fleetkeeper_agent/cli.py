@@ -354,6 +354,12 @@ def _install(args: argparse.Namespace) -> int:
         print(f"installed {state.target_path}: run `fleetkeeper-agent commit` (or `rollback`)")
     elif state.phase in ("rebooting", "rolling_back_rebooting"):
         print(f"installed {state.target_path}: rebooting; commit (or roll back) after the reboot")
+    elif state.phase == "rolling_back":
+        raise AgentError(
+            "install_failed",
+            f"{state.detail}; rollback failed: {state.rollback_error} "
+            "(run `fleetkeeper-agent rollback` again)",
+        )
     else:
         raise AgentError("install_failed", state.detail or f"the install ended in {state.phase}")
     return 0
@@ -392,6 +398,12 @@ def _status(args: argparse.Namespace) -> int:
                 "deployment_id": state.deployment_id,
                 "reports_pending": len(state.outbox),
                 "detail": state.detail,
+                "rollback_attempts": state.rollback_attempts,
+                "rollback_error": state.rollback_error,
+                # An install the agent gave up rolling back: what ran before may not be back.
+                "failed_rollback": (
+                    dataclasses.asdict(state.failed_rollback) if state.failed_rollback else None
+                ),
             },
             indent=2,
         )

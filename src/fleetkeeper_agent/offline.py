@@ -27,6 +27,7 @@ from fleetkeeper_agent.config import AgentConfig
 from fleetkeeper_agent.errors import AgentError, UpdateRefused
 from fleetkeeper_agent.identity import IdentityState
 from fleetkeeper_agent.tuf_client import run_tuf_step
+from fleetkeeper_agent.update_failures import MAX_ROLLBACK_ATTEMPTS
 from fleetkeeper_agent.update_state import Installed, UpdateState
 from fleetkeeper_agent.updates import UpdateFlow
 from fleetkeeper_agent.uptane import VerifiedUpdate, signed_release
@@ -197,10 +198,31 @@ def commit_offline(config: AgentConfig) -> Installed:
 
 
 def rollback_offline(config: AgentConfig) -> UpdateState:
+    """Rolls back an uncommitted offline install; run again, tries again a rollback that failed."""
     state = UpdateState.load(config.data_dir)
-    if state.deployment_id is not None or state.phase not in ("awaiting_commit", "installing", "verifying"):
+    if state.deployment_id is not None or state.phase not in (
+        "awaiting_commit",
+        "installing",
+        "verifying",
+        "rolling_back",
+    ):
         raise AgentError(
             "nothing_to_roll_back", f"no uncommitted offline install to roll back (state: {state.phase})"
         )
-    UpdateFlow(config, None, None).advance(state.moved("rolling_back", detail="rolled back by the operator"))
+    if state.phase != "rolling_back":
+        state = state.moved("rolling_back", detail="rolled back by the operator")
+    after = UpdateFlow(config, None, None).advance(state)
+    if after.phase == "rolling_back":
+        raise AgentError(
+            "rollback_failed",
+            f"{after.rollback_error} (attempt {after.rollback_attempts} of {MAX_ROLLBACK_ATTEMPTS}; "
+            "run `fleetkeeper-agent rollback` again)",
+        )
+    record = after.failed_rollback
+    if record is not None and record != state.failed_rollback:
+        raise AgentError(
+            "rollback_failed",
+            f"gave up after {record.attempts} attempts: {record.detail}; the module's journal and backups "
+            f"are in {record.kept_dir}",
+        )
     return UpdateState.load(config.data_dir)

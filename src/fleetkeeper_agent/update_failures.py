@@ -1,19 +1,33 @@
-"""How the update flow words a failure for the server.
+"""How the update flow words a failure for the server, and when it gives up on a rollback that fails.
 
 A failure never escapes the flow: an exception that escaped would make every check-in run the same
 step again, and the device would never report nor take another deployment. So an install that breaks
-is rolled back, and a module that cannot be loaded fails the install with nothing installed.
+is rolled back, a module that cannot be loaded fails the install with nothing installed, and a
+rollback that breaks is reported once, tried again at the next check-ins, and after
+MAX_ROLLBACK_ATTEMPTS given up: the agent records it and goes back to idle (docs/update-modules.md,
+"When a rollback fails", says what that leaves on the device for each module).
 """
 
 from __future__ import annotations
 
 import logging
+import os
+from dataclasses import replace
+from datetime import UTC, datetime
+from pathlib import Path
 
 from fleetkeeper_agent.errors import AgentError
+from fleetkeeper_agent.files import fsync_directory
+from fleetkeeper_agent.update_state import FailedRollback, UpdateState
 
 log = logging.getLogger(__name__)
 
 MAX_REASON = 1000  # characters of an unexpected exception's message in a report
+# Attempts at rolling back one install, one per check-in (5 minutes apart by default), counted as they
+# start: an attempt cut short by a kill counts too, so a rollback that crashes the agent gives up as well.
+MAX_ROLLBACK_ATTEMPTS = 5
+FAILED_DIR = "failed"  # under the data directory: the journals and backups of rollbacks given up
+NEEDS_ATTENTION = "the device needs attention"
 
 
 class ModuleLoadError(AgentError):
@@ -42,3 +56,83 @@ def _type_and_text(exc: Exception) -> str:
     if len(text) > MAX_REASON:
         text = text[:MAX_REASON] + "…"
     return f"{type(exc).__name__}: {text}"
+
+
+# --- a rollback that fails ---------------------------------------------------------------------------
+
+
+def failed_rollback_attempt(state: UpdateState, exc: Exception) -> UpdateState:
+    """After an attempt that failed: the error kept for `status`, and the failure reported the first
+    time only (the server needs to hear it once; a rollback that works later changes nothing it knows).
+    The error is `<code>: <message>` for an AgentError, `<Type>: <message>` for anything else."""
+    if isinstance(exc, AgentError):
+        error = f"{exc.code}: {exc.message}"
+    else:
+        error = _type_and_text(exc)
+        log.error("the %s module's rollback raised", state.release.get("module"), exc_info=exc)
+    log.error(
+        "rollback of %s failed (attempt %d of %d): %s",
+        state.target_path,
+        state.rollback_attempts,
+        MAX_ROLLBACK_ATTEMPTS,
+        error,
+    )
+    if state.rollback_error is None:
+        state = state.queue(state.deployment_id, "failure", _report(state, error))
+    return state.moved("rolling_back", rollback_error=error)
+
+
+def giving_up(state: UpdateState, work_dir: Path, data_dir: Path) -> UpdateState:
+    """The announcement of `rollback_failed`: the record, and where the module's journal and backups
+    will be kept, decided before anything moves so that a kill here ends the same way."""
+    error = state.rollback_error or f"the rollback was cut short {state.rollback_attempts} times"
+    if state.rollback_error is None:
+        state = state.queue(state.deployment_id, "failure", _report(state, error))
+    record = FailedRollback(
+        target_path=state.target_path,
+        deployment_id=state.deployment_id,
+        module=state.release.get("module"),
+        detail=_report(state, error),
+        attempts=state.rollback_attempts,
+        kept_dir=str(_free_name(data_dir / FAILED_DIR, work_dir.name)) if work_dir.exists() else None,
+        at=datetime.now(UTC).isoformat(timespec="seconds"),
+    )
+    return state.moved("rollback_failed", failed_rollback=record)
+
+
+def keep_for_repair(work_dir: Path, record: FailedRollback) -> FailedRollback:
+    """Moves the module's journal and backups where the record says (after a kill, done already), and
+    says on the log that the device needs attention. Returns the record naming where they are: a
+    move that fails leaves them in place rather than holding the agent here."""
+    if record.kept_dir is not None and work_dir.exists():
+        kept = Path(record.kept_dir)
+        try:
+            kept.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            os.rename(work_dir, kept)
+            fsync_directory(kept.parent)
+            fsync_directory(work_dir.parent)
+        except OSError as exc:
+            log.error("cannot move %s to %s (%s): left where it is", work_dir, kept, exc)
+            record = replace(record, kept_dir=str(work_dir))
+    log.error(
+        "gave up rolling back %s after %d attempts; what ran before may not be back; the module's journal "
+        "and backups are in %s: %s",
+        record.target_path,
+        record.attempts,
+        record.kept_dir or "(none were made)",
+        record.detail,
+    )
+    return record
+
+
+def _report(state: UpdateState, error: str) -> str:
+    return f"{state.detail or 'install failed'}; rollback failed: {error} — {NEEDS_ATTENTION}"
+
+
+def _free_name(directory: Path, name: str) -> Path:
+    """`name`, or `name.2`, `name.3` … when an earlier rollback of the same payload was given up too."""
+    candidate, counter = directory / name, 1
+    while candidate.exists():
+        counter += 1
+        candidate = directory / f"{name}.{counter}"
+    return candidate

@@ -36,6 +36,7 @@ Phase = Literal[
     "committing",
     "rolling_back",
     "rolling_back_rebooting",
+    "rollback_failed",  # given up after the last attempt: the record is written, then idle
     "awaiting_commit",
 ]
 PHASES: tuple[Phase, ...] = get_args(Phase)
@@ -65,6 +66,20 @@ class Installed:
 
 
 @dataclass(frozen=True)
+class FailedRollback:
+    """An install the agent gave up rolling back: what ran before it may not be back. Shown by
+    `fleetkeeper-agent status` until a later release is committed."""
+
+    target_path: str | None
+    deployment_id: str | None
+    module: str | None
+    detail: str  # why the rollback ran, and its last error
+    attempts: int
+    kept_dir: str | None  # the module's journal and backups, for whoever repairs the device
+    at: str  # when the agent gave up (UTC, ISO 8601)
+
+
+@dataclass(frozen=True)
 class UpdateState:
     phase: Phase = "idle"
     deployment_id: str | None = None  # None for an offline install
@@ -76,11 +91,14 @@ class UpdateState:
     force: bool = False
     boot_id: str | None = None  # the boot a reboot was asked from: a different one means it happened
     detail: str | None = None  # why a rollback runs (a log tail)
+    rollback_attempts: int = 0  # counted as each attempt starts
+    rollback_error: str | None = None  # the last attempt's; set: the failure has been reported
     next_seq: int = 1
     outbox: tuple[Report, ...] = ()
     deferred_reason: str | None = None  # the last deferral reported, so that it is reported once
     refused: tuple[str, str] | None = None  # (deployment, target) refused: not tried again
     installed: Installed = field(default_factory=Installed)
+    failed_rollback: FailedRollback | None = None
 
     FILE = "update.json"
 
@@ -95,12 +113,14 @@ class UpdateState:
         return replace(self, next_seq=self.next_seq + 1, outbox=(*self.outbox, report))
 
     def finished(self, **changes: Any) -> UpdateState:
-        """Back to idle, the install's own fields cleared; counters, outbox and installed kept."""
+        """Back to idle, the install's own fields cleared; counters, outbox, installed and the record of
+        a failed rollback kept."""
         kept: dict[str, Any] = {
             "next_seq": self.next_seq,
             "outbox": self.outbox,
             "installed": self.installed,
             "refused": self.refused,
+            "failed_rollback": self.failed_rollback,
         }
         return replace(UpdateState(), **(kept | changes))
 
@@ -120,6 +140,8 @@ class UpdateState:
             raw["installed"] = Installed(**raw.get("installed", {}))
             refused = raw.get("refused")
             raw["refused"] = tuple(refused) if refused else None
+            failed = raw.get("failed_rollback")
+            raw["failed_rollback"] = FailedRollback(**failed) if failed else None
             return cls(**raw)
         except (TypeError, ValueError) as exc:
             raise AgentError("invalid_state", f"{path}: {exc}") from None

@@ -3,6 +3,8 @@
     idle ─check-in─> downloading ─> downloaded ─> installing ─> (rebooting) ─> verifying ─> committing ─> idle
                                                       │              │               │
                                                       └──────────────┴── failure ────┴─> rolling_back ─> idle
+                                                                                              │
+                                                         (its last attempt failed) rollback_failed ─> idle
 
 Each step writes the state that announces it (fsync, atomic rename) before it acts, and every
 action is idempotent (the update modules' contract): killed anywhere, the agent starts again at the
@@ -29,7 +31,14 @@ from fleetkeeper_agent.deployment_client import (
     send_report,
 )
 from fleetkeeper_agent.errors import AgentError
-from fleetkeeper_agent.update_failures import ModuleLoadError, failure
+from fleetkeeper_agent.update_failures import (
+    MAX_ROLLBACK_ATTEMPTS,
+    ModuleLoadError,
+    failed_rollback_attempt,
+    failure,
+    giving_up,
+    keep_for_repair,
+)
 from fleetkeeper_agent.update_state import Installed, UpdateState, mark_inventory_due
 
 if TYPE_CHECKING:
@@ -277,7 +286,11 @@ class UpdateFlow:
         if self._boot_id() == state.boot_id:
             self._reboot_into(state)  # killed before the reboot happened: ask again
             return None
-        module, context = self._module(state)
+        try:
+            module, context = self._module(state)
+        except ModuleLoadError as exc:  # the configuration changed across the reboot: nothing to ask
+            detail = f"install failed: the activation check could not run: {exc.message}"
+            return self._save(state.moved("rolling_back", detail=detail))
         try:
             activated = module.activated(context)
         except AgentError:
@@ -332,13 +345,29 @@ class UpdateFlow:
         )
         log.info("committed %s", state.target_path)
         mark_inventory_due(self.data_dir)
-        done = self._save(state.finished(installed=installed).queue(state.deployment_id, "success"))
+        # A release committed since: the record of an earlier rollback given up is history now.
+        done = self._save(
+            state.finished(installed=installed, failed_rollback=None).queue(state.deployment_id, "success")
+        )
         self._clean(state)
         return done
 
     def _rolling_back(self, state: UpdateState) -> UpdateState | None:
-        module, context = self._module(state)
-        if module.rollback(context):
+        """One attempt per check-in, announced before it starts; a failure is reported once, and after
+        the last attempt the agent gives up (update_failures.py)."""
+        if state.rollback_attempts >= MAX_ROLLBACK_ATTEMPTS:  # the last one was cut short
+            return self._save(giving_up(state, self._work_dir(state), self.data_dir))
+        state = self._save(state.moved("rolling_back", rollback_attempts=state.rollback_attempts + 1))
+        try:
+            module, context = self._module(state)
+            needs_reboot = module.rollback(context)
+        except Exception as exc:  # escaping, it would stop every check-in here, unreported
+            failed = failed_rollback_attempt(state, exc)
+            if failed.rollback_attempts >= MAX_ROLLBACK_ATTEMPTS:
+                return self._save(giving_up(failed, self._work_dir(state), self.data_dir))
+            self._save(failed)
+            return None  # tried again at the next check-in
+        if needs_reboot:
             self._reboot_into(state.moved("rolling_back_rebooting", boot_id=self._boot_id()))
             return None
         return self._rolled_back(state)
@@ -351,8 +380,20 @@ class UpdateFlow:
 
     def _rolled_back(self, state: UpdateState) -> UpdateState:
         log.warning("rolled back %s: %s", state.target_path, state.detail)
-        done = self._save(state.finished().queue(state.deployment_id, "failure", state.detail))
+        done = state.finished()
+        if state.rollback_error is None:  # else the failure was reported with the first error
+            done = done.queue(state.deployment_id, "failure", state.detail)
+        self._save(done)
         self._clean(state)
+        return done
+
+    def _rollback_failed(self, state: UpdateState) -> UpdateState:
+        """Gives up on the install: its journal and backups move out of the way of the next install,
+        kept for whoever repairs the device; the payload is dropped; the record stays in the state."""
+        assert state.failed_rollback is not None  # announced with the phase
+        record = keep_for_repair(self._work_dir(state), state.failed_rollback)
+        done = self._save(state.finished(failed_rollback=record))
+        shutil.rmtree(self._payload_path(state).parent, ignore_errors=True)
         return done
 
     def _abandon(self, state: UpdateState, why: str) -> UpdateState:

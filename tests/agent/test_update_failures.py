@@ -283,3 +283,36 @@ def test_a_custom_module_that_does_not_load_fails_the_install_with_nothing_insta
     assert detail.startswith(f"the {module} module could not be loaded: {reason}")
     assert detail.endswith(f"; check [modules.{module}] in the agent configuration")
     assert_nothing_left(flow)
+
+
+def test_a_module_that_no_longer_loads_after_the_reboot_is_rolled_back_once_it_loads_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The configuration broke while the device rebooted (a new image brought another agent.toml):
+    the activation check cannot run, so the install is rolled back, which is retried at the next
+    check-ins; once the configuration is fixed, the rollback goes through."""
+    flow, server = file_install(tmp_path)
+    real_install = FileModule.install
+
+    def install_for_a_reboot(self: FileModule, ctx: InstallContext) -> bool:
+        real_install(self, ctx)
+        return True
+
+    monkeypatch.setattr(FileModule, "install", install_for_a_reboot)
+    assert flow.tick().phase == "rebooting"
+    settings = flow.config.modules["file"]
+    flow.config.modules["file"] = {}
+
+    state = flow.tick()  # after the reboot
+    assert state.phase == "rolling_back"
+    assert [report["status"] for report in server.reports] == ["rebooting", "failure"]
+    detail = server.reports[1]["detail"]
+    assert detail.startswith("install failed: the activation check could not run: the file module could not")
+    assert "rollback failed: invalid_settings: the file module could not be loaded" in detail
+
+    flow.config.modules["file"] = settings
+    state = flow.tick()
+    assert state.phase == "idle"
+    assert state.failed_rollback is None
+    assert (tmp_path / "etc" / "app.conf").read_bytes() == b"release 1.0\n"
+    assert len(server.reports) == 2  # the failure was reported once
