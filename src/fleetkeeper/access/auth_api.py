@@ -83,6 +83,13 @@ def state_bound_to_browser(request: Request, name: str, state: str | None) -> bo
     return bool(state) and secret_matches(state or "", request.cookies.get(name, ""))
 
 
+SIGN_IN_REFUSALS: dict[int | str, dict[str, Any]] = {
+    401: {"description": "The credentials (or the second factor, or the refresh token) are not valid"},
+    429: {"description": "Too many failures: wait for `Retry-After` seconds"},
+}
+SSO_OFF: dict[int | str, dict[str, Any]] = {404: {"description": "Single sign-on is not configured"}}
+
+
 def _sso_not_configured() -> ProblemError:
     return ProblemError(
         "single sign-on is not configured on this server", code="oidc_not_configured", status=404
@@ -99,14 +106,14 @@ def token_response(pair: signin.TokenPair) -> TokenResponse:
     )
 
 
-@auth_router.post("/sign-in", dependencies=[PUBLIC])
+@auth_router.post("/sign-in", dependencies=[PUBLIC], responses=SIGN_IN_REFUSALS)
 async def sign_in(body: SignInRequest, request: Request) -> TokenResponse:
     """Username and password, plus a TOTP or recovery code when the account has two-factor sign-in."""
     credentials = signin.Credentials(body.username, body.password, body.totp_code, body.recovery_code)
     return token_response(await _sign_in_flow(request).sign_in(credentials, _client(request)))
 
 
-@auth_router.post("/refresh", dependencies=[PUBLIC])
+@auth_router.post("/refresh", dependencies=[PUBLIC], responses=SIGN_IN_REFUSALS)
 async def refresh(body: RefreshRequest, request: Request) -> TokenResponse:
     """A new access token and a new refresh token; the one sent is used up."""
     return token_response(await _sign_in_flow(request).refresh(body.refresh_token, _client(request)))
@@ -144,7 +151,7 @@ async def oidc_status(request: Request) -> OidcStatus:
     return OidcStatus(enabled=enabled, login_url="/api/v1/auth/oidc/login" if enabled else None)
 
 
-@auth_router.get("/oidc/login", dependencies=[PUBLIC], status_code=302)
+@auth_router.get("/oidc/login", dependencies=[PUBLIC], status_code=302, responses=SSO_OFF)
 async def oidc_login(request: Request) -> RedirectResponse:
     """Sends the browser to the identity provider (authorization code with PKCE)."""
     runtime = runtime_of(request)
@@ -156,7 +163,16 @@ async def oidc_login(request: Request) -> RedirectResponse:
     return response
 
 
-@auth_router.get("/oidc/callback", dependencies=[PUBLIC], response_model=TokenResponse)
+@auth_router.get(
+    "/oidc/callback",
+    dependencies=[PUBLIC],
+    response_model=TokenResponse,
+    responses={
+        **SSO_OFF,
+        **SIGN_IN_REFUSALS,
+        303: {"description": "A sign-in the console started: on to the console's callback"},
+    },
+)
 async def oidc_callback(
     request: Request,
     response: Response,

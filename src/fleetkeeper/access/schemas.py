@@ -5,10 +5,11 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, Field, StringConstraints
 
 from fleetkeeper.access.models import ApiToken, SignInSession, User
 from fleetkeeper.access.permissions import Permission
+from fleetkeeper.core.bodies import Member, RequestBody
 
 Secret = Annotated[str, StringConstraints(min_length=1, max_length=256)]
 Name = Annotated[str, StringConstraints(min_length=1, max_length=128, strip_whitespace=True)]
@@ -19,18 +20,14 @@ ConfirmingPassword = Annotated[
 ]
 
 
-class Request(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class SignInRequest(Request):
+class SignInRequest(RequestBody):
     username: Name
     password: Secret
     totp_code: Annotated[str, StringConstraints(max_length=16)] | None = None
     recovery_code: Annotated[str, StringConstraints(max_length=32)] | None = None
 
 
-class RefreshRequest(Request):
+class RefreshRequest(RequestBody):
     refresh_token: Annotated[str, StringConstraints(min_length=1, max_length=512)]
 
 
@@ -43,13 +40,12 @@ class TokenResponse(BaseModel):
     pending_actions: list[str]
 
 
-class GrantModel(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    permission: Permission
+class GrantModel(RequestBody):
+    permission: Member[Permission]
     scopes: ScopeList | None = None
 
 
-class RoleAssignmentModel(Request):
+class RoleAssignmentModel(RequestBody):
     role: Name
     device_groups: ScopeList | None = None
     release_tags: ScopeList | None = None
@@ -90,7 +86,7 @@ class UserPage(BaseModel):
     next_cursor: str | None
 
 
-class CreateUserRequest(Request):
+class CreateUserRequest(RequestBody):
     username: Name
     password: Secret | None = Field(default=None, description="omit to generate a one-time password")
     email: Annotated[str, StringConstraints(max_length=320)] | None = None
@@ -103,7 +99,7 @@ class CreatedUser(BaseModel):
     one_time_password: str | None = Field(description="shown only in this response")
 
 
-class UpdateUserRequest(Request):
+class UpdateUserRequest(RequestBody):
     disabled: bool
 
 
@@ -111,7 +107,7 @@ class PasswordResetResponse(BaseModel):
     one_time_password: str
 
 
-class ChangePasswordRequest(Request):
+class ChangePasswordRequest(RequestBody):
     current_password: Secret
     new_password: Secret
 
@@ -152,7 +148,7 @@ class TotpEnrollment(BaseModel):
     otpauth_uri: str
 
 
-class TotpCode(Request):
+class TotpCode(RequestBody):
     code: Annotated[str, StringConstraints(min_length=1, max_length=32)]
 
 
@@ -160,7 +156,7 @@ class ConfirmTotpRequest(TotpCode):
     password: ConfirmingPassword = None
 
 
-class DisableTotpRequest(Request):
+class DisableTotpRequest(RequestBody):
     password: Secret
     code: Annotated[str, StringConstraints(min_length=1, max_length=32)]
 
@@ -169,7 +165,7 @@ class RecoveryCodes(BaseModel):
     recovery_codes: list[str] = Field(description="each works once; shown only in this response")
 
 
-class CreateApiTokenRequest(Request):
+class CreateApiTokenRequest(RequestBody):
     name: Annotated[str, StringConstraints(min_length=1, max_length=100, strip_whitespace=True)]
     expires_in_days: int = Field(default=90, ge=1, le=366)
     grants: list[GrantModel] | None = Field(default=None, description="omit for everything you hold now")
@@ -209,13 +205,13 @@ class RoleOut(BaseModel):
     grants: list[dict[str, Any]]
 
 
-class CreateRoleRequest(Request):
+class CreateRoleRequest(RequestBody):
     name: Name
     description: Annotated[str, StringConstraints(max_length=500)] = ""
     grants: list[GrantModel] = Field(max_length=50)
 
 
-class UpdateRoleRequest(Request):
+class UpdateRoleRequest(RequestBody):
     description: Annotated[str, StringConstraints(max_length=500)] | None = None
     grants: list[GrantModel] | None = Field(default=None, max_length=50)
 
@@ -224,7 +220,7 @@ class AccessPolicyOut(BaseModel):
     require_2fa_roles: list[str]
 
 
-class AccessPolicyUpdate(Request):
+class AccessPolicyUpdate(RequestBody):
     require_2fa_roles: list[Name] = Field(max_length=50)
 
 

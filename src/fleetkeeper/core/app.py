@@ -14,6 +14,7 @@ from fleetkeeper.core.edge import RequestEdgeMiddleware
 from fleetkeeper.core.errors import install_problem_handlers
 from fleetkeeper.core.health import router as health_router
 from fleetkeeper.core.hotroutes import HotRoute, HotRoutes, route_for
+from fleetkeeper.core.openapi import document_problems
 from fleetkeeper.core.peer import DeviceCertificateGate
 from fleetkeeper.core.runtime import Runtime
 
@@ -122,6 +123,7 @@ def create_management_app(runtime: Runtime) -> FastAPI:
     from fleetkeeper.console.app import mount_console
 
     _include(app, runtime, management_routers())
+    document_problems(app, lambda: app_routes(app))
     app.router.routes.append(api_docs_route("/api/docs", title=app.title, openapi_url="/api/openapi.json"))
     _wrap(app, runtime, "management")
     mount_console(app, runtime)

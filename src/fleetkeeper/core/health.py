@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request, Response
+from fastapi.responses import PlainTextResponse
 from sqlalchemy import text
 
 from fleetkeeper.core.errors import problem_response
@@ -22,7 +23,9 @@ async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz", response_model=None)
+@router.get(
+    "/readyz", response_model=None, responses={503: {"description": "Not ready: the problem says why"}}
+)
 async def readyz(request: Request) -> dict[str, Any] | Response:
     """The database answers and its schema is at the head this code needs."""
     runtime: Runtime = request.app.state.runtime
@@ -37,7 +40,7 @@ async def readyz(request: Request) -> dict[str, Any] | Response:
     return {"status": "ready", "database": "ok", "migrations": sorted(state.current)}
 
 
-@router.get("/metrics")
+@router.get("/metrics", response_class=PlainTextResponse)
 async def metrics() -> Response:
     """Prometheus exposition format."""
     return metrics_response()

@@ -6,10 +6,11 @@ from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Request, Response
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 
 from fleetkeeper.access.auth import requires
 from fleetkeeper.access.service import Permission, Principal
+from fleetkeeper.core.bodies import RequestBody, Timestamp
 from fleetkeeper.core.errors import NotFoundError
 from fleetkeeper.core.runtime import runtime_of
 from fleetkeeper.deployments import live, service, visibility, webhooks
@@ -22,8 +23,7 @@ Deployer = Annotated[Principal, requires(Permission.DEVICES_DEPLOY)]
 Reader = Annotated[Principal, requires(Permission.DEVICES_READ)]
 
 
-class CreateDeployment(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class CreateDeployment(RequestBody):
     name: str = Field(min_length=1, max_length=200)
     release: str = Field(min_length=1, max_length=64)
     version: str = Field(min_length=1, max_length=64)
@@ -31,7 +31,7 @@ class CreateDeployment(BaseModel):
     phases: list[dict[str, Any]] | None = Field(default=None, max_length=10)
     failure_threshold: dict[str, Any] | None = None
     windows: list[dict[str, Any]] | None = Field(default=None, max_length=20)
-    start_at: AwareDatetime | None = None
+    start_at: Timestamp | None = None
     max_retries: int = Field(default=0, ge=0, le=10)
     force: bool = False
     max_downloading: int | None = Field(default=None, ge=1)
@@ -322,8 +322,7 @@ webhook_router = APIRouter(prefix="/api/v1/webhooks", tags=["deployments"])
 WebhookAdmin = Annotated[Principal, requires(Permission.USERS_MANAGE)]
 
 
-class CreateWebhook(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class CreateWebhook(RequestBody):
     url: str = Field(min_length=1, max_length=2048)
     events: list[str] = Field(min_length=1, max_length=10)
     description: str = Field(default="", max_length=200)
@@ -417,8 +416,7 @@ async def current(device: AuthenticatedDevice, request: Request) -> CurrentDeplo
     )
 
 
-class StatusReport(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class StatusReport(RequestBody):
     status: str = Field(max_length=20)
     seq: int = Field(ge=1)
     detail: str | None = Field(default=None, max_length=16_384, description="a log tail, a reason")

@@ -207,13 +207,17 @@ async def remove_members(name: str, body: MembersRequest, principal: Manager, re
     return Response(status_code=204)
 
 
-@router.get("/pki/ca.pem", dependencies=[PUBLIC])
+class PemResponse(Response):
+    media_type = "application/x-pem-file"
+
+
+@router.get("/pki/ca.pem", dependencies=[PUBLIC], response_class=PemResponse)
 async def ca_certificate(request: Request) -> Response:
     """The fleet CA's certificate, which devices trust for the device listener."""
-    return Response(runtime_of(request).pki.ca_cert.read_bytes(), media_type="application/x-pem-file")
+    return PemResponse(runtime_of(request).pki.ca_cert.read_bytes())
 
 
-@router.get("/pki/crl.pem", dependencies=[PUBLIC])
+@router.get("/pki/crl.pem", dependencies=[PUBLIC], response_class=PemResponse)
 async def crl(request: Request) -> Response:
     """The fleet CA's certificate revocation list (PEM)."""
-    return Response(runtime_of(request).pki.crl.read_bytes(), media_type="application/x-pem-file")
+    return PemResponse(runtime_of(request).pki.crl.read_bytes())

@@ -5,9 +5,10 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Body, Depends, Request, Response, WebSocket
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 from starlette.requests import HTTPConnection
 
+from fleetkeeper.core.bodies import RequestBody
 from fleetkeeper.core.peer import PeerCertificate, require_peer_certificate
 from fleetkeeper.core.routeaccess import public_dependency
 from fleetkeeper.core.runtime import Runtime, runtime_of
@@ -102,8 +103,7 @@ async def inventory(
     return Response(status_code=204)
 
 
-class SecurityEvent(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class SecurityEvent(RequestBody):
     type: Literal["security"]
     code: str = Field(pattern=r"^[a-z0-9_]{1,64}$")
     detail: str = Field(default="", max_length=2000)

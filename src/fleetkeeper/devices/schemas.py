@@ -5,17 +5,14 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, Field, StringConstraints
 
+from fleetkeeper.core.bodies import RequestBody
 from fleetkeeper.devices.models import Device, DeviceCertificate, DeviceGroup, EnrollmentToken
 from fleetkeeper.devices.scopes import device_reported_fields
 
 
-class Request(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class Envelope(Request):
+class Envelope(RequestBody):
     payload: Annotated[str, StringConstraints(min_length=1, max_length=24 * 1024)]
     signature: Annotated[str, StringConstraints(min_length=1, max_length=512)]
 
@@ -106,7 +103,7 @@ class DevicePageOut(BaseModel):
     next_cursor: str | None
 
 
-class PreauthorizeRequest(Request):
+class PreauthorizeRequest(RequestBody):
     device_type: Annotated[str, StringConstraints(min_length=1, max_length=64)]
     serial: Annotated[str, StringConstraints(min_length=1, max_length=128)] | None = None
     mac: Annotated[str, StringConstraints(max_length=32)] | None = None
@@ -117,11 +114,11 @@ class PreauthorizeRequest(Request):
     )
 
 
-class TagsRequest(Request):
+class TagsRequest(RequestBody):
     tags: dict[str, str] = Field(max_length=50)
 
 
-class TokenRequest(Request):
+class TokenRequest(RequestBody):
     name: Annotated[str, StringConstraints(min_length=1, max_length=100, strip_whitespace=True)]
     expires_in_hours: int = Field(default=24, ge=1, le=24 * 90)
     max_uses: int = Field(default=100, ge=1, le=1_000_000)
@@ -160,7 +157,7 @@ class CreatedToken(BaseModel):
     secret: str = Field(description="give it to the devices (`--token`); shown only in this response")
 
 
-class GroupRequest(Request):
+class GroupRequest(RequestBody):
     name: Annotated[str, StringConstraints(min_length=1, max_length=128)]
     description: Annotated[str, StringConstraints(max_length=500)] = ""
     filter: Annotated[str, StringConstraints(min_length=1, max_length=2000)] | None = Field(
@@ -194,5 +191,5 @@ class GroupOut(BaseModel):
         )
 
 
-class MembersRequest(Request):
+class MembersRequest(RequestBody):
     devices: list[Annotated[str, StringConstraints(max_length=40)]] = Field(min_length=1, max_length=1000)

@@ -8,10 +8,11 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from fleetkeeper.access.auth import PUBLIC, requires
 from fleetkeeper.access.service import Permission, Principal
+from fleetkeeper.core.bodies import RequestBody
 from fleetkeeper.core.errors import NotFoundError, ProblemError
 from fleetkeeper.core.runtime import Runtime, runtime_of
 from fleetkeeper.releases import repository, service
@@ -28,15 +29,13 @@ def _canonical(document: dict[str, Any]) -> bytes:
     return json.dumps(document, sort_keys=True, separators=(",", ":")).encode()
 
 
-class TrustRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class TrustRequest(RequestBody):
     root: dict[str, Any]
     targets: dict[str, Any]
     director_root: dict[str, Any]
 
 
-class RootRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class RootRequest(RequestBody):
     root: dict[str, Any] | None = None
     director_root: dict[str, Any] | None = None
 
@@ -132,8 +131,7 @@ async def get_release(name: str, version: str, principal: Reader, request: Reque
     return ReleaseDetail(**ReleaseOut.of(release, tags).model_dump(), sbom=release.sbom)
 
 
-class TagsRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class TagsRequest(RequestBody):
     tags: list[Annotated[str, Field(max_length=128)]] = Field(max_length=20)
 
 

@@ -5,10 +5,11 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Request, Response
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 
 from fleetkeeper.access.auth import requires
 from fleetkeeper.access.service import Permission, Principal
+from fleetkeeper.core.bodies import RequestBody
 from fleetkeeper.core.runtime import runtime_of
 from fleetkeeper.releases import uploads
 from fleetkeeper.releases.schemas import ReleaseOut
@@ -18,8 +19,7 @@ router = APIRouter(prefix="/api/v1/releases/uploads", tags=["releases"])
 Uploader = Annotated[Principal, requires(Permission.RELEASES_UPLOAD)]
 
 
-class StartUpload(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class StartUpload(RequestBody):
     length: int = Field(ge=1)
     sha256: str = Field(min_length=64, max_length=64)
     tags: list[Annotated[str, Field(max_length=128)]] = Field(default_factory=list, max_length=20)

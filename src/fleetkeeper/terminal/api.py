@@ -10,7 +10,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request, WebSocket
 from fastapi.responses import Response, StreamingResponse
-from pydantic import BaseModel
+from pydantic import AwareDatetime, BaseModel
 from starlette.requests import HTTPConnection
 
 from fleetkeeper.access.auth import authenticate, authenticate_credential, requires
@@ -195,7 +195,7 @@ async def list_sessions(
     principal: Auditor,
     device_id: Annotated[str | None, Query(max_length=40)] = None,
     user_id: Annotated[str | None, Query(max_length=40)] = None,
-    before: datetime | None = None,
+    before: AwareDatetime | None = None,
     limit: Annotated[int, Query(ge=1, le=service.MAX_PAGE_SIZE)] = 50,
 ) -> list[SessionOut]:
     """Sessions and transfers, newest first; page with `before` = the last one's opened_at."""
