@@ -168,6 +168,7 @@ async def export_bundle(
 
 @router.delete("/releases/{name}/{version}", status_code=204)
 async def delete_release(name: str, version: str, principal: Manager, request: Request) -> Response:
-    """Refused while an active deployment uses the release."""
+    """Refused (409 release_in_use) while a deployment that has not ended (scheduled, active, paused)
+    uses the release."""
     await service.delete_release(runtime_of(request), principal, name, version)
     return Response(status_code=204)
