@@ -37,7 +37,7 @@ from fleetkeeper.devices.envelope import (
 )
 from fleetkeeper.devices.inventory import replace_attributes
 from fleetkeeper.devices.models import Device, DeviceCertificate, EnrollmentToken, GroupMember
-from fleetkeeper.devices.service import device_actor, get_group, list_groups, set_membership
+from fleetkeeper.devices.service import device_actor, list_groups, managed_static_group, set_membership
 
 ENROLL_TYPE = "fleetkeeper.enroll.v1"
 ROTATE_TYPE = "fleetkeeper.rotate.v1"
@@ -398,25 +398,20 @@ async def accept_into_group(
     checked before the decision so that a bad group accepts nothing."""
     if group_name:
         async with runtime.database.session() as session:
-            group = await get_group(session, group_name)
-        if group.kind != "static":
-            raise ConflictError("a dynamic group's members follow its filter", code="dynamic_group")
-        principal.ensure(Permission.DEVICES_MANAGE, [group.name], on=f"group {group.name}")
+            await managed_static_group(session, principal, group_name)
     accepted = await decide(runtime, principal, device, accept=True)
     if group_name:
         await set_membership(runtime.database, principal, group_name, [device.id], add=True)
     return accepted
 
 
-def ensure_in_groups(principal: Principal, names: list[str]) -> None:
-    """A device placed in groups needs devices:manage in each of them; in none, everywhere."""
-    scopes = principal.grants.scopes(Permission.DEVICES_MANAGE)
-    if scopes is None:
-        return
-    outside = [name for name in names if name not in scopes] if names else ["(no group)"]
-    if outside:
+def ensure_may_enroll_into_no_group(principal: Principal) -> None:
+    """A device in no group is reached only by unscoped grants: enrolling one needs devices:manage
+    everywhere. (Into groups: devices:manage in each, `managed_static_group`.)"""
+    if principal.grants.scopes(Permission.DEVICES_MANAGE) is not None:
         raise ForbiddenError(
-            f"this needs devices:manage in {', '.join(outside)}", permission=Permission.DEVICES_MANAGE.value
+            "a device in no group needs devices:manage on all devices: name a group of yours",
+            permission=Permission.DEVICES_MANAGE.value,
         )
 
 
@@ -427,8 +422,9 @@ async def preauthorize(
     its first enrollment."""
     identity = check_identity(raw_identity)
     async with runtime.database.session() as session:
-        groups = [await get_group(session, name) for name in group_names]
-    ensure_in_groups(principal, [group.name for group in groups])
+        groups = [await managed_static_group(session, principal, name) for name in dict.fromkeys(group_names)]
+    if not groups:
+        ensure_may_enroll_into_no_group(principal)
     key = load_public_key(public_key_pem)
     try:
         async with runtime.database.transaction() as session:
@@ -509,8 +505,9 @@ async def create_token(
     group = None
     if group_name:
         async with runtime.database.session() as session:
-            group = await get_group(session, group_name)
-    ensure_in_groups(principal, [group.name] if group else [])
+            group = await managed_static_group(session, principal, group_name)
+    else:
+        ensure_may_enroll_into_no_group(principal)
     secret = new_secret()
     async with runtime.database.transaction() as session:
         token = EnrollmentToken(

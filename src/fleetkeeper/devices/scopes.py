@@ -50,11 +50,12 @@ async def groups_usable_as_scope(session: AsyncSession, names: Iterable[str]) ->
 
 async def device_group_names(session: AsyncSession, device_id: str, *, as_scope: bool = False) -> set[str]:
     """The static groups the device is in, and the dynamic groups whose filter it matches now;
-    `as_scope`: only the groups through which a scope reaches it."""
+    `as_scope`: only the groups through which a scope reaches it. (A member row in a dynamic group,
+    which enrollment once wrote for a token's or a pre-authorization's group, counts for nothing.)"""
     static = await session.scalars(
         select(DeviceGroup.name)
         .join(GroupMember, GroupMember.group_id == DeviceGroup.id)
-        .where(GroupMember.device_id == device_id)
+        .where(GroupMember.device_id == device_id, DeviceGroup.kind == "static")
     )
     names = set(static)
     dynamic = (await session.scalars(select(DeviceGroup).where(DeviceGroup.kind == "dynamic"))).all()

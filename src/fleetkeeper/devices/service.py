@@ -361,6 +361,21 @@ async def visible_group(session: AsyncSession, principal: Principal, name: str) 
     return group
 
 
+async def managed_static_group(session: AsyncSession, principal: Principal, name: str) -> DeviceGroup:
+    """A static group whose members the caller may change. Scope comes first: a group they neither
+    see nor manage answers as an unknown one (`visible_group`), one they see is 403 without
+    devices:manage in it, and only then is a dynamic group refused (its filter decides its members;
+    a member row would put a device in it whatever the filter says)."""
+    if principal.can(Permission.DEVICES_MANAGE, [name]):
+        group = await get_group(session, name)  # named by their own grants: nothing to hide
+    else:
+        group = await visible_group(session, principal, name)
+        principal.ensure(Permission.DEVICES_MANAGE, [name], on=f"group {name}")
+    if group.kind != "static":
+        raise ConflictError("a dynamic group's members follow its filter", code="dynamic_group")
+    return group
+
+
 async def create_group(
     database: Database, principal: Principal, *, name: str, description: str, filter_expression: str | None
 ) -> DeviceGroup:
@@ -419,10 +434,7 @@ async def set_membership(
     """Adds devices to (or removes them from) a static group: needs devices:manage on the group and
     on every device."""
     async with database.transaction() as session:
-        group = await get_group(session, name)
-        if group.kind != "static":
-            raise ConflictError("a dynamic group's members follow its filter", code="dynamic_group")
-        principal.ensure(Permission.DEVICES_MANAGE, [name], on=f"group {name}")
+        group = await managed_static_group(session, principal, name)
         changed = 0
         for device_id in dict.fromkeys(device_ids):
             device = await device_for(session, principal, device_id, Permission.DEVICES_MANAGE)
