@@ -48,4 +48,4 @@ async def test_the_enrollment_forms_answer_an_unseen_group_as_an_unknown_one(api
             assert shown(answers[0], "plant-4") == shown(answers[1], "nothing-here"), path
 
         still = await console.get("/enrollment")
-        assert device.device_id in still.text, "nothing was accepted"
+        assert str(device.device_id) in still.text, "nothing was accepted"

@@ -37,6 +37,7 @@ from fleetkeeper.devices.envelope import (
 )
 from fleetkeeper.devices.inventory import replace_attributes
 from fleetkeeper.devices.models import Device, DeviceCertificate, EnrollmentToken, GroupMember
+from fleetkeeper.devices.scopes import checking_moves
 from fleetkeeper.devices.service import device_actor, list_groups, managed_static_group, set_membership
 
 ENROLL_TYPE = "fleetkeeper.enroll.v1"
@@ -377,7 +378,8 @@ async def decide(runtime: Runtime, principal: Principal, device: Device, accept:
             raise NotFoundError("no such device", code="device_not_found")
         if current.status != "pending":
             raise ConflictError(f"the device is {current.status}, not pending", code="not_pending")
-        current.status = "accepted" if accept else "rejected"
+        async with checking_moves(session, principal, current.id):  # groups that read `status`
+            current.status = "accepted" if accept else "rejected"
         current.decided_at = utcnow()
         current.decided_by = principal.user_id
         await record(
@@ -459,7 +461,8 @@ async def decommission(runtime: Runtime, principal: Principal, device: Device) -
             raise NotFoundError("no such device", code="device_not_found")
         if current.status == "decommissioned":
             raise ConflictError("the device is already decommissioned", code="already_decommissioned")
-        current.status = "decommissioned"
+        async with checking_moves(session, principal, current.id):
+            current.status = "decommissioned"
         revoked = await certificates.revoke_for_device(session, current.id, "cessation_of_operation")
         await record(
             session,

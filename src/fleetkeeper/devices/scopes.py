@@ -9,7 +9,8 @@ was accepted. See docs/access.md, "Scopes"."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
+from contextlib import asynccontextmanager
 
 from sqlalchemy import ColumnElement, exists, false, literal, or_, select, true, union_all
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -123,3 +124,17 @@ def ensure_may_move(principal: Principal, before: set[str], after: set[str]) -> 
         permission=Permission.DEVICES_MANAGE.value,
         groups=named,
     )
+
+
+@asynccontextmanager
+async def checking_moves(session: AsyncSession, principal: Principal, device_id: str) -> AsyncIterator[None]:
+    """Around a change to a device in this transaction (its tags, its status): refuses it with
+    `ensure_may_move` when it moves the device into or out of groups, read before and after.
+    Nothing to read for a caller with devices:manage everywhere."""
+    if principal.grants.scopes(Permission.DEVICES_MANAGE) is None:
+        yield
+        return
+    before = await device_group_names(session, device_id)
+    yield
+    await session.flush()
+    ensure_may_move(principal, before, await device_group_names(session, device_id))

@@ -40,8 +40,8 @@ from fleetkeeper.devices.inventory import (
     replace_attributes,
 )
 from fleetkeeper.devices.models import Device, DeviceCertificate, DeviceGroup, GroupMember
+from fleetkeeper.devices.scopes import checking_moves, groups_seen_by
 from fleetkeeper.devices.scopes import device_group_names as device_group_names
-from fleetkeeper.devices.scopes import ensure_may_move, groups_seen_by
 from fleetkeeper.devices.scopes import groups_usable_as_scope as groups_usable_as_scope
 from fleetkeeper.devices.scopes import scope_condition as scope_condition
 from fleetkeeper.devices.scopes import shown_group_names as shown_group_names
@@ -298,18 +298,15 @@ _TOUCH = update(Device).where(Device.id == bindparam("device_id")).values(last_s
 
 async def set_tags(database: Database, principal: Principal, device_id: str, tags: Any) -> Device:
     """Replaces the operator's tags. A change that moves the device into or out of a dynamic group
-    (one that reads the tag) needs devices:manage in that group too (scopes.ensure_may_move)."""
+    (one that reads the tag) needs devices:manage in that group too (scopes.checking_moves)."""
     tags = check_tags(tags)
     async with database.transaction() as session:
         device = await device_for(session, principal, device_id, Permission.DEVICES_MANAGE)
-        scoped = principal.grants.scopes(Permission.DEVICES_MANAGE) is not None
-        before = await device_group_names(session, device.id) if scoped else set()
-        device.tags = tags
-        await replace_attributes(
-            session, device.id, {f"tag.{key}": value for key, value in tags.items()}, namespace="tag."
-        )
-        if scoped:
-            ensure_may_move(principal, before, await device_group_names(session, device.id))
+        async with checking_moves(session, principal, device.id):
+            device.tags = tags
+            await replace_attributes(
+                session, device.id, {f"tag.{key}": value for key, value in tags.items()}, namespace="tag."
+            )
         await record(
             session,
             actor=principal.actor,
