@@ -142,6 +142,44 @@ def test_a_first_install_rolled_back_leaves_no_container(tmp_path: Path, engine:
     assert containers(engine) == {}
 
 
+ENGINE_RM = 'rm) [ -d "$dir/$last" ] || missing "$last"; rm -r "$dir/$last" ;;'
+
+
+@pytest.mark.parametrize("removed", [True, False], ids=["rm removed it", "rm did not"])
+def test_after_a_commit_that_failed_rollback_restores_the_previous_container_only_if_it_is_there(
+    tmp_path: Path, engine: Path, removed: bool
+) -> None:
+    """The flow rolls back an install whose commit keeps failing. If the engine removed the previous
+    container and failed all the same (a timeout), there is nothing to go back to: rollback says so
+    rather than leave the new container running under a rollback that reported success."""
+    before = {"app": {"running": True, "args": ["registry.example.com/app:1.0"]}}
+    existing(engine, **before)
+    module, ctx = document_setup(tmp_path, DOCUMENT)
+    module.install(ctx)
+    removal = 'rm -r "$dir/$last"; ' if removed else ""
+    failing_rm = (
+        f'rm) [ -d "$dir/$last" ] || missing "$last"; {removal}echo "Error: timed out" >&2; exit 125 ;;'
+    )
+    shell_command(engine, "podman", FAKE_ENGINE.replace(ENGINE_RM, failing_rm))
+    with pytest.raises(AgentError) as caught:
+        module.commit(ctx)
+    assert caught.value.code == "commit_failed"
+    shell_command(engine, "podman", FAKE_ENGINE)
+
+    if removed:
+        with pytest.raises(AgentError) as caught:
+            module.rollback(ctx)
+        assert caught.value.code == "rollback_failed"
+        assert caught.value.message == (
+            "a commit that failed removed the previous container app.fk-previous: the new app stays"
+        )
+        assert list(containers(engine)) == ["app"]
+        assert containers(engine)["app"]["args"][-2:] == ["registry.example.com/app:2.0", "serve"]
+    else:
+        assert module.rollback(ctx) is False
+        assert containers(engine) == before
+
+
 def test_an_image_archive_is_loaded(tmp_path: Path, engine: Path) -> None:
     payload = tmp_path / "image.tar"
     with tarfile.open(payload, "w") as tar:

@@ -3,6 +3,7 @@ every method twice, and what the settings refuse."""
 
 from __future__ import annotations
 
+import errno
 import os
 import tarfile
 from pathlib import Path
@@ -10,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from fleetkeeper_agent.errors import AgentError
-from fleetkeeper_agent.modules import BUILTIN_MODULES, InstallContext, UpdateModule, load_module
+from fleetkeeper_agent.modules import BUILTIN_MODULES, InstallContext, UpdateModule, directory, load_module
 from tests.agent.modulekit import Member, build_tar, context, deep_tree, snapshot
 
 # --- file ----------------------------------------------------------------------------------------------
@@ -149,6 +150,41 @@ def test_directory_rollback_restores_the_previous_link_and_tree(tmp_path: Path) 
     assert module.rollback(ctx) is False
     assert module.rollback(ctx) is False
     assert snapshot(opt) == before
+
+
+def test_directory_rollback_refuses_after_a_commit_that_began_removing_the_previous_tree(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The daemon rolls back an install whose commit keeps failing. A commit that failed while removing
+    the previous tree may have left part of it: rollback refuses rather than link `path` back to that."""
+    install_first_release(tmp_path)
+    module, ctx, opt = directory_setup(tmp_path)
+    module.install(ctx)
+    real_remove_tree = directory.remove_tree
+
+    def fails_halfway(path: Path) -> None:
+        if path.name != "app.1.0":
+            return real_remove_tree(path)
+        (path / "VERSION").unlink()
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(directory, "remove_tree", fails_halfway)
+    with pytest.raises(AgentError) as caught:
+        module.commit(ctx)
+    assert caught.value.code == "commit_failed"
+    for _ in range(2):
+        with pytest.raises(AgentError) as caught:
+            module.rollback(ctx)
+        assert caught.value.code == "rollback_failed"
+        assert caught.value.message == (
+            f"the commit began removing the previous tree app.1.0: {opt / 'app'} stays linked to the new "
+            "tree app.2.0"
+        )
+    assert os.readlink(opt / "app") == "app.2.0"
+
+    monkeypatch.undo()
+    module.commit(ctx)  # the commit tried again finishes the job
+    assert sorted(os.listdir(opt)) == ["app", "app.2.0"]
 
 
 def test_directory_first_install_over_a_real_directory_and_back(tmp_path: Path) -> None:

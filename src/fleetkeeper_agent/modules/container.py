@@ -14,8 +14,9 @@ grant anything the engine can: review them as you would code). For an archive, t
 install: the image is pulled (or loaded) first, so a failed download leaves the old container running;
 then the container of that name (if any) is stopped and renamed `<name>.fk-previous`, and the new
 container is created under the name and started. commit removes the previous container;
-rollback removes the new one, renames the previous back and starts it if it was running.
-Images are left to the engine's own pruning.
+rollback removes the new one, renames the previous back and starts it if it was running, and refuses
+(rollback_failed) once a commit that failed has removed the previous one. Images are left to the
+engine's own pruning.
 
 Settings (`[modules.container]`): `engine` (a command; default the first of podman, docker on PATH),
 `timeout` (600 s per engine command), `options` (a list, for image archives).
@@ -191,6 +192,9 @@ class ContainerModule(UpdateModule):
         if journal is None:
             return
         if self._state(ctx, journal["backup"], "commit_failed") is not None:
+            if not journal.get("removing_previous"):
+                # Journaled first: a commit that keeps failing is rolled back, and rollback must know.
+                write_journal(ctx, JOURNAL, {**journal, "removing_previous": True})
             self._run(ctx, "rm", "--force", journal["backup"], code="commit_failed")
 
     def rollback(self, ctx: InstallContext) -> bool:
@@ -202,6 +206,10 @@ class ContainerModule(UpdateModule):
             if self._state(ctx, name, code) is not None:
                 self._run(ctx, "rm", "--force", name, code=code)
             return False
+        if journal.get("removing_previous") and self._state(ctx, backup, code) is None:
+            raise AgentError(
+                code, f"a commit that failed removed the previous container {backup}: the new {name} stays"
+            )
         if self._state(ctx, backup, code) is not None:
             if self._state(ctx, name, code) is not None:
                 self._run(ctx, "rm", "--force", name, code=code)

@@ -3,7 +3,8 @@
 The configured `path` is a symbolic link to a sibling tree, `path -> <name>.<version>`. Install
 unpacks the new tree as that sibling (safely, fleetkeeper_agent/unpack.py) and flips the link by
 renaming a new link over it: a reader of `path` sees the old tree or the new one, never a mix. The
-previous target stays until commit, which removes it (`keep_previous = true` keeps it).
+previous target stays until commit, which removes it (`keep_previous = true` keeps it). Once a
+commit has begun removing it, rollback refuses (rollback_failed) rather than link a half tree.
 
 The first install over a real directory (not yet a link) moves it aside as `<name>.pre-<version>`
 and puts the link in its place: two renames, so for that one install only there is an instant
@@ -119,6 +120,9 @@ class DirectoryModule(UpdateModule):
         elif previous["kind"] == "symlink" and self._is_our_sibling(previous["target"], journal["tree"]):
             old = previous["target"]
         if old is not None:
+            if journal.get("removing_previous") != old:
+                # Journaled first: a commit that keeps failing is rolled back, and rollback must know.
+                write_journal(ctx, JOURNAL, {**journal, "removing_previous": old})
             try:
                 _remove_tree(self.parent / old)
             except OSError as exc:
@@ -132,6 +136,12 @@ class DirectoryModule(UpdateModule):
         journal = read_journal(ctx, JOURNAL)
         if journal is None:
             return False
+        if "removing_previous" in journal:  # a commit that failed: the previous tree may be half gone
+            raise AgentError(
+                "rollback_failed",
+                f"the commit began removing the previous tree {journal['removing_previous']}: "
+                f"{self.path} stays linked to the new tree {journal['tree']}",
+            )
         previous = journal["previous"]
         try:
             if previous["kind"] == "symlink":
