@@ -15,7 +15,6 @@ an outbox in the same state file, so the server hears each of them, once, in ord
 from __future__ import annotations
 
 import logging
-import shutil
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -31,6 +30,7 @@ from fleetkeeper_agent.deployment_client import (
     send_report,
 )
 from fleetkeeper_agent.errors import AgentError
+from fleetkeeper_agent.files import remove_tree
 from fleetkeeper_agent.update_failures import (
     MAX_ROLLBACK_ATTEMPTS,
     ModuleLoadError,
@@ -393,7 +393,7 @@ class UpdateFlow:
         assert state.failed_rollback is not None  # announced with the phase
         record = keep_for_repair(self._work_dir(state), state.failed_rollback)
         done = self._save(state.finished(failed_rollback=record))
-        shutil.rmtree(self._payload_path(state).parent, ignore_errors=True)
+        self._clean(state, keep_work_dir=True)
         return done
 
     def _abandon(self, state: UpdateState, why: str) -> UpdateState:
@@ -455,6 +455,15 @@ class UpdateFlow:
             settings=self.config.modules.get(name, {}),
         )
 
-    def _clean(self, state: UpdateState) -> None:
-        shutil.rmtree(self._payload_path(state).parent, ignore_errors=True)
-        shutil.rmtree(self._work_dir(state), ignore_errors=True)
+    def _clean(self, state: UpdateState, *, keep_work_dir: bool = False) -> None:
+        """The payload and the module's work directory, once the install is over. Without a recursion (a
+        module may leave a tree of any depth) and without following a link; what cannot be removed is
+        left, logged, rather than holding the agent here."""
+        paths = [self._payload_path(state).parent]
+        if not keep_work_dir:
+            paths.append(self._work_dir(state))
+        for path in paths:
+            try:
+                remove_tree(path)
+            except OSError as exc:
+                log.warning("cannot remove %s: %s", path, exc)

@@ -4,6 +4,7 @@ wedges the device in the middle of an install."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -22,7 +23,7 @@ from fleetkeeper_agent.modules.file import FileModule
 from fleetkeeper_agent.update_state import UpdateState
 from fleetkeeper_agent.updates import UpdateFlow
 from tests.agent.fakeserver import FakeCA
-from tests.agent.modulekit import Member, build_tar
+from tests.agent.modulekit import Member, build_tar, deep_tree
 from tests.agent.test_modules_loading import plugin_distribution  # noqa: F401 - a fixture used by name
 
 
@@ -210,6 +211,30 @@ def test_a_tree_too_deep_for_the_unpacker_fails_the_install_which_is_rolled_back
     assert [report["status"] for report in server.reports] == ["failure"]
     assert server.reports[0]["detail"].startswith("install failed: ")
     assert flow.tick().phase == "idle"
+
+
+def test_a_work_directory_deeper_than_the_recursion_limit_is_removed_after_the_commit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 18: the clean-up after a commit or a rollback removed the work directory with
+    shutil.rmtree, which recurses once per level: a module that left a deep tree there raised
+    RecursionError out of every check-in. The tree goes, and a link in it is not followed."""
+    flow, server = file_install(tmp_path)
+    outside = tmp_path / "outside.txt"
+    outside.write_text("not the agent's\n")
+    real_install = FileModule.install
+    with contextlib.ExitStack() as trees:
+
+        def install_leaving_a_deep_tree(self: FileModule, ctx: InstallContext) -> bool:
+            trees.enter_context(deep_tree(ctx.work_dir / "scratch", 1500, outside))
+            return real_install(self, ctx)
+
+        monkeypatch.setattr(FileModule, "install", install_leaving_a_deep_tree)
+        state = flow.tick()
+        assert (state.phase, state.installed.version) == ("idle", "2.0")
+        assert [report["status"] for report in server.reports] == ["success"]
+        assert list((flow.data_dir / "work").iterdir()) == []
+    assert outside.read_text() == "not the agent's\n"
 
 
 # --- a module that cannot be loaded ----------------------------------------------------------------
