@@ -6,10 +6,12 @@
                                                                                               │
                                                          (its last attempt failed) rollback_failed ─> idle
 
-Each step writes the state that announces it (fsync, atomic rename) before it acts, and every
-action is idempotent (the update modules' contract): killed anywhere, the agent starts again at the
-announced step and the device ends on exactly the old release or the new one. Reports go through
-an outbox in the same state file, so the server hears each of them, once, in order.
+This module checks in, downloads, and waits for the install's window; from `installing` on, the
+Installer (installer.py) drives the release's update module. Each step writes the state that
+announces it (fsync, atomic rename) before it acts, and every action is idempotent (the update
+modules' contract): killed anywhere, the agent starts again at the announced step and the device ends
+on exactly the old release or the new one. Reports go through an outbox in the same state file, so
+the server hears each of them, once, in order.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from fleetkeeper_agent.client import DeviceClient
-from fleetkeeper_agent.commands import run_command, run_health_checks
+from fleetkeeper_agent.commands import run_command
 from fleetkeeper_agent.config import AgentConfig
 from fleetkeeper_agent.deployment_client import (
     CurrentDeployment,
@@ -30,24 +32,18 @@ from fleetkeeper_agent.deployment_client import (
     send_report,
 )
 from fleetkeeper_agent.errors import AgentError
-from fleetkeeper_agent.files import remove_tree
-from fleetkeeper_agent.update_failures import (
-    MAX_ROLLBACK_ATTEMPTS,
-    ModuleLoadError,
-    failed_rollback_attempt,
-    failure,
-    giving_up,
-    keep_for_repair,
+from fleetkeeper_agent.installer import (
+    INSTALL_PHASES,
+    Installer,
+    payload_path,
+    remove_install_files,
 )
-from fleetkeeper_agent.update_state import Installed, UpdateState, mark_inventory_due
+from fleetkeeper_agent.update_state import UpdateState
 
 if TYPE_CHECKING:
-    from fleetkeeper_agent.modules import InstallContext, UpdateModule
     from fleetkeeper_agent.uptane import UpdateChecker, VerifiedUpdate
 
 log = logging.getLogger(__name__)
-
-WHOAMI_PATH = "/device/v1/whoami"
 
 
 class UpdateFlow:
@@ -65,7 +61,7 @@ class UpdateFlow:
         self.data_dir = config.data_dir
         self.client = client
         self.checker = checker
-        self._reboot = reboot or self._run_reboot_command
+        self.installer = Installer(config, client, reboot=reboot, send_reports=self._flush)
         # What the idle check-in just verified, for the download it starts in the same pass: no
         # second refresh of both repositories a moment later.
         self._just_checked: tuple[VerifiedUpdate, CurrentDeployment] | None = None
@@ -90,8 +86,11 @@ class UpdateFlow:
     def advance(self, state: UpdateState) -> UpdateState:
         """Runs steps from `state` (already saved) until one has to wait; returns where it stands."""
         while True:
-            handler = getattr(self, f"_{state.phase}")
-            outcome: UpdateState | None = handler(state)
+            outcome: UpdateState | None
+            if state.phase in INSTALL_PHASES:
+                outcome = self.installer.step(state)
+            else:
+                outcome = getattr(self, f"_{state.phase}")(state)
             if outcome is None:
                 return self._flush(UpdateState.load(self.data_dir))
             state = self._flush(outcome)
@@ -258,144 +257,6 @@ class UpdateFlow:
             return None
         return self._save(state.moved("installing").queue(state.deployment_id, "installing"))
 
-    # --- install, reboot, health check ------------------------------------------------------------
-
-    def _installing(self, state: UpdateState) -> UpdateState | None:
-        try:
-            module, context = self._module(state)
-        except ModuleLoadError as exc:
-            log.error("install of %s failed: %s", state.target_path, exc.message)
-            # Nothing was installed: nothing to roll back.
-            done = self._save(state.finished().queue(state.deployment_id, "failure", exc.message))
-            self._clean(state)
-            return done
-        try:
-            needs_reboot = module.install(context)
-        except Exception as exc:  # whatever breaks an install is rolled back: retried as is, it breaks again
-            reason = failure(exc, f"the {module.name} module's install")
-            log.error("install of %s failed: %s", state.target_path, reason)
-            return self._save(state.moved("rolling_back", detail=f"install failed: {reason}"))
-        if needs_reboot:
-            self._reboot_into(
-                state.moved("rebooting", boot_id=self._boot_id()).queue(state.deployment_id, "rebooting")
-            )
-            return None
-        return self._save(state.moved("verifying"))
-
-    def _rebooting(self, state: UpdateState) -> UpdateState | None:
-        if self._boot_id() == state.boot_id:
-            self._reboot_into(state)  # killed before the reboot happened: ask again
-            return None
-        try:
-            module, context = self._module(state)
-        except ModuleLoadError as exc:  # the configuration changed across the reboot: nothing to ask
-            detail = f"install failed: the activation check could not run: {exc.message}"
-            return self._save(state.moved("rolling_back", detail=detail))
-        try:
-            activated = module.activated(context)
-        except AgentError:
-            raise  # a bootloader not answering yet: asked again at the next check-in
-        except Exception as exc:  # a module's bug must not hold the device between two releases
-            reason = failure(exc, f"the {module.name} module's activation check")
-            return self._save(state.moved("rolling_back", detail=f"install failed: {reason}"))
-        if not activated:
-            return self._save(
-                state.moved("rolling_back", detail="the new release did not boot; the old one runs again")
-            )
-        if state.deployment_id is None:
-            return self._save(state.moved("awaiting_commit"))
-        return self._save(state.moved("verifying"))
-
-    def _verifying(self, state: UpdateState) -> UpdateState | None:
-        if state.deployment_id is None:
-            return self._save(state.moved("awaiting_commit"))
-        outcome = self.health_check()
-        if not outcome[0]:
-            log.error("health check failed: %s", outcome[1])
-            return self._save(state.moved("rolling_back", detail=f"health check failed:\n{outcome[1]}"))
-        return self._save(state.moved("committing"))
-
-    def health_check(self) -> tuple[bool, str]:
-        """The configured commands, then the server: a release that cuts the device off fails."""
-        outcome = run_health_checks(self.config.health_commands, timeout=self.config.health_timeout)
-        if not outcome.ok:
-            return False, outcome.tail
-        try:
-            self._server.call("GET", WHOAMI_PATH)
-        except AgentError as exc:
-            return False, f"{outcome.tail}\nthe server cannot be reached: {exc}".strip()
-        return True, outcome.tail
-
-    def _awaiting_commit(self, state: UpdateState) -> UpdateState | None:
-        return None  # an offline install: `fleetkeeper-agent commit` or `rollback` decides
-
-    # --- commit, rollback -------------------------------------------------------------------------
-
-    def _committing(self, state: UpdateState) -> UpdateState | None:
-        module, context = self._module(state)
-        module.commit(context)
-        release = state.release
-        installed = Installed(
-            name=release.get("name"),
-            version=release.get("version"),
-            target_path=state.target_path,
-            module=release.get("module"),
-            release_counter=state.release_counter,
-            highest_counter=max(state.release_counter, state.installed.highest_counter),
-        )
-        log.info("committed %s", state.target_path)
-        mark_inventory_due(self.data_dir)
-        # A release committed since: the record of an earlier rollback given up is history now.
-        done = self._save(
-            state.finished(installed=installed, failed_rollback=None).queue(state.deployment_id, "success")
-        )
-        self._clean(state)
-        return done
-
-    def _rolling_back(self, state: UpdateState) -> UpdateState | None:
-        """One attempt per check-in, announced before it starts; a failure is reported once, and after
-        the last attempt the agent gives up (update_failures.py)."""
-        if state.rollback_attempts >= MAX_ROLLBACK_ATTEMPTS:  # the last one was cut short
-            return self._save(giving_up(state, self._work_dir(state), self.data_dir))
-        state = self._save(state.moved("rolling_back", rollback_attempts=state.rollback_attempts + 1))
-        try:
-            module, context = self._module(state)
-            needs_reboot = module.rollback(context)
-        except Exception as exc:  # escaping, it would stop every check-in here, unreported
-            failed = failed_rollback_attempt(state, exc)
-            if failed.rollback_attempts >= MAX_ROLLBACK_ATTEMPTS:
-                return self._save(giving_up(failed, self._work_dir(state), self.data_dir))
-            self._save(failed)
-            return None  # tried again at the next check-in
-        if needs_reboot:
-            self._reboot_into(state.moved("rolling_back_rebooting", boot_id=self._boot_id()))
-            return None
-        return self._rolled_back(state)
-
-    def _rolling_back_rebooting(self, state: UpdateState) -> UpdateState | None:
-        if self._boot_id() == state.boot_id:
-            self._reboot_into(state)
-            return None
-        return self._rolled_back(state)
-
-    def _rolled_back(self, state: UpdateState) -> UpdateState:
-        log.warning("rolled back %s: %s", state.target_path, state.detail)
-        done = state.finished()
-        if state.rollback_error is None:  # else the failure was reported with the first error
-            done = done.queue(state.deployment_id, "failure", state.detail)
-        self._save(done)
-        self._clean(state)
-        return done
-
-    def _rollback_failed(self, state: UpdateState) -> UpdateState:
-        """Gives up on the install: its journal and backups move out of the way of the next install,
-        kept for whoever repairs the device; the payload is dropped; the record stays in the state."""
-        assert state.failed_rollback is not None  # announced with the phase
-        record = keep_for_repair(self._work_dir(state), state.failed_rollback)
-        done = self._save(state.finished(failed_rollback=record))
-        self._clean(state, keep_work_dir=True)
-        return done
-
     def _abandon(self, state: UpdateState, why: str) -> UpdateState:
         """Drops a download that was not installed: nothing on the device changed."""
         if state.phase not in ("downloading", "downloaded"):
@@ -405,65 +266,13 @@ class UpdateFlow:
         self._clean(state)
         return done
 
-    # --- helpers ----------------------------------------------------------------------------------
-
-    def _reboot_into(self, state: UpdateState) -> None:
-        """Saves the state, reports, asks for the reboot; the step then waits for the next boot."""
-        self._save(state)
-        self._flush(state)
-        log.warning("rebooting to finish %s", state.target_path)
-        self._reboot()
-        return None
-
-    def _run_reboot_command(self) -> None:
-        outcome = run_command(self.config.reboot_command, timeout=self.config.health_timeout)
-        if not outcome.ok:
-            raise AgentError("reboot_failed", outcome.tail)
-
-    def _boot_id(self) -> str:
-        try:
-            return self.config.boot_id_file.read_text(encoding="utf-8").strip()
-        except OSError as exc:
-            raise AgentError("io_error", f"{self.config.boot_id_file}: {exc.strerror}") from None
+    # --- paths ------------------------------------------------------------------------------------
 
     def payload_path(self, hashes: dict[str, str], target_path: str | None) -> Path:
-        sha256 = hashes.get("sha256", "payload")
-        name = (target_path or "payload").rsplit("/", 1)[-1]
-        # The payload keeps its signed file name: update modules install it under that name.
-        return self.data_dir / "downloads" / sha256[:16] / name
+        return payload_path(self.data_dir, hashes, target_path)
 
     def _payload_path(self, state: UpdateState) -> Path:
-        return self.payload_path(state.hashes, state.target_path)
+        return payload_path(self.data_dir, state.hashes, state.target_path)
 
-    def _work_dir(self, state: UpdateState) -> Path:
-        return self.data_dir / "work" / state.hashes.get("sha256", "install")[:16]
-
-    def _module(self, state: UpdateState) -> tuple[UpdateModule, InstallContext]:
-        from fleetkeeper_agent.modules import InstallContext, load_module
-
-        name = str(state.release.get("module"))
-        try:
-            module = load_module(name, self.config.modules.get(name, {}))
-        except AgentError as exc:
-            raise ModuleLoadError(name, exc) from exc
-        work_dir = self._work_dir(state)
-        work_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        return module, InstallContext(
-            release=state.release,
-            payload=self._payload_path(state),
-            work_dir=work_dir,
-            settings=self.config.modules.get(name, {}),
-        )
-
-    def _clean(self, state: UpdateState, *, keep_work_dir: bool = False) -> None:
-        """The payload and the module's work directory, once the install is over. Without a recursion (a
-        module may leave a tree of any depth) and without following a link; what cannot be removed is
-        left, logged, rather than holding the agent here."""
-        paths = [self._payload_path(state).parent]
-        if not keep_work_dir:
-            paths.append(self._work_dir(state))
-        for path in paths:
-            try:
-                remove_tree(path)
-            except OSError as exc:
-                log.warning("cannot remove %s: %s", path, exc)
+    def _clean(self, state: UpdateState) -> None:
+        remove_install_files(self.data_dir, state)
