@@ -58,6 +58,13 @@ def work_dir(data_dir: Path, state: UpdateState) -> Path:
     return data_dir / "work" / state.hashes.get("sha256", "install")[:16]
 
 
+def clear_work_dir(data_dir: Path, state: UpdateState) -> None:
+    """Before an install starts. A work directory left by an earlier install of the same payload (killed
+    between its last state write and its clean-up) holds that install's journal, which the module would
+    take for this one's: its backup of what ran before would be restored by a rollback."""
+    remove_tree(work_dir(data_dir, state))
+
+
 def remove_install_files(data_dir: Path, state: UpdateState, *, keep_work_dir: bool = False) -> None:
     """The payload and the module's work directory, once the install is over. Without a recursion (a
     module may leave a tree of any depth) and without following a link; what cannot be removed is

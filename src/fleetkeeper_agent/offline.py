@@ -26,6 +26,7 @@ from fleetkeeper_agent.commands import run_health_checks
 from fleetkeeper_agent.config import AgentConfig
 from fleetkeeper_agent.errors import AgentError, UpdateRefused
 from fleetkeeper_agent.identity import IdentityState
+from fleetkeeper_agent.installer import clear_work_dir
 from fleetkeeper_agent.tuf_client import run_tuf_step
 from fleetkeeper_agent.update_failures import MAX_ROLLBACK_ATTEMPTS
 from fleetkeeper_agent.update_state import Installed, UpdateState
@@ -125,6 +126,12 @@ def install_bundle(config: AgentConfig, path: Path) -> UpdateState:
         release=dict(update.release),
         release_counter=update.release_counter,
     )
+    try:
+        clear_work_dir(config.data_dir, started)
+    except OSError as exc:
+        raise AgentError(
+            "io_error", f"cannot clear the work directory of {update.target_path}: {exc}"
+        ) from None
     started.save(config.data_dir)
     flow.advance(started)
     return UpdateState.load(config.data_dir)

@@ -35,6 +35,7 @@ from fleetkeeper_agent.errors import AgentError
 from fleetkeeper_agent.installer import (
     INSTALL_PHASES,
     Installer,
+    clear_work_dir,
     payload_path,
     remove_install_files,
 )
@@ -254,6 +255,11 @@ class UpdateFlow:
                         state.deployment_id, "deferred", reason
                     )
                 )
+            return None
+        try:
+            clear_work_dir(self.data_dir, state)
+        except OSError as exc:
+            log.warning("cannot clear the work directory for %s (tried again): %s", state.target_path, exc)
             return None
         return self._save(state.moved("installing").queue(state.deployment_id, "installing"))
 

@@ -11,7 +11,7 @@ import os
 import tarfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import httpx2
 import pytest
@@ -22,6 +22,7 @@ from fleetkeeper_agent.modules import InstallContext
 from fleetkeeper_agent.modules.file import FileModule
 from fleetkeeper_agent.update_state import UpdateState
 from fleetkeeper_agent.updates import UpdateFlow
+from fleetkeeper_agent.uptane import VerifiedUpdate
 from tests.agent.fakeserver import FakeCA
 from tests.agent.modulekit import Member, build_tar, deep_tree
 from tests.agent.test_modules_loading import plugin_distribution  # noqa: F401 - a fixture used by name
@@ -235,6 +236,40 @@ def test_a_work_directory_deeper_than_the_recursion_limit_is_removed_after_the_c
         assert [report["status"] for report in server.reports] == ["success"]
         assert list((flow.data_dir / "work").iterdir()) == []
     assert outside.read_text() == "not the agent's\n"
+
+
+class Listing:
+    """The director listing the release the device's state names, as verified."""
+
+    def __init__(self, state: UpdateState) -> None:
+        assert state.target_path is not None
+        self.update = VerifiedUpdate(
+            state.target_path, state.length, state.hashes, state.release, state.release_counter
+        )
+
+    def check(self, highest_installed_counter: int) -> VerifiedUpdate:
+        return self.update
+
+
+def test_an_install_starts_without_the_journal_an_earlier_install_of_the_same_payload_left(
+    tmp_path: Path,
+) -> None:
+    """An earlier install of 2.0, when there was no app.conf yet, was killed between its last state
+    write and its clean-up: its journal ("nothing there before") stayed in the work directory. Read by
+    this install, its rollback would delete app.conf 1.0 instead of restoring it."""
+    flow, server = file_install(tmp_path)
+    state = UpdateState.load(flow.data_dir).moved("downloaded")
+    state.save(flow.data_dir)
+    stale = flow.data_dir / "work" / state.hashes["sha256"][:16]
+    stale.mkdir(parents=True)
+    journal = {"target": str(tmp_path / "etc" / "app.conf"), "had_previous": False}
+    (stale / "file.json").write_text(json.dumps(journal))
+    flow.checker = cast(Any, Listing(state))
+    flow.config.health_commands.append(["false"])  # 2.0 fails its health check: rolled back
+
+    assert flow.tick().phase == "idle"
+    assert [report["status"] for report in server.reports] == ["installing", "failure"]
+    assert (tmp_path / "etc" / "app.conf").read_bytes() == b"release 1.0\n"
 
 
 # --- a module that cannot be loaded ----------------------------------------------------------------
