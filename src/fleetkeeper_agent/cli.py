@@ -398,6 +398,9 @@ def _status(args: argparse.Namespace) -> int:
                 "deployment_id": state.deployment_id,
                 "reports_pending": len(state.outbox),
                 "detail": state.detail,
+                # A commit or a rollback that failed, tried again at the next check-ins.
+                "commit_attempts": state.commit_attempts,
+                "commit_error": state.commit_error,
                 "rollback_attempts": state.rollback_attempts,
                 "rollback_error": state.rollback_error,
                 # An install the agent gave up rolling back: what ran before may not be back.

@@ -1,9 +1,10 @@
 """Installs a downloaded release through its update module — install, reboot, health check, then commit
 or roll back: the part of the update flow (updates.py) that changes the device.
 
-Each step saves the state that announces it (fsync, atomic rename) before it acts. An install that
-breaks is rolled back, and a rollback that fails is reported once and tried again at the next
-check-ins a bounded number of times (update_failures.py).
+Each step saves the state that announces it (fsync, atomic rename) before it acts, and no step lets an
+exception escape from the module, since the next check-in would run the same step again, never
+reporting: an install that breaks is rolled back, and a commit or a rollback that fails is reported
+once and tried again at the next check-ins a bounded number of times (update_failures.py).
 """
 
 from __future__ import annotations
@@ -19,8 +20,11 @@ from fleetkeeper_agent.config import AgentConfig
 from fleetkeeper_agent.errors import AgentError
 from fleetkeeper_agent.files import remove_tree
 from fleetkeeper_agent.update_failures import (
+    MAX_COMMIT_ATTEMPTS,
     MAX_ROLLBACK_ATTEMPTS,
     ModuleLoadError,
+    commit_given_up,
+    failed_commit_attempt,
     failed_rollback_attempt,
     failure,
     giving_up,
@@ -200,8 +204,20 @@ class Installer:
     # --- commit, rollback -------------------------------------------------------------------------
 
     def _committing(self, state: UpdateState) -> UpdateState | None:
-        module, context = self._module(state)
-        module.commit(context)
+        """One attempt per check-in, counted before it starts; a failure is reported once, and after the
+        last attempt the install is rolled back (update_failures.py)."""
+        if state.commit_attempts >= MAX_COMMIT_ATTEMPTS:  # the last one was cut short
+            return self._save(commit_given_up(state))
+        state = self._save(state.moved("committing", commit_attempts=state.commit_attempts + 1))
+        try:
+            module, context = self._module(state)
+            module.commit(context)
+        except Exception as exc:  # escaping, it would stop every check-in here, unreported
+            failed = failed_commit_attempt(state, exc)
+            if failed.commit_attempts >= MAX_COMMIT_ATTEMPTS:
+                return self._save(commit_given_up(failed))
+            self._save(failed)
+            return None  # tried again at the next check-in
         release = state.release
         installed = Installed(
             name=release.get("name"),

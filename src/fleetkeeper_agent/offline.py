@@ -28,7 +28,7 @@ from fleetkeeper_agent.errors import AgentError, UpdateRefused
 from fleetkeeper_agent.identity import IdentityState
 from fleetkeeper_agent.installer import clear_work_dir
 from fleetkeeper_agent.tuf_client import run_tuf_step
-from fleetkeeper_agent.update_failures import MAX_ROLLBACK_ATTEMPTS
+from fleetkeeper_agent.update_failures import MAX_COMMIT_ATTEMPTS, MAX_ROLLBACK_ATTEMPTS
 from fleetkeeper_agent.update_state import Installed, UpdateState
 from fleetkeeper_agent.updates import UpdateFlow
 from fleetkeeper_agent.uptane import VerifiedUpdate, signed_release
@@ -192,16 +192,39 @@ def _verify_and_copy(
 
 
 def commit_offline(config: AgentConfig) -> Installed:
+    """Health checks, then one commit attempt; run again, tries again a commit that failed, up to
+    MAX_COMMIT_ATTEMPTS, after which the install is rolled back as the daemon would."""
     state = UpdateState.load(config.data_dir)
-    if state.phase != "awaiting_commit":
+    if state.phase not in ("awaiting_commit", "committing"):
         raise AgentError(
             "nothing_to_commit", f"no installed release waits for a commit (state: {state.phase})"
         )
     outcome = run_health_checks(config.health_commands, timeout=config.health_timeout)
     if not outcome.ok:
         raise AgentError("health_check_failed", f"{outcome.tail}\n(nothing committed; `rollback` goes back)")
-    UpdateFlow(config, None, None).advance(state.moved("committing"))
-    return UpdateState.load(config.data_dir).installed
+    flow = UpdateFlow(config, None, None)
+    after = flow.installer.step(state.moved("committing"))
+    if after is None:
+        failed = UpdateState.load(config.data_dir)
+        raise AgentError(
+            "commit_failed",
+            f"{failed.commit_error} (attempt {failed.commit_attempts} of {MAX_COMMIT_ATTEMPTS}; run "
+            "`fleetkeeper-agent commit` again, or `rollback`)",
+        )
+    if after.phase == "idle":
+        return after.installed
+    rolled = flow.advance(after)  # given up: rolled back
+    if rolled.phase == "rolling_back_rebooting":
+        raise AgentError(
+            "commit_failed", f"{after.detail}; rolling back: rebooting into the previous release"
+        )
+    if rolled.phase == "rolling_back":
+        raise AgentError(
+            "commit_failed",
+            f"{after.detail}; rollback failed: {rolled.rollback_error} "
+            "(run `fleetkeeper-agent rollback` again)",
+        )
+    raise AgentError("commit_failed", f"{after.detail}; rolled back")
 
 
 def rollback_offline(config: AgentConfig) -> UpdateState:
@@ -211,6 +234,7 @@ def rollback_offline(config: AgentConfig) -> UpdateState:
         "awaiting_commit",
         "installing",
         "verifying",
+        "committing",
         "rolling_back",
     ):
         raise AgentError(

@@ -1,11 +1,13 @@
-"""How the update flow words a failure for the server, and when it gives up on a rollback that fails.
+"""How the update flow words a failure for the server, and when it gives up on a step that fails.
 
 A failure never escapes the flow: an exception that escaped would make every check-in run the same
 step again, and the device would never report nor take another deployment. So an install that breaks
-is rolled back, a module that cannot be loaded fails the install with nothing installed, and a
-rollback that breaks is reported once, tried again at the next check-ins, and after
-MAX_ROLLBACK_ATTEMPTS given up: the agent records it and goes back to idle (docs/update-modules.md,
-"When a rollback fails", says what that leaves on the device for each module).
+is rolled back, and a module that cannot be loaded fails the install with nothing installed. The steps
+that can only be tried again — the commit, the rollback — are tried once per check-in, each attempt
+counted in update.json before it starts (so that one cut short by a crash counts too), the first
+failure reported once; after the last attempt a commit is given up by rolling the install back, and
+a rollback by recording it and going back to idle
+(docs/update-modules.md, "When an update step fails", says what each leaves on the device).
 """
 
 from __future__ import annotations
@@ -23,8 +25,9 @@ from fleetkeeper_agent.update_state import FailedRollback, UpdateState
 log = logging.getLogger(__name__)
 
 MAX_REASON = 1000  # characters of an unexpected exception's message in a report
-# Attempts at rolling back one install, one per check-in (5 minutes apart by default), counted as they
-# start: an attempt cut short by a kill counts too, so a rollback that crashes the agent gives up as well.
+# Attempts per install, one per check-in (5 minutes apart by default), counted as they start: an attempt
+# cut short by a kill counts too, so a step that crashes the agent is given up as well.
+MAX_COMMIT_ATTEMPTS = 5
 MAX_ROLLBACK_ATTEMPTS = 5
 FAILED_DIR = "failed"  # under the data directory: the journals and backups of rollbacks given up
 NEEDS_ATTENTION = "the device needs attention"
@@ -56,6 +59,44 @@ def _type_and_text(exc: Exception) -> str:
     if len(text) > MAX_REASON:
         text = text[:MAX_REASON] + "…"
     return f"{type(exc).__name__}: {text}"
+
+
+def _still_under_way(state: UpdateState) -> str:
+    """The in-progress status the server last heard for this install, sent again with the news of a step
+    tried again: a failure would end the install there (or have the server offer it again) while the
+    device carries on with it."""
+    return "rebooting" if state.boot_id is not None else "installing"
+
+
+# --- a commit that fails ------------------------------------------------------------------------------
+
+
+def failed_commit_attempt(state: UpdateState, exc: Exception) -> UpdateState:
+    """After a commit that failed: the new release runs but is not permanent (rootfs-ab's bootloader
+    may still go back from it). The error is kept for `status`, and reported the first time."""
+    error = failure(exc, f"the {state.release.get('module')} module's commit")
+    log.error(
+        "commit of %s failed (attempt %d of %d): %s",
+        state.target_path,
+        state.commit_attempts,
+        MAX_COMMIT_ATTEMPTS,
+        error,
+    )
+    if state.commit_error is None:
+        detail = (
+            f"commit failed: {error}; the new release runs but is not permanent yet: the commit is tried "
+            f"again at the next check-ins, and the release rolled back after {MAX_COMMIT_ATTEMPTS} attempts"
+        )
+        state = state.queue(state.deployment_id, _still_under_way(state), detail)
+    return state.moved("committing", commit_error=error)
+
+
+def commit_given_up(state: UpdateState) -> UpdateState:
+    """After the last commit attempt: the install is rolled back, its failure reported then, so that the
+    device runs a release it can keep rather than one that is not permanent."""
+    error = state.commit_error or "each attempt was cut short"
+    log.error("gave up committing %s: %s; rolling back", state.target_path, error)
+    return state.moved("rolling_back", detail=f"commit failed ({state.commit_attempts} attempts): {error}")
 
 
 # --- a rollback that fails ---------------------------------------------------------------------------

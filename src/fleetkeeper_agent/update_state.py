@@ -91,8 +91,12 @@ class UpdateState:
     force: bool = False
     boot_id: str | None = None  # the boot a reboot was asked from: a different one means it happened
     detail: str | None = None  # why a rollback runs (a log tail)
-    rollback_attempts: int = 0  # counted as each attempt starts
-    rollback_error: str | None = None  # the last attempt's; set: the failure has been reported
+    # Each step tried again at the next check-ins (update_failures.py): its attempts, counted as each
+    # starts, and its last error, which once set means that the server has heard of the failure.
+    commit_attempts: int = 0
+    commit_error: str | None = None
+    rollback_attempts: int = 0
+    rollback_error: str | None = None
     next_seq: int = 1
     outbox: tuple[Report, ...] = ()
     deferred_reason: str | None = None  # the last deferral reported, so that it is reported once

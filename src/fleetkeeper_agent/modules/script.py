@@ -10,7 +10,7 @@ scratch space, kept until commit or rollback) and FLEETKEEPER_REBOOT_REQUEST: a 
 creates (in `install` or `rollback`) to ask for a reboot.
 
 The script carries the idempotency rule itself: after a power loss it is run again with the same
-phase, and `rollback` may come after an `install` that was cut short.
+phase, and `rollback` may come after an `install` that was cut short or a `commit` that failed.
 
 Settings (`[modules.script]`): `timeout` in seconds (600).
 """
