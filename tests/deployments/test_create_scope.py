@@ -14,6 +14,7 @@ from fleetkeeper.releases.models import Release, ReleaseTag
 from tests.conftest import Api
 from tests.deployments.test_create import add_devices
 from tests.deployments.test_visibility import PASSWORD, answer
+from tests.devices.test_groups_api import user_scoped_to_unfit_groups
 
 
 async def tagged_release(api: Api, name: str, version: str, tags: list[str]) -> Release:
@@ -119,10 +120,9 @@ async def test_a_live_target_needs_a_group_devices_cannot_join_by_themselves(api
             "/api/v1/device-groups", json={"name": name, "filter": expression}, headers=admin
         )
         assert created.status_code == 201, created.text
-    deployer = await api.create_user(
-        "ring-deployer",
-        PASSWORD,
-        roles=[{"role": "deployments-manager", "device_groups": ["reported", "tagged"]}],
+    # Such a scope is refused when given now (docs/access.md, "Scopes"); an older one stays.
+    deployer = await user_scoped_to_unfit_groups(
+        api, "ring-deployer", "deployments-manager", ["reported", "tagged"]
     )
     refused = await api.client.post(
         "/api/v1/deployments",

@@ -9,7 +9,7 @@ import httpx2
 
 from tests.conftest import Api
 from tests.devices.test_enrollment import accepted_device
-from tests.devices.test_groups_api import report
+from tests.devices.test_groups_api import report, user_scoped_to_unfit_groups
 
 PASSWORD = "tulip-orbit-canyon-7"
 CANARY = 'tag.ring == "canary"'
@@ -88,7 +88,7 @@ async def test_a_group_that_reads_what_devices_report_reaches_no_device_as_a_sco
     admin = await api.admin_headers()
     members = (await api.client.get("/api/v1/device-groups/reported-canary/devices", headers=admin)).json()
     assert [item["id"] for item in members["items"]] == [device.device_id], "a target and a search still"
-    scoped = await user(api, "t", {"role": "troubleshooter", "device_groups": ["reported-canary", "stale"]})
+    scoped = await user_scoped_to_unfit_groups(api, "t", "troubleshooter", ["reported-canary", "stale"])
     assert (await api.client.get(f"/api/v1/devices/{device.device_id}", headers=scoped)).status_code == 404
     assert (await api.client.get("/api/v1/devices", headers=scoped)).json()["items"] == []
 

@@ -17,6 +17,7 @@ from fleetkeeper.access import reauth
 from fleetkeeper.access.models import ApiToken
 from fleetkeeper.access.permissions import GrantSet
 from fleetkeeper.access.principal import Principal
+from fleetkeeper.access.scopes import check_scopes, scope_names
 from fleetkeeper.access.service import get_user, validate_grants
 from fleetkeeper.access.tokens import hash_secret, new_secret
 from fleetkeeper.audit.service import record
@@ -62,6 +63,9 @@ async def create(
         raise ForbiddenError(
             "a token cannot hold permissions its owner lacks", code="cannot_grant_beyond_own"
         )
+    if grants is not None:  # the owner's own grants are not theirs to fix here
+        async with database.session() as session:
+            await check_scopes(session, scope_names(requested))
     await reauth.before_checking(limiter, owner.user_id)
     async with database.session() as session:
         user = await get_user(session, owner.user_id)

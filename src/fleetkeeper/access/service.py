@@ -23,6 +23,9 @@ from fleetkeeper.access.permissions import BUILTIN_ROLES, GrantSet
 # Other domains reach access through this module: these are part of its interface.
 from fleetkeeper.access.permissions import Permission as Permission
 from fleetkeeper.access.principal import Principal as Principal
+from fleetkeeper.access.scopes import check_scopes, scope_names
+from fleetkeeper.access.scopes import given_as_scope as given_as_scope
+from fleetkeeper.access.scopes import register_scope_check as register_scope_check
 from fleetkeeper.audit.service import SYSTEM, record
 from fleetkeeper.core.db import Database, utcnow
 from fleetkeeper.core.errors import ConflictError, ForbiddenError, NotFoundError, ProblemError
@@ -249,6 +252,11 @@ async def _assign_roles(
                 f"the role {spec.role} (with this scope) grants more than you hold",
                 code="cannot_grant_beyond_own",
             )
+        # The scopes it names, whether the role's own or this assignment's narrowing.
+        given = scope_names(granted)
+        given.setdefault("device_group", set()).update(spec.device_groups or ())
+        given.setdefault("release_tag", set()).update(spec.release_tags or ())
+        await check_scopes(session, given)
         session.add(
             RoleAssignment(
                 user_id=user_id,
@@ -485,6 +493,7 @@ async def create_role(
     _ensure_holds(actor, grant_set)
     try:
         async with database.transaction() as session:
+            await check_scopes(session, scope_names(grant_set))
             role = Role(id=new_id("rol"), name=name, description=description, grants=grant_set.to_json())
             session.add(role)
             await session.flush()
@@ -518,6 +527,7 @@ async def update_role(
         if grants is not None:
             new_grants = validate_grants(grants)
             _ensure_holds(actor, new_grants)
+            await check_scopes(session, scope_names(new_grants))
             role.grants = new_grants.to_json()
             await administrators.ensure_one_remains(session)
         if description is not None:

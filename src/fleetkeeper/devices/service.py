@@ -40,6 +40,7 @@ from fleetkeeper.devices.inventory import (
     replace_attributes,
 )
 from fleetkeeper.devices.models import Device, DeviceCertificate, DeviceGroup, GroupMember
+from fleetkeeper.devices.scope_fitness import refuse_unfit_group_given_as_scope
 from fleetkeeper.devices.scopes import checking_moves, groups_seen_by
 from fleetkeeper.devices.scopes import device_group_names as device_group_names
 from fleetkeeper.devices.scopes import groups_usable_as_scope as groups_usable_as_scope
@@ -377,7 +378,8 @@ async def create_group(
     database: Database, principal: Principal, *, name: str, description: str, filter_expression: str | None
 ) -> DeviceGroup:
     """Static when there is no filter, dynamic otherwise. Creating a group defines a new scope, so
-    it needs devices:manage everywhere."""
+    it needs devices:manage everywhere; a filter unfit for a scope under a name that grants give
+    as a scope is refused (scope_fitness)."""
     _ensure_everywhere(principal, Permission.DEVICES_MANAGE)
     if not GROUP_NAME.match(name):
         raise ProblemError(
@@ -397,6 +399,7 @@ async def create_group(
             )
             session.add(group)
             await session.flush()
+            await refuse_unfit_group_given_as_scope(session, group)
             await record(
                 session,
                 actor=principal.actor,
