@@ -352,6 +352,10 @@ def _install(args: argparse.Namespace) -> int:
     state = install_bundle(_config(args), args.bundle)
     if state.phase == "awaiting_commit":
         print(f"installed {state.target_path}: run `fleetkeeper-agent commit` (or `rollback`)")
+    elif state.phase == "rebooting" and state.reboot_error is not None:
+        raise AgentError(
+            "reboot_failed", f"installed {state.target_path}, but the reboot failed: {state.reboot_error}"
+        )
     elif state.phase in ("rebooting", "rolling_back_rebooting"):
         print(f"installed {state.target_path}: rebooting; commit (or roll back) after the reboot")
     elif state.phase == "rolling_back":
@@ -398,7 +402,9 @@ def _status(args: argparse.Namespace) -> int:
                 "deployment_id": state.deployment_id,
                 "reports_pending": len(state.outbox),
                 "detail": state.detail,
-                # A commit or a rollback that failed, tried again at the next check-ins.
+                # A reboot, a commit or a rollback that failed, tried again at the next check-ins.
+                "reboot_attempts": state.reboot_attempts,
+                "reboot_error": state.reboot_error,
                 "commit_attempts": state.commit_attempts,
                 "commit_error": state.commit_error,
                 "rollback_attempts": state.rollback_attempts,

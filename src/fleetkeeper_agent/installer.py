@@ -1,10 +1,10 @@
 """Installs a downloaded release through its update module — install, reboot, health check, then commit
 or roll back: the part of the update flow (updates.py) that changes the device.
 
-Each step saves the state that announces it (fsync, atomic rename) before it acts, and no step lets an
-exception escape from the module, since the next check-in would run the same step again, never
-reporting: an install that breaks is rolled back, and a commit or a rollback that fails is reported
-once and tried again at the next check-ins a bounded number of times (update_failures.py).
+Each step saves the state that announces it (fsync, atomic rename) before it acts. A failure that
+escaped would make every check-in run the same step again, never reporting; so an install that breaks
+is rolled back, and a reboot, a commit or a rollback that fails is reported once and tried again at
+the next check-ins a bounded number of times (update_failures.py).
 """
 
 from __future__ import annotations
@@ -21,14 +21,17 @@ from fleetkeeper_agent.errors import AgentError
 from fleetkeeper_agent.files import remove_tree
 from fleetkeeper_agent.update_failures import (
     MAX_COMMIT_ATTEMPTS,
+    MAX_REBOOT_ATTEMPTS,
     MAX_ROLLBACK_ATTEMPTS,
     ModuleLoadError,
     commit_given_up,
     failed_commit_attempt,
+    failed_reboot_attempt,
     failed_rollback_attempt,
     failure,
     giving_up,
     keep_for_repair,
+    reboot_given_up,
 )
 from fleetkeeper_agent.update_state import Installed, Phase, UpdateState, mark_inventory_due
 
@@ -129,16 +132,16 @@ class Installer:
             log.error("install of %s failed: %s", state.target_path, reason)
             return self._save(state.moved("rolling_back", detail=f"install failed: {reason}"))
         if needs_reboot:
-            self._reboot_into(
-                state.moved("rebooting", boot_id=self._boot_id()).queue(state.deployment_id, "rebooting")
-            )
-            return None
+            rebooting = state.moved("rebooting", boot_id=self._boot_id(), reboot_attempts=1)
+            return self._reboot_into(rebooting.queue(state.deployment_id, "rebooting"))
         return self._save(state.moved("verifying"))
 
     def _rebooting(self, state: UpdateState) -> UpdateState | None:
         if self._boot_id() == state.boot_id:
-            self._reboot_into(state)  # killed before the reboot happened: ask again
-            return None
+            # Not rebooted: killed before asking, the request failed, or it was not heeded.
+            if state.reboot_attempts >= MAX_REBOOT_ATTEMPTS:
+                return self._save(reboot_given_up(state))
+            return self._reboot_into(state.moved("rebooting", reboot_attempts=state.reboot_attempts + 1))
         try:
             module, context = self._module(state)
         except ModuleLoadError as exc:  # the configuration changed across the reboot: nothing to ask
@@ -159,11 +162,21 @@ class Installer:
             return self._save(state.moved("awaiting_commit"))
         return self._save(state.moved("verifying"))
 
-    def _reboot_into(self, state: UpdateState) -> None:
-        """Saves the state, reports, asks for the reboot; the step then waits for the next boot."""
-        self._send_reports(self._save(state))
+    def _reboot_into(self, state: UpdateState) -> UpdateState | None:
+        """Saves the state (the attempt counted), reports, and asks for the reboot; the step then waits
+        for the next boot. A request that fails is a failed attempt of the step that asked for it."""
+        state = self._send_reports(self._save(state))
         log.warning("rebooting to finish %s", state.target_path)
-        self._reboot()
+        try:
+            self._reboot()
+        except Exception as exc:  # escaping, it would stop every check-in here, unreported
+            if state.phase == "rolling_back_rebooting":
+                return self._rollback_attempt_failed(state, exc)
+            failed = failed_reboot_attempt(state, exc)
+            if failed.reboot_attempts >= MAX_REBOOT_ATTEMPTS:
+                return self._save(reboot_given_up(failed))
+            self._save(failed)
+        return None
 
     def _run_reboot_command(self) -> None:
         outcome = run_command(self.config.reboot_command, timeout=self.config.health_timeout)
@@ -237,8 +250,8 @@ class Installer:
         return done
 
     def _rolling_back(self, state: UpdateState) -> UpdateState | None:
-        """One attempt per check-in, announced before it starts; a failure is reported once, and after
-        the last attempt the agent gives up (update_failures.py)."""
+        """One attempt per check-in (the module's rollback and the reboot it asks for), counted before it
+        starts; a failure is reported once, and after the last attempt the agent gives up."""
         if state.rollback_attempts >= MAX_ROLLBACK_ATTEMPTS:  # the last one was cut short
             return self._save(giving_up(state, work_dir(self.data_dir, state), self.data_dir))
         state = self._save(state.moved("rolling_back", rollback_attempts=state.rollback_attempts + 1))
@@ -246,20 +259,22 @@ class Installer:
             module, context = self._module(state)
             needs_reboot = module.rollback(context)
         except Exception as exc:  # escaping, it would stop every check-in here, unreported
-            failed = failed_rollback_attempt(state, exc)
-            if failed.rollback_attempts >= MAX_ROLLBACK_ATTEMPTS:
-                return self._save(giving_up(failed, work_dir(self.data_dir, state), self.data_dir))
-            self._save(failed)
-            return None  # tried again at the next check-in
+            return self._rollback_attempt_failed(state, exc)
         if needs_reboot:
-            self._reboot_into(state.moved("rolling_back_rebooting", boot_id=self._boot_id()))
-            return None
+            return self._reboot_into(state.moved("rolling_back_rebooting", boot_id=self._boot_id()))
         return self._rolled_back(state)
+
+    def _rollback_attempt_failed(self, state: UpdateState, exc: Exception) -> UpdateState | None:
+        failed = failed_rollback_attempt(state, exc)
+        if failed.rollback_attempts >= MAX_ROLLBACK_ATTEMPTS:
+            return self._save(giving_up(failed, work_dir(self.data_dir, state), self.data_dir))
+        self._save(failed)
+        return None  # tried again at the next check-in
 
     def _rolling_back_rebooting(self, state: UpdateState) -> UpdateState | None:
         if self._boot_id() == state.boot_id:
-            self._reboot_into(state)
-            return None
+            # Not rebooted (killed before asking, or not heeded): the next attempt, counted, asks again.
+            return self._save(state.moved("rolling_back"))
         return self._rolled_back(state)
 
     def _rolled_back(self, state: UpdateState) -> UpdateState:

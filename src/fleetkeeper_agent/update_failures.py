@@ -3,10 +3,10 @@
 A failure never escapes the flow: an exception that escaped would make every check-in run the same
 step again, and the device would never report nor take another deployment. So an install that breaks
 is rolled back, and a module that cannot be loaded fails the install with nothing installed. The steps
-that can only be tried again — the commit, the rollback — are tried once per check-in, each attempt
-counted in update.json before it starts (so that one cut short by a crash counts too), the first
-failure reported once; after the last attempt a commit is given up by rolling the install back, and
-a rollback by recording it and going back to idle
+that can only be tried again — the reboot an install asks for, the commit, the rollback — are tried
+once per check-in, each attempt counted in update.json before it starts (so that one cut short by a
+crash counts too), the first failure reported once; after the last attempt a reboot or a commit is
+given up by rolling the install back, and a rollback by recording it and going back to idle
 (docs/update-modules.md, "When an update step fails", says what each leaves on the device).
 """
 
@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 MAX_REASON = 1000  # characters of an unexpected exception's message in a report
 # Attempts per install, one per check-in (5 minutes apart by default), counted as they start: an attempt
 # cut short by a kill counts too, so a step that crashes the agent is given up as well.
+MAX_REBOOT_ATTEMPTS = 5  # reboot requests that did not end in a new boot
 MAX_COMMIT_ATTEMPTS = 5
 MAX_ROLLBACK_ATTEMPTS = 5
 FAILED_DIR = "failed"  # under the data directory: the journals and backups of rollbacks given up
@@ -68,6 +69,39 @@ def _still_under_way(state: UpdateState) -> str:
     return "rebooting" if state.boot_id is not None else "installing"
 
 
+# --- a reboot that fails, or never happens ---------------------------------------------------------
+
+
+def failed_reboot_attempt(state: UpdateState, exc: Exception) -> UpdateState:
+    """After a reboot request that failed: the error kept for `status`, and reported the first time."""
+    error = failure(exc, "the reboot")
+    log.error(
+        "reboot for %s failed (attempt %d of %d): %s",
+        state.target_path,
+        state.reboot_attempts,
+        MAX_REBOOT_ATTEMPTS,
+        error,
+    )
+    if state.reboot_error is None:
+        detail = (
+            f"the reboot failed: {error}; the reboot is asked again at the next check-ins, and the install "
+            f"rolled back after {MAX_REBOOT_ATTEMPTS} attempts"
+        )
+        state = state.queue(state.deployment_id, "rebooting", detail)
+    return state.moved("rebooting", reboot_error=error)
+
+
+def reboot_given_up(state: UpdateState) -> UpdateState:
+    """After the last reboot request: the install is rolled back, its failure reported then. The old
+    release still runs (no new boot came); what the install changed is undone by the module."""
+    if state.reboot_error is None:
+        reason = f"the device did not restart after {state.reboot_attempts} reboot requests"
+    else:
+        reason = f"the reboot failed ({state.reboot_attempts} attempts): {state.reboot_error}"
+    log.error("gave up rebooting for %s: %s; rolling back", state.target_path, reason)
+    return state.moved("rolling_back", detail=f"install failed: {reason}")
+
+
 # --- a commit that fails ------------------------------------------------------------------------------
 
 
@@ -103,14 +137,15 @@ def commit_given_up(state: UpdateState) -> UpdateState:
 
 
 def failed_rollback_attempt(state: UpdateState, exc: Exception) -> UpdateState:
-    """After an attempt that failed: the error kept for `status`, and the failure reported the first
-    time only (the server needs to hear it once; a rollback that works later changes nothing it knows).
-    The error is `<code>: <message>` for an AgentError, `<Type>: <message>` for anything else."""
+    """After an attempt that failed (the module's rollback, or the reboot it asked for): the error kept
+    for `status`, and the failure reported the first time only (the server needs to hear it once; a
+    rollback that works later changes nothing it knows). The error is `<code>: <message>` for an
+    AgentError, `<Type>: <message>` for anything else."""
     if isinstance(exc, AgentError):
         error = f"{exc.code}: {exc.message}"
     else:
         error = _type_and_text(exc)
-        log.error("the %s module's rollback raised", state.release.get("module"), exc_info=exc)
+        log.error("rolling back %s raised", state.target_path, exc_info=exc)
     log.error(
         "rollback of %s failed (attempt %d of %d): %s",
         state.target_path,
@@ -126,7 +161,10 @@ def failed_rollback_attempt(state: UpdateState, exc: Exception) -> UpdateState:
 def giving_up(state: UpdateState, work_dir: Path, data_dir: Path) -> UpdateState:
     """The announcement of `rollback_failed`: the record, and where the module's journal and backups
     will be kept, decided before anything moves so that a kill here ends the same way."""
-    error = state.rollback_error or f"the rollback was cut short {state.rollback_attempts} times"
+    error = state.rollback_error or (
+        f"the rollback did not finish in {state.rollback_attempts} attempts: cut short, or the reboot it "
+        "asked for never happened"
+    )
     if state.rollback_error is None:
         state = state.queue(state.deployment_id, "failure", _report(state, error))
     record = FailedRollback(

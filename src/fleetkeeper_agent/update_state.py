@@ -93,6 +93,8 @@ class UpdateState:
     detail: str | None = None  # why a rollback runs (a log tail)
     # Each step tried again at the next check-ins (update_failures.py): its attempts, counted as each
     # starts, and its last error, which once set means that the server has heard of the failure.
+    reboot_attempts: int = 0
+    reboot_error: str | None = None
     commit_attempts: int = 0
     commit_error: str | None = None
     rollback_attempts: int = 0

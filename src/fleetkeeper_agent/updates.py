@@ -1,10 +1,14 @@
 """The update flow of DESIGN.md ("Update on the device"), as a state machine that survives a kill.
 
     idle ─check-in─> downloading ─> downloaded ─> installing ─> (rebooting) ─> verifying ─> committing ─> idle
-                                                      │              │               │
-                                                      └──────────────┴── failure ────┴─> rolling_back ─> idle
-                                                                                              │
-                                                         (its last attempt failed) rollback_failed ─> idle
+                                                      │              │              │              │
+                                                      └──────────────┴── failure ───┴──────────────┘
+                                                       (a reboot or a commit: after its last attempt)
+                                                                            │
+                                                                            v
+                                                                     rolling_back ─> idle
+                                                                            │ its last attempt failed
+                                                                            └─> rollback_failed ─> idle
 
 This module checks in, downloads, and waits for the install's window; from `installing` on, the
 Installer (installer.py) drives the release's update module. Each step writes the state that

@@ -1,12 +1,13 @@
-"""A commit that fails never holds the agent: it is reported once, tried again at a bounded number of
-check-ins, and then the install is rolled back. Killed at any step of that, the agent ends the same
-way."""
+"""A commit or a reboot that fails never holds the agent: it is reported once, tried again at a bounded
+number of check-ins, and then the install is rolled back; a rollback whose reboot fails is tried again
+and given up as any rollback that fails. Killed at any step of that, the agent ends the same way."""
 
 from __future__ import annotations
 
 import errno
 import os
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,11 @@ from fleetkeeper_agent.modules import InstallContext, directory
 from fleetkeeper_agent.modules.bootloader import SimulatedBootloader
 from fleetkeeper_agent.modules.file import FileModule
 from fleetkeeper_agent.offline import commit_offline, rollback_offline
-from fleetkeeper_agent.update_failures import MAX_COMMIT_ATTEMPTS, MAX_ROLLBACK_ATTEMPTS
+from fleetkeeper_agent.update_failures import (
+    MAX_COMMIT_ATTEMPTS,
+    MAX_REBOOT_ATTEMPTS,
+    MAX_ROLLBACK_ATTEMPTS,
+)
 from fleetkeeper_agent.update_state import UpdateState
 from fleetkeeper_agent.updates import UpdateFlow
 from tests.agent.modulekit import Member, build_tar
@@ -37,10 +42,45 @@ COMMIT_RETRIED = (
     "; the new release runs but is not permanent yet: the commit is tried again at the next check-ins, "
     f"and the release rolled back after {MAX_COMMIT_ATTEMPTS} attempts"
 )
+REBOOT_RETRIED = (
+    f"; the reboot is asked again at the next check-ins, and the install rolled back after "
+    f"{MAX_REBOOT_ATTEMPTS} attempts"
+)
+REBOOT_COMMAND_FAILS = ["false"]  # its tail: "false: exit status 1"
 
 
 def statuses(server: DeploymentsServer) -> list[str]:
     return [report["status"] for report in server.reports]
+
+
+def rebooted_by(flow: UpdateFlow, command: list[str]) -> UpdateFlow:
+    """The same device, whose reboot is the configured command (no test hook)."""
+    return UpdateFlow(replace(flow.config, reboot_command=command), flow.client, flow.checker)
+
+
+def needing_a_reboot(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The file module installs and asks for a reboot, as rootfs-ab does."""
+    real_install = FileModule.install
+
+    def install_for_a_reboot(self: FileModule, ctx: InstallContext) -> bool:
+        real_install(self, ctx)
+        return True
+
+    monkeypatch.setattr(FileModule, "install", install_for_a_reboot)
+
+
+def rolled_back_with_a_reboot(monkeypatch: pytest.MonkeyPatch) -> Broken:
+    """The file module's rollback restores the file and asks for a reboot; returns its call counter."""
+    real_rollback = FileModule.rollback
+    calls = Broken(RuntimeError("unused"))
+
+    def rollback_then_reboot(self: FileModule, ctx: InstallContext) -> bool:
+        calls.calls += 1
+        real_rollback(self, ctx)
+        return True
+
+    monkeypatch.setattr(FileModule, "rollback", rollback_then_reboot)
+    return calls
 
 
 # --- commit ----------------------------------------------------------------------------------------
@@ -217,22 +257,6 @@ def test_a_directory_commit_that_removed_part_of_the_previous_tree_is_not_rolled
     )
 
 
-def ab_device(tmp_path: Path) -> tuple[SimulatedBootloader, dict[str, Any]]:
-    """Slot a runs release 1.0; the rootfs-ab module's settings for the simulated bootloader."""
-    (tmp_path / "slot-a").write_bytes(OLD_IMAGE)
-    (tmp_path / "slot-b").write_bytes(b"whatever was there before")
-    bootloader = SimulatedBootloader(tmp_path / "bootenv.txt", ["a", "b"], cmdline_file=tmp_path / "cmdline")
-    bootloader.write({"boot_slot": "a", "upgrade_available": "0", "bootcount": "0"})
-    assert bootloader.simulate_boot() == "a"
-    settings = {
-        "slots": {"a": str(tmp_path / "slot-a"), "b": str(tmp_path / "slot-b")},
-        "bootloader": "simulated",
-        "simulated_env": str(tmp_path / "bootenv.txt"),
-        "cmdline": str(tmp_path / "cmdline"),
-    }
-    return bootloader, settings
-
-
 # --- an offline install, committed by the operator -------------------------------------------------
 
 
@@ -288,6 +312,165 @@ def test_an_offline_commit_that_keeps_failing_is_rolled_back(
     assert (tmp_path / "etc" / "app.conf").read_bytes() == b"release 1.0\n"
 
 
+# --- reboot ------------------------------------------------------------------------------------------
+
+
+def ab_device(tmp_path: Path) -> tuple[SimulatedBootloader, dict[str, Any]]:
+    """Slot a runs release 1.0; the rootfs-ab module's settings for the simulated bootloader."""
+    (tmp_path / "slot-a").write_bytes(OLD_IMAGE)
+    (tmp_path / "slot-b").write_bytes(b"whatever was there before")
+    bootloader = SimulatedBootloader(tmp_path / "bootenv.txt", ["a", "b"], cmdline_file=tmp_path / "cmdline")
+    bootloader.write({"boot_slot": "a", "upgrade_available": "0", "bootcount": "0"})
+    assert bootloader.simulate_boot() == "a"
+    settings = {
+        "slots": {"a": str(tmp_path / "slot-a"), "b": str(tmp_path / "slot-b")},
+        "bootloader": "simulated",
+        "simulated_env": str(tmp_path / "bootenv.txt"),
+        "cmdline": str(tmp_path / "cmdline"),
+    }
+    return bootloader, settings
+
+
+def test_an_ab_install_whose_reboot_fails_is_reported_once_retried_then_rolled_back(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """rootfs-ab wrote slot b and pointed the bootloader at it, and the reboot command fails: the
+    old slot still runs; after the last attempt the rollback points the bootloader back at it."""
+    bootloader, settings = ab_device(tmp_path)
+    announced, server = announced_install(tmp_path, "rootfs-ab", settings, "rootfs.img", NEW_IMAGE)
+    flow = rebooted_by(announced, REBOOT_COMMAND_FAILS)
+
+    state = flow.tick()
+    assert state.phase == "rebooting"
+    assert bootloader.read()["boot_slot"] == "b"
+    assert statuses(server) == ["rebooting", "rebooting"]
+    assert server.reports[1]["detail"] == f"the reboot failed: false: exit status 1{REBOOT_RETRIED}"
+    shown = status(flow.data_dir, capsys)
+    assert (shown["phase"], shown["reboot_attempts"], shown["reboot_error"]) == (
+        "rebooting",
+        1,
+        "false: exit status 1",
+    )
+
+    for _ in range(2, MAX_REBOOT_ATTEMPTS):
+        assert flow.tick().phase == "rebooting"
+    assert len(server.reports) == 2  # reported once
+    state = flow.tick()
+    assert state.phase == "idle"
+    assert state.failed_rollback is None
+    assert statuses(server) == ["rebooting", "rebooting", "failure"]
+    assert server.reports[2]["detail"] == (
+        f"install failed: the reboot failed ({MAX_REBOOT_ATTEMPTS} attempts): false: exit status 1"
+    )
+    env = bootloader.read()
+    assert (env["boot_slot"], env["upgrade_available"]) == ("a", "0")
+    assert bootloader.simulate_boot() == "a"
+    assert (tmp_path / "slot-a").read_bytes() == OLD_IMAGE
+    assert flow.tick().phase == "idle"
+    assert len(server.reports) == 3
+
+
+def test_a_reboot_that_works_when_asked_again_goes_on_to_the_commit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    flow, server = file_install(tmp_path)
+    needing_a_reboot(monkeypatch)
+    boot_id = flow.config.boot_id_file
+    asked = []
+
+    def reboot() -> None:
+        asked.append(True)
+        if len(asked) == 1:
+            raise RuntimeError("logind is not answering")
+        boot_id.write_text("boot-2\n")
+
+    flow = UpdateFlow(flow.config, flow.client, flow.checker, reboot=reboot)
+    assert flow.tick().phase == "rebooting"
+    assert server.reports[1]["detail"] == (
+        "the reboot failed: the reboot raised RuntimeError: logind is not answering (unexpected; the "
+        f"traceback is in the agent's log){REBOOT_RETRIED}"
+    )
+    assert flow.tick().phase == "rebooting"  # asked again, and the device reboots
+    state = flow.tick()
+    assert (state.phase, state.installed.version) == ("idle", "2.0")
+    assert statuses(server) == ["rebooting", "rebooting", "success"]
+
+
+def test_a_reboot_asked_for_that_never_happens_is_bounded_too(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The reboot command says yes and the device goes on running: each check-in asks again, and after
+    the last request the install is rolled back."""
+    flow, server = file_install(tmp_path)
+    needing_a_reboot(monkeypatch)
+    flow = rebooted_by(flow, ["true"])
+
+    for _ in range(MAX_REBOOT_ATTEMPTS):
+        assert flow.tick().phase == "rebooting"
+    state = flow.tick()
+    assert state.phase == "idle"
+    assert (tmp_path / "etc" / "app.conf").read_bytes() == b"release 1.0\n"
+    assert statuses(server) == ["rebooting", "failure"]
+    assert server.reports[1]["detail"] == (
+        f"install failed: the device did not restart after {MAX_REBOOT_ATTEMPTS} reboot requests"
+    )
+
+
+def test_an_ab_rollback_whose_reboot_fails_is_reported_once_retried_then_given_up(tmp_path: Path) -> None:
+    """Slot b booted and failed its health check; the rollback points the bootloader back at a, but the
+    reboot into a fails. b runs until the device restarts, and then a does."""
+    bootloader, settings = ab_device(tmp_path)
+    announced, server = announced_install(
+        tmp_path,
+        "rootfs-ab",
+        settings,
+        "rootfs.img",
+        NEW_IMAGE,
+        health_commands=[["false"]],
+        on_reboot=bootloader.simulate_boot,
+    )
+    assert announced.tick().phase == "rebooting"
+    flow = rebooted_by(announced, REBOOT_COMMAND_FAILS)
+
+    state = flow.tick()  # rebooted into b, unhealthy: rolled back, and its reboot fails
+    assert state.phase == "rolling_back"
+    assert statuses(server) == ["rebooting", "failure"]
+    assert server.reports[1]["detail"].startswith("health check failed:")
+    assert server.reports[1]["detail"].endswith(
+        f"; rollback failed: reboot_failed: false: exit status 1{NEEDS_ATTENTION}"
+    )
+    for _ in range(2, MAX_ROLLBACK_ATTEMPTS + 1):
+        state = flow.tick()
+    assert state.phase == "idle"
+    assert state.failed_rollback is not None
+    assert state.failed_rollback.attempts == MAX_ROLLBACK_ATTEMPTS
+    assert len(server.reports) == 2
+    env = bootloader.read()
+    assert (env["boot_slot"], env["upgrade_available"]) == ("a", "0")
+    assert bootloader.simulate_boot() == "a"
+
+
+def test_a_rollback_whose_reboot_never_happens_is_bounded_too(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    flow, server = file_install(tmp_path)
+    flow = rebooted_by(flow, ["true"])
+    flow.config.health_commands.append(["false"])
+    rollback = rolled_back_with_a_reboot(monkeypatch)
+
+    for _ in range(MAX_ROLLBACK_ATTEMPTS):
+        assert flow.tick().phase == "rolling_back_rebooting"
+    state = flow.tick()
+    assert state.phase == "idle"
+    assert state.failed_rollback is not None
+    assert rollback.calls == MAX_ROLLBACK_ATTEMPTS
+    assert statuses(server) == ["failure"]
+    assert server.reports[0]["detail"].endswith(
+        f"rollback failed: the rollback did not finish in {MAX_ROLLBACK_ATTEMPTS} attempts: cut short, or "
+        f"the reboot it asked for never happened{NEEDS_ATTENTION}"
+    )
+
+
 # --- power loss ----------------------------------------------------------------------------------------
 
 
@@ -297,14 +480,32 @@ def failing_commit(tmp_path: Path, patched: pytest.MonkeyPatch) -> tuple[UpdateF
     return flow, server
 
 
+def failing_reboot(tmp_path: Path, patched: pytest.MonkeyPatch) -> tuple[UpdateFlow, DeploymentsServer]:
+    flow, server = file_install(tmp_path)
+    needing_a_reboot(patched)
+    return rebooted_by(flow, REBOOT_COMMAND_FAILS), server
+
+
+def failing_rollback_reboot(
+    tmp_path: Path, patched: pytest.MonkeyPatch
+) -> tuple[UpdateFlow, DeploymentsServer]:
+    flow, server = file_install(tmp_path)
+    flow = rebooted_by(flow, REBOOT_COMMAND_FAILS)
+    flow.config.health_commands.append(["false"])
+    rolled_back_with_a_reboot(patched)
+    return flow, server
+
+
 @pytest.mark.parametrize(
     ("scenario", "reports", "given_up"),
     [
         (failing_commit, [(1, "installing"), (2, "failure")], False),
+        (failing_reboot, [(1, "rebooting"), (2, "rebooting"), (3, "failure")], False),
+        (failing_rollback_reboot, [(1, "failure")], True),
     ],
-    ids=["commit"],
+    ids=["commit", "reboot", "rollback's reboot"],
 )
-def test_a_kill_at_any_step_of_a_failing_commit_ends_the_same_way(
+def test_a_kill_at_any_step_of_a_failing_commit_or_reboot_ends_the_same_way(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
     scenario: Callable[[Path, pytest.MonkeyPatch], tuple[UpdateFlow, DeploymentsServer]],
@@ -314,7 +515,7 @@ def test_a_kill_at_any_step_of_a_failing_commit_ends_the_same_way(
     """Stopped before or after each state write in turn, then run again at every check-in (each in a new
     worker): the install still ends rolled back (or its rollback given up), the file back to 1.0, the
     news reported once and the outcome once."""
-    check_ins = MAX_COMMIT_ATTEMPTS + MAX_ROLLBACK_ATTEMPTS + 2
+    check_ins = MAX_COMMIT_ATTEMPTS + MAX_REBOOT_ATTEMPTS + MAX_ROLLBACK_ATTEMPTS + 2
     step = 0
     while True:
         step += 1
