@@ -3,19 +3,19 @@ custom roles, and the roles that require two-factor sign-in."""
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
 from starlette.datastructures import FormData, UploadFile
 from starlette.responses import RedirectResponse, Response
 
 from fleetkeeper.access import service, signin
-from fleetkeeper.access.models import Role
 from fleetkeeper.access.permissions import GrantSet, Permission
 from fleetkeeper.access.principal import Principal
 from fleetkeeper.console.forms import field, grants_from_form, scope_list, scope_text
 from fleetkeeper.console.render import render
 from fleetkeeper.console.session import page
+from fleetkeeper.core.errors import ProblemError
 from fleetkeeper.core.runtime import runtime_of
 
 router = APIRouter(include_in_schema=False)
@@ -41,6 +41,12 @@ def _assignments_from_form(form_roles: list[str], form: FormData) -> list[servic
 
 def _role_names(form_values: list[str | UploadFile]) -> list[str]:
     return [value[:64] for value in form_values if isinstance(value, str)][:50]
+
+
+def _correctable(refusal: ProblemError) -> bool:
+    """A value in the form that the administrator can correct there (an unsafe scope group, an
+    unknown role, a bad name): shown on the form with what they typed. Others: the error page."""
+    return refusal.status == 422
 
 
 @router.get("/users")
@@ -90,31 +96,50 @@ async def set_policy(request: Request, principal: Admin) -> Response:
     return _see_other("/users")
 
 
-@router.get("/users/{user_id}")
-async def user_detail(request: Request, principal: Admin, user_id: str) -> Response:
+async def _user_page(
+    request: Request,
+    principal: Principal,
+    user_id: str,
+    *,
+    typed: list[service.RoleAssignmentSpec] | None = None,
+    refusal: ProblemError | None = None,
+) -> Response:
+    """The user's page; after a refused roles form, with the refusal and the roles as typed."""
     async with runtime_of(request).database.session() as session:
         user = await service.get_user(session, user_id)
-        assignments = {spec.role: spec for spec in await service.user_role_assignments(session, user_id)}
+        assignments = typed if typed is not None else await service.user_role_assignments(session, user_id)
         roles = await service.list_roles(session)
         sessions = await signin.list_sessions(session, user_id)
     return render(
         request,
         "users/detail.html",
         principal,
+        status=refusal.status if refusal else 200,
         user=user,
-        assignments=assignments,
+        assignments={spec.role: spec for spec in assignments},
         roles=roles,
         sessions=sessions,
         scope_text=scope_text,
         is_self=user.id == principal.user_id,
+        error=refusal.detail if refusal else "",
     )
+
+
+@router.get("/users/{user_id}")
+async def user_detail(request: Request, principal: Admin, user_id: str) -> Response:
+    return await _user_page(request, principal, user_id)
 
 
 @router.post("/users/{user_id}/roles")
 async def set_roles(request: Request, principal: Admin, user_id: str) -> Response:
     form = await request.form()
     specs = _assignments_from_form(_role_names(form.getlist("role")), form)
-    await service.set_user_roles(runtime_of(request).database, principal, user_id, specs)
+    try:
+        await service.set_user_roles(runtime_of(request).database, principal, user_id, specs)
+    except ProblemError as refusal:
+        if not _correctable(refusal):
+            raise
+        return await _user_page(request, principal, user_id, typed=specs, refusal=refusal)
     return _see_other(f"/users/{user_id}")
 
 
@@ -149,52 +174,104 @@ async def end_sessions(request: Request, principal: Admin, user_id: str) -> Resp
 # --- roles ------------------------------------------------------------------------------------
 
 
-def _grant_rows(role: Role | None) -> list[tuple[Permission, bool, str]]:
-    """Each permission: whether the role grants it, and where (text for the scope field)."""
-    grants = GrantSet.from_json(role.grants if role else []).grants
+def _grant_rows(grants_json: list[dict[str, Any]]) -> list[tuple[Permission, bool, str]]:
+    """Each permission: whether the grants give it, and where (text for the scope field)."""
+    grants = GrantSet.from_json(grants_json).grants
     return [
         (permission, permission in grants, scope_text(sorted(grants.get(permission) or [])))
         for permission in Permission
     ]
 
 
-@router.get("/roles")
-async def roles(request: Request, principal: Admin) -> Response:
+async def _roles_page(
+    request: Request,
+    principal: Principal,
+    *,
+    typed: FormData | None = None,
+    refusal: ProblemError | None = None,
+) -> Response:
+    """The roles and the new-role form; after a refused form, with the refusal and what was typed."""
     async with runtime_of(request).database.session() as session:
         found = await service.list_roles(session)
-    return render(request, "users/roles.html", principal, roles=found, grant_rows=_grant_rows(None))
+    return render(
+        request,
+        "users/roles.html",
+        principal,
+        status=refusal.status if refusal else 200,
+        roles=found,
+        grant_rows=_grant_rows(grants_from_form(typed) if typed is not None else []),
+        typed_name=field(typed, "name", 64) if typed is not None else "",
+        typed_description=field(typed, "description", 500) if typed is not None else "",
+        error=refusal.detail if refusal else "",
+    )
+
+
+@router.get("/roles")
+async def roles(request: Request, principal: Admin) -> Response:
+    return await _roles_page(request, principal)
 
 
 @router.post("/roles")
 async def create_role(request: Request, principal: Admin) -> Response:
     form = await request.form()
-    role = await service.create_role(
-        runtime_of(request).database,
-        principal,
-        name=field(form, "name", 64).strip(),
-        description=field(form, "description", 500),
-        grants=grants_from_form(form),
-    )
+    try:
+        role = await service.create_role(
+            runtime_of(request).database,
+            principal,
+            name=field(form, "name", 64).strip(),
+            description=field(form, "description", 500),
+            grants=grants_from_form(form),
+        )
+    except ProblemError as refusal:
+        if not _correctable(refusal):
+            raise
+        return await _roles_page(request, principal, typed=form, refusal=refusal)
     return _see_other(f"/roles/{role.name}")
+
+
+async def _role_page(
+    request: Request,
+    principal: Principal,
+    name: str,
+    *,
+    typed: FormData | None = None,
+    refusal: ProblemError | None = None,
+) -> Response:
+    """A role and its form; after a refused form, with the refusal and the grants as typed."""
+    async with runtime_of(request).database.session() as session:
+        role = await service.get_role(session, name)
+    return render(
+        request,
+        "users/role.html",
+        principal,
+        status=refusal.status if refusal else 200,
+        role=role,
+        grant_rows=_grant_rows(grants_from_form(typed) if typed is not None else role.grants),
+        description=field(typed, "description", 500) if typed is not None else role.description,
+        error=refusal.detail if refusal else "",
+    )
 
 
 @router.get("/roles/{name}")
 async def role_detail(request: Request, principal: Admin, name: str) -> Response:
-    async with runtime_of(request).database.session() as session:
-        role = await service.get_role(session, name)
-    return render(request, "users/role.html", principal, role=role, grant_rows=_grant_rows(role))
+    return await _role_page(request, principal, name)
 
 
 @router.post("/roles/{name}")
 async def update_role(request: Request, principal: Admin, name: str) -> Response:
     form = await request.form()
-    await service.update_role(
-        runtime_of(request).database,
-        principal,
-        name,
-        description=field(form, "description", 500),
-        grants=grants_from_form(form),
-    )
+    try:
+        await service.update_role(
+            runtime_of(request).database,
+            principal,
+            name,
+            description=field(form, "description", 500),
+            grants=grants_from_form(form),
+        )
+    except ProblemError as refusal:
+        if not _correctable(refusal):
+            raise
+        return await _role_page(request, principal, name, typed=form, refusal=refusal)
     return _see_other(f"/roles/{name}")
 
 
