@@ -55,8 +55,11 @@ $(CONSOLE_VENDOR)/node_modules: $(CONSOLE_VENDOR)/package.json
 
 console-assets: $(CONSOLE_VENDOR)/node_modules
 
+# The suite's files run on PYTEST_WORKERS processes (each file whole on one: its servers and
+# fixtures are shared by its tests); most of a test's time is spent waiting on servers it started.
+PYTEST_WORKERS ?= 2
 pytest: $(STAMP) $(CONSOLE_VENDOR)/node_modules $(OIDC_PROVIDER)/node_modules $(S3_SERVER)/node_modules
-	$(BIN)/pytest $(PYTEST_ARGS)
+	$(BIN)/pytest -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 test: lint typecheck pytest
 

@@ -213,6 +213,7 @@ async def test_cli_prunes_and_verifies_with_the_data_dirs_key(database: Database
         ("soon", "RFC 3339"),
         ((datetime.now(UTC) + timedelta(days=1)).isoformat(), "future"),
     ],
+    ids=["no zone", "not a time", "future"],
 )
 async def test_cli_refuses_bad_cutoffs(tmp_path: Path, before: str, message: str) -> None:
     url = f"sqlite+aiosqlite:///{tmp_path / 'x.db'}"

@@ -68,6 +68,7 @@ async def test_an_empty_object(object_store: ObjectStore) -> None:
         (1000, PAYLOAD_SHA256, "length"),  # refused long before the end
         (len(PAYLOAD), hashlib.sha256(b"something else").hexdigest(), "sha256"),
     ],
+    ids=["ends early", "goes on", "far too long", "other content"],
 )
 async def test_a_mismatch_leaves_nothing_behind(
     object_store: ObjectStore, declared_length: int, declared_sha256: str, field: str
