@@ -3,7 +3,6 @@ pre-authorization or a batch token), certificates issued, renewed, rotated and r
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -35,6 +34,7 @@ from fleetkeeper.devices.envelope import (
     open_envelope,
     public_pem,
 )
+from fleetkeeper.devices.identity import Identity, check_identity
 from fleetkeeper.devices.inventory import replace_attributes
 from fleetkeeper.devices.models import Device, DeviceCertificate, EnrollmentToken, GroupMember
 from fleetkeeper.devices.scopes import checking_moves
@@ -43,50 +43,6 @@ from fleetkeeper.devices.service import device_actor, list_groups, managed_stati
 ENROLL_TYPE = "fleetkeeper.enroll.v1"
 ROTATE_TYPE = "fleetkeeper.rotate.v1"
 RETRY_AFTER_SECONDS = 30
-_DEVICE_TYPE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
-_SERIAL = re.compile(r"^[\x21-\x7e]{1,128}$")
-_MAC = re.compile(r"^[0-9A-Fa-f]{2}([:-][0-9A-Fa-f]{2}){5}$")
-_ATTRIBUTE_KEY = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
-MAX_IDENTITY_ATTRIBUTES = 50
-
-
-@dataclass(frozen=True)
-class Identity:
-    device_type: str
-    serial: str | None
-    mac: str | None
-    attributes: dict[str, str]
-
-    def as_json(self) -> dict[str, Any]:
-        return {
-            "device_type": self.device_type,
-            "serial": self.serial,
-            "mac": self.mac,
-            "attributes": self.attributes,
-        }
-
-
-def _invalid(detail: str) -> ProblemError:
-    return ProblemError(detail, code="invalid_identity", status=422)
-
-
-def check_identity(raw: Any) -> Identity:
-    if not isinstance(raw, dict):
-        raise _invalid("identity is an object")
-    device_type, serial, mac = raw.get("device_type"), raw.get("serial"), raw.get("mac")
-    attributes = raw.get("attributes") or {}
-    if not isinstance(device_type, str) or not _DEVICE_TYPE.match(device_type):
-        raise _invalid("device_type is 1-64 of A-Z a-z 0-9 . _ -")
-    if serial is not None and (not isinstance(serial, str) or not _SERIAL.match(serial)):
-        raise _invalid("serial is 1-128 printable characters without spaces")
-    if mac is not None and (not isinstance(mac, str) or not _MAC.match(mac)):
-        raise _invalid("mac is six hexadecimal pairs")
-    if not isinstance(attributes, dict) or len(attributes) > MAX_IDENTITY_ATTRIBUTES:
-        raise _invalid(f"attributes is an object of at most {MAX_IDENTITY_ATTRIBUTES} entries")
-    for key, value in attributes.items():
-        if not _ATTRIBUTE_KEY.match(key) or not isinstance(value, str) or len(value) > 256:
-            raise _invalid(f"attribute {key[:70]!r}: keys 1-64 of A-Z a-z 0-9 _ -, string values up to 256")
-    return Identity(device_type, serial, mac.lower() if mac else None, dict(attributes))
 
 
 @dataclass(frozen=True)
@@ -247,17 +203,8 @@ async def _add_device(
     )
     session.add(device)
     await session.flush()
-    await replace_attributes(session, device.id, _identity_attributes(identity), namespace="identity.")
+    await replace_attributes(session, device.id, identity.indexed_attributes(), namespace="identity.")
     return device
-
-
-def _identity_attributes(identity: Identity) -> dict[str, Any]:
-    flat: dict[str, Any] = {f"identity.{key}": value for key, value in identity.attributes.items()}
-    if identity.serial:
-        flat["identity.serial"] = identity.serial
-    if identity.mac:
-        flat["identity.mac"] = identity.mac
-    return flat
 
 
 async def _valid_token(session: AsyncSession, value: str) -> EnrollmentToken:
@@ -318,7 +265,7 @@ async def _first_contact(
     device.status = "accepted"
     device.decided_at = utcnow()
     device.mac = identity.mac or device.mac
-    await replace_attributes(session, device.id, _identity_attributes(identity), namespace="identity.")
+    await replace_attributes(session, device.id, identity.indexed_attributes(), namespace="identity.")
     audit.append(
         {
             "actor": device_actor(device, address),
