@@ -402,9 +402,12 @@ def _status(args: argparse.Namespace) -> int:
                 "deployment_id": state.deployment_id,
                 "reports_pending": len(state.outbox),
                 "detail": state.detail,
-                # A reboot, a commit or a rollback that failed, tried again at the next check-ins.
+                # A reboot, an activation check, a commit or a rollback that failed, tried again at the
+                # next check-ins.
                 "reboot_attempts": state.reboot_attempts,
                 "reboot_error": state.reboot_error,
+                "activation_attempts": state.activation_attempts,
+                "activation_error": state.activation_error,
                 "commit_attempts": state.commit_attempts,
                 "commit_error": state.commit_error,
                 "rollback_attempts": state.rollback_attempts,

@@ -3,8 +3,8 @@ or roll back: the part of the update flow (updates.py) that changes the device.
 
 Each step saves the state that announces it (fsync, atomic rename) before it acts. A failure that
 escaped would make every check-in run the same step again, never reporting; so an install that breaks
-is rolled back, and a reboot, a commit or a rollback that fails is reported once and tried again at
-the next check-ins a bounded number of times (update_failures.py).
+is rolled back, and a reboot, an activation check, a commit or a rollback that fails is reported once
+and tried again at the next check-ins a bounded number of times (update_failures.py).
 """
 
 from __future__ import annotations
@@ -20,11 +20,14 @@ from fleetkeeper_agent.config import AgentConfig
 from fleetkeeper_agent.errors import AgentError
 from fleetkeeper_agent.files import remove_tree
 from fleetkeeper_agent.update_failures import (
+    MAX_ACTIVATION_ATTEMPTS,
     MAX_COMMIT_ATTEMPTS,
     MAX_REBOOT_ATTEMPTS,
     MAX_ROLLBACK_ATTEMPTS,
     ModuleLoadError,
+    activation_given_up,
     commit_given_up,
+    failed_activation_attempt,
     failed_commit_attempt,
     failed_reboot_attempt,
     failed_rollback_attempt,
@@ -142,6 +145,15 @@ class Installer:
             if state.reboot_attempts >= MAX_REBOOT_ATTEMPTS:
                 return self._save(reboot_given_up(state))
             return self._reboot_into(state.moved("rebooting", reboot_attempts=state.reboot_attempts + 1))
+        return self._check_activation(state)
+
+    def _check_activation(self, state: UpdateState) -> UpdateState | None:
+        """After the reboot: does the new release run? A check that cannot tell yet (an AgentError: a
+        bootloader not answering) is made again at the next check-ins, one attempt each, counted before
+        it starts; reported once, and after the last the release is taken as not activated."""
+        if state.activation_attempts >= MAX_ACTIVATION_ATTEMPTS:  # the last one was cut short
+            return self._save(activation_given_up(state))
+        state = self._save(state.moved("rebooting", activation_attempts=state.activation_attempts + 1))
         try:
             module, context = self._module(state)
         except ModuleLoadError as exc:  # the configuration changed across the reboot: nothing to ask
@@ -149,8 +161,12 @@ class Installer:
             return self._save(state.moved("rolling_back", detail=detail))
         try:
             activated = module.activated(context)
-        except AgentError:
-            raise  # a bootloader not answering yet: asked again at the next check-in
+        except AgentError as exc:  # escaping, it would stop every check-in here, unreported
+            failed = failed_activation_attempt(state, exc)
+            if failed.activation_attempts >= MAX_ACTIVATION_ATTEMPTS:
+                return self._save(activation_given_up(failed))
+            self._save(failed)
+            return None  # asked again at the next check-in
         except Exception as exc:  # a module's bug must not hold the device between two releases
             reason = failure(exc, f"the {module.name} module's activation check")
             return self._save(state.moved("rolling_back", detail=f"install failed: {reason}"))

@@ -3,10 +3,11 @@
 A failure never escapes the flow: an exception that escaped would make every check-in run the same
 step again, and the device would never report nor take another deployment. So an install that breaks
 is rolled back, and a module that cannot be loaded fails the install with nothing installed. The steps
-that can only be tried again — the reboot an install asks for, the commit, the rollback — are tried
-once per check-in, each attempt counted in update.json before it starts (so that one cut short by a
-crash counts too), the first failure reported once; after the last attempt a reboot or a commit is
-given up by rolling the install back, and a rollback by recording it and going back to idle
+that can only be tried again — the reboot an install asks for, the activation check after it, the
+commit, the rollback — are tried once per check-in, each attempt counted in update.json before it
+starts (so that one cut short by a crash counts too), the first failure reported once; after the last
+attempt a reboot, an activation check or a commit is given up by rolling the install back, and a
+rollback by recording it and going back to idle
 (docs/update-modules.md, "When an update step fails", says what each leaves on the device).
 """
 
@@ -28,6 +29,7 @@ MAX_REASON = 1000  # characters of an unexpected exception's message in a report
 # Attempts per install, one per check-in (5 minutes apart by default), counted as they start: an attempt
 # cut short by a kill counts too, so a step that crashes the agent is given up as well.
 MAX_REBOOT_ATTEMPTS = 5  # reboot requests that did not end in a new boot
+MAX_ACTIVATION_ATTEMPTS = 5  # `activated` checks that could not tell (an AgentError) after the reboot
 MAX_COMMIT_ATTEMPTS = 5
 MAX_ROLLBACK_ATTEMPTS = 5
 FAILED_DIR = "failed"  # under the data directory: the journals and backups of rollbacks given up
@@ -100,6 +102,39 @@ def reboot_given_up(state: UpdateState) -> UpdateState:
         reason = f"the reboot failed ({state.reboot_attempts} attempts): {state.reboot_error}"
     log.error("gave up rebooting for %s: %s; rolling back", state.target_path, reason)
     return state.moved("rolling_back", detail=f"install failed: {reason}")
+
+
+# --- an activation check that cannot tell -------------------------------------------------------------
+
+
+def failed_activation_attempt(state: UpdateState, exc: AgentError) -> UpdateState:
+    """After an activation check that could not tell whether the new release runs (a bootloader not
+    answering yet): the error kept for `status`, and reported the first time, with the status the
+    server has (`rebooting`): the install is still under way, and may well go on at the next attempt."""
+    error = failure(exc, f"the {state.release.get('module')} module's activation check")
+    log.error(
+        "activation check of %s failed (attempt %d of %d): %s",
+        state.target_path,
+        state.activation_attempts,
+        MAX_ACTIVATION_ATTEMPTS,
+        error,
+    )
+    if state.activation_error is None:
+        detail = (
+            f"the activation check failed: {error}; the check is made again at the next check-ins, and "
+            f"the install rolled back after {MAX_ACTIVATION_ATTEMPTS} attempts"
+        )
+        state = state.queue(state.deployment_id, _still_under_way(state), detail)
+    return state.moved("rebooting", activation_error=error)
+
+
+def activation_given_up(state: UpdateState) -> UpdateState:
+    """After the last activation check: the new release is taken as not activated, and the install
+    rolled back, its failure reported then, rather than the device waiting between two releases."""
+    error = state.activation_error or "each attempt was cut short"
+    log.error("gave up checking the activation of %s: %s; rolling back", state.target_path, error)
+    detail = f"install failed: the activation check failed ({state.activation_attempts} attempts): {error}"
+    return state.moved("rolling_back", detail=detail)
 
 
 # --- a commit that fails ------------------------------------------------------------------------------

@@ -95,6 +95,8 @@ class UpdateState:
     # starts, and its last error, which once set means that the server has heard of the failure.
     reboot_attempts: int = 0
     reboot_error: str | None = None
+    activation_attempts: int = 0  # the module's `activated` check after the reboot
+    activation_error: str | None = None
     commit_attempts: int = 0
     commit_error: str | None = None
     rollback_attempts: int = 0

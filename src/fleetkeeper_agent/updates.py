@@ -3,7 +3,7 @@
     idle ─check-in─> downloading ─> downloaded ─> installing ─> (rebooting) ─> verifying ─> committing ─> idle
                                                       │              │              │              │
                                                       └──────────────┴── failure ───┴──────────────┘
-                                                       (a reboot or a commit: after its last attempt)
+                                  (a reboot, an activation check or a commit: after its last attempt)
                                                                             │
                                                                             v
                                                                      rolling_back ─> idle
