@@ -74,7 +74,9 @@ class UpdateModule(ABC):
         """Install the payload; True when a reboot is needed to activate it."""
 
     def activated(self, ctx: InstallContext) -> bool:
-        """After the reboot `install` asked for: is the new release the one running?"""
+        """After the reboot `install` asked for: is the new release the one running? An AgentError
+        means "cannot tell yet": asked again at the next check-ins, a bounded number of times, after
+        which the answer is taken as no; any other exception is a bug, and the install rolled back."""
         return True
 
     @abstractmethod
