@@ -63,6 +63,7 @@ class FakeDevice:
     key: DeviceKey = field(default_factory=new_key)
     token: str | None = None
     attributes: dict[str, str] = field(default_factory=dict)
+    mac: str | None = None
     device_id: str | None = None
     certificate: str | None = None
 
@@ -73,6 +74,7 @@ class FakeDevice:
                 "device_type": self.device_type,
                 "serial": self.serial,
                 "attributes": self.attributes,
+                **({"mac": self.mac} if self.mac else {}),
             },
             "public_key": public_pem(self.key),
             "timestamp": now_stamp(),

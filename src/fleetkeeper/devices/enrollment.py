@@ -34,7 +34,7 @@ from fleetkeeper.devices.envelope import (
     open_envelope,
     public_pem,
 )
-from fleetkeeper.devices.identity import Identity, check_identity
+from fleetkeeper.devices.identity import Identity, check_identity, compare, registered_identity
 from fleetkeeper.devices.inventory import replace_attributes
 from fleetkeeper.devices.models import Device, DeviceCertificate, EnrollmentToken, GroupMember
 from fleetkeeper.devices.scopes import checking_moves
@@ -109,7 +109,7 @@ async def _enroll(
                 await enrollment_limits.ensure_queue_has_room(session, runtime.settings, address)
             device = await _new_device(session, signed, identity, token, address, audit)
         elif device.status == "preauthorized":
-            await _first_contact(session, device, identity, address, audit)
+            await _first_contact(device, identity, address, audit)
         if device.status == "rejected":
             raise ProblemError(
                 "an operator rejected this device's enrollment", code="enrollment_rejected", status=403
@@ -245,34 +245,32 @@ def _token_spent() -> UnauthenticatedError:
 
 
 async def _first_contact(
-    session: AsyncSession,
-    device: Device,
-    identity: Identity,
-    address: str | None,
-    audit: list[dict[str, Any]],
+    device: Device, identity: Identity, address: str | None, audit: list[dict[str, Any]]
 ) -> None:
-    """A pre-authorized device is accepted when it shows up with the registered key and identity."""
-    if identity.device_type != device.device_type or (device.serial and identity.serial != device.serial):
+    """A pre-authorized device is accepted when it shows up with the registered key and identity,
+    which stays as registered: what it claims beyond that is ignored, and named in the record."""
+    comparison = compare(registered_identity(device), identity)
+    if comparison.differing:
+        fields = ", ".join(comparison.differing)
         raise _RefusalError(
             device_actor(device, address),
             device.id,
             ProblemError(
-                "the identity does not match this key's pre-authorization",
+                f"the identity does not match this key's pre-authorization ({fields}): send the identity"
+                " the operator registered, or ask them to check the pre-authorization",
                 code="identity_mismatch",
                 status=403,
             ),
         )
     device.status = "accepted"
     device.decided_at = utcnow()
-    device.mac = identity.mac or device.mac
-    await replace_attributes(session, device.id, identity.indexed_attributes(), namespace="identity.")
     audit.append(
         {
             "actor": device_actor(device, address),
             "action": "device.accepted",
             "object_type": "device",
             "object_id": device.id,
-            "details": {"by": "pre-authorization"},
+            "details": {"by": "pre-authorization", "ignored_identity": list(comparison.ignored)},
         }
     )
 

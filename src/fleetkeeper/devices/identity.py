@@ -1,5 +1,10 @@
 """A device's identity as it claims it at enrollment — device type, serial, MAC, attributes —
-checked once, when it arrives."""
+checked when it arrives, and read against the identity an operator registered ahead for its key.
+
+A pre-authorization is authoritative: the identity is what dynamic groups used as scopes read, so
+the device may confirm it but not change it. A claimed value that differs from a registered one
+refuses the enrollment; a claimed field the operator did not register is not stored. See
+docs/devices.md, "Enrollment"."""
 
 from __future__ import annotations
 
@@ -8,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from fleetkeeper.core.errors import ProblemError
+from fleetkeeper.devices.models import Device
 
 _DEVICE_TYPE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 _SERIAL = re.compile(r"^[\x21-\x7e]{1,128}$")
@@ -62,3 +68,48 @@ def check_identity(raw: Any) -> Identity:
         if not _ATTRIBUTE_KEY.match(key) or not isinstance(value, str) or len(value) > 256:
             raise _invalid(f"attribute {key[:70]!r}: keys 1-64 of A-Z a-z 0-9 _ -, string values up to 256")
     return Identity(device_type, serial, mac.lower() if mac else None, dict(attributes))
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """A claimed identity read against a registered one, field by field as filters name them
+    (`device_type`, `serial`, `mac`, `identity.<key>`): names only, never the values."""
+
+    differing: tuple[str, ...]  # claimed otherwise than registered: the enrollment is refused
+    ignored: tuple[str, ...]  # claimed but not registered: not stored
+
+
+def registered_identity(device: Device) -> Identity:
+    """The identity an operator registered for a pre-authorized device."""
+    attributes = device.identity.get("attributes") or {}
+    return Identity(device.device_type, device.serial, device.mac, dict(attributes))
+
+
+def compare(registered: Identity, claimed: Identity) -> Comparison:
+    """The device type and a registered serial must be claimed as registered; a MAC or an attribute
+    the device claims must equal the registered one, or is ignored when none was registered. What
+    the device leaves out of its claim keeps its registered value."""
+    differing: list[str] = []
+    ignored: list[str] = []
+    if claimed.device_type != registered.device_type:
+        differing.append("device_type")
+    if registered.serial is not None and claimed.serial != registered.serial:
+        differing.append("serial")
+    elif registered.serial is None and claimed.serial is not None:
+        ignored.append("serial")
+    if claimed.mac is not None:
+        if registered.mac is None:
+            ignored.append("mac")
+        elif _same_mac(claimed.mac) != _same_mac(registered.mac):
+            differing.append("mac")
+    for key, value in sorted(claimed.attributes.items()):
+        if key not in registered.attributes:
+            ignored.append(f"identity.{key}")
+        elif registered.attributes[key] != value:
+            differing.append(f"identity.{key}")
+    return Comparison(tuple(differing), tuple(sorted(ignored)))
+
+
+def _same_mac(mac: str) -> str:
+    # `check_identity` takes both separators; an operator's DC-A6-… is the agent's dc:a6:….
+    return mac.lower().replace("-", ":")
