@@ -5,7 +5,6 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -109,9 +108,14 @@ def test_the_daemon_stops_on_sigterm_with_status_0(tmp_path: Path) -> None:
         stderr=subprocess.PIPE,
         text=True,
     )
-    time.sleep(2)
+    assert daemon.stderr is not None
+    # Signalled once its first check-in has said why it could not work: its handlers are in place.
+    for line in daemon.stderr:
+        if "not_enrolled" in line:
+            break
+    else:
+        raise AssertionError("the daemon ended before its first check-in")
     daemon.send_signal(signal.SIGTERM)
     _, stderr = daemon.communicate(timeout=30)
     assert daemon.returncode == 0, stderr
-    assert "not_enrolled" in stderr  # the first check-in said why it could not work
     assert "stopped" in stderr
