@@ -8,18 +8,22 @@ compromised, a third-party tree packed without looking). The rules (docs/update-
   other special members;
 - names are relative, without `..`, at most `MAX_NAME_LENGTH` characters and `MAX_DEPTH` levels, and
   each appears once (`./a` and `a` are the same name);
-- a symbolic link's target is relative and stays inside the tree when resolved from the link's own
-  directory, and it does not walk through another link (a lexical check cannot follow links, so a
-  path through one is refused rather than guessed); no member is placed under a link;
+- a symbolic link's target is relative, at most `MAX_DEPTH` components (`..` steps included), and
+  stays inside the tree when resolved from the link's own directory, and it does not walk through
+  another link (a lexical check cannot follow links, so a path through one is refused rather than
+  guessed); no member is placed under a link; resolving all the links walks at most
+  `LINK_STEPS_PER_MEMBER` components per member `max_members` allows;
 - a hard link names a regular file that came earlier in the archive;
 - the archive is no larger than declared (the signed payload length), holds at most `max_members`
   members (every header counts, and so does each directory a name implies without a member of its
   own), and its regular files add up to at most `max_total_bytes`.
 
-The check costs time and memory in proportion to the archive (names are walked component by
-component through a tree of the members, never cut into every prefix), and nothing here recurses
-over the tree's depth: a hostile archive is refused with an `unsafe_archive`, never a MemoryError or
-a RecursionError.
+The check costs time and memory in proportion to the archive (names and link targets are walked
+component by component through a tree of the members, never cut into every prefix), and nothing
+here recurses over the tree's depth: a hostile archive is refused with an `unsafe_archive`, never a
+MemoryError or a RecursionError. Extracting costs more per link than checking (tarfile's filter
+resolves each target on the disk, one system call per component, each from the root), which is
+why link targets are bounded in components, not only in characters, and all of them together too.
 
 The tree is extracted into a temporary directory beside the destination and renamed into place last, so
 a refusal or a crash never leaves a partial tree under the final name. tarfile's "data" filter is
@@ -39,9 +43,14 @@ from fleetkeeper_agent.files import fsync_directory, remove_tree
 DEFAULT_MAX_TOTAL_BYTES = 8 * 1024**3
 DEFAULT_MAX_MEMBERS = 100_000
 MAX_NAME_LENGTH = 4096  # characters of a member's name or link target: Linux's PATH_MAX
-# Levels of a member's name. Real trees stay far below it; it keeps what the standard library does
-# per level (os.makedirs while extracting) far from the recursion limit.
+# Levels of a member's name, and components of a link's target. Real trees stay far below it; it keeps
+# what the standard library does per level (os.makedirs, os.path.realpath while extracting) far from
+# the recursion limit and its cost per member small.
 MAX_DEPTH = 128
+# Components that resolving every link may walk (each from the root to its directory, then its target),
+# per member the limit allows. An ordinary link walks 2 to 10 and links are a fraction of a tree, under
+# one per member; at the default limit, links MAX_DEPTH deep are refused after about 6,250 of them.
+LINK_STEPS_PER_MEMBER = 8
 _SHOWN = 80  # characters of a refused name quoted in the error
 _ALLOWED_TYPES = {tarfile.REGTYPE, tarfile.AREGTYPE, tarfile.DIRTYPE, tarfile.SYMTYPE, tarfile.LNKTYPE}
 _TYPE_NAMES = {
@@ -138,7 +147,9 @@ def _child(entry: _Entry | None, name: str) -> _Entry | None:
 def check_members(tar: tarfile.TarFile, *, archive_size: int, limits: UnpackLimits) -> list[tarfile.TarInfo]:
     """Every member of `tar`, checked against the rules above; raises `unsafe_archive` at the first breach."""
     tree = _Tree(limits.max_members)
-    symlinks: list[tuple[list[str], str]] = []
+    symlinks: list[tuple[list[str], str, list[str]]] = []
+    link_budget = limits.max_members * LINK_STEPS_PER_MEMBER
+    link_steps = 0
     members: list[tarfile.TarInfo] = []
     total = 0
     for info in tar:
@@ -157,9 +168,17 @@ def check_members(tar: tarfile.TarFile, *, archive_size: int, limits: UnpackLimi
         if existing is not None and not (existing.kind == "implicit" and info.isdir()):
             raise _unsafe(f"member {name!r} appears twice")
         if info.issym():
-            _check_symlink(tree, parts, info.linkname)
+            steps = _target_parts(name, info.linkname)
+            link_steps += len(parts) - 1 + len(steps)
+            if link_steps > link_budget:
+                raise _unsafe(
+                    f"symbolic link {_shown(name)}: resolving the archive's links walks more than "
+                    f"{link_budget} components ({LINK_STEPS_PER_MEMBER} per member of the limit of "
+                    f"{limits.max_members})"
+                )
+            _check_symlink(tree, parts, info.linkname, steps)
             kind = "symlink"
-            symlinks.append((parts, info.linkname))
+            symlinks.append((parts, info.linkname, steps))
         elif info.islnk():
             linked = tree.find(_name_parts(info.linkname))
             if linked is None or linked.kind != "file":
@@ -180,33 +199,43 @@ def check_members(tar: tarfile.TarFile, *, archive_size: int, limits: UnpackLimi
             existing.kind = kind  # an implicit directory listed at last; its children stay
         members.append(info)
     # A link that came first may point through a directory entry that came later: check again at the end.
-    for parts, target in symlinks:
-        _check_symlink(tree, parts, target)
+    for parts, target, steps in symlinks:
+        _check_symlink(tree, parts, target, steps)
     return members
 
 
-def _check_symlink(tree: _Tree, parts: list[str], target: str) -> None:
+def _target_parts(name: str, target: str) -> list[str]:
+    """The link's target as the components its resolution walks: without `.` ones, `..` included."""
+    if not target or target.startswith("/"):
+        raise _unsafe(f"symbolic link {_shown(name)} -> {_shown(target)} is absolute or empty")
+    if len(target) > MAX_NAME_LENGTH:
+        raise _unsafe(
+            f"symbolic link {_shown(name)} -> {_shown(target)} has a target of {len(target)} characters, "
+            f"more than {MAX_NAME_LENGTH}"
+        )
+    steps = [part for part in target.split("/") if part not in ("", ".")]
+    if len(steps) > MAX_DEPTH:
+        raise _unsafe(
+            f"symbolic link {_shown(name)} -> {_shown(target)} has a target of {len(steps)} components "
+            f"('..' included), more than {MAX_DEPTH}"
+        )
+    return steps
+
+
+def _check_symlink(tree: _Tree, parts: list[str], target: str, steps: list[str]) -> None:
     """The link's target, resolved from the link's directory one component at a time, must stay inside
     the tree and not walk through another link: lexically `link/..` is the link's directory, really
     it is the parent of where the link points, so a path through a link is refused rather than
-    guessed. Pointing *at* a link (lib.so -> lib.so.1) is fine."""
+    guessed. Pointing *at* a link (lib.so -> lib.so.1) is fine. Each step costs the same (a stack of
+    where the walk stands, `..` pops it): the walk is linear in the link's depth and its target."""
     name = "/".join(parts)
-    if not target or target.startswith("/"):
-        raise _unsafe(f"symbolic link {name!r} -> {target!r} is absolute or empty")
-    if len(target) > MAX_NAME_LENGTH:
-        raise _unsafe(
-            f"symbolic link {name!r} -> {_shown(target)} has a target of {len(target)} characters, "
-            f"more than {MAX_NAME_LENGTH}"
-        )
     # Where the resolution stands: the names from the root down and their entries (None for a name
     # the tree does not hold, yet).
     names = parts[:-1]
     entries: list[_Entry | None] = [tree.root]
     for part in names:
         entries.append(_child(entries[-1], part))
-    for part in target.split("/"):
-        if part in ("", "."):
-            continue
+    for part in steps:
         reached = entries[-1]
         if reached is not None and reached.kind == "symlink":
             through = "/".join(names)

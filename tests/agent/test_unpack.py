@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from fleetkeeper_agent.errors import AgentError
-from fleetkeeper_agent.unpack import UnpackLimits, unpack_archive
+from fleetkeeper_agent.unpack import LINK_STEPS_PER_MEMBER, MAX_DEPTH, UnpackLimits, unpack_archive
 from tests.agent.modulekit import Member, build_tar, deep_tree, snapshot
 
 
@@ -225,3 +225,153 @@ def test_a_leftover_deeper_than_any_recursion_is_cleared_without_following_its_l
         unpack_archive(archive, parent / "app.1")
     assert sorted(os.listdir(parent)) == ["app.1"]
     assert os.listdir(outside) == ["keep.txt"]
+
+
+# --- symbolic-link targets made to exhaust the resolution ---------------------------------------
+
+
+def test_thousands_of_links_with_long_targets_are_refused_at_the_first(tmp_path: Path) -> None:
+    # The attacker's archive: 3,000 links whose targets (4,000 characters, under the length limit) are
+    # 2,000 components each. Unpacked, tarfile's filter resolved each one on the disk (48 s at 45 MB).
+    links = [Member(f"l{i}", type=tarfile.SYMTYPE, linkname="a/" * 2_000) for i in range(3_000)]
+    archive = build_tar(tmp_path / "payload.tar", [Member("ok.txt", b"fine"), *links])
+    parent = tmp_path / "opt"
+    parent.mkdir()
+    with pytest.raises(AgentError) as caught:
+        unpack_archive(archive, parent / "app.1")
+    assert caught.value.code == "unsafe_archive", caught.value
+    # Refused at the first link, before any other is walked, naming the limit.
+    assert caught.value.message.startswith("symbolic link 'l0' -> "), caught.value
+    assert f"2000 components ('..' included), more than {MAX_DEPTH}" in caught.value.message
+    assert len(caught.value.message) < 500  # the target is shown cut short
+    assert list(parent.iterdir()) == []
+
+
+def _ordinary_tree(packages: int) -> list[Member]:
+    """A tree as real ones are: shared libraries with their version links, commands linked into bin/,
+    documentation linked into share/doc/; every directory listed."""
+    directory = tarfile.DIRTYPE
+    members = [Member(name, type=directory, mode=0o755) for name in ("bin/", "lib/", "share/", "share/doc/")]
+    for i in range(packages):
+        members += [
+            Member(f"lib/libpkg{i}.so.1.0", b"ELF"),
+            Member(f"lib/libpkg{i}.so.1", type=tarfile.SYMTYPE, linkname=f"libpkg{i}.so.1.0"),
+            Member(f"lib/libpkg{i}.so", type=tarfile.SYMTYPE, linkname=f"./libpkg{i}.so.1"),
+            Member(f"lib/pkg{i}/", type=directory, mode=0o755),
+            Member(f"lib/pkg{i}/bin/", type=directory, mode=0o755),
+            Member(f"lib/pkg{i}/bin/tool", b"#!/bin/sh\n", mode=0o755),
+            Member(f"lib/pkg{i}/doc/", type=directory, mode=0o755),
+            Member(f"lib/pkg{i}/doc/README", b"read me"),
+            Member(f"bin/tool{i}", type=tarfile.SYMTYPE, linkname=f"../lib/pkg{i}/bin/tool"),
+            Member(f"share/doc/pkg{i}", type=tarfile.SYMTYPE, linkname=f"../../lib/pkg{i}/doc"),
+        ]
+    return members
+
+
+def test_a_tree_with_hundreds_of_ordinary_links_is_unpacked_even_at_a_tight_member_limit(
+    tmp_path: Path,
+) -> None:
+    members = _ordinary_tree(100)  # 400 links
+    archive = build_tar(tmp_path / "payload.tar", members)
+    parent = tmp_path / "opt"
+    parent.mkdir()
+    unpack_archive(archive, parent / "app.1", limits=UnpackLimits(max_members=len(members)))
+    unpack_archive(archive, parent / "app.2")
+    for tree in (parent / "app.1", parent / "app.2"):
+        assert (tree / "lib/libpkg99.so").read_bytes() == b"ELF"
+        assert (tree / "bin/tool42").read_bytes() == b"#!/bin/sh\n"
+        assert (tree / "share/doc/pkg7/README").read_bytes() == b"read me"
+        assert sum(path.is_symlink() for path in tree.rglob("*")) == 400
+
+
+LINK_AT_THE_DEPTH_LIMIT = {
+    # name of the link, its target: MAX_DEPTH components once '.' and empty ones are dropped
+    "down": ("link", "a/" * (MAX_DEPTH - 1) + "f"),
+    "down, with '.' and '//'": ("link", "./" * 50 + "a//" * (MAX_DEPTH - 1) + "f"),
+    "up from the deepest name": ("d/" * (MAX_DEPTH - 1) + "link", "../" * (MAX_DEPTH - 1) + "ok.txt"),
+    "up and down": ("d/d/link", "../../" + "a/" * (MAX_DEPTH - 3) + "f"),
+}
+LINK_ONE_STEP_PAST_THE_DEPTH_LIMIT = {
+    "down": ("link", "a/" * MAX_DEPTH + "f"),
+    "up from the deepest name": ("d/" * (MAX_DEPTH - 1) + "link", "../" * (MAX_DEPTH - 1) + "d/ok.txt"),
+    "up and down": ("d/d/link", "../../" + "a/" * (MAX_DEPTH - 2) + "f"),
+    # '..' steps count even where they undo the step before: the walk is as long as the target.
+    "there and back": ("link", "d/../" * ((MAX_DEPTH + 1) // 2) + "ok.txt"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(LINK_AT_THE_DEPTH_LIMIT))
+def test_a_link_target_at_the_depth_limit_is_unpacked(tmp_path: Path, case: str) -> None:
+    name, target = LINK_AT_THE_DEPTH_LIMIT[case]
+    archive = build_tar(
+        tmp_path / "payload.tar",
+        [Member("ok.txt", b"fine"), Member(name, type=tarfile.SYMTYPE, linkname=target)],
+    )
+    parent = tmp_path / "opt"
+    parent.mkdir()
+    unpack_archive(archive, parent / "app.1")
+    assert os.readlink(parent / "app.1" / name) == target
+
+
+@pytest.mark.parametrize("case", sorted(LINK_ONE_STEP_PAST_THE_DEPTH_LIMIT))
+def test_a_link_target_one_step_past_the_depth_limit_is_refused(tmp_path: Path, case: str) -> None:
+    name, target = LINK_ONE_STEP_PAST_THE_DEPTH_LIMIT[case]
+    archive = build_tar(
+        tmp_path / "payload.tar",
+        [Member("ok.txt", b"fine"), Member(name, type=tarfile.SYMTYPE, linkname=target)],
+    )
+    parent = tmp_path / "opt"
+    parent.mkdir()
+    with pytest.raises(AgentError) as caught:
+        unpack_archive(archive, parent / "app.1")
+    assert caught.value.code == "unsafe_archive", caught.value
+    assert f"more than {MAX_DEPTH}" in caught.value.message, caught.value
+    assert list(parent.iterdir()) == []
+
+
+def _links_walking(steps: list[int]) -> list[Member]:
+    """Links at the top of the tree whose targets are `steps[i]` components each: resolving link i
+    walks exactly `steps[i]` components (its directory is the root)."""
+    return [
+        Member(f"l{i}", type=tarfile.SYMTYPE, linkname="a/" * (count - 1) + "f")
+        for i, count in enumerate(steps)
+    ]
+
+
+def test_the_links_together_walk_at_most_a_budget_proportional_to_the_member_limit(tmp_path: Path) -> None:
+    limits = UnpackLimits(max_members=100)
+    budget = limits.max_members * LINK_STEPS_PER_MEMBER
+    full, rest = divmod(budget, MAX_DEPTH)
+    steps = [MAX_DEPTH] * full + ([rest] if rest else [])
+    parent = tmp_path / "opt"
+    parent.mkdir()
+    at_the_budget = build_tar(tmp_path / "at.tar", _links_walking(steps))
+    unpack_archive(at_the_budget, parent / "app.1", limits=limits)
+    assert len(os.listdir(parent / "app.1")) == len(steps)
+    # One component more, in a link whose own target is well under the depth limit.
+    past_the_budget = build_tar(tmp_path / "past.tar", _links_walking([*steps, 1]))
+    with pytest.raises(AgentError) as caught:
+        unpack_archive(past_the_budget, parent / "app.2", limits=limits)
+    assert caught.value.code == "unsafe_archive", caught.value
+    assert f"more than {budget} components" in caught.value.message, caught.value
+    assert f"l{len(steps)}" in caught.value.message  # the link that went past it
+    assert sorted(os.listdir(parent)) == ["app.1"]
+
+
+def test_the_directories_links_stand_in_count_towards_the_budget(tmp_path: Path) -> None:
+    # Resolving a link starts from its own directory: a deep link walks down to it first, so links of
+    # one-component targets deep in the tree spend the budget too.
+    limits = UnpackLimits(max_members=1_000)
+    budget = limits.max_members * LINK_STEPS_PER_MEMBER
+    depth = MAX_DEPTH - 1  # directories above each link
+    count = budget // (depth + 1) + 1  # links of depth + 1 components each: one more than fits
+    assert depth + count <= limits.max_members  # refused for the budget, not for the member count
+    links = [Member("d/" * depth + f"l{i}", type=tarfile.SYMTYPE, linkname="f") for i in range(count)]
+    archive = build_tar(tmp_path / "payload.tar", links)
+    parent = tmp_path / "opt"
+    parent.mkdir()
+    with pytest.raises(AgentError, match=f"more than {budget} components") as caught:
+        unpack_archive(archive, parent / "app.1", limits=limits)
+    assert caught.value.code == "unsafe_archive"
+    assert list(parent.iterdir()) == []
+    unpack_archive(build_tar(tmp_path / "fits.tar", links[:-1]), parent / "app.1", limits=limits)
