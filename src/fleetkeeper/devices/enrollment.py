@@ -24,7 +24,7 @@ from fleetkeeper.core.errors import (
 )
 from fleetkeeper.core.ids import new_id
 from fleetkeeper.core.runtime import Runtime
-from fleetkeeper.devices import certificates, enrollment_limits
+from fleetkeeper.devices import auto_accept, certificates, enrollment_limits
 from fleetkeeper.devices.envelope import (
     DevicePublicKey,
     SignedPayload,
@@ -147,6 +147,10 @@ async def _new_device(
     )
     if token is not None and token.group_id:
         session.add(GroupMember(group_id=token.group_id, device_id=device.id))
+    # Auto-acceptance acts for the token's creator: else the device waits for an operator.
+    withheld = await auto_accept.withheld(session, token, device.id) if token and token.auto_accept else None
+    if withheld is not None:
+        device.status, device.decided_at = "pending", None
     audit.append(
         {
             "actor": device_actor(device, address),
@@ -160,7 +164,17 @@ async def _new_device(
             },
         }
     )
-    if accepted:
+    if token is not None and withheld is not None:
+        audit.append(
+            {
+                "actor": device_actor(device, address),
+                "action": "device.auto_accept_withheld",
+                "object_type": "device",
+                "object_id": device.id,
+                "details": withheld.as_details(token),
+            }
+        )
+    elif accepted:
         audit.append(
             {
                 "actor": device_actor(device, address),

@@ -108,12 +108,17 @@ def groups_seen_by(principal: Principal, groups: Sequence[DeviceGroup]) -> list[
     return [group for group in groups if group.name in shown]
 
 
+def groups_not_managed(principal: Principal, names: Iterable[str]) -> list[str]:
+    """Of these groups, those where the principal lacks devices:manage: the groups a device may not
+    be moved into or out of by them."""
+    return sorted(name for name in names if not principal.can(Permission.DEVICES_MANAGE, [name]))
+
+
 def ensure_may_move(principal: Principal, before: set[str], after: set[str]) -> None:
     """A change that moves a device into or out of groups (a tag a dynamic group reads) needs
     devices:manage in each of them, as adding it to a static group does: else an operator of one
     group could hand the device to the people of another, or take it from them."""
-    moved = before ^ after
-    outside = sorted(name for name in moved if not principal.can(Permission.DEVICES_MANAGE, [name]))
+    outside = groups_not_managed(principal, before ^ after)
     if not outside:
         return
     named = shown_group_names(principal, outside)
