@@ -10,7 +10,6 @@ queue's size, and a device already waiting keeps polling.
 
 from __future__ import annotations
 
-import ipaddress
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -22,6 +21,7 @@ from fleetkeeper.core.config import Settings
 from fleetkeeper.core.db import utcnow
 from fleetkeeper.core.errors import ProblemError
 from fleetkeeper.core.logging import get_logger
+from fleetkeeper.core.networks import network_of
 from fleetkeeper.core.runtime import Runtime
 from fleetkeeper.devices.models import Device
 
@@ -46,23 +46,6 @@ class EnrollmentQueueFullError(ProblemError):
             headers={"Retry-After": str(QUEUE_FULL_RETRY_AFTER_SECONDS)},
             retry_after=QUEUE_FULL_RETRY_AFTER_SECONDS,
         )
-
-
-def network_of(address: str | None, settings: Settings) -> str:
-    """The network an address belongs to for the per-network limit: its /24 (IPv4) or /56 (IPv6) by
-    default. An IPv4 address mapped into IPv6 counts as IPv4; anything else counts as itself."""
-    try:
-        ip = ipaddress.ip_address(address or "")
-    except ValueError:
-        return str(address)
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    prefix = (
-        settings.enrollment_network_prefix_v4
-        if isinstance(ip, ipaddress.IPv4Address)
-        else settings.enrollment_network_prefix_v6
-    )
-    return str(ipaddress.ip_network(f"{ip}/{prefix}", strict=False))
 
 
 async def count_request(runtime: Runtime, address: str | None) -> None:
