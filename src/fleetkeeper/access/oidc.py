@@ -20,7 +20,9 @@ from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from fleetkeeper.access import administrators
 from fleetkeeper.access.models import OidcLogin, Role, RoleAssignment, User
+from fleetkeeper.access.permissions import GrantSet
 from fleetkeeper.access.service import USERNAME_PATTERN, normalize_username
 from fleetkeeper.access.signin import Client, SignIn, TokenPair
 from fleetkeeper.access.tokens import unverified_kid
@@ -275,7 +277,7 @@ async def _find_or_create(
                 user.email = _text(claims.get("email"), 320)
                 user.display_name = _text(claims.get("name"), 200)
                 await session.flush()
-                changed = await _sync_roles(session, user.id, roles)
+                changed = await _sync_roles(session, user, roles, actor)
                 if created:
                     await record(
                         session,
@@ -316,19 +318,50 @@ async def _free_username(session: AsyncSession, claims: dict[str, Any], subject:
     return wanted
 
 
-async def _sync_roles(session: AsyncSession, user_id: str, roles: list[str]) -> bool:
-    """The provider is the source of truth for an SSO user's roles: they follow it at every sign-in."""
-    wanted = {
-        role.id: role.name for role in (await session.scalars(select(Role).where(Role.name.in_(roles)))).all()
-    }
+async def _sync_roles(session: AsyncSession, user: User, roles: list[str], actor: Actor) -> bool:
+    """The provider is the source of truth for an SSO user's roles: they follow it at every
+    sign-in — except that the last administrator keeps their roles (`administrators`): refusing
+    the sign-in would lock them out, and following it would leave nobody to give every permission.
+    That is logged and recorded (user.roles_kept); the roles follow the provider again once
+    another administrator exists."""
+    found = (await session.scalars(select(Role).where(Role.name.in_(roles)))).all()
+    wanted = {role.id: role for role in found}
     current = set(
-        (await session.scalars(select(RoleAssignment.role_id).where(RoleAssignment.user_id == user_id))).all()
+        (await session.scalars(select(RoleAssignment.role_id).where(RoleAssignment.user_id == user.id))).all()
     )
     if current == set(wanted):
         return False
-    await session.execute(delete(RoleAssignment).where(RoleAssignment.user_id == user_id))
+    admins = await administrators.lock(session)
+    grants = GrantSet.empty()
+    for role in found:
+        grants = grants.union(GrantSet.from_json(role.grants))
+    if not user.is_disabled and not admins.remain_if(user.id, grants):
+        kept = sorted(await session.scalars(select(Role.name).where(Role.id.in_(current))))
+        log.warning(
+            "the identity provider's roles were not applied: this account is the last administrator",
+            code="last_administrator",
+            user_id=user.id,
+            roles=kept,
+            roles_from_provider=sorted(roles),
+        )
+        await record(
+            session,
+            actor=actor,
+            action="user.roles_kept",
+            object_type="user",
+            object_id=user.id,
+            outcome="denied",
+            details={
+                "reason": "last_administrator",
+                "roles": kept,
+                "roles_from_provider": sorted(role.name for role in found),
+                "source": "oidc",
+            },
+        )
+        return False
+    await session.execute(delete(RoleAssignment).where(RoleAssignment.user_id == user.id))
     for role_id in wanted:
-        session.add(RoleAssignment(user_id=user_id, role_id=role_id))
+        session.add(RoleAssignment(user_id=user.id, role_id=role_id))
     return True
 
 

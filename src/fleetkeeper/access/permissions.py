@@ -75,6 +75,19 @@ class GrantSet:
             result = result.union(single)
         return result
 
+    @classmethod
+    def assigned(
+        cls,
+        role_grants: Iterable[Mapping[str, Any]],
+        device_groups: Iterable[str] | None,
+        release_tags: Iterable[str] | None,
+    ) -> GrantSet:
+        """A role's grants as given to a user: narrowed by the assignment's groups and tags."""
+        return cls.from_json(role_grants).narrowed(
+            None if device_groups is None else frozenset(device_groups),
+            None if release_tags is None else frozenset(release_tags),
+        )
+
     def to_json(self) -> list[dict[str, Any]]:
         return [
             {"permission": permission.value, "scopes": None if scopes is None else sorted(scopes)}

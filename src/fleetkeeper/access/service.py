@@ -107,13 +107,7 @@ async def user_grants(session: AsyncSession, user_id: str) -> GrantSet:
     )
     result = GrantSet.empty()
     for grants, device_groups, release_tags in rows:
-        role = GrantSet.from_json(grants)
-        result = result.union(
-            role.narrowed(
-                None if device_groups is None else frozenset(device_groups),
-                None if release_tags is None else frozenset(release_tags),
-            )
-        )
+        result = result.union(GrantSet.assigned(grants, device_groups, release_tags))
     return result
 
 
@@ -209,14 +203,17 @@ async def create_user(
 async def set_user_roles(
     database: Database, actor: Principal, user_id: str, roles: list[RoleAssignmentSpec]
 ) -> list[str]:
-    """Replaces the user's roles; never leaves nobody who can manage users (`administrators`)."""
+    """Replaces the user's roles; never leaves no administrator (`administrators`). One's own
+    roles change only from a signed-in session: an API token never changes its owner's account."""
+    if user_id == actor.user_id:
+        actor.ensure_session()
     async with database.transaction() as session:
-        await administrators.lock(session)
+        admins = await administrators.lock(session)
         await get_user(session, user_id)
         await ensure_outranks(session, actor, user_id)
         await session.execute(delete(RoleAssignment).where(RoleAssignment.user_id == user_id))
         names = await _assign_roles(session, actor, user_id, roles)
-        await administrators.ensure_one_remains(session)
+        await admins.ensure_one_remains(session)
         await record(
             session,
             actor=actor.actor,
@@ -290,14 +287,14 @@ async def set_user_disabled(database: Database, actor: Principal, user_id: str, 
     if user_id == actor.user_id:
         raise ConflictError("you cannot disable your own account", code="cannot_modify_self")
     async with database.transaction() as session:
-        await administrators.lock(session)
+        admins = await administrators.lock(session)
         user = await get_user(session, user_id)
         await ensure_outranks(session, actor, user_id)
         if user.is_disabled == disabled:
             return user
         user.is_disabled = disabled
         if disabled:
-            await administrators.ensure_one_remains(session)
+            await admins.ensure_one_remains(session)
             await revoke_all_credentials(session, user_id)
         await record(
             session,
@@ -333,12 +330,12 @@ async def delete_user(database: Database, actor: Principal, user_id: str) -> Non
     if user_id == actor.user_id:
         raise ConflictError("you cannot delete your own account", code="cannot_modify_self")
     async with database.transaction() as session:
-        await administrators.lock(session)
+        admins = await administrators.lock(session)
         user = await get_user(session, user_id)
         await ensure_outranks(session, actor, user_id)
         username = user.username
         await session.delete(user)
-        await administrators.ensure_one_remains(session)
+        await admins.ensure_one_remains(session)
         await record(
             session,
             actor=actor.actor,
@@ -519,7 +516,7 @@ async def update_role(
     grants: list[dict[str, Any]] | None,
 ) -> Role:
     async with database.transaction() as session:
-        await administrators.lock(session)
+        admins = await administrators.lock(session)
         role = await get_role(session, name)
         if role.is_builtin:
             raise ConflictError("built-in roles cannot be changed; make a custom role", code="builtin_role")
@@ -529,7 +526,7 @@ async def update_role(
             _ensure_holds(actor, new_grants)
             await check_scopes(session, scope_names(new_grants))
             role.grants = new_grants.to_json()
-            await administrators.ensure_one_remains(session)
+            await admins.ensure_one_remains(session)
         if description is not None:
             role.description = description
         await record(
