@@ -116,10 +116,7 @@ async def reset_second_factor(user_id: str, principal: Admin, request: Request) 
 
 @router.delete("/users/{user_id}/sessions", status_code=204)
 async def end_user_sessions(user_id: str, principal: Admin, request: Request) -> Response:
-    database = runtime_of(request).database
-    async with database.session() as session:
-        await service.get_user(session, user_id)
-    await signin.end_all_sessions(database, principal, user_id)
+    await signin.end_sessions_of(runtime_of(request).database, principal, user_id)
     return Response(status_code=204)
 
 

@@ -347,7 +347,14 @@ async def delete_user(database: Database, actor: Principal, user_id: str) -> Non
 
 
 async def reset_password(database: Database, actor: Principal, user_id: str) -> str:
-    """A new one-time password for someone who lost theirs; their sessions end."""
+    """A new one-time password for someone who lost theirs; their sessions end. Nobody resets
+    their own: with an API token that would turn the token into a session."""
+    if user_id == actor.user_id:
+        raise ConflictError(
+            "you cannot reset your own password: change it under your account "
+            "(POST /api/v1/me/password), or ask another administrator",
+            code="cannot_modify_self",
+        )
     password = generate_one_time_password()
     password_hash = await hash_password(password)
     async with database.transaction() as session:

@@ -13,7 +13,7 @@ from fleetkeeper.access import backoff, twofactor
 from fleetkeeper.access.models import RefreshToken, SignInSession, User
 from fleetkeeper.access.passwords import hash_password, needs_rehash, verify_password
 from fleetkeeper.access.principal import Principal
-from fleetkeeper.access.service import normalize_username, pending_actions
+from fleetkeeper.access.service import ensure_outranks, get_user, normalize_username, pending_actions
 from fleetkeeper.access.tokens import KeyRing, hash_secret, new_secret, secret_matches
 from fleetkeeper.audit.service import Actor, record
 from fleetkeeper.core.config import Settings
@@ -280,19 +280,36 @@ async def end_session(database: Database, principal: Principal, session_id: str)
 
 
 async def end_all_sessions(database: Database, principal: Principal, user_id: str) -> int:
+    """Ends every session of the caller's own account (`user_id` is theirs)."""
     async with database.transaction() as session:
-        result = await session.execute(
-            update(SignInSession)
-            .where(SignInSession.user_id == user_id, SignInSession.revoked_at.is_(None))
-            .values(revoked_at=utcnow())
-        )
-        count: int = result.rowcount  # type: ignore[attr-defined]
-        await record(
-            session,
-            actor=principal.actor,
-            action="auth.all_sessions_ended",
-            object_type="user",
-            object_id=user_id,
-            details={"sessions": count},
-        )
+        return await _end_all(session, principal, user_id)
+
+
+async def end_sessions_of(database: Database, actor: Principal, user_id: str) -> int:
+    """An administrator ends someone's sessions (DELETE /api/v1/users/{id}/sessions, the console):
+    only of an account no stronger than theirs, as every action on another account; their own
+    only from a signed-in session, as under /api/v1/me."""
+    async with database.transaction() as session:
+        await get_user(session, user_id)
+        if user_id == actor.user_id:
+            actor.ensure_session()
+        await ensure_outranks(session, actor, user_id)
+        return await _end_all(session, actor, user_id)
+
+
+async def _end_all(session: AsyncSession, principal: Principal, user_id: str) -> int:
+    result = await session.execute(
+        update(SignInSession)
+        .where(SignInSession.user_id == user_id, SignInSession.revoked_at.is_(None))
+        .values(revoked_at=utcnow())
+    )
+    count: int = result.rowcount  # type: ignore[attr-defined]
+    await record(
+        session,
+        actor=principal.actor,
+        action="auth.all_sessions_ended",
+        object_type="user",
+        object_id=user_id,
+        details={"sessions": count},
+    )
     return count

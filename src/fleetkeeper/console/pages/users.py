@@ -164,10 +164,7 @@ async def reset_password(request: Request, principal: Admin, user_id: str) -> Re
 
 @router.post("/users/{user_id}/sessions/end")
 async def end_sessions(request: Request, principal: Admin, user_id: str) -> Response:
-    database = runtime_of(request).database
-    async with database.session() as session:
-        await service.get_user(session, user_id)
-    await signin.end_all_sessions(database, principal, user_id)
+    await signin.end_sessions_of(runtime_of(request).database, principal, user_id)
     return _see_other(f"/users/{user_id}")
 
 
