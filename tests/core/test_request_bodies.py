@@ -10,8 +10,8 @@ from fastapi.routing import APIRoute
 from pydantic import BaseModel
 
 from fleetkeeper.core.app import app_routes, create_device_app, create_management_app
-from fleetkeeper.core.bodies import RequestBody
 from fleetkeeper.core.runtime import Runtime
+from fleetkeeper.core.wire import RequestBody
 from tests.conftest import Api
 
 
@@ -73,12 +73,20 @@ async def test_a_grant_names_its_permission_by_value(api: Api) -> None:
     assert refused.status_code == 422, refused.text
 
 
-async def test_a_time_without_a_zone_is_refused(api: Api) -> None:
+@pytest.mark.parametrize(
+    ("path", "parameter"), [("/api/v1/terminal/sessions", "before"), ("/api/v1/audit/records", "since")]
+)
+@pytest.mark.parametrize(
+    "time", ["2026-12-01T10:00:00", "1700000000", "0", "2026-12-01 10:00:00Z", "2026-12-01T10:00Z"]
+)
+async def test_a_time_is_rfc_3339_with_its_zone(api: Api, path: str, parameter: str, time: str) -> None:
+    response = await api.client.get(path, params={parameter: time}, headers=await api.admin_headers())
+    assert response.status_code == 422, response.text
+    assert "RFC 3339" in response.text
+
+
+async def test_a_time_with_its_zone_is_taken(api: Api) -> None:
     admin = await api.admin_headers()
-    naive = await api.client.get(
-        "/api/v1/terminal/sessions", params={"before": "2026-12-01T10:00:00"}, headers=admin
-    )
-    assert naive.status_code == 422, naive.text
     aware = await api.client.get(
         "/api/v1/terminal/sessions", params={"before": "2026-12-01T10:00:00Z"}, headers=admin
     )

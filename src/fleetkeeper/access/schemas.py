@@ -9,7 +9,7 @@ from pydantic import BaseModel, Field, StringConstraints
 
 from fleetkeeper.access.models import ApiToken, SignInSession, User
 from fleetkeeper.access.permissions import Permission
-from fleetkeeper.core.bodies import Member, RequestBody
+from fleetkeeper.core.wire import Member, RequestBody
 
 Secret = Annotated[str, StringConstraints(min_length=1, max_length=256)]
 Name = Annotated[str, StringConstraints(min_length=1, max_length=128, strip_whitespace=True)]

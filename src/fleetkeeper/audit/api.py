@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import StreamingResponse
-from pydantic import AwareDatetime, BaseModel
+from pydantic import BaseModel
 
 from fleetkeeper.access.auth import requires
 from fleetkeeper.access.permissions import Permission
@@ -17,6 +17,7 @@ from fleetkeeper.audit.models import AuditRecord
 from fleetkeeper.audit.service import AuditFilter, filter_conditions, search
 from fleetkeeper.audit.verification import verify_on_record
 from fleetkeeper.core.runtime import runtime_of
+from fleetkeeper.core.wire import Timestamp
 
 router = APIRouter(prefix="/api/v1/audit", tags=["audit"])
 Auditor = Annotated[Principal, requires(Permission.AUDIT_READ)]
@@ -81,8 +82,8 @@ def _filters(
     object_type: ShortText = None,
     object_id: ShortText = None,
     outcome: ShortText = None,
-    since: Annotated[AwareDatetime | None, Query()] = None,
-    until: Annotated[AwareDatetime | None, Query()] = None,
+    since: Annotated[Timestamp | None, Query()] = None,
+    until: Annotated[Timestamp | None, Query()] = None,
 ) -> AuditFilter:
     """The query parameters both search and export take; a malformed one fails before any work."""
     filters = AuditFilter(actor, action, object_type, object_id, outcome, since, until)

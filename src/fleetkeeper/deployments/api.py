@@ -10,9 +10,9 @@ from pydantic import BaseModel, Field
 
 from fleetkeeper.access.auth import requires
 from fleetkeeper.access.service import Permission, Principal
-from fleetkeeper.core.bodies import RequestBody, Timestamp
 from fleetkeeper.core.errors import NotFoundError
 from fleetkeeper.core.runtime import runtime_of
+from fleetkeeper.core.wire import RequestBody, Timestamp
 from fleetkeeper.deployments import live, service, visibility, webhooks
 from fleetkeeper.deployments.models import Deployment, DeploymentDevice
 from fleetkeeper.devices.auth import AuthenticatedDevice

@@ -8,10 +8,10 @@ from fastapi import APIRouter, Body, Depends, Request, Response, WebSocket
 from pydantic import BaseModel, Field
 from starlette.requests import HTTPConnection
 
-from fleetkeeper.core.bodies import RequestBody
 from fleetkeeper.core.peer import PeerCertificate, require_peer_certificate
 from fleetkeeper.core.routeaccess import public_dependency
 from fleetkeeper.core.runtime import Runtime, runtime_of
+from fleetkeeper.core.wire import RequestBody
 from fleetkeeper.devices import enrollment, service
 from fleetkeeper.devices.auth import AuthenticatedDevice
 from fleetkeeper.devices.schemas import CertificateOut, EnrollmentOut, Envelope, RotationPending

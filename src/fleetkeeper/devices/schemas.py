@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, Field, StringConstraints
 
-from fleetkeeper.core.bodies import RequestBody
+from fleetkeeper.core.wire import RequestBody
 from fleetkeeper.devices.models import Device, DeviceCertificate, DeviceGroup, EnrollmentToken
 from fleetkeeper.devices.scopes import device_reported_fields
 

@@ -12,9 +12,9 @@ from pydantic import Field
 
 from fleetkeeper.access.auth import PUBLIC, requires
 from fleetkeeper.access.service import Permission, Principal
-from fleetkeeper.core.bodies import RequestBody
 from fleetkeeper.core.errors import NotFoundError, ProblemError
 from fleetkeeper.core.runtime import Runtime, runtime_of
+from fleetkeeper.core.wire import RequestBody
 from fleetkeeper.releases import repository, service
 from fleetkeeper.releases.bundle import bundle_members, stream_bundle
 from fleetkeeper.releases.schemas import ReleaseDetail, ReleaseOut, ReleasePage

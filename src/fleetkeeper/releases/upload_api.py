@@ -9,8 +9,8 @@ from pydantic import BaseModel, Field
 
 from fleetkeeper.access.auth import requires
 from fleetkeeper.access.service import Permission, Principal
-from fleetkeeper.core.bodies import RequestBody
 from fleetkeeper.core.runtime import runtime_of
+from fleetkeeper.core.wire import RequestBody
 from fleetkeeper.releases import uploads
 from fleetkeeper.releases.schemas import ReleaseOut
 from fleetkeeper.releases.service import publish_upload

@@ -10,7 +10,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request, WebSocket
 from fastapi.responses import Response, StreamingResponse
-from pydantic import AwareDatetime, BaseModel
+from pydantic import BaseModel
 from starlette.requests import HTTPConnection
 
 from fleetkeeper.access.auth import authenticate, authenticate_credential, requires
@@ -20,6 +20,7 @@ from fleetkeeper.console import session as console_session
 from fleetkeeper.core.errors import ProblemError
 from fleetkeeper.core.routeaccess import AccessRule, mark
 from fleetkeeper.core.runtime import runtime_of
+from fleetkeeper.core.wire import Timestamp
 from fleetkeeper.releases.storage import ObjectNotFoundError
 from fleetkeeper.terminal import bridge, service
 from fleetkeeper.terminal.models import TerminalSession
@@ -195,7 +196,7 @@ async def list_sessions(
     principal: Auditor,
     device_id: Annotated[str | None, Query(max_length=40)] = None,
     user_id: Annotated[str | None, Query(max_length=40)] = None,
-    before: AwareDatetime | None = None,
+    before: Timestamp | None = None,
     limit: Annotated[int, Query(ge=1, le=service.MAX_PAGE_SIZE)] = 50,
 ) -> list[SessionOut]:
     """Sessions and transfers, newest first; page with `before` = the last one's opened_at."""
