@@ -42,16 +42,15 @@ async def attempt(api: Api, password: str, username: str = "admin") -> httpx2.Re
 
 async def test_brute_force_meets_a_growing_back_off(api: Api) -> None:
     await api.admin_headers()
-    for _ in range(3):
+    for _ in range(3):  # the 3rd failure, the last free one, starts a 1 s wait
         assert (await attempt(api, "guess-guess-guess")).status_code == 401
-    assert (await attempt(api, "guess-guess-guess")).status_code == 401  # the 4th failure sets a 1 s wait
     limited = await attempt(api, ADMIN_PASSWORD)
     assert limited.status_code == 429, "even the right password waits out the back-off"
     assert limited.headers["content-type"] == "application/problem+json"
     assert limited.json()["code"] == "rate_limited"
     assert int(limited.headers["retry-after"]) == 1
     await asyncio.sleep(1.1)
-    assert (await attempt(api, "guess-guess-guess")).status_code == 401  # the 5th: a 2 s wait now
+    assert (await attempt(api, "guess-guess-guess")).status_code == 401  # the 4th: a 2 s wait now
     limited = await attempt(api, "guess-guess-guess")
     assert limited.status_code == 429
     assert int(limited.headers["retry-after"]) == 2
@@ -121,10 +120,10 @@ def test_two_processes_share_the_limits_through_redis(
             json={"username": "admin", "password": "guess-guess-guess"},
         )
         statuses.append(response.status_code)
-    # Alone, each process would allow 3 free failures and then 1 more: 401 ×4 on each.
-    # Shared, the 4 failures are counted across both and the 5th attempt waits.
-    assert statuses[:4] == [401] * 4
-    assert 429 in statuses[4:]
+    # Alone, each process would allow its 3 free failures: 401 ×3 on each, none waiting.
+    # Shared, the 3 failures are counted across both and the 4th attempt waits.
+    assert statuses[:3] == [401] * 3
+    assert 429 in statuses[3:]
 
 
 # --- who the back-off holds back --------------------------------------------------------------
@@ -154,8 +153,8 @@ async def test_an_attacker_elsewhere_does_not_keep_the_owner_out(api: Api, long_
     await api.admin_headers()
     async with client_at(api.runtime, "198.51.100.66") as attacker:
         statuses = [await sign_in_from(attacker, "admin", f"guess-{n}-guess-guess") for n in range(15)]
-        assert statuses[:4] == [401] * 4
-        assert set(statuses[4:]) == {429}, statuses
+        assert statuses[:3] == [401] * 3
+        assert set(statuses[3:]) == {429}, statuses
         assert (await attempt(api, ADMIN_PASSWORD)).status_code == 200, "the owner, from their own address"
         assert await sign_in_from(attacker, "admin", ADMIN_PASSWORD) == 429, "the attacker still waits"
     async with client_at(api.runtime, "198.51.100.67") as colleague:
@@ -170,8 +169,8 @@ async def test_one_address_spraying_many_accounts_is_held_back(
         await api.admin_headers()
         async with client_at(runtime, "198.51.100.99") as sprayer:
             statuses = [await sign_in_from(sprayer, f"user-{n}", "guess-guess-guess") for n in range(8)]
-            assert statuses[:6] == [401] * 6
-            assert set(statuses[6:]) == {429}, statuses
+            assert statuses[:5] == [401] * 5
+            assert set(statuses[5:]) == {429}, statuses
             assert await sign_in_from(sprayer, "admin", ADMIN_PASSWORD) == 429, "the whole address waits"
         assert (await attempt(api, ADMIN_PASSWORD)).status_code == 200, "other addresses do not"
 
@@ -179,7 +178,7 @@ async def test_one_address_spraying_many_accounts_is_held_back(
 async def test_a_distributed_attack_on_one_account_trips_its_own_cap(
     runtime_factory: RuntimeFactory, long_waits: None
 ) -> None:
-    runtime = await runtime_factory(sign_in_failures_per_account=8)
+    runtime = await runtime_factory(sign_in_failures_per_account=9)
     async with api_for(runtime) as api:
         await api.admin_headers()
         for number in range(3):
@@ -187,7 +186,7 @@ async def test_a_distributed_attack_on_one_account_trips_its_own_cap(
                 statuses = [await sign_in_from(bot, "admin", "guess-guess-guess") for _ in range(3)]
                 assert statuses == [401] * 3, "each address alone is within its free failures"
         assert (await attempt(api, ADMIN_PASSWORD)).status_code == 429, (
-            "nine failures from everywhere, eight free"
+            "nine failures from everywhere, nine free"
         )
 
 
@@ -201,8 +200,8 @@ async def test_wrong_current_passwords_meet_the_same_back_off(api: Api, long_wai
         (await api.client.post("/api/v1/me/password", json=body, headers=admin)).status_code
         for _ in range(15)
     ]
-    assert statuses[:4] == [403] * 4
-    assert set(statuses[4:]) == {429}, statuses
+    assert statuses[:3] == [403] * 3
+    assert set(statuses[3:]) == {429}, statuses
     right = {"current_password": ADMIN_PASSWORD, "new_password": "amber-harvest-pylon-64"}
     limited = await api.client.post("/api/v1/me/password", json=right, headers=admin)
     assert limited.status_code == 429
@@ -219,8 +218,8 @@ async def test_wrong_codes_and_passwords_for_two_factor_meet_the_back_off(api: A
         ).status_code
         for _ in range(6)
     ]
-    assert confirm[:4] == [403] * 4
-    assert set(confirm[4:]) == {429}, confirm
+    assert confirm[:3] == [403] * 3
+    assert set(confirm[3:]) == {429}, confirm
     code = pyotp.TOTP(started.json()["secret"]).now()
     still = await api.client.post("/api/v1/me/2fa/totp/confirm", json={"code": code}, headers=admin)
     assert still.status_code == 429, "even the right code waits"
@@ -238,8 +237,8 @@ async def test_disabling_two_factor_and_new_recovery_codes_meet_the_back_off(
         ).status_code
         for _ in range(15)
     ]
-    assert statuses[:4] == [403] * 4
-    assert set(statuses[4:]) == {429}, statuses
+    assert statuses[:3] == [403] * 3
+    assert set(statuses[3:]) == {429}, statuses
     codes = await api.client.post("/api/v1/me/2fa/recovery-codes", json={"code": "000000"}, headers=headers)
     assert codes.status_code == 429, "one count per account, whichever check failed"
 
@@ -250,8 +249,8 @@ async def test_wrong_passwords_for_a_new_api_token_meet_the_back_off(api: Api, l
     statuses = [
         (await api.client.post("/api/v1/me/tokens", json=wrong, headers=admin)).status_code for _ in range(6)
     ]
-    assert statuses[:4] == [403] * 4
-    assert set(statuses[4:]) == {429}, statuses
+    assert statuses[:3] == [403] * 3
+    assert set(statuses[3:]) == {429}, statuses
     right = {"name": "ci", "password": ADMIN_PASSWORD}
     limited = await api.client.post("/api/v1/me/tokens", json=right, headers=admin)
     assert limited.status_code == 429, "even the right password waits"

@@ -66,12 +66,12 @@ async def create(
     if grants is not None:  # the owner's own grants are not theirs to fix here
         async with database.session() as session:
             await check_scopes(session, scope_names(requested))
-    await reauth.before_checking(limiter, owner.user_id)
+    attempt = await reauth.reserve(limiter, owner.user_id) if password is not None else None
     async with database.session() as session:
         user = await get_user(session, owner.user_id)
-        await reauth.ensure_present(session, limiter, owner, user, password)
-    if password is not None:
-        await reauth.right_answers(limiter, owner.user_id)
+        await reauth.ensure_present(session, owner, user, password)
+    if attempt is not None:
+        await attempt.succeeded()
     secret = new_secret()
     now = utcnow()
     try:

@@ -11,6 +11,8 @@ a new password the current one, new recovery codes a current code, turning 2FA o
 
 Every such password or code meets the same growing wait as sign-in (`backoff`), counted per
 account: the caller is already known, and a stolen session must not try passwords at its ease.
+Each check is counted before it is made (`reserve`), so that requests sent at once do not slip
+past the wait together.
 """
 
 from __future__ import annotations
@@ -31,28 +33,23 @@ RECENT_SIGN_IN = timedelta(minutes=10)
 
 
 def _answers(user_id: str) -> backoff.Counter:
-    return backoff.Counter(f"account-check/{user_id}")
+    return backoff.Counter(f"account-check/{user_id}", forgotten_on_success=True)
 
 
-async def before_checking(limiter: RateLimiter, user_id: str) -> None:
-    """Raises 429 while the account waits out wrong answers; call it before checking any."""
-    await backoff.ensure_not_waiting(
+async def reserve(limiter: RateLimiter, user_id: str) -> backoff.Attempt:
+    """Counts a check of the account's password or codes as a wrong answer before it is made;
+    raises 429 while the account waits out wrong answers. Call `succeeded()` on the attempt once
+    every answer was right (which forgets the earlier wrong ones), `withdraw()` if nothing was
+    checked after all."""
+    return await backoff.reserve(
         limiter, [_answers(user_id)], "too many wrong passwords or codes: wait before trying again"
     )
 
 
-async def wrong_answer(limiter: RateLimiter, user_id: str) -> None:
-    await backoff.count_failure(limiter, [_answers(user_id)])
-
-
-async def right_answers(limiter: RateLimiter, user_id: str) -> None:
-    await backoff.forget_failures(limiter, _answers(user_id))
-
-
-async def check_password(limiter: RateLimiter, user: User, password: str) -> None:
-    """Raises 403 invalid_credentials, and counts it, unless `password` is the account's."""
+async def check_password(user: User, password: str) -> None:
+    """Raises 403 invalid_credentials unless `password` is the account's (counted by the caller's
+    `reserve`)."""
     if not await verify_password(user.password_hash, password):
-        await wrong_answer(limiter, user.id)
         raise ProblemError("the current password is wrong", code="invalid_credentials", status=403)
 
 
@@ -65,12 +62,12 @@ async def signed_in_recently(session: AsyncSession, principal: Principal) -> boo
 
 
 async def ensure_present(
-    session: AsyncSession, limiter: RateLimiter, principal: Principal, user: User, password: str | None
+    session: AsyncSession, principal: Principal, user: User, password: str | None
 ) -> None:
     """Raises 403 unless `password` is the account's or the session began moments ago. A password
-    given is checked even then: a wrong one is never ignored. Call `before_checking` first."""
+    given is checked even then: a wrong one is never ignored. `reserve` first when one is given."""
     if password is not None:
-        await check_password(limiter, user, password)
+        await check_password(user, password)
         return
     if await signed_in_recently(session, principal):
         return

@@ -409,9 +409,9 @@ async def change_own_password(
         user = await get_user(session, principal.user_id)
     if user.auth_source != "local":
         raise ConflictError("this account signs in through the identity provider", code="not_a_local_account")
-    await reauth.before_checking(limiter, user.id)
-    await reauth.check_password(limiter, user, current_password)
-    await reauth.right_answers(limiter, user.id)
+    attempt = await reauth.reserve(limiter, user.id)
+    await reauth.check_password(user, current_password)
+    await attempt.succeeded()
     check_password_policy(new_password, user.username)
     if current_password == new_password:
         raise ProblemError(

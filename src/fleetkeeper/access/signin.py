@@ -53,6 +53,9 @@ def _invalid_credentials() -> UnauthenticatedError:
     return UnauthenticatedError("the username or password is wrong", code="invalid_credentials")
 
 
+WAIT_DETAIL = "too many failed sign-ins: wait before trying again"
+
+
 @dataclass(frozen=True)
 class _Counters:
     """Whom failed sign-ins hold back (`backoff`). An attacker's failures make the attacker's own
@@ -67,7 +70,7 @@ class _Counters:
     @classmethod
     def of(cls, username: str, address: str | None, settings: Settings) -> _Counters:
         return cls(
-            backoff.Counter(f"signin/account-from-address/{address}/{username}"),
+            backoff.Counter(f"signin/account-from-address/{address}/{username}", forgotten_on_success=True),
             backoff.Counter(f"signin/address/{address}", settings.sign_in_failures_per_address),
             backoff.Counter(f"signin/account/{username}", settings.sign_in_failures_per_account),
         )
@@ -89,6 +92,8 @@ class SignIn:
         self.settings = settings
 
     async def sign_in(self, credentials: Credentials, client: Client) -> TokenPair:
+        """Every attempt is counted as a failure before its password is checked, and taken back
+        when it was right (`backoff`)."""
         username = normalize_username(credentials.username)
         counters = _Counters.of(username, client.address, self.settings)
         await self.limiter.hit(
@@ -101,9 +106,7 @@ class SignIn:
             f"signin-account-from-address/{client.address}/{username}",
             detail="too many sign-ins",
         )
-        await backoff.ensure_not_waiting(
-            self.limiter, counters.all, "too many failed sign-ins: wait before trying again"
-        )
+        attempt = await backoff.reserve(self.limiter, counters.all, WAIT_DETAIL)
 
         async with self.database.session() as session:
             user = await session.scalar(select(User).where(User.username == username))
@@ -112,11 +115,12 @@ class SignIn:
             user.password_hash if usable and user else None, credentials.password
         )
         if not (usable and password_ok) or user is None:
-            await self._failed(counters, username, client, user, "wrong username or password")
+            await self._failed(username, client, user, "wrong username or password")
             raise _invalid_credentials()
 
         if user.totp_enabled_at is not None:
             if not credentials.totp_code and not credentials.recovery_code:
+                await attempt.withdraw()  # the password was right: no failure to count
                 raise UnauthenticatedError(
                     "this account needs a second factor: send totp_code or recovery_code",
                     code="second_factor_required",
@@ -124,17 +128,15 @@ class SignIn:
             if not await twofactor.accept_second_factor(
                 self.database, user.id, credentials.totp_code, credentials.recovery_code
             ):
-                await self._failed(counters, username, client, user, "wrong second factor")
+                await self._failed(username, client, user, "wrong second factor")
                 raise UnauthenticatedError("the second factor is wrong or used", code="invalid_second_factor")
 
-        await backoff.forget_failures(self.limiter, counters.from_address)
+        await attempt.succeeded()
         rehashed = await hash_password(credentials.password) if needs_rehash(user.password_hash) else None
         return await self.start_session(user, "password", client, rehashed=rehashed)
 
-    async def _failed(
-        self, counters: _Counters, username: str, client: Client, user: User | None, reason: str
-    ) -> None:
-        await backoff.count_failure(self.limiter, counters.all)
+    async def _failed(self, username: str, client: Client, user: User | None, reason: str) -> None:
+        """Records a failed sign-in; its attempt stays counted (`backoff`)."""
         async with self.database.transaction() as session:
             await record(
                 session,

@@ -89,19 +89,22 @@ async def confirm_enrollment(
     """Turns TOTP on once a code from the authenticator matches; returns fresh recovery codes.
     Needs the password unless the session began moments ago (`reauth`)."""
     principal.ensure_session()
-    await reauth.before_checking(limiter, principal.user_id)
     async with database.session() as session:
         user = await get_user(session, principal.user_id)
         if user.totp_pending_secret is None:
             raise ConflictError("start the enrollment first", code="totp_not_started")
-        await reauth.ensure_present(session, limiter, principal, user, password)
+        if password is None:
+            await reauth.ensure_present(session, principal, user, None)
+    attempt = await reauth.reserve(limiter, principal.user_id)
+    if password is not None:
+        await reauth.check_password(user, password)
     async with database.transaction() as session:
         user = await get_user(session, principal.user_id)
         if user.totp_pending_secret is None:
+            await attempt.withdraw()
             raise ConflictError("start the enrollment first", code="totp_not_started")
         step = _matching_step(user.totp_pending_secret, code)
         if step is None:
-            await reauth.wrong_answer(limiter, user.id)
             raise _invalid_code()
         user.totp_secret = user.totp_pending_secret
         user.totp_pending_secret = None
@@ -115,7 +118,7 @@ async def confirm_enrollment(
             object_type="user",
             object_id=user.id,
         )
-    await reauth.right_answers(limiter, principal.user_id)
+    await attempt.succeeded()
     return codes
 
 
@@ -124,11 +127,10 @@ async def regenerate_recovery_codes(
 ) -> list[str]:
     """Replaces every recovery code; needs a current TOTP code."""
     principal.ensure_session()
-    await reauth.before_checking(limiter, principal.user_id)
+    attempt = await reauth.reserve(limiter, principal.user_id)
     async with database.transaction() as session:
         user = await get_user(session, principal.user_id)
         if user.totp_secret is None or not _consume_totp(user, code):
-            await reauth.wrong_answer(limiter, user.id)
             raise _invalid_code()
         codes = await _replace_recovery_codes(session, user.id)
         await record(
@@ -138,7 +140,7 @@ async def regenerate_recovery_codes(
             object_type="user",
             object_id=user.id,
         )
-    await reauth.right_answers(limiter, principal.user_id)
+    await attempt.succeeded()
     return codes
 
 
@@ -157,12 +159,11 @@ async def disable(
             f"your role(s) {', '.join(sorted(required))} require two-factor sign-in",
             code="second_factor_required_by_policy",
         )
-    await reauth.before_checking(limiter, user.id)
-    await reauth.check_password(limiter, user, password)
+    attempt = await reauth.reserve(limiter, user.id)
+    await reauth.check_password(user, password)
     if not await accept_second_factor(database, user.id, code, code):
-        await reauth.wrong_answer(limiter, user.id)
         raise _invalid_code()
-    await reauth.right_answers(limiter, user.id)
+    await attempt.succeeded()
     async with database.transaction() as session:
         user = await get_user(session, principal.user_id)
         await _turn_off(session, user)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import time
+from dataclasses import dataclass
 from typing import cast
 
 from limits import RateLimitItem, parse
@@ -43,25 +44,53 @@ class RateLimiter:
         raise RateLimitedError(detail, retry_after=stats.reset_time - time.time())
 
     async def blocked_for(self, key: str) -> float:
-        """Seconds left of a back-off set by `record_failure` (0: not blocked)."""
+        """Seconds left of a back-off wait on `key` (0: not waiting)."""
         if await self.storage.get(f"block/{key}") <= 0:
             return 0.0
         expiry: float = await self.storage.get_expiry(f"block/{key}")
         return max(0.0, expiry - time.time())
 
-    async def record_failure(
+    async def reserve_failure(
         self, key: str, *, free_failures: int, base_delay: float, max_delay: float, memory: float
-    ) -> float:
-        """Counts a failure; past `free_failures` in a row, blocks `key` for a delay that doubles
-        with each further failure, up to `max_delay`. Returns that delay (0 while still free)."""
+    ) -> Reservation:
+        """Counts a failure on `key` before the answer it stands for is checked, so that attempts
+        made at once see each other: each increment is atomic (in memory and in Redis alike).
+
+        The `free_failures`-th failure in a row starts a wait of `base_delay`, each further one a
+        wait twice as long, up to `max_delay`; failures are remembered for `memory` seconds from
+        the first. The attempt that would start a wait claims it at once (the first to create the
+        wait's key): it is checked, and until the wait ends no other attempt is. An attempt
+        refused is not counted (`Reservation.granted` false, with the wait's seconds left)."""
         failures = await self.storage.incr(f"fail/{key}", math.ceil(memory))
-        if failures <= free_failures:
-            return 0.0
-        delay = min(max_delay, base_delay * 2 ** (failures - free_failures - 1))
-        await self.storage.clear(f"block/{key}")
-        await self.storage.incr(f"block/{key}", math.ceil(delay))
-        return float(delay)
+        if failures < free_failures:
+            return Reservation(granted=True)
+        delay = min(max_delay, base_delay * 2 ** (failures - free_failures))
+        if await self.storage.incr(f"block/{key}", math.ceil(delay)) == 1:
+            return Reservation(granted=True, claimed_wait=True)
+        waiting = await self.blocked_for(key)
+        await self._uncount(key)
+        return Reservation(granted=False, retry_after=waiting)
+
+    async def release_failure(self, key: str, reservation: Reservation) -> None:
+        """Takes back a failure counted by `reserve_failure` (the answer was right, or none was
+        checked), and the wait it claimed."""
+        await self._uncount(key)
+        if reservation.claimed_wait:
+            await self.storage.clear(f"block/{key}")
+
+    async def _uncount(self, key: str) -> None:
+        if await self.storage.get(f"fail/{key}") > 0:
+            await self.storage.incr(f"fail/{key}", 1, amount=-1)
 
     async def clear_failures(self, key: str) -> None:
         await self.storage.clear(f"fail/{key}")
         await self.storage.clear(f"block/{key}")
+
+
+@dataclass(frozen=True)
+class Reservation:
+    """A failure counted ahead of its check (`RateLimiter.reserve_failure`)."""
+
+    granted: bool
+    claimed_wait: bool = False
+    retry_after: float = 0.0
