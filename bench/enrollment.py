@@ -5,7 +5,8 @@
 
 Starts `fleetkeeper serve` (free ports, temporary data directory; on a fresh PostgreSQL database
 from bench/fleet.py, or the embedded SQLite default), creates one auto-accept enrollment token for
-all devices, and makes N devices: an Ed25519 key each and its enrollment request signed the way
+all devices as the administrator it made at its first start (such a token acts for its creator),
+and makes N devices: an Ed25519 key each and its enrollment request signed the way
 the agent signs it (`fleetkeeper_agent.signing.signed_envelope`), all before the clock starts.
 Then `--concurrency` clients (keep-alive HTTPS connections to the device listener, httpx2, in this
 process) send them to `POST /device/v1/enroll`. Every answer must be 200 `accepted` with a
@@ -50,8 +51,8 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 from tests.conftest import RunningServer, start_server
 
 from bench.fleet import fresh_database
-from fleetkeeper.access.permissions import GrantSet
 from fleetkeeper.access.principal import Principal
+from fleetkeeper.access.service import list_users, user_grants
 from fleetkeeper.core.db import Database
 from fleetkeeper.core.pki import PkiPaths, load_ca, load_certificate
 from fleetkeeper.devices.enrollment import create_token
@@ -217,12 +218,19 @@ async def _run(args: argparse.Namespace) -> dict[str, Any]:
                 server.stop()
 
 
+async def first_admin(database: Database) -> Principal:
+    """The administrator the server made at its first start, with their grants: an auto-accepting
+    token acts for its creator, who must be a real user holding devices:manage everywhere."""
+    async with database.session() as session:
+        [admin] = await list_users(session, limit=1, after=None)
+        grants = await user_grants(session, admin.id)
+    return Principal(user_id=admin.id, username=admin.username, grants=grants, method="password")
+
+
 async def _measure(args: argparse.Namespace, server: RunningServer, url: str) -> dict[str, Any]:
     database = Database(url)
     try:
-        principal = Principal(
-            user_id="usr_bench", username="bench", grants=GrantSet.everything(), method="password"
-        )
+        principal = await first_admin(database)
         runtime: Any = SimpleNamespace(database=database)
         _, token = await create_token(
             runtime,
