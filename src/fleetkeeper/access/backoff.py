@@ -8,7 +8,7 @@ right one included (else the wait could be probed for the password).
 An attempt is counted as a failure before its answer is checked (`reserve`), atomically, and
 taken back when the answer was right: so however many attempts come at once, no more than the
 free failures are checked before the first wait, and one attempt per wait after it. Sign-in counts
-an account from one address, one address at any accounts, and one account from all addresses
+an account from one network, one network at any accounts, and one account from everywhere
 (signin.py); a password or code checked outside sign-in counts the account (reauth.py).
 """
 

@@ -146,3 +146,14 @@ class AccessPolicy(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     require_2fa_roles: Mapped[list[str]] = mapped_column(JSON, default=list)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class SignInNetwork(Base):
+    """A network an account signed in from with its password lately (`known_networks`): its last
+    few, each as its prefix (a /24 or /64 by default, not an address), with the last time."""
+
+    __tablename__ = "sign_in_networks"
+
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), primary_key=True)
+    network: Mapped[str] = mapped_column(String(64), primary_key=True)
+    last_sign_in_at: Mapped[datetime] = mapped_column(UTCDateTime)

@@ -9,7 +9,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from fleetkeeper.access import backoff, twofactor
+from fleetkeeper.access import backoff, known_networks, twofactor
 from fleetkeeper.access.models import RefreshToken, SignInSession, User
 from fleetkeeper.access.passwords import hash_password, needs_rehash, verify_password
 from fleetkeeper.access.principal import Principal
@@ -20,7 +20,8 @@ from fleetkeeper.core.config import Settings
 from fleetkeeper.core.db import Database, utcnow
 from fleetkeeper.core.errors import NotFoundError, UnauthenticatedError
 from fleetkeeper.core.ids import new_id
-from fleetkeeper.core.ratelimit import RateLimiter
+from fleetkeeper.core.networks import network_prefix
+from fleetkeeper.core.ratelimit import RateLimitedError, RateLimiter
 
 SESSION_LIFETIME = timedelta(days=30)
 REFRESH_TOKEN_TTL = timedelta(days=14)
@@ -56,28 +57,33 @@ def _invalid_credentials() -> UnauthenticatedError:
 WAIT_DETAIL = "too many failed sign-ins: wait before trying again"
 
 
+def client_network(address: str | None, settings: Settings) -> str:
+    """Whom the sign-in limits count as one source: the address's network (`core.networks`)."""
+    return network_prefix(
+        address, v4=settings.sign_in_network_prefix_v4, v6=settings.sign_in_network_prefix_v6
+    )
+
+
 @dataclass(frozen=True)
 class _Counters:
-    """Whom failed sign-ins hold back (`backoff`). An attacker's failures make the attacker's own
-    address wait at that account, not the account's owner elsewhere, nor the others behind that
-    address; the address as a whole waits only after many failures at any accounts (spraying),
-    the account as a whole only after more than one address can fail alone (a distributed attack)."""
+    """Whom failed sign-ins hold back (`backoff`), a client network being one source. An
+    attacker's failures make their own network wait at that account, not the account's owner
+    elsewhere, nor the others of that network; the network as a whole waits only after many
+    failures at any accounts (spraying), the account as a whole only after more than one network
+    can fail alone (a distributed attack) — and even then not for its owner's own networks, nor
+    for a sign-in that shows a valid second factor."""
 
-    from_address: backoff.Counter
-    address: backoff.Counter
+    from_network: backoff.Counter
+    network: backoff.Counter
     account: backoff.Counter
 
     @classmethod
-    def of(cls, username: str, address: str | None, settings: Settings) -> _Counters:
+    def of(cls, username: str, network: str, settings: Settings) -> _Counters:
         return cls(
-            backoff.Counter(f"signin/account-from-address/{address}/{username}", forgotten_on_success=True),
-            backoff.Counter(f"signin/address/{address}", settings.sign_in_failures_per_address),
+            backoff.Counter(f"signin/account-from-network/{network}/{username}", forgotten_on_success=True),
+            backoff.Counter(f"signin/network/{network}", settings.sign_in_failures_per_address),
             backoff.Counter(f"signin/account/{username}", settings.sign_in_failures_per_account),
         )
-
-    @property
-    def all(self) -> tuple[backoff.Counter, ...]:
-        return (self.from_address, self.address, self.account)
 
 
 class SignIn:
@@ -95,22 +101,39 @@ class SignIn:
         """Every attempt is counted as a failure before its password is checked, and taken back
         when it was right (`backoff`)."""
         username = normalize_username(credentials.username)
-        counters = _Counters.of(username, client.address, self.settings)
+        network = client_network(client.address, self.settings)
+        counters = _Counters.of(username, network, self.settings)
         await self.limiter.hit(
-            self.settings.sign_in_limit_per_address,
-            f"signin-address/{client.address}",
-            detail="too many sign-ins",
+            self.settings.sign_in_limit_per_address, f"signin-network/{network}", detail="too many sign-ins"
         )
         await self.limiter.hit(
             self.settings.sign_in_limit_per_account,
-            f"signin-account-from-address/{client.address}/{username}",
+            f"signin-account-from-network/{network}/{username}",
             detail="too many sign-ins",
         )
-        attempt = await backoff.reserve(self.limiter, counters.all, WAIT_DETAIL)
+        attempts = [
+            await backoff.reserve(self.limiter, [counters.from_network, counters.network], WAIT_DETAIL)
+        ]
 
         async with self.database.session() as session:
             user = await session.scalar(select(User).where(User.username == username))
+            known = user is not None and await known_networks.is_known(
+                session, user.id, network, self.settings.sign_in_known_network_days
+            )
         usable = user is not None and not user.is_disabled and user.auth_source == "local"
+        try:
+            attempts.append(await backoff.reserve(self.limiter, [counters.account], WAIT_DETAIL))
+        except RateLimitedError:
+            # The account waits for everybody, but not for its owner's own networks, nor for a
+            # valid second factor (checked first; a wrong one counts as this network's failure).
+            shown = None if known else await self._second_factor_shown(user if usable else None, credentials)
+            if not (known or shown):
+                if shown is None:
+                    await attempts[0].withdraw()
+                else:
+                    await self._failed(username, client, user, "wrong second factor")
+                raise
+
         password_ok = await verify_password(
             user.password_hash if usable and user else None, credentials.password
         )
@@ -120,7 +143,8 @@ class SignIn:
 
         if user.totp_enabled_at is not None:
             if not credentials.totp_code and not credentials.recovery_code:
-                await attempt.withdraw()  # the password was right: no failure to count
+                for attempt in attempts:  # the password was right: no failure to count
+                    await attempt.withdraw()
                 raise UnauthenticatedError(
                     "this account needs a second factor: send totp_code or recovery_code",
                     code="second_factor_required",
@@ -131,9 +155,21 @@ class SignIn:
                 await self._failed(username, client, user, "wrong second factor")
                 raise UnauthenticatedError("the second factor is wrong or used", code="invalid_second_factor")
 
-        await attempt.succeeded()
+        for attempt in attempts:
+            await attempt.succeeded()
         rehashed = await hash_password(credentials.password) if needs_rehash(user.password_hash) else None
-        return await self.start_session(user, "password", client, rehashed=rehashed)
+        return await self.start_session(user, "password", client, rehashed=rehashed, network=network)
+
+    async def _second_factor_shown(self, user: User | None, credentials: Credentials) -> bool | None:
+        """Whether the sign-in carries a valid second factor of a two-factor account, checked
+        without using it up; None when there is none to check."""
+        if user is None or user.totp_enabled_at is None:
+            return None
+        if not credentials.totp_code and not credentials.recovery_code:
+            return None
+        return await twofactor.second_factor_valid(
+            self.database, user.id, credentials.totp_code, credentials.recovery_code
+        )
 
     async def _failed(self, username: str, client: Client, user: User | None, reason: str) -> None:
         """Records a failed sign-in; its attempt stays counted (`backoff`)."""
@@ -149,17 +185,26 @@ class SignIn:
             )
 
     async def start_session(
-        self, user: User, method: str, client: Client, *, rehashed: str | None = None
+        self,
+        user: User,
+        method: str,
+        client: Client,
+        *,
+        rehashed: str | None = None,
+        network: str | None = None,
     ) -> TokenPair:
+        """`network`: the client network a password sign-in came from, remembered as known."""
         now = utcnow()
         refresh_secret = new_secret()
         async with self.database.transaction() as session:
-            stored = await session.get(User, user.id)
+            stored = await session.get(User, user.id, with_for_update=True)
             if stored is None or stored.is_disabled:
                 raise _invalid_credentials()
             stored.last_sign_in_at = now
             if rehashed:
                 stored.password_hash = rehashed
+            if network is not None:
+                await known_networks.remember(session, user.id, network, now)
             sign_in = SignInSession(
                 id=new_id("ses"),
                 user_id=user.id,

@@ -228,15 +228,45 @@ async def _turn_off(session: AsyncSession, user: User) -> None:
     await session.execute(delete(RecoveryCode).where(RecoveryCode.user_id == user.id))
 
 
-def _consume_totp(user: User, code: str) -> bool:
-    """Accepts a code once: its time step must be later than the last one accepted."""
+def _unused_step(user: User, code: str | None) -> int | None:
+    """The time step of a code not yet accepted: later than the last one accepted."""
     if not user.totp_secret or not code:
-        return False
+        return None
     step = _matching_step(user.totp_secret, code)
     if step is None or (user.totp_last_step is not None and step <= user.totp_last_step):
+        return None
+    return step
+
+
+def _consume_totp(user: User, code: str) -> bool:
+    """Accepts a code once."""
+    step = _unused_step(user, code)
+    if step is None:
         return False
     user.totp_last_step = step
     return True
+
+
+async def second_factor_valid(
+    database: Database, user_id: str, totp_code: str | None, recovery_code: str | None
+) -> bool:
+    """Whether `accept_second_factor` would accept these now, using nothing up."""
+    async with database.session() as session:
+        user = await session.get(User, user_id)
+        if user is None:
+            return False
+        if _unused_step(user, totp_code) is not None:
+            return True
+        if not recovery_code:
+            return False
+        unused = await session.scalar(
+            select(RecoveryCode.id).where(
+                RecoveryCode.user_id == user_id,
+                RecoveryCode.code_hash == hash_secret(_normalize_recovery_code(recovery_code)),
+                RecoveryCode.used_at.is_(None),
+            )
+        )
+        return unused is not None
 
 
 async def accept_second_factor(

@@ -123,20 +123,33 @@ class Settings(BaseSettings):
         description="Redis key prefix (one per fleet)",
     )
     sign_in_limit_per_address: str = Field(
-        default="30/minute", description="sign-in attempts from one address, at any accounts"
+        default="30/minute", description="sign-in attempts from one client network, at any accounts"
     )
     sign_in_limit_per_account: str = Field(
-        default="10/minute", description="sign-in attempts at one account from one address"
+        default="10/minute", description="sign-in attempts at one account from one client network"
     )
     sign_in_failures_per_address: int = Field(
         default=20,
         ge=1,
-        description="failed sign-ins from one address, at any accounts, before the address waits",
+        description="failed sign-ins from one client network, at any accounts, before it waits",
     )
     sign_in_failures_per_account: int = Field(
         default=100,
         ge=1,
-        description="failed sign-ins at one account, from all addresses together, before it waits",
+        description="failed sign-ins at one account, from all networks together, before it waits",
+    )
+    sign_in_network_prefix_v4: int = Field(
+        default=24, ge=8, le=32, description="the IPv4 prefix length of one client network for sign-in"
+    )
+    sign_in_network_prefix_v6: int = Field(
+        default=64, ge=16, le=128, description="the IPv6 prefix length of one client network for sign-in"
+    )
+    sign_in_known_network_days: int = Field(
+        default=30,
+        ge=0,
+        le=366,
+        description="an account's sign-ins from a network it signed in from this recently are not "
+        "held back by its failures from everywhere (0: none are)",
     )
     api_limit_per_principal: str = Field(default="1200/minute")
 
