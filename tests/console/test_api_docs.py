@@ -9,7 +9,7 @@ from urllib.parse import urlsplit
 from playwright.sync_api import Request, expect
 
 from tests.conftest import Api
-from tests.console.conftest import Console
+from tests.console.conftest import ApiClient, Console
 
 
 class _References(HTMLParser):
@@ -93,3 +93,19 @@ def test_swagger_ui_renders_the_operations_offline(console: Console) -> None:
     assert not elsewhere, f"requests to other origins: {elsewhere}"
     assert page.evaluate("window.violations") == []
     assert not console.console_errors, console.console_errors
+
+
+def test_swagger_ui_authorizes_with_a_bearer_token(console: Console, admin_api: ApiClient) -> None:
+    token = str(admin_api.http.headers["Authorization"]).removeprefix("Bearer ")
+    page = console.go("/api/docs")
+    page.get_by_role("button", name="Authorize").first.click()
+    dialog = page.locator(".dialog-ux")
+    dialog.locator("input").fill(token)
+    dialog.locator("button.modal-btn.authorize").click()
+    dialog.locator("button.modal-btn.btn-done").click()
+    me = page.locator(".opblock-get", has=page.locator('[data-path="/api/v1/me"]'))
+    me.locator(".opblock-summary").click()
+    me.get_by_role("button", name="Try it out").click()
+    me.get_by_role("button", name="Execute").click()
+    expect(me.locator(".live-responses-table tbody .response-col_status")).to_have_text("200")
+    console.shot("api-docs-authorized")

@@ -52,3 +52,12 @@ async def test_a_wrong_method_names_every_method_of_the_path(api: Api) -> None:
     allowed = {method.strip() for method in response.headers["allow"].split(",")}
     assert {"GET", "PATCH", "DELETE"} <= allowed, allowed
     assert "PUT" not in allowed
+
+
+async def test_operations_that_need_a_credential_name_the_bearer_scheme(api: Api) -> None:
+    document = await _document(api)
+    assert document["components"]["securitySchemes"]["bearer"]["scheme"] == "bearer"
+    paths = document["paths"]
+    assert paths["/api/v1/devices"]["get"]["security"] == [{"bearer": []}]
+    assert "security" not in paths["/api/v1/auth/sign-in"]["post"]
+    assert "security" not in paths["/healthz"]["get"]

@@ -4,7 +4,8 @@ problem+json answers that the shared layers give (validation, sign-in, permissio
 FastAPI documents a route's success and a 422 of its own shape; the problems raised by the
 access rules, the body limit, the rate limiter and the domains' `ProblemError`s are added here,
 from what each route declares (its parameters, its body, its access rule), so that a client
-generated from the document handles every answer it can get.
+generated from the document handles every answer it can get. Operations that need a credential
+name the bearer scheme, which gives the API docs page its Authorize button.
 """
 
 from __future__ import annotations
@@ -73,6 +74,12 @@ _DESCRIPTIONS = {
     422: "The request does not match the schema",
     429: "Too many requests: wait for `Retry-After` seconds",
 }
+BEARER = "bearer"
+_BEARER_SCHEME = {
+    "type": "http",
+    "scheme": "bearer",
+    "description": "An access token (`POST /api/v1/auth/sign-in`) or an API token (`fkpat.…`)",
+}
 _RETRY_AFTER = {"Retry-After": {"description": "seconds to wait", "schema": {"type": "integer"}}}
 _READS = frozenset({"GET", "HEAD"})
 
@@ -91,9 +98,14 @@ def problem_statuses(route: APIRoute) -> set[int]:
         statuses.add(413)
     if not (route.methods or set()) <= _READS:
         statuses.add(409)
-    if any(rule.kind != "public" for rule in declared_rules(route)):
+    if signed_in(route):
         statuses |= {401, 403, 429}
     return statuses
+
+
+def signed_in(route: APIRoute) -> bool:
+    """Whether the route needs a user's credential (its access rule is not public)."""
+    return any(rule.kind != "public" for rule in declared_rules(route))
 
 
 def _problem_response(status: int) -> dict[str, Any]:
@@ -111,7 +123,8 @@ def add_problem_responses(document: dict[str, Any], routes: Iterable[BaseRoute])
     """Adds the problem answers to every operation of `routes` in `document`, in place. A 4xx or
     5xx status a route documents itself (`responses={401: {"description": …}}`) keeps its
     description; its content becomes problem+json (FastAPI's own 422 shape is not what the server
-    sends either)."""
+    sends either). An operation that needs a credential says so (`security`), so that a client —
+    and the API docs' Authorize button — sends the bearer token."""
     schemas = document.setdefault("components", {}).setdefault("schemas", {})
     schemas[PROBLEM] = _PROBLEM_SCHEMA
     schemas[VALIDATION_PROBLEM] = _VALIDATION_PROBLEM_SCHEMA
@@ -132,8 +145,11 @@ def add_problem_responses(document: dict[str, Any], routes: Iterable[BaseRoute])
                     problem["description"] = declared["description"]
                 responses[str(status)] = problem
             operation["responses"] = dict(sorted(responses.items()))
+            if signed_in(route):
+                operation["security"] = [{BEARER: []}]
     for unused in ("HTTPValidationError", "ValidationError"):
         schemas.pop(unused, None)
+    document["components"]["securitySchemes"] = {BEARER: _BEARER_SCHEME}
 
 
 def document_problems(app: FastAPI, routes: Callable[[], Iterable[BaseRoute]]) -> None:
