@@ -182,8 +182,9 @@ def _sign_in_statuses(server: RunningServer, forwarded_for: list[str]) -> list[i
 
 def test_forwarded_addresses_are_believed_only_from_trusted_proxies(tmp_path: Path) -> None:
     """A local client cannot dodge the per-address sign-in limit by naming another address in
-    X-Forwarded-For; behind a proxy listed in `trusted_proxies`, the forwarded address counts."""
-    addresses = [f"198.51.100.{number}" for number in range(1, 5)]
+    X-Forwarded-For; behind a proxy listed in `trusted_proxies`, the forwarded address counts
+    (each in its own network: the limit counts a /24)."""
+    addresses = [f"198.51.{number}.7" for number in range(1, 5)]
     limit = {"FLEETKEEPER_SIGN_IN_LIMIT_PER_ADDRESS": "2/minute"}
     server = start_server(tmp_path / "direct", env=limit)
     try:
