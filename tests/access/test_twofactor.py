@@ -134,3 +134,20 @@ async def test_policy_requires_2fa_for_a_role(api: Api) -> None:
     )
     assert cannot_disable.status_code == 409
     assert cannot_disable.json()["code"] == "second_factor_required_by_policy"
+
+
+async def test_a_code_outside_ascii_is_a_wrong_code(api: Api) -> None:
+    """Not a server error: the code is compared as bytes."""
+    headers = await api.admin_headers()
+    started = await api.client.post("/api/v1/me/2fa/totp", headers=headers)
+    assert started.status_code == 200
+    confirmed = await api.client.post(
+        "/api/v1/me/2fa/totp/confirm", json={"code": "１２３４５６"}, headers=headers
+    )
+    assert confirmed.status_code == 403
+    await enrol(api, headers)
+    refused = await api.client.post(
+        "/api/v1/auth/sign-in", json={"username": "admin", "password": ADMIN_PASSWORD, "totp_code": "12345é"}
+    )
+    assert refused.status_code == 401
+    assert refused.json()["code"] == "invalid_second_factor"

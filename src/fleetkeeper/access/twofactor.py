@@ -54,7 +54,8 @@ def _matching_step(secret: str, code: str, now: float | None = None) -> int | No
     current = totp.timecode(datetime.fromtimestamp(now if now is not None else time.time(), UTC))
     code = code.strip().replace(" ", "")
     for step in range(current - VALID_WINDOW, current + VALID_WINDOW + 1):
-        if hmac.compare_digest(totp.generate_otp(step), code):
+        # As bytes: compare_digest refuses a str with characters outside ASCII (a TypeError).
+        if hmac.compare_digest(totp.generate_otp(step).encode(), code.encode()):
             return step
     return None
 
