@@ -36,6 +36,7 @@ from fleetkeeper.access.schemas import (
 from fleetkeeper.access.service import change_own_password, get_user, user_role_names
 from fleetkeeper.access.tokens import hash_secret, rotate_signing_key, secret_matches
 from fleetkeeper.core.errors import ProblemError
+from fleetkeeper.core.queries import ANY_QUERY
 from fleetkeeper.core.runtime import runtime_of
 
 auth_router = APIRouter(prefix="/api/v1/auth", tags=["sign-in"])
@@ -165,7 +166,7 @@ async def oidc_login(request: Request) -> RedirectResponse:
 
 @auth_router.get(
     "/oidc/callback",
-    dependencies=[PUBLIC],
+    dependencies=[PUBLIC, ANY_QUERY],
     response_model=TokenResponse,
     responses={
         **SSO_OFF,

@@ -16,6 +16,7 @@ from fleetkeeper.core.health import router as health_router
 from fleetkeeper.core.hotroutes import HotRoute, HotRoutes, route_for
 from fleetkeeper.core.openapi import document_problems
 from fleetkeeper.core.peer import DeviceCertificateGate
+from fleetkeeper.core.queries import REFUSE_UNKNOWN_QUERY_PARAMETERS
 from fleetkeeper.core.runtime import Runtime
 
 # The API's documentation (FastAPI's OpenAPI document, and the page that shows it): public, and
@@ -70,11 +71,14 @@ NO_TELEMETRY: TelemetryConfig = {"tracing": False, "metrics": False, "logs": Fal
 BODY_LIMITS = {"/api/v1/releases/uploads/": 64 * 1024 * 1024}
 
 
-def _include(app: FastAPI, runtime: Runtime, routers: list[APIRouter]) -> None:
+def _include(
+    app: FastAPI, runtime: Runtime, routers: list[APIRouter], *, strict_queries: bool = False
+) -> None:
     app.state.runtime = runtime
     app.state.routers = routers
+    dependencies = [REFUSE_UNKNOWN_QUERY_PARAMETERS] if strict_queries else None
     for router in routers:
-        app.include_router(router)
+        app.include_router(router, dependencies=dependencies)
     install_problem_handlers(app)
 
 
@@ -122,7 +126,7 @@ def create_management_app(runtime: Runtime) -> FastAPI:
     from fleetkeeper.console.apidocs import api_docs_route
     from fleetkeeper.console.app import mount_console
 
-    _include(app, runtime, management_routers())
+    _include(app, runtime, management_routers(), strict_queries=True)
     document_problems(app, lambda: app_routes(app))
     app.router.routes.append(api_docs_route("/api/docs", title=app.title, openapi_url="/api/openapi.json"))
     _wrap(app, runtime, "management")

@@ -11,10 +11,11 @@ from sqlalchemy import text
 from fleetkeeper.core.errors import problem_response
 from fleetkeeper.core.metrics import metrics_response
 from fleetkeeper.core.migrations import migration_state
+from fleetkeeper.core.queries import ANY_QUERY
 from fleetkeeper.core.routeaccess import public_dependency
 from fleetkeeper.core.runtime import Runtime
 
-router = APIRouter(tags=["health"], dependencies=[Depends(public_dependency)])
+router = APIRouter(tags=["health"], dependencies=[Depends(public_dependency), ANY_QUERY])
 
 
 @router.get("/healthz")

@@ -19,6 +19,7 @@ from fastapi.routing import APIRoute
 from starlette.routing import BaseRoute
 
 from fleetkeeper.core.errors import PROBLEM_CONTENT_TYPE
+from fleetkeeper.core.queries import accepts_any_query
 from fleetkeeper.core.routeaccess import declared_rules
 
 PROBLEM = "Problem"
@@ -90,7 +91,8 @@ def problem_statuses(route: APIRoute) -> set[int]:
     params = dependant.path_params or dependant.query_params or dependant.header_params
     has_body = route.body_field is not None
     statuses: set[int] = set()
-    if params or has_body or dependant.cookie_params:
+    # An operation refuses a query parameter it does not take (core/queries.py).
+    if params or has_body or dependant.cookie_params or not accepts_any_query(route):
         statuses |= {400, 422}
     if dependant.path_params or has_body:
         statuses.add(404)
