@@ -37,13 +37,14 @@ async def act(api: Api, headers: dict[str, str], device: FakeDevice, action: str
     return await api.client.post(f"/api/v1/devices/{device.device_id}/{action}", headers=headers)
 
 
-def assert_refused_naming_nothing_unseen(refused: httpx2.Response, moves: int = 1) -> None:
+def assert_refused_naming_nothing_unseen(refused: httpx2.Response) -> None:
     assert refused.status_code == 403, refused.text
     problem = refused.json()
     assert problem["permission"] == "devices:manage"
     assert problem["groups"] == []
     assert "plant-4" not in problem["detail"], "a group the operator does not see is not named"
-    assert f"{moves} group(s) outside your scope" in problem["detail"]
+    # Nor counted: the same words for one unseen group as for two (issue 18, finding 4).
+    assert problem["detail"].endswith("where you lack devices:manage: groups outside your scope")
 
 
 async def test_accepting_or_rejecting_does_not_move_a_device_into_or_out_of_anothers_group(api: Api) -> None:
@@ -55,8 +56,8 @@ async def test_accepting_or_rejecting_does_not_move_a_device_into_or_out_of_anot
 
     # Accepting puts the device into plant-4-live and takes it out of plant-4-queue; rejecting
     # takes it out of plant-4-queue.
-    for action, moves in (("accept", 2), ("reject", 1)):
-        assert_refused_naming_nothing_unseen(await act(api, operator, device, action), moves)
+    for action in ("accept", "reject"):
+        assert_refused_naming_nothing_unseen(await act(api, operator, device, action))
         assert await status_of(api, device) == "pending", "nothing changed"
 
     plant_4 = ["plant-3", "plant-4-live", "plant-4-queue"]

@@ -37,8 +37,8 @@ from fleetkeeper.devices.envelope import (
 from fleetkeeper.devices.identity import Identity, check_identity, compare, registered_identity
 from fleetkeeper.devices.inventory import replace_attributes
 from fleetkeeper.devices.models import Device, DeviceCertificate, EnrollmentToken, GroupMember
-from fleetkeeper.devices.scopes import checking_moves
-from fleetkeeper.devices.service import device_actor, list_groups, managed_static_group, set_membership
+from fleetkeeper.devices.scopes import checking_acceptance, checking_moves
+from fleetkeeper.devices.service import device_actor, list_groups, managed_static_group
 
 ENROLL_TYPE = "fleetkeeper.enroll.v1"
 ROTATE_TYPE = "fleetkeeper.rotate.v1"
@@ -136,21 +136,20 @@ async def _new_device(
     address: str | None,
     audit: list[dict[str, Any]],
 ) -> Device:
-    accepted = token is not None and token.auto_accept
     device = await _add_device(
         session,
         identity,
         signed.key,
-        status="accepted" if accepted else "pending",
+        status="pending",
         via="token" if token else "request",
         token_id=token.id if token else None,
     )
-    if token is not None and token.group_id:
-        session.add(GroupMember(group_id=token.group_id, device_id=device.id))
-    # Auto-acceptance acts for the token's creator: else the device waits for an operator.
-    withheld = await auto_accept.withheld(session, token, device.id) if token and token.auto_accept else None
-    if withheld is not None:
-        device.status, device.decided_at = "pending", None
+    # A token's group and its auto-acceptance act for its creator: else the device waits for an operator.
+    outside_group = await auto_accept.join_token_group(session, token, device) if token else None
+    accepted = token is not None and token.auto_accept
+    withheld = await auto_accept.withheld(session, token, device) if token and accepted else None
+    if accepted and withheld is None:
+        device.status, device.decided_at = "accepted", utcnow()
     audit.append(
         {
             "actor": device_actor(device, address),
@@ -164,6 +163,19 @@ async def _new_device(
             },
         }
     )
+    if token is not None and outside_group is not None:
+        audit.append(
+            {
+                "actor": device_actor(device, address),
+                "action": "device.token_group_withheld",
+                "object_type": "device",
+                "object_id": device.id,
+                "details": {
+                    **outside_group.as_details(token),
+                    "group": (await _group_names(session)).get(token.group_id or ""),
+                },
+            }
+        )
     if token is not None and withheld is not None:
         audit.append(
             {
@@ -174,7 +186,7 @@ async def _new_device(
                 "details": withheld.as_details(token),
             }
         )
-    elif accepted:
+    elif accepted and withheld is None:
         audit.append(
             {
                 "actor": device_actor(device, address),
@@ -330,15 +342,26 @@ async def _current_certificate(
 # --- operators ---------------------------------------------------------------------------------
 
 
-async def decide(runtime: Runtime, principal: Principal, device: Device, accept: bool) -> Device:
+async def decide(
+    runtime: Runtime, principal: Principal, device: Device, accept: bool, *, into_group: str | None = None
+) -> Device:
+    """Accepts (into a static group of the caller's, when one is named) or rejects a pending device,
+    in one transaction. Accepting needs devices:manage in every group that reaches the accepted
+    device as a scope (scopes.checking_acceptance, the rule an auto-accepting token follows for its
+    creator); rejecting, in every group it thereby leaves (checking_moves: groups that read
+    `status`). The group is checked first so that a bad group decides nothing."""
     async with runtime.database.transaction() as session:
+        group = await managed_static_group(session, principal, into_group) if into_group else None
         current = await session.get(Device, device.id, with_for_update=True)
         if current is None:
             raise NotFoundError("no such device", code="device_not_found")
         if current.status != "pending":
             raise ConflictError(f"the device is {current.status}, not pending", code="not_pending")
-        async with checking_moves(session, principal, current.id):  # groups that read `status`
+        checking = checking_acceptance(session, principal, current) if accept else None
+        async with checking or checking_moves(session, principal, current.id):
             current.status = "accepted" if accept else "rejected"
+            if group is not None and await session.get(GroupMember, (group.id, current.id)) is None:
+                session.add(GroupMember(group_id=group.id, device_id=current.id))
         current.decided_at = utcnow()
         current.decided_by = principal.user_id
         await record(
@@ -347,7 +370,11 @@ async def decide(runtime: Runtime, principal: Principal, device: Device, accept:
             action="device.accepted" if accept else "device.rejected",
             object_type="device",
             object_id=current.id,
-            details={"device_type": current.device_type, "serial": current.serial},
+            details={
+                "device_type": current.device_type,
+                "serial": current.serial,
+                **({"group": group.name} if group is not None else {}),
+            },
         )
     return current
 
@@ -355,15 +382,8 @@ async def decide(runtime: Runtime, principal: Principal, device: Device, accept:
 async def accept_into_group(
     runtime: Runtime, principal: Principal, device: Device, group_name: str | None
 ) -> Device:
-    """Accepts a pending device and, when a static group is named, puts it there; the group is
-    checked before the decision so that a bad group accepts nothing."""
-    if group_name:
-        async with runtime.database.session() as session:
-            await managed_static_group(session, principal, group_name)
-    accepted = await decide(runtime, principal, device, accept=True)
-    if group_name:
-        await set_membership(runtime.database, principal, group_name, [device.id], add=True)
-    return accepted
+    """Accepts a pending device and, when a static group is named, puts it there (`decide`)."""
+    return await decide(runtime, principal, device, accept=True, into_group=group_name or None)
 
 
 def ensure_may_enroll_into_no_group(principal: Principal) -> None:
@@ -397,8 +417,10 @@ async def preauthorize(
                 via="preauthorized",
                 decided_by=principal.user_id,
             )
-            for group in groups:
-                session.add(GroupMember(group_id=group.id, device_id=device.id))
+            # Accepted at its first contact with no one deciding then: the decision is now's.
+            async with checking_acceptance(session, principal, device):
+                for group in groups:
+                    session.add(GroupMember(group_id=group.id, device_id=device.id))
             await record(
                 session,
                 actor=principal.actor,

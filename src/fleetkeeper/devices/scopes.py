@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
 
 from sqlalchemy import ColumnElement, exists, false, literal, or_, select, true, union_all
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -114,32 +115,93 @@ def groups_not_managed(principal: Principal, names: Iterable[str]) -> list[str]:
     return sorted(name for name in names if not principal.can(Permission.DEVICES_MANAGE, [name]))
 
 
-def ensure_may_move(principal: Principal, before: set[str], after: set[str]) -> None:
-    """A change that moves a device into or out of groups (a tag a dynamic group reads) needs
-    devices:manage in each of them, as adding it to a static group does: else an operator of one
-    group could hand the device to the people of another, or take it from them."""
-    outside = groups_not_managed(principal, before ^ after)
-    if not outside:
-        return
+def refusal(principal: Principal, outside: Sequence[str], change: str) -> ForbiddenError:
+    """403 for a change (`change`: what it does, e.g. "this change moves the device into or out of
+    groups") that needs devices:manage in groups `outside`. It names only the groups the caller
+    sees, and says the same for one unseen group as for any number of them: else an operator could
+    count, by the values they try, which groups read what."""
     named = shown_group_names(principal, outside)
-    unnamed = len(outside) - len(named)
-    where = ", ".join(named + ([f"{unnamed} group(s) outside your scope"] if unnamed else []))
-    raise ForbiddenError(
-        f"this change moves the device into or out of groups where you lack devices:manage: {where}",
+    where = ", ".join(named + (["groups outside your scope"] if len(named) < len(outside) else []))
+    return ForbiddenError(
+        f"{change} where you lack devices:manage: {where}",
         permission=Permission.DEVICES_MANAGE.value,
         groups=named,
     )
 
 
+@dataclass
+class Moves:
+    """What a change did to a device's groups: those it moved the device into or out of where the
+    principal lacks devices:manage. Filled in when the change is done."""
+
+    outside: list[str] = field(default_factory=list)
+
+
 @asynccontextmanager
-async def checking_moves(session: AsyncSession, principal: Principal, device_id: str) -> AsyncIterator[None]:
-    """Around a change to a device in this transaction (its tags, its status): refuses it with
-    `ensure_may_move` when it moves the device into or out of groups, read before and after.
-    Nothing to read for a caller with devices:manage everywhere."""
+async def watching_moves(session: AsyncSession, principal: Principal, device_id: str) -> AsyncIterator[Moves]:
+    """Around a change to a device in this transaction: reads its groups before and after, and
+    notes those it entered or left where the principal lacks devices:manage. Nothing to read for a
+    principal with devices:manage everywhere."""
+    moves = Moves()
     if principal.grants.scopes(Permission.DEVICES_MANAGE) is None:
-        yield
+        yield moves
         return
     before = await device_group_names(session, device_id)
-    yield
+    yield moves
     await session.flush()
-    ensure_may_move(principal, before, await device_group_names(session, device_id))
+    moves.outside = groups_not_managed(principal, before ^ await device_group_names(session, device_id))
+
+
+@asynccontextmanager
+async def checking_moves(session: AsyncSession, principal: Principal, device_id: str) -> AsyncIterator[None]:
+    """Around a change to a device in this transaction (its tags, its status, a static group's
+    members): refuses it when it moves the device into or out of groups where the principal lacks
+    devices:manage, as adding it to a static group of theirs does: else an operator of one group
+    could hand the device to the people of another (a dynamic group that reads the tag, the status,
+    or `group`), or take it from them."""
+    async with watching_moves(session, principal, device_id) as moves:
+        yield
+    if moves.outside:
+        raise refusal(principal, moves.outside, "this change moves the device into or out of groups")
+
+
+async def unmanaged_once_accepted(
+    session: AsyncSession, principal: Principal, device: Device
+) -> list[str] | None:
+    """Where the principal lacks devices:manage among the groups through which a scope reaches the
+    device once accepted (its claimed identity, its groups, as they stand in this transaction):
+    None when they may accept it. Needs devices:manage in each (everywhere, for a device in no
+    group: []). The one rule for accepting a device: by hand, by pre-authorization, and by an
+    auto-accepting token for its creator (auto_accept.py)."""
+    if principal.grants.scopes(Permission.DEVICES_MANAGE) is None:
+        return None
+    status, device.status = device.status, "accepted"
+    try:
+        await session.flush()
+        groups = await device_group_names(session, device.id, as_scope=True)
+    finally:
+        device.status = status
+    if not groups:
+        return []
+    return groups_not_managed(principal, groups) or None
+
+
+@asynccontextmanager
+async def checking_acceptance(
+    session: AsyncSession, principal: Principal, device: Device
+) -> AsyncIterator[None]:
+    """Around accepting a device (deciding on a pending one, pre-authorizing one, with the groups
+    it goes into) in this transaction: refuses it when it moves the device across groups where the
+    principal lacks devices:manage (checking_moves), or when the principal lacks devices:manage in
+    a group that reaches the accepted device as a scope (unmanaged_once_accepted)."""
+    async with checking_moves(session, principal, device.id):
+        yield
+    outside = await unmanaged_once_accepted(session, principal, device)
+    if outside == []:
+        raise ForbiddenError(
+            "the accepted device would be in no group, which needs devices:manage on all devices",
+            permission=Permission.DEVICES_MANAGE.value,
+            groups=[],
+        )
+    if outside:
+        raise refusal(principal, outside, "once accepted, the device is in groups")

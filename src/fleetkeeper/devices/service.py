@@ -431,20 +431,23 @@ async def delete_group(database: Database, principal: Principal, name: str) -> N
 async def set_membership(
     database: Database, principal: Principal, name: str, device_ids: list[str], *, add: bool
 ) -> int:
-    """Adds devices to (or removes them from) a static group: needs devices:manage on the group and
-    on every device."""
+    """Adds devices to (or removes them from) a static group: needs devices:manage on the group, on
+    every device, and in every group the change moves a device into or out of (a dynamic group
+    whose filter reads `group`: scopes.checking_moves)."""
     async with database.transaction() as session:
         group = await managed_static_group(session, principal, name)
         changed = 0
         for device_id in dict.fromkeys(device_ids):
             device = await device_for(session, principal, device_id, Permission.DEVICES_MANAGE)
             member = await session.get(GroupMember, (group.id, device.id))
-            if add and member is None:
-                session.add(GroupMember(group_id=group.id, device_id=device.id))
-                changed += 1
-            elif not add and member is not None:
-                await session.delete(member)
-                changed += 1
+            if add == (member is not None):
+                continue
+            async with checking_moves(session, principal, device.id):  # dynamic groups that read `group`
+                if member is None:
+                    session.add(GroupMember(group_id=group.id, device_id=device.id))
+                else:
+                    await session.delete(member)
+            changed += 1
         await record(
             session,
             actor=principal.actor,
