@@ -343,9 +343,10 @@ async def test_a_live_target_needs_devices_deploy_on_the_group_itself(api: Api, 
         "/api/v1/deployments", json={**body, "target": {"group": "rpis", "live": True}}, headers=headers
     )
     assert unscoped.status_code == 201, unscoped.text
-    # Finishing follows the same rule.
+    # Finishing follows the same rule, and names no group the user does not see (issue 18, finding 4).
     not_theirs = await api.client.post(f"/api/v1/deployments/{unscoped.json()['id']}/finish", headers=user)
-    assert (not_theirs.status_code, not_theirs.json()["groups"]) == (403, ["rpis"])
+    assert (not_theirs.status_code, not_theirs.json()["groups"]) == (403, [])
+    assert "rpis" not in not_theirs.json()["detail"]
     theirs = await api.client.post(f"/api/v1/deployments/{mine.json()['id']}/finish", headers=user)
     assert theirs.status_code == 200, theirs.text
     with pytest.raises(ProblemError) as service_level:

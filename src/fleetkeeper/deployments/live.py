@@ -28,6 +28,7 @@ from fleetkeeper.audit.service import SYSTEM, record
 from fleetkeeper.core.errors import ConflictError, ForbiddenError, NotFoundError
 from fleetkeeper.core.logging import get_logger
 from fleetkeeper.core.runtime import Runtime
+from fleetkeeper.deployments import targeting
 from fleetkeeper.deployments.models import FINAL_STATUSES, PENDING, Deployment, DeploymentDevice
 from fleetkeeper.deployments.visibility import visible_deployment
 from fleetkeeper.devices import service as devices
@@ -58,17 +59,20 @@ def waiting_for_devices(deployment: Deployment, progress: Mapping[int, Mapping[s
     )
 
 
-def ensure_may_deploy_live(principal: Principal, group: str) -> None:
+def ensure_may_deploy_live(principal: Principal, group: str, *, named: bool = True) -> None:
     """devices:deploy unscoped, or scoped to `group` itself: then every future member is in scope
-    by definition. A scope on other groups is not enough, even if it covers today's members."""
+    by definition. A scope on other groups is not enough, even if it covers today's members.
+    `named`: the refusal may name the group (the caller named it, or sees it); else it says "its
+    group", as for any group the caller does not see."""
     scopes = principal.grants.scopes(Permission.DEVICES_DEPLOY)
     if scopes is None or group in scopes:
         return
+    which = f"group {group}" if named else "its group"
     raise ForbiddenError(
-        f"a live target deploys to devices that join group {group} later, without another check: "
-        f"it needs devices:deploy on all devices or on the group {group} itself",
+        f"a live target deploys to devices that join {which} later, without another check: "
+        f"it needs devices:deploy on all devices or on {which} itself",
         permission=Permission.DEVICES_DEPLOY.value,
-        groups=[group],
+        groups=[group] if named else [],
     )
 
 
@@ -297,7 +301,10 @@ async def finish(runtime: Runtime, principal: Principal, deployment_id: str) -> 
                 code="not_live",
             )
         group = str(deployment.target["group"])
-        ensure_may_deploy_live(principal, group)
+        # Finishing deploys no further, but a live deployment's release is deployed to every device
+        # that joined: the same release scope as resuming (targeting.release_of).
+        await targeting.release_of(session, principal, deployment)
+        ensure_may_deploy_live(principal, group, named=bool(devices.shown_group_names(principal, [group])))
         if deployment.status not in FOLLOWING_STATUSES:
             raise ConflictError(f"a {deployment.status} deployment cannot finish", code="invalid_transition")
         counts = await service.counts_of(session, deployment_id)

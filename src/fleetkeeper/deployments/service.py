@@ -1333,7 +1333,8 @@ async def get(session: AsyncSession, deployment_id: str) -> Deployment:
 
 async def change_state(runtime: Runtime, principal: Principal, deployment_id: str, action: str) -> Deployment:
     """pause, resume, abort, or advance (an operator opening the next phase). Needs devices:deploy
-    on every device of the deployment."""
+    on every device of the deployment; resume and advance also the release's tags in releases:read
+    (targeting.release_of, as creating it), while stopping one (pause, abort) is always allowed."""
     transitions = {
         "pause": ({"active", "scheduled"}, "paused"),
         "resume": ({"paused"}, "active"),
@@ -1343,6 +1344,8 @@ async def change_state(runtime: Runtime, principal: Principal, deployment_id: st
     allowed, target_status = transitions[action]
     async with runtime.database.transaction() as session:
         deployment = await visible_deployment(session, principal, deployment_id, lock=True)
+        if action in ("resume", "advance"):
+            await targeting.release_of(session, principal, deployment)
         await targeting.ensure_may_deploy_to_all(session, principal, _devices_of(session, deployment))
         if deployment.status not in allowed:
             raise ProblemError(

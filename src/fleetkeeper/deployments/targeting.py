@@ -13,6 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from fleetkeeper.access.service import Permission, Principal
 from fleetkeeper.core.errors import ForbiddenError, NotFoundError
+from fleetkeeper.deployments.models import Deployment
 from fleetkeeper.deployments.plans import Target
 from fleetkeeper.devices import service as devices
 from fleetkeeper.devices.models import Device, DeviceGroup
@@ -26,6 +27,16 @@ async def release(session: AsyncSession, principal: Principal, name: str, versio
     return await releases.get_release(
         session, principal, name, version, Permission.RELEASES_READ, lock="key_share"
     )
+
+
+async def release_of(session: AsyncSession, principal: Principal, deployment: Deployment) -> Release:
+    """The deployment's release, if the caller's releases:read reaches its tags: resuming, advancing
+    or finishing a deployment carries its release further, which needs what creating it needed (the
+    same 404 as reading the release). Pausing and aborting only stop it: no release check."""
+    found = await session.get(Release, deployment.release_id)
+    if found is None:
+        raise NotFoundError("no such release", code="release_not_found")
+    return await release(session, principal, found.name, found.version)
 
 
 async def target_devices(session: AsyncSession, principal: Principal, target: Target) -> ColumnElement[bool]:
