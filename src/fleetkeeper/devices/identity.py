@@ -67,7 +67,7 @@ def check_identity(raw: Any) -> Identity:
     for key, value in attributes.items():
         if not _ATTRIBUTE_KEY.match(key) or not isinstance(value, str) or len(value) > 256:
             raise _invalid(f"attribute {key[:70]!r}: keys 1-64 of A-Z a-z 0-9 _ -, string values up to 256")
-    return Identity(device_type, serial, mac.lower() if mac else None, dict(attributes))
+    return Identity(device_type, serial, normalised_mac(mac) if mac else None, dict(attributes))
 
 
 @dataclass(frozen=True)
@@ -100,7 +100,7 @@ def compare(registered: Identity, claimed: Identity) -> Comparison:
     if claimed.mac is not None:
         if registered.mac is None:
             ignored.append("mac")
-        elif _same_mac(claimed.mac) != _same_mac(registered.mac):
+        elif normalised_mac(claimed.mac) != normalised_mac(registered.mac):
             differing.append("mac")
     for key, value in sorted(claimed.attributes.items()):
         if key not in registered.attributes:
@@ -110,6 +110,8 @@ def compare(registered: Identity, claimed: Identity) -> Comparison:
     return Comparison(tuple(differing), tuple(sorted(ignored)))
 
 
-def _same_mac(mac: str) -> str:
-    # `check_identity` takes both separators; an operator's DC-A6-… is the agent's dc:a6:….
+def normalised_mac(mac: str) -> str:
+    """A MAC as it is stored and compared: lower case, colon-separated. `check_identity` takes
+    both separators and either case, so that an operator's DC-A6-… is the agent's dc:a6:… and the
+    same device (migration 0016 brought the values stored before to this form)."""
     return mac.lower().replace("-", ":")
