@@ -7,10 +7,11 @@ from __future__ import annotations
 
 from urllib.parse import parse_qsl
 
-from fastapi import Depends, Request
+from fastapi import Depends
 from fastapi.dependencies.models import Dependant
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
+from starlette.requests import HTTPConnection
 
 _accepted_by_route: dict[int, frozenset[str] | None] = {}
 
@@ -46,9 +47,9 @@ def _accepted(route: APIRoute) -> frozenset[str] | None:
     return _accepted_by_route[id(route)]
 
 
-def _refuse_unknown(request: Request) -> None:
-    query = request.scope.get("query_string")
-    route = request.scope.get("route")
+def _refuse_unknown(connection: HTTPConnection) -> None:
+    query = connection.scope.get("query_string")
+    route = connection.scope.get("route")
     if not query or not isinstance(route, APIRoute):
         return
     accepted = _accepted(route)
