@@ -1,6 +1,8 @@
-"""Failed sign-ins are counted per network (an IPv4 /24, an IPv6 /64), not per address, so that
-a block of addresses is one source; and the count of an account from everywhere does not keep out
-its owner from a network they signed in from lately, nor with a valid second factor."""
+"""Failed sign-ins at one account are counted per network (an IPv4 /24, an IPv6 /64), not per
+address, so that a block of addresses is one source; at any accounts, per IPv4 address (an IPv6
+/64), so that a neighbour does not keep a /24 out; and the count of an account from everywhere
+does not keep out its owner from a network they signed in from lately, nor with a valid second
+factor."""
 
 from __future__ import annotations
 
@@ -59,15 +61,34 @@ async def test_the_prefix_lengths_are_settings(runtime_factory: RuntimeFactory) 
         assert await guesses(api, [f"198.51.100.{n}" for n in range(1, 6)]) == [401] * 5
 
 
-async def test_addresses_of_one_network_spraying_accounts_share_the_network_cap(
+async def test_an_address_spraying_accounts_waits_and_its_neighbours_do_not(
+    runtime_factory: RuntimeFactory,
+) -> None:
+    """At any accounts an IPv4 address counts alone: a neighbour trying made-up accounts does not
+    keep the others of its /24 out, an account's owner with the right password included."""
+    runtime = await runtime_factory(sign_in_failures_per_address=5, sign_in_limit_per_address="8/minute")
+    async with api_for(runtime) as api:
+        await api.admin_headers()  # from 203.0.113.7
+        async with client_at(runtime, "203.0.113.200") as sprayer:
+            statuses = [await sign_in_from(sprayer, f"user-{n}", GUESS) for n in range(9)]
+        assert statuses == [401] * 5 + [429] * 4, statuses
+        async with client_at(runtime, "203.0.113.201") as neighbour:
+            assert await sign_in_from(neighbour, "nobody", GUESS) == 401, "a neighbour is checked"
+        assert (
+            await api.client.post(
+                "/api/v1/auth/sign-in", json={"username": "admin", "password": ADMIN_PASSWORD}
+            )
+        ).status_code == 200, "the owner, in the sprayer's /24"
+
+
+async def test_addresses_of_one_ipv6_network_spraying_accounts_share_its_cap(
     runtime_factory: RuntimeFactory,
 ) -> None:
     runtime = await runtime_factory(sign_in_failures_per_address=5)
-    async with api_for(runtime) as api:
-        await api.admin_headers()
+    async with api_for(runtime):
         statuses = []
         for n in range(7):
-            async with client_at(runtime, f"198.51.100.{n + 1}") as sprayer:
+            async with client_at(runtime, f"2001:db8:1:2::{n + 1:x}") as sprayer:
                 statuses.append(await sign_in_from(sprayer, f"user-{n}", GUESS))
         assert statuses == [401] * 5 + [429] * 2, statuses
 

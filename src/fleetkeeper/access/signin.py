@@ -58,30 +58,37 @@ WAIT_DETAIL = "too many failed sign-ins: wait before trying again"
 
 
 def client_network(address: str | None, settings: Settings) -> str:
-    """Whom the sign-in limits count as one source: the address's network (`core.networks`)."""
+    """Whom the limits at one account count as one source: the address's network (`core.networks`)."""
     return network_prefix(
         address, v4=settings.sign_in_network_prefix_v4, v6=settings.sign_in_network_prefix_v6
     )
 
 
+def client_source(address: str | None, settings: Settings) -> str:
+    """Whom the limits at any accounts count as one source: the IPv4 address itself, or its IPv6
+    network. Counted per /24, a neighbour trying made-up accounts kept everyone of that /24 out,
+    the owner of an account with the right password included."""
+    return network_prefix(address, v4=32, v6=settings.sign_in_network_prefix_v6)
+
+
 @dataclass(frozen=True)
 class _Counters:
-    """Whom failed sign-ins hold back (`backoff`), a client network being one source. An
-    attacker's failures make their own network wait at that account, not the account's owner
-    elsewhere, nor the others of that network; the network as a whole waits only after many
-    failures at any accounts (spraying), the account as a whole only after more than one network
-    can fail alone (a distributed attack) — and even then not for its owner's own networks, nor
-    for a sign-in that shows a valid second factor."""
+    """Whom failed sign-ins hold back (`backoff`). At one account a client network is one source;
+    at any accounts, an address (an IPv6 network). An attacker's failures make their own network
+    wait at that account, not the account's owner elsewhere, nor the others of that network; the
+    address waits after many failures at any accounts (spraying), the account as a whole only after
+    more than one network can fail alone (a distributed attack) — and even then not for its owner's
+    own networks, nor for a sign-in that shows a valid second factor."""
 
     from_network: backoff.Counter
-    network: backoff.Counter
+    source: backoff.Counter
     account: backoff.Counter
 
     @classmethod
-    def of(cls, username: str, network: str, settings: Settings) -> _Counters:
+    def of(cls, username: str, network: str, source: str, settings: Settings) -> _Counters:
         return cls(
             backoff.Counter(f"signin/account-from-network/{network}/{username}", forgotten_on_success=True),
-            backoff.Counter(f"signin/network/{network}", settings.sign_in_failures_per_address),
+            backoff.Counter(f"signin/source/{source}", settings.sign_in_failures_per_address),
             backoff.Counter(f"signin/account/{username}", settings.sign_in_failures_per_account),
         )
 
@@ -102,9 +109,10 @@ class SignIn:
         when it was right (`backoff`)."""
         username = normalize_username(credentials.username)
         network = client_network(client.address, self.settings)
-        counters = _Counters.of(username, network, self.settings)
+        source = client_source(client.address, self.settings)
+        counters = _Counters.of(username, network, source, self.settings)
         await self.limiter.hit(
-            self.settings.sign_in_limit_per_address, f"signin-network/{network}", detail="too many sign-ins"
+            self.settings.sign_in_limit_per_address, f"signin-source/{source}", detail="too many sign-ins"
         )
         await self.limiter.hit(
             self.settings.sign_in_limit_per_account,
@@ -112,7 +120,7 @@ class SignIn:
             detail="too many sign-ins",
         )
         attempts = [
-            await backoff.reserve(self.limiter, [counters.from_network, counters.network], WAIT_DETAIL)
+            await backoff.reserve(self.limiter, [counters.from_network, counters.source], WAIT_DETAIL)
         ]
 
         async with self.database.session() as session:

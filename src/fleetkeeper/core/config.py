@@ -123,7 +123,7 @@ class Settings(BaseSettings):
         description="Redis key prefix (one per fleet)",
     )
     sign_in_limit_per_address: str = Field(
-        default="30/minute", description="sign-in attempts from one client network, at any accounts"
+        default="30/minute", description="sign-in attempts from one client address, at any accounts"
     )
     sign_in_limit_per_account: str = Field(
         default="10/minute", description="sign-in attempts at one account from one client network"
@@ -131,7 +131,7 @@ class Settings(BaseSettings):
     sign_in_failures_per_address: int = Field(
         default=20,
         ge=1,
-        description="failed sign-ins from one client network, at any accounts, before it waits",
+        description="failed sign-ins from one client address, at any accounts, before it waits",
     )
     sign_in_failures_per_account: int = Field(
         default=100,
