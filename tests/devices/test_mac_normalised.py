@@ -36,6 +36,18 @@ async def test_a_mac_given_with_dashes_is_the_one_the_device_claims_with_colons(
     assert (await enroll(api.runtime, device)).status_code == 200
     assert await found_by(api, f'mac == "{MAC}"') == [device.device_id]
     assert await found_by(api, f'identity.mac == "{MAC}"') == [device.device_id]
+    written = '"AA-BB-CC-DD-EE-FF", "AA:BB:CC:DD:EE:FF"'
+    assert await found_by(api, f"mac in [{written}]") == [device.device_id], "as before 0016"
+    assert await found_by(api, 'identity.mac == "aa-bb-cc-dd-ee-ff"') == [device.device_id]
+    assert await found_by(api, 'mac != "AA-BB-CC-DD-EE-FF"') == []
+
+
+async def test_a_mac_with_a_trailing_newline_is_refused(api: Api) -> None:
+    body = {"device_type": "rpi4", "mac": "AA-BB-CC-DD-EE-01\n", "public_key": public_pem(FakeDevice().key)}
+    refused = await api.client.post(
+        "/api/v1/devices/preauthorize", json=body, headers=await api.admin_headers()
+    )
+    assert refused.status_code == 422, refused.text
 
 
 def _device(device_id: str, mac: str) -> dict[str, object]:

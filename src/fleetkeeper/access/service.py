@@ -33,9 +33,9 @@ from fleetkeeper.core.ids import new_id
 from fleetkeeper.core.ratelimit import RateLimiter
 
 FIRST_ADMIN_USERNAME = "admin"
-USERNAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9._@-]{0,63}$")
-ROLE_NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9-]{0,63}$")
-SCOPE_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$")
+USERNAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9._@-]{0,63}\Z")
+ROLE_NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9-]{0,63}\Z")
+SCOPE_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}\Z")
 
 
 def normalize_username(username: str) -> str:

@@ -11,7 +11,7 @@ from contextvars import ContextVar
 from starlette.types import Scope
 
 REQUEST_ID_HEADER = "x-request-id"
-_ACCEPTABLE_ID = re.compile(r"^[A-Za-z0-9._:-]{8,64}$")
+_ACCEPTABLE_ID = re.compile(r"^[A-Za-z0-9._:-]{8,64}\Z")
 _request_id: ContextVar[str | None] = ContextVar("request_id", default=None)
 
 

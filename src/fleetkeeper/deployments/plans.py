@@ -10,7 +10,7 @@ from fleetkeeper.core.errors import ProblemError
 
 MAX_PHASES = 10
 MAX_LISTED_DEVICES = 10_000
-_GROUP = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
+_GROUP = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}\Z")
 
 
 def _invalid(code: str, detail: str) -> ProblemError:

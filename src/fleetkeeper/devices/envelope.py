@@ -25,7 +25,7 @@ from fleetkeeper.devices.models import EnrollmentNonce
 
 FRESHNESS = timedelta(minutes=5)
 MAX_PAYLOAD_BYTES = 16 * 1024
-_NONCE = re.compile(r"^[A-Za-z0-9_-]{16,128}$")
+_NONCE = re.compile(r"^[A-Za-z0-9_-]{16,128}\Z")
 
 DevicePublicKey = ed25519.Ed25519PublicKey | ec.EllipticCurvePublicKey
 

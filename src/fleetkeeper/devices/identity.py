@@ -15,10 +15,10 @@ from typing import Any
 from fleetkeeper.core.errors import ProblemError
 from fleetkeeper.devices.models import Device
 
-_DEVICE_TYPE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
-_SERIAL = re.compile(r"^[\x21-\x7e]{1,128}$")
-_MAC = re.compile(r"^[0-9A-Fa-f]{2}([:-][0-9A-Fa-f]{2}){5}$")
-_ATTRIBUTE_KEY = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+_DEVICE_TYPE = re.compile(r"^[A-Za-z0-9._-]{1,64}\Z")
+_SERIAL = re.compile(r"^[\x21-\x7e]{1,128}\Z")
+_MAC = re.compile(r"^[0-9A-Fa-f]{2}([:-][0-9A-Fa-f]{2}){5}\Z")
+_ATTRIBUTE_KEY = re.compile(r"^[A-Za-z0-9_-]{1,64}\Z")
 MAX_IDENTITY_ATTRIBUTES = 50
 
 
@@ -56,16 +56,16 @@ def check_identity(raw: Any) -> Identity:
         raise _invalid("identity is an object")
     device_type, serial, mac = raw.get("device_type"), raw.get("serial"), raw.get("mac")
     attributes = raw.get("attributes") or {}
-    if not isinstance(device_type, str) or not _DEVICE_TYPE.match(device_type):
+    if not isinstance(device_type, str) or not _DEVICE_TYPE.fullmatch(device_type):
         raise _invalid("device_type is 1-64 of A-Z a-z 0-9 . _ -")
-    if serial is not None and (not isinstance(serial, str) or not _SERIAL.match(serial)):
+    if serial is not None and (not isinstance(serial, str) or not _SERIAL.fullmatch(serial)):
         raise _invalid("serial is 1-128 printable characters without spaces")
-    if mac is not None and (not isinstance(mac, str) or not _MAC.match(mac)):
+    if mac is not None and (not isinstance(mac, str) or not _MAC.fullmatch(mac)):
         raise _invalid("mac is six hexadecimal pairs")
     if not isinstance(attributes, dict) or len(attributes) > MAX_IDENTITY_ATTRIBUTES:
         raise _invalid(f"attributes is an object of at most {MAX_IDENTITY_ATTRIBUTES} entries")
     for key, value in attributes.items():
-        if not _ATTRIBUTE_KEY.match(key) or not isinstance(value, str) or len(value) > 256:
+        if not _ATTRIBUTE_KEY.fullmatch(key) or not isinstance(value, str) or len(value) > 256:
             raise _invalid(f"attribute {key[:70]!r}: keys 1-64 of A-Z a-z 0-9 _ -, string values up to 256")
     return Identity(device_type, serial, normalised_mac(mac) if mac else None, dict(attributes))
 
@@ -108,6 +108,10 @@ def compare(registered: Identity, claimed: Identity) -> Comparison:
         elif registered.attributes[key] != value:
             differing.append(f"identity.{key}")
     return Comparison(tuple(differing), tuple(sorted(ignored)))
+
+
+def is_mac(value: str) -> bool:
+    return _MAC.fullmatch(value) is not None
 
 
 def normalised_mac(mac: str) -> str:

@@ -20,8 +20,8 @@ MAX_DEPTH = 5
 MAX_VALUES = 1000
 MAX_STRING = 1024
 MAX_TAGS = 50
-_KEY = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
-_TAG_KEY = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+_KEY = re.compile(r"^[A-Za-z0-9_-]{1,64}\Z")
+_TAG_KEY = re.compile(r"^[A-Za-z0-9_-]{1,64}\Z")
 # Attribute namespaces that an inventory report does not replace.
 KEPT_PREFIXES = ("tag.", "identity.")
 

@@ -49,7 +49,7 @@ from fleetkeeper.devices.scopes import shown_group_names as shown_group_names
 from fleetkeeper.devices.scopes import usable_as_scope as usable_as_scope
 
 # No "/": a group name is a path segment of the API.
-GROUP_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
+GROUP_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}\Z")
 MAX_PAGE = 500
 LAST_SEEN_RESOLUTION = timedelta(seconds=60)
 # A device is online when it was seen (a check-in, an inventory report, any mTLS request) within

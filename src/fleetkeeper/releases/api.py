@@ -22,7 +22,7 @@ from fleetkeeper.releases.schemas import ReleaseDetail, ReleaseOut, ReleasePage
 router = APIRouter(prefix="/api/v1", tags=["releases"])
 Reader = Annotated[Principal, requires(Permission.RELEASES_READ)]
 Manager = Annotated[Principal, requires(Permission.RELEASES_MANAGE)]
-METADATA_FILE = re.compile(r"^(?:(\d{1,9})\.)?(root|timestamp|snapshot|targets)\.json$")
+METADATA_FILE = re.compile(r"^(?:(\d{1,9})\.)?(root|timestamp|snapshot|targets)\.json\Z")
 
 
 def _canonical(document: dict[str, Any]) -> bytes:

@@ -21,8 +21,8 @@ from fleetkeeper.core.errors import ConflictError, NotFoundError, ProblemError
 from fleetkeeper.core.ids import new_id
 from fleetkeeper.releases.models import ReleaseUpload
 
-TAG = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$")
-SHA256 = re.compile(r"^[0-9a-f]{64}$")
+TAG = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}\Z")
+SHA256 = re.compile(r"^[0-9a-f]{64}\Z")
 STALE_AFTER = timedelta(hours=24)
 _locks: dict[str, asyncio.Lock] = {}
 

@@ -17,7 +17,7 @@ MAX_CONTROL_BYTES = 16 * 1024
 # Bytes of terminal data per relayed message: base64 of it, in JSON, stays well under the 8000-byte
 # payload limit of PostgreSQL's NOTIFY.
 DATA_CHUNK = 4096
-SESSION_ID = re.compile(r"^[a-z]{1,8}_[0-9a-z]{26}$")
+SESSION_ID = re.compile(r"^[a-z]{1,8}_[0-9a-z]{26}\Z")
 
 # Control messages each side may send, with the fields they need.
 DEVICE_TO_SERVER = {

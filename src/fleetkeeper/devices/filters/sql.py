@@ -27,7 +27,11 @@ from fleetkeeper.devices.filters.language import (
     type_problem,
     value_kind,
 )
+from fleetkeeper.devices.identity import is_mac, normalised_mac
 from fleetkeeper.devices.models import Device, DeviceAttribute, DeviceGroup, GroupMember
+
+# A device's MAC as a column and as the identity it claimed at enrollment.
+MAC_FIELDS = frozenset({"mac", "identity.mac"})
 
 _COLUMNS: dict[str, Any] = {
     "id": Device.id,
@@ -60,7 +64,7 @@ def to_sql(expression: Expression) -> ColumnElement[bool]:
     if kind == "attribute":
         return _attribute(expression)
     column = _COLUMNS[expression.field]
-    value: Any = expression.value
+    value: Any = _stored_form(expression)
     if kind == "datetime":
         value = (
             tuple(parse_datetime(cast(str, item)) for item in value)
@@ -92,11 +96,25 @@ def _attribute_exists(path: str, *conditions: ColumnElement[bool]) -> ColumnElem
     )
 
 
+def _stored_form(comparison: Comparison) -> Any:
+    """A MAC compared for equality as it is stored (`identity.normalised_mac`): a filter written
+    `mac == "AA-BB-CC-DD-EE-FF"` finds the device, as it did before MACs were normalised."""
+    if comparison.field not in MAC_FIELDS or comparison.operator not in ("==", "!=", "in", "not in"):
+        return comparison.value
+
+    def stored(value: Value) -> Value:
+        return normalised_mac(value) if isinstance(value, str) and is_mac(value) else value
+
+    if isinstance(comparison.value, tuple):
+        return tuple(stored(item) for item in comparison.value)
+    return stored(comparison.value)
+
+
 def _attribute(comparison: Comparison) -> ColumnElement[bool]:
     values = comparison.value if isinstance(comparison.value, tuple) else (comparison.value,)
     numeric = bool(values) and value_kind(values[0]) == "number"
     column = DeviceAttribute.value_num if numeric else DeviceAttribute.value_text
-    value: Any = comparison.value
+    value: Any = _stored_form(comparison)
     if not numeric:
         value = tuple(_as_text(item) for item in value) if isinstance(value, tuple) else _as_text(value)
     return _attribute_exists(comparison.field, _compare(column, comparison.operator, value))
