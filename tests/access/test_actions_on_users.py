@@ -7,8 +7,7 @@ from sqlalchemy import select
 
 from fleetkeeper.access.models import SignInSession
 from tests.conftest import Api, bearer
-
-PASSWORD = "tulip-orbit-canyon-7"
+from tests.helpers.users import PASSWORD
 
 
 async def user_id(api: Api, headers: dict[str, str]) -> str:
@@ -95,3 +94,33 @@ async def test_a_token_does_not_end_its_owners_sessions_through_the_users_routes
     assert refused.status_code == 403, refused.text
     assert refused.json()["code"] == "session_required"
     assert (await api.client.get("/api/v1/me", headers=admin)).status_code == 200
+
+
+async def test_user_managers_cannot_widen_their_own_role_or_take_over_stronger_accounts(api: Api) -> None:
+    admin = await api.admin_headers()
+    await api.client.post(
+        "/api/v1/roles", json={"name": "helpdesk", "grants": [{"permission": "users:manage"}]}, headers=admin
+    )
+    helpdesk = await api.create_user("hd", "tulip-orbit-canyon-7", roles=[{"role": "helpdesk"}])
+    widened = await api.client.put(
+        "/api/v1/roles/helpdesk",
+        json={"grants": [{"permission": p} for p in ("users:manage", "audit:read", "devices:manage")]},
+        headers=helpdesk,
+    )
+    assert widened.status_code == 403
+    assert widened.json()["code"] == "cannot_grant_beyond_own"
+    admin_id = (await api.client.get("/api/v1/me", headers=admin)).json()["user"]["id"]
+    for method, path, body in [
+        ("POST", f"/api/v1/users/{admin_id}/password-reset", None),
+        ("PATCH", f"/api/v1/users/{admin_id}", {"disabled": True}),
+        ("DELETE", f"/api/v1/users/{admin_id}", None),
+        ("PUT", f"/api/v1/users/{admin_id}/roles", []),
+    ]:
+        response = await api.client.request(method, path, json=body, headers=helpdesk)
+        assert response.status_code == 403, path
+        assert response.json()["code"] == "cannot_administer_stronger_user"
+    peer = await api.create_user("peer", "tulip-orbit-canyon-7", roles=[{"role": "helpdesk"}])
+    peer_id = (await api.client.get("/api/v1/me", headers=peer)).json()["user"]["id"]
+    assert (
+        await api.client.post(f"/api/v1/users/{peer_id}/password-reset", headers=helpdesk)
+    ).status_code == 200

@@ -100,3 +100,13 @@ async def test_duplicate_names_and_lifetime_bounds(api: Api) -> None:
         "/api/v1/me/tokens", json={"name": "b", "expires_in_days": 1000}, headers=admin
     )
     assert too_long.status_code == 422
+
+
+async def test_tokens_wait_for_pending_actions_too(api: Api) -> None:
+    admin = await api.admin_headers()
+    reader = await api.create_user("r", "tulip-orbit-canyon-7", roles=[{"role": "read-only"}])
+    token = (await api.client.post("/api/v1/me/tokens", json={"name": "t"}, headers=reader)).json()["secret"]
+    await api.client.put("/api/v1/access/policy", json={"require_2fa_roles": ["read-only"]}, headers=admin)
+    response = await api.client.get("/api/v1/devices", headers=bearer(token))
+    assert response.status_code == 403
+    assert response.json()["code"] == "second_factor_enrollment_required"

@@ -14,9 +14,8 @@ import pytest
 import redis
 
 from fleetkeeper.access import backoff
-from tests.access.test_ratelimit import REDIS_URL
-from tests.access.test_twofactor import code_at, enrol
 from tests.conftest import ADMIN_PASSWORD, Api, RuntimeFactory, api_for, bearer
+from tests.helpers.access import REDIS_URL, code_at, enrol
 
 FREE = backoff.FREE_FAILURES
 AT_ONCE = 40

@@ -26,8 +26,8 @@ from fleetkeeper.core.errors import ConflictError
 from fleetkeeper.core.runtime import Runtime
 from tests.access.oidc import OidcProvider, complete_login
 from tests.access.test_oidc_signin import CALLBACK, provider
-from tests.access.test_ratelimit import client_at
 from tests.conftest import Api, RuntimeFactory, api_for, bearer, run_fleetkeeper_async
+from tests.helpers.access import client_at
 
 __all__ = ["provider"]  # the session's identity provider, a fixture of test_oidc_signin
 

@@ -14,8 +14,8 @@ from fleetkeeper.access.models import User
 from fleetkeeper.core.app import create_management_app
 from tests.access.conftest import OidcProviderFactory
 from tests.access.oidc import OidcProvider, complete_login
-from tests.access.test_own_account import age_sessions
 from tests.conftest import Api, RuntimeFactory, api_for, bearer
+from tests.helpers.access import age_sessions
 
 CALLBACK = "http://testserver/api/v1/auth/oidc/callback"
 

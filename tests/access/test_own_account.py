@@ -5,19 +5,16 @@ the server's console) can reset someone's lost second factor."""
 from __future__ import annotations
 
 import json
-from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from sqlalchemy import select, update
+from sqlalchemy import select
 
 from fleetkeeper.access.models import SignInSession
 from fleetkeeper.audit.models import AuditRecord
-from fleetkeeper.core.db import utcnow
-from tests.access.test_twofactor import code_at, enrol
 from tests.conftest import ADMIN_PASSWORD, Api, bearer, run_fleetkeeper_async
-
-PASSWORD = "tulip-orbit-canyon-7"
+from tests.helpers.access import age_sessions, code_at, enrol
+from tests.helpers.users import PASSWORD
 
 # Every route that changes (or shows the credentials of) the caller's own account.
 SESSION_ONLY = [
@@ -74,11 +71,6 @@ async def test_a_token_with_every_permission_cannot_take_over_either(api: Api) -
     async with api.runtime.database.session() as session:
         still = (await session.scalars(select(SignInSession).where(SignInSession.revoked_at.is_(None)))).all()
     assert len(still) == len(alive)
-
-
-async def age_sessions(api: Api, minutes: int) -> None:
-    async with api.runtime.database.transaction() as session:
-        await session.execute(update(SignInSession).values(created_at=utcnow() - timedelta(minutes=minutes)))
 
 
 async def test_turning_two_factor_on_needs_the_password_unless_just_signed_in(api: Api) -> None:

@@ -4,11 +4,9 @@ limits, and with Redis two server processes count against the same limits."""
 from __future__ import annotations
 
 import asyncio
-import os
 import secrets
 import subprocess
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
+from collections.abc import Iterator
 
 import httpx2
 import pyotp
@@ -16,9 +14,6 @@ import pytest
 import redis
 
 from fleetkeeper.access import backoff
-from fleetkeeper.core.app import create_management_app
-from fleetkeeper.core.runtime import Runtime
-from tests.access.test_twofactor import code_at, enrol
 from tests.conftest import (
     ADMIN_PASSWORD,
     POSTGRES_URL,
@@ -32,8 +27,7 @@ from tests.conftest import (
     fleetkeeper_command,
     start_server,
 )
-
-REDIS_URL = os.environ.get("FLEETKEEPER_TEST_REDIS_URL", "redis://127.0.0.1:6379/7")
+from tests.helpers.access import REDIS_URL, client_at, code_at, enrol, sign_in_from
 
 
 async def attempt(api: Api, password: str, username: str = "admin") -> httpx2.Response:
@@ -134,19 +128,6 @@ def long_waits(monkeypatch: pytest.MonkeyPatch) -> None:
     """The first wait after the free failures lasts ten minutes, so that a test sees a back-off
     still holding however slowly it runs (no test waits one out: that is timed above)."""
     monkeypatch.setattr(backoff, "FIRST_WAIT_SECONDS", 600.0)
-
-
-@asynccontextmanager
-async def client_at(runtime: Runtime, address: str) -> AsyncIterator[httpx2.AsyncClient]:
-    """The management app reached from another client address than the `api` fixture's."""
-    transport = httpx2.ASGITransport(app=create_management_app(runtime), client=(address, 40000))
-    async with httpx2.AsyncClient(transport=transport, base_url="http://testserver") as client:
-        yield client
-
-
-async def sign_in_from(client: httpx2.AsyncClient, username: str, password: str) -> int:
-    response = await client.post("/api/v1/auth/sign-in", json={"username": username, "password": password})
-    return response.status_code
 
 
 async def test_an_attacker_elsewhere_does_not_keep_the_owner_out(api: Api, long_waits: None) -> None:

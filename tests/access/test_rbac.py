@@ -30,16 +30,9 @@ from fleetkeeper.core.routeaccess import AccessRule, declared_rules
 from fleetkeeper.core.runtime import Runtime
 from fleetkeeper.devices.api import PUBLIC_PATHS as DEVICE_PUBLIC_PATHS
 from tests.conftest import Api, bearer
+from tests.helpers.roles import EXPECTED
 
 P = Permission
-# Written out by hand on purpose: this is the contract, not a copy of BUILTIN_ROLES.
-EXPECTED: dict[str, set[str]] = {
-    "admin": {p.value for p in Permission},
-    "release-manager": {"releases:read", "releases:upload", "releases:manage", "devices:read"},
-    "deployments-manager": {"devices:read", "devices:deploy", "releases:read"},
-    "troubleshooter": {"devices:read", "devices:connect", "devices:configure"},
-    "read-only": {"devices:read", "releases:read"},
-}
 
 
 # Routes that end the caller's session: the matrix signs in again after them.

@@ -15,9 +15,8 @@ from sqlalchemy import select, update
 from fleetkeeper.access import backoff
 from fleetkeeper.access.models import SignInNetwork
 from fleetkeeper.core.db import utcnow
-from tests.access.test_ratelimit import client_at, sign_in_from
-from tests.access.test_twofactor import code_at, enrol
 from tests.conftest import ADMIN_PASSWORD, Api, RuntimeFactory, api_for
+from tests.helpers.access import client_at, code_at, enrol, sign_in_from
 
 FREE = backoff.FREE_FAILURES
 GUESS = "guess-guess-guess"

@@ -2,38 +2,11 @@
 
 from __future__ import annotations
 
-import time
-from urllib.parse import parse_qs, urlsplit
-
-import pyotp
 from sqlalchemy import select
 
 from fleetkeeper.access.models import RecoveryCode
 from tests.conftest import ADMIN_PASSWORD, Api, bearer
-
-
-def code_at(secret: str, offset_steps: int = 0) -> str:
-    return pyotp.TOTP(secret).at(time.time() + 30 * offset_steps)
-
-
-async def enrol(api: Api, headers: dict[str, str]) -> tuple[str, list[str]]:
-    started = await api.client.post("/api/v1/me/2fa/totp", headers=headers)
-    assert started.status_code == 200
-    secret = started.json()["secret"]
-    uri = urlsplit(started.json()["otpauth_uri"])
-    assert uri.scheme == "otpauth"
-    assert parse_qs(uri.query)["secret"] == [secret]
-    assert parse_qs(uri.query)["issuer"] == ["fleetkeeper"]
-    wrong = await api.client.post("/api/v1/me/2fa/totp/confirm", json={"code": "000000"}, headers=headers)
-    assert wrong.status_code == 403
-    confirmed = await api.client.post(
-        "/api/v1/me/2fa/totp/confirm", json={"code": code_at(secret, -1)}, headers=headers
-    )
-    assert confirmed.status_code == 200
-    codes = confirmed.json()["recovery_codes"]
-    assert len(codes) == 10
-    assert len(set(codes)) == 10
-    return secret, codes
+from tests.helpers.access import code_at, enrol
 
 
 async def test_sign_in_with_totp(api: Api) -> None:

@@ -13,7 +13,8 @@ from typing import Any
 import httpx2
 
 from tests.conftest import Api
-from tests.devices.test_scope_groups import PASSWORD, group
+from tests.helpers.groups import group
+from tests.helpers.users import PASSWORD
 
 UNSAFE = 'attributes.ring == "canary"'
 SAFE = 'tag.ring == "canary"'

@@ -17,22 +17,22 @@ from fleetkeeper_agent.modules.rootfs_ab import RootfsABModule
 from fleetkeeper_agent.update_failures import MAX_ACTIVATION_ATTEMPTS, MAX_ROLLBACK_ATTEMPTS
 from fleetkeeper_agent.update_state import UpdateState
 from fleetkeeper_agent.updates import UpdateFlow
-from tests.agent.test_commit_and_reboot_failures import (
-    ab_device,
-    needing_a_reboot,
-    rebooted_by,
-    statuses,
-)
-from tests.agent.test_rollback_failures import (
+from tests.agent.installkit import (
     NEW_IMAGE,
     OLD_IMAGE,
     Broken,
+    DeploymentsServer,
     Killed,
+    ab_device,
+    announced_install,
     distinct_reports,
+    file_install,
     killed_at_save,
+    needing_a_reboot,
+    rebooted_by,
     status,
+    statuses,
 )
-from tests.agent.test_update_failures import DeploymentsServer, announced_install, file_install
 
 NOT_ANSWERING = AgentError("bootloader_error", "the bootloader is not answering yet")
 ACTIVATION_RETRIED = (

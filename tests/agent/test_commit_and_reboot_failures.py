@@ -7,9 +7,7 @@ from __future__ import annotations
 import errno
 import os
 from collections.abc import Callable
-from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -25,18 +23,24 @@ from fleetkeeper_agent.update_failures import (
 )
 from fleetkeeper_agent.update_state import UpdateState
 from fleetkeeper_agent.updates import UpdateFlow
-from tests.agent.modulekit import Member, build_tar
-from tests.agent.test_rollback_failures import (
+from tests.agent.installkit import (
     NEEDS_ATTENTION,
     NEW_IMAGE,
     OLD_IMAGE,
     Broken,
+    DeploymentsServer,
     Killed,
+    ab_device,
+    announced_install,
     distinct_reports,
+    file_install,
     killed_at_save,
+    needing_a_reboot,
+    rebooted_by,
     status,
+    statuses,
 )
-from tests.agent.test_update_failures import DeploymentsServer, announced_install, file_install
+from tests.agent.modulekit import Member, build_tar
 
 COMMIT_RETRIED = (
     "; the new release runs but is not permanent yet: the commit is tried again at the next check-ins, "
@@ -47,26 +51,6 @@ REBOOT_RETRIED = (
     f"{MAX_REBOOT_ATTEMPTS} attempts"
 )
 REBOOT_COMMAND_FAILS = ["false"]  # its tail: "false: exit status 1"
-
-
-def statuses(server: DeploymentsServer) -> list[str]:
-    return [report["status"] for report in server.reports]
-
-
-def rebooted_by(flow: UpdateFlow, command: list[str]) -> UpdateFlow:
-    """The same device, whose reboot is the configured command (no test hook)."""
-    return UpdateFlow(replace(flow.config, reboot_command=command), flow.client, flow.checker)
-
-
-def needing_a_reboot(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The file module installs and asks for a reboot, as rootfs-ab does."""
-    real_install = FileModule.install
-
-    def install_for_a_reboot(self: FileModule, ctx: InstallContext) -> bool:
-        real_install(self, ctx)
-        return True
-
-    monkeypatch.setattr(FileModule, "install", install_for_a_reboot)
 
 
 def rolled_back_with_a_reboot(monkeypatch: pytest.MonkeyPatch) -> Broken:
@@ -313,22 +297,6 @@ def test_an_offline_commit_that_keeps_failing_is_rolled_back(
 
 
 # --- reboot ------------------------------------------------------------------------------------------
-
-
-def ab_device(tmp_path: Path) -> tuple[SimulatedBootloader, dict[str, Any]]:
-    """Slot a runs release 1.0; the rootfs-ab module's settings for the simulated bootloader."""
-    (tmp_path / "slot-a").write_bytes(OLD_IMAGE)
-    (tmp_path / "slot-b").write_bytes(b"whatever was there before")
-    bootloader = SimulatedBootloader(tmp_path / "bootenv.txt", ["a", "b"], cmdline_file=tmp_path / "cmdline")
-    bootloader.write({"boot_slot": "a", "upgrade_available": "0", "bootcount": "0"})
-    assert bootloader.simulate_boot() == "a"
-    settings = {
-        "slots": {"a": str(tmp_path / "slot-a"), "b": str(tmp_path / "slot-b")},
-        "bootloader": "simulated",
-        "simulated_env": str(tmp_path / "bootenv.txt"),
-        "cmdline": str(tmp_path / "cmdline"),
-    }
-    return bootloader, settings
 
 
 def test_an_ab_install_whose_reboot_fails_is_reported_once_retried_then_rolled_back(

@@ -4,10 +4,8 @@ next deployment. Killed at any step of that, it ends the same way."""
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -20,22 +18,19 @@ from fleetkeeper_agent.offline import rollback_offline
 from fleetkeeper_agent.update_failures import MAX_ROLLBACK_ATTEMPTS
 from fleetkeeper_agent.update_state import UpdateState
 from fleetkeeper_agent.updates import UpdateFlow
-from tests.agent.test_update_failures import DeploymentsServer, announce, announced_install, file_install
-
-NEEDS_ATTENTION = " — the device needs attention"
-
-
-class Broken:
-    """A module's rollback that fails the same way each time it is called, and counts the calls (set on
-    the class, it is called unbound: with the context only)."""
-
-    def __init__(self, error: Exception) -> None:
-        self.error = error
-        self.calls = 0
-
-    def __call__(self, ctx: InstallContext) -> bool:
-        self.calls += 1
-        raise self.error
+from tests.agent.installkit import (
+    NEEDS_ATTENTION,
+    NEW_IMAGE,
+    OLD_IMAGE,
+    Broken,
+    Killed,
+    announce,
+    announced_install,
+    distinct_reports,
+    file_install,
+    killed_at_save,
+    status,
+)
 
 
 def failing_install(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -47,13 +42,6 @@ def failing_install(monkeypatch: pytest.MonkeyPatch) -> None:
         raise RuntimeError("a bug in the module")
 
     monkeypatch.setattr(FileModule, "install", install_then_fail)
-
-
-def status(data_dir: Path, capsys: pytest.CaptureFixture[str]) -> dict[str, Any]:
-    capsys.readouterr()
-    assert main(["--data-dir", str(data_dir), "status"]) == 0
-    answer: dict[str, Any] = json.loads(capsys.readouterr().out)
-    return answer
 
 
 @pytest.mark.parametrize(
@@ -259,9 +247,6 @@ def test_an_offline_install_whose_rollback_fails_says_both(
 
 # --- rootfs-ab: the bootloader's own counter is the last word --------------------------------------
 
-OLD_IMAGE = b"rootfs 1.0 " * 1000
-NEW_IMAGE = b"rootfs 2.0 " * 3000
-
 
 def test_a_failed_ab_rollback_leaves_the_trial_to_the_bootloader_which_falls_back(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
@@ -327,33 +312,6 @@ def test_a_failed_ab_rollback_leaves_the_trial_to_the_bootloader_which_falls_bac
 
 
 # --- power loss ---------------------------------------------------------------------------------------
-
-
-class Killed(BaseException):
-    """SIGKILL, as far as the files on disk can tell: nothing after it runs, no handler catches it."""
-
-
-def killed_at_save(monkeypatch: pytest.MonkeyPatch, at: int, when: str) -> list[int]:
-    """UpdateState.save killed at its `at`-th call, just before or just after the write; returns the
-    calls so far (one item)."""
-    saves = [0]
-    original = UpdateState.save
-
-    def save(self: UpdateState, data_dir: Path) -> None:
-        saves[0] += 1
-        if saves[0] == at and when == "before":
-            raise Killed
-        original(self, data_dir)
-        if saves[0] == at and when == "after":
-            raise Killed
-
-    monkeypatch.setattr(UpdateState, "save", save)
-    return saves
-
-
-def distinct_reports(server: DeploymentsServer) -> list[tuple[int, str]]:
-    """The reports as the server keeps them: a repeat of a sequence number is the same report."""
-    return sorted({(report["seq"], report["status"]) for report in server.reports})
 
 
 def test_a_kill_at_any_step_of_a_failing_rollback_ends_given_up_and_reported_once(

@@ -5,134 +5,21 @@ wedges the device in the middle of an install."""
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import tarfile
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any, cast
 
-import httpx2
 import pytest
 
-from fleetkeeper_agent.client import DeviceClient, tls_context
-from fleetkeeper_agent.config import AgentConfig
 from fleetkeeper_agent.modules import InstallContext
 from fleetkeeper_agent.modules.file import FileModule
 from fleetkeeper_agent.update_state import UpdateState
 from fleetkeeper_agent.updates import UpdateFlow
 from fleetkeeper_agent.uptane import VerifiedUpdate
-from tests.agent.fakeserver import FakeCA
+from tests.agent.installkit import DeploymentsServer, announced_install, file_install
 from tests.agent.modulekit import Member, build_tar, deep_tree
-from tests.agent.test_modules_loading import plugin_distribution  # noqa: F401 - a fixture used by name
-
-
-class DeploymentsServer:
-    """The device API's deployment routes, answered in process: one deployment, until the device
-    reports its outcome."""
-
-    def __init__(self, target_path: str) -> None:
-        self.target_path = target_path
-        self.reports: list[dict[str, Any]] = []
-
-    def __call__(self, request: httpx2.Request) -> httpx2.Response:
-        path = request.url.path
-        if path.endswith("/status"):
-            self.reports.append(json.loads(request.content))
-            return httpx2.Response(200, json={})
-        if path == "/device/v1/whoami":  # the health check's last step: the server is reachable
-            return httpx2.Response(200, json={"device_id": "dev_1"})
-        if path == "/device/v1/deployments/current" and not self.reports:
-            current = {"deployment_id": "dep_1", "target_path": self.target_path, "release_counter": 2}
-            return httpx2.Response(200, json=current)
-        return httpx2.Response(404, json={"code": "no_deployment", "detail": "nothing to install"})
-
-
-class NothingListed:
-    """The director, once the device has reported: it lists nothing for it."""
-
-    def check(self, highest_installed_counter: int) -> None:
-        return None
-
-
-def announced_install(
-    tmp_path: Path,
-    module: str,
-    settings: dict[str, Any],
-    payload_name: str,
-    payload: bytes,
-    *,
-    health_commands: list[list[str]] | None = None,
-    on_reboot: Callable[[], object] | None = None,
-) -> tuple[UpdateFlow, DeploymentsServer]:
-    """Release 2.0 downloaded and its install announced (as an agent killed right after announcing it
-    leaves it): the next check-in runs the install. A reboot is a new boot id, then `on_reboot`."""
-    boot_id = tmp_path / "boot_id"
-    boot_id.write_text("boot-1\n")
-    config = AgentConfig(
-        data_dir=tmp_path / "agent",
-        modules={module: settings},
-        boot_id_file=boot_id,
-        health_commands=health_commands or [],
-    )
-    config.data_dir.mkdir()
-    server = DeploymentsServer(f"app/2.0/{payload_name}")
-    client = DeviceClient(
-        "https://devices.test", tls_context(FakeCA.create().pem), transport=httpx2.MockTransport(server)
-    )
-    checker: Any = NothingListed()
-
-    def reboot() -> None:
-        boot_id.write_text("boot-2\n")
-        if on_reboot is not None:
-            on_reboot()
-
-    flow = UpdateFlow(config, client, checker, reboot=reboot)
-    announce(flow, module, payload_name, payload)
-    return flow, server
-
-
-def announce(
-    flow: UpdateFlow,
-    module: str,
-    payload_name: str,
-    payload: bytes,
-    *,
-    version: str = "2.0",
-    deployment_id: str = "dep_1",
-) -> None:
-    """A release downloaded for a deployment, and its install announced in the device's state."""
-    target_path = f"app/{version}/{payload_name}"
-    hashes = {"sha256": hashlib.sha256(payload).hexdigest()}
-    downloaded = flow.payload_path(hashes, target_path)
-    downloaded.parent.mkdir(parents=True)
-    downloaded.write_bytes(payload)
-    counter = int(version.split(".")[0])
-    release = {
-        "name": "app",
-        "version": version,
-        "release_counter": counter,
-        "module": module,
-        "payload": {"path": f"payload/{payload_name}", "length": len(payload), "sha256": hashes["sha256"]},
-    }
-    UpdateState.load(flow.data_dir).moved(
-        "installing",
-        deployment_id=deployment_id,
-        target_path=target_path,
-        length=len(payload),
-        hashes=hashes,
-        release=release,
-        release_counter=counter,
-    ).save(flow.data_dir)
-
-
-def file_install(tmp_path: Path) -> tuple[UpdateFlow, DeploymentsServer]:
-    """app.conf 1.0 in /etc, 2.0 about to be installed by the `file` module."""
-    etc = tmp_path / "etc"
-    etc.mkdir()
-    (etc / "app.conf").write_bytes(b"release 1.0\n")
-    return announced_install(tmp_path, "file", {"directory": str(etc)}, "app.conf", b"release 2.0\n")
 
 
 @pytest.mark.parametrize(

@@ -13,7 +13,7 @@ import pyotp
 
 from tests.conftest import RunningServer
 from tests.console.conftest import ApiClient
-from tests.console.test_session import _csrf
+from tests.helpers.console import csrf_token
 
 PASSWORD = "quartz-lantern-meadow-19"
 
@@ -22,7 +22,7 @@ def _signed_in(server: RunningServer, username: str, password: str) -> httpx2.Cl
     http = httpx2.Client(base_url=server.management_url, timeout=30)
     form = http.get("/sign-in")
     answer = http.post(
-        "/sign-in", data={"username": username, "password": password, "csrf_token": _csrf(form.text)}
+        "/sign-in", data={"username": username, "password": password, "csrf_token": csrf_token(form.text)}
     )
     assert answer.status_code == 303, answer.text
     return http
@@ -50,14 +50,15 @@ def test_turning_two_factor_on_long_after_signing_in_asks_for_the_password(
     _age_sessions(console_server, "late-enroller")
 
     account = http.get("/account")
-    started = http.post("/account/2fa/start", data={"csrf_token": _csrf(account.text)})
+    started = http.post("/account/2fa/start", data={"csrf_token": csrf_token(account.text)})
     assert started.status_code == 200
     assert 'name="password"' in started.text, "the form asks for the password"
     secret = re.search(r'data-testid="totp-secret">([A-Z2-7]+)<', started.text)
     assert secret
 
     without = http.post(
-        "/account/2fa/confirm", data={"csrf_token": _csrf(started.text), "code": pyotp.TOTP(secret[1]).now()}
+        "/account/2fa/confirm",
+        data={"csrf_token": csrf_token(started.text), "code": pyotp.TOTP(secret[1]).now()},
     )
     assert without.status_code == 422
     assert "confirm it is you" in without.text
@@ -65,7 +66,11 @@ def test_turning_two_factor_on_long_after_signing_in_asks_for_the_password(
     assert secret, "a new key to try again"
     done = http.post(
         "/account/2fa/confirm",
-        data={"csrf_token": _csrf(without.text), "code": pyotp.TOTP(secret[1]).now(), "password": PASSWORD},
+        data={
+            "csrf_token": csrf_token(without.text),
+            "code": pyotp.TOTP(secret[1]).now(),
+            "password": PASSWORD,
+        },
     )
     assert done.status_code == 200, done.text
     assert 'data-testid="recovery-codes"' in done.text
@@ -79,7 +84,7 @@ def _token_form(page: str) -> str:
 
 def _new_token(http: httpx2.Client, name: str, **extra: str) -> httpx2.Response:
     account = http.get("/account")
-    data = {"csrf_token": _csrf(account.text), "name": name, "expires_in_days": "7", **extra}
+    data = {"csrf_token": csrf_token(account.text), "name": name, "expires_in_days": "7", **extra}
     return http.post("/account/tokens", data=data)
 
 

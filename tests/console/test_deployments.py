@@ -20,9 +20,9 @@ from playwright.sync_api import Browser, Page, expect
 
 from tests.conftest import ClientCertificate, RunningServer
 from tests.console.conftest import Admin, ApiClient, Console, new_console
-from tests.devices.helpers import FakeDevice
-from tests.devices.test_device_listener_matrix import Fleet as DeviceListener
 from tests.e2e.fleet import Fleet
+from tests.helpers.device_listener import Fleet as DeviceListener
+from tests.helpers.devices import FakeDevice
 
 GROUP = "console-fleet"
 LIVE = 10_000  # ms: the detail page refreshes every 2 s; a change shows within a few refreshes

@@ -12,8 +12,8 @@ from playwright.sync_api import Dialog, Page, expect
 
 from tests.conftest import RunningServer
 from tests.console.conftest import Admin, ApiClient, Console
-from tests.devices.helpers import FakeDevice
-from tests.devices.test_device_listener_matrix import Fleet
+from tests.helpers.device_listener import Fleet
+from tests.helpers.devices import FakeDevice
 
 XSS = "<script>alert(1)</script>"
 VIEWER_PASSWORD = "orchard-pylon-vesper-27"

@@ -9,9 +9,10 @@ import re
 import httpx2
 
 from tests.conftest import Api
-from tests.console.test_scoped_pages import PASSWORD, console_as
-from tests.devices.helpers import FakeDevice, enroll, public_pem
-from tests.devices.test_scope_groups import group, member_of
+from tests.helpers.console import console_as
+from tests.helpers.devices import FakeDevice, enroll, public_pem
+from tests.helpers.groups import group, member_of
+from tests.helpers.users import PASSWORD
 
 # Per-request values of a rendered page: the form token and the script nonce.
 _PER_REQUEST = re.compile(r'(name="csrf_token" value|nonce)="[^"]*"')

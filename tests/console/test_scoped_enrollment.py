@@ -7,7 +7,8 @@ from __future__ import annotations
 import re
 
 from tests.conftest import Api
-from tests.console.test_scoped_pages import PASSWORD, console_as
+from tests.helpers.console import console_as
+from tests.helpers.users import PASSWORD
 
 OTHERS = ("plant-4", "canary", "ring-canary")
 

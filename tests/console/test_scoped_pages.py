@@ -4,33 +4,12 @@ over plain HTTP with the session cookie (no browser needed), on both databases."
 
 from __future__ import annotations
 
-import re
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-
-import httpx2
-
 from fleetkeeper.deployments import service
-from tests.conftest import Api, api_for
-from tests.deployments.test_create import add_devices, admin, request
-from tests.releases.test_director_serving import a_release
-
-PASSWORD = "tulip-orbit-canyon-7"
-
-
-@asynccontextmanager
-async def console_as(api: Api, username: str) -> AsyncIterator[httpx2.AsyncClient]:
-    """A console session of `username`, signed in through the sign-in form."""
-    async with api_for(api.runtime) as own:
-        form = await own.client.get("/sign-in")
-        token = re.search(r'name="csrf_token" value="([^"]+)"', form.text)
-        assert token, form.text[:500]
-        signed_in = await own.client.post(
-            "/sign-in",
-            data={"username": username, "password": PASSWORD, "csrf_token": token.group(1), "next": "/"},
-        )
-        assert signed_in.status_code == 303, signed_in.text
-        yield own.client
+from tests.conftest import Api
+from tests.helpers.console import console_as
+from tests.helpers.deployments import add_devices, admin, request
+from tests.helpers.releases import a_release
+from tests.helpers.users import PASSWORD
 
 
 async def test_console_pages_show_a_scoped_reader_only_the_deployments_that_reach_them(api: Api) -> None:

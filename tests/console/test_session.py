@@ -2,18 +2,11 @@
 
 from __future__ import annotations
 
-import re
-
 import httpx2
 
 from tests.conftest import RunningServer
 from tests.console.conftest import Admin, ApiClient
-
-
-def _csrf(html: str) -> str:
-    found = re.search(r'name="csrf_token" value="([^"]+)"', html)
-    assert found, html[:500]
-    return found.group(1)
+from tests.helpers.console import csrf_token
 
 
 def _signed_in(
@@ -26,7 +19,7 @@ def _signed_in(
         data={
             "username": admin.username,
             "password": admin.password,
-            "csrf_token": _csrf(form.text),
+            "csrf_token": csrf_token(form.text),
             "next": next_path,
         },
     )
@@ -40,7 +33,7 @@ def test_signing_out_ends_the_cookie(console_server: RunningServer, admin: Admin
     dashboard = http.get("/")
     assert dashboard.status_code == 200
     assert http.post("/sign-out").status_code == 403  # no CSRF token
-    assert http.post("/sign-out", data={"csrf_token": _csrf(dashboard.text)}).status_code == 303
+    assert http.post("/sign-out", data={"csrf_token": csrf_token(dashboard.text)}).status_code == 303
     replayed = httpx2.get(
         console_server.management_url + "/", cookies={"fleetkeeper_console": stolen}, follow_redirects=False
     )
@@ -50,7 +43,7 @@ def test_signing_out_ends_the_cookie(console_server: RunningServer, admin: Admin
 
 def test_a_change_from_another_origin_is_refused(console_server: RunningServer, admin: Admin) -> None:
     http, _ = _signed_in(console_server, admin)
-    token = _csrf(http.get("/").text)
+    token = csrf_token(http.get("/").text)
     refused = http.post("/sign-out", data={"csrf_token": token}, headers={"Origin": "https://evil.example"})
     assert refused.status_code == 403
     assert "another site" in refused.text

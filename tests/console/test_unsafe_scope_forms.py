@@ -5,21 +5,15 @@ typed. In process, over plain HTTP with the session cookie, on both databases.""
 from __future__ import annotations
 
 import html
-import re
 
 import httpx2
 
 from tests.conftest import Api
-from tests.console.test_scoped_pages import PASSWORD, console_as
-from tests.devices.test_scope_groups import group
+from tests.helpers.console import console_as, csrf_of
+from tests.helpers.groups import group
+from tests.helpers.users import PASSWORD
 
 UNSAFE = 'attributes.ring == "canary"'
-
-
-def csrf_of(page: httpx2.Response) -> str:
-    token = re.search(r'name="csrf_token" value="([^"]+)"', page.text)
-    assert token, page.text[:500]
-    return token.group(1)
 
 
 def assert_refusal_shown(page: httpx2.Response, form_action: str) -> None:

@@ -8,8 +8,8 @@ from sqlalchemy import select
 
 from fleetkeeper.access.models import SignInSession
 from tests.conftest import Api
-from tests.console.test_scoped_pages import PASSWORD, console_as
-from tests.console.test_unsafe_scope_forms import csrf_of
+from tests.helpers.console import console_as, csrf_of
+from tests.helpers.users import PASSWORD
 
 
 async def test_a_user_manager_cannot_end_a_stronger_accounts_sessions(api: Api) -> None:

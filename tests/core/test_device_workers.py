@@ -31,8 +31,8 @@ from tests.conftest import (
     run_fleetkeeper,
     start_server,
 )
-from tests.devices.helpers import FakeDevice
-from tests.devices.test_device_listener_matrix import Fleet, signed_in_fleet
+from tests.helpers.device_listener import Fleet, signed_in_fleet
+from tests.helpers.devices import FakeDevice
 
 WORKERS = 3
 

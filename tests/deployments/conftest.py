@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from tests.deployments.test_webhooks import Receiver
+from tests.helpers.webhooks import Receiver
 
 
 @pytest.fixture

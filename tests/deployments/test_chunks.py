@@ -14,10 +14,9 @@ from fleetkeeper.deployments import chunks, service
 from fleetkeeper.deployments.models import Deployment, DeploymentChunk
 from fleetkeeper.deployments.service import create
 from tests.conftest import BACKENDS, Api, FreshDatabaseUrl
-from tests.deployments.test_create import add_devices, admin, devices_of, request
 from tests.deployments.test_migration_numbers import ROWS, rows_by_deployment_id, upgraded_from_0012
-from tests.deployments.test_rollout import current, deploy, fleet_of, send
-from tests.releases.test_director_serving import a_release
+from tests.helpers.deployments import add_devices, admin, current, deploy, devices_of, fleet_of, request, send
+from tests.helpers.releases import a_release
 
 
 async def test_chunks_cut_the_target_in_id_order_within_each_phase(

@@ -6,100 +6,15 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from sqlalchemy import insert, select
+from sqlalchemy import select
 
-from fleetkeeper.access.permissions import GrantSet
-from fleetkeeper.access.service import Principal
 from fleetkeeper.audit.models import AuditRecord
-from fleetkeeper.core.db import Database, utcnow
 from fleetkeeper.core.errors import ProblemError
-from fleetkeeper.core.ids import new_id
 from fleetkeeper.deployments.plans import Phase, Size, phase_boundaries
-from fleetkeeper.deployments.service import MAX_PAGE, DeploymentRequest, create, list_devices, phase_counts
-from fleetkeeper.devices.models import Device, DeviceGroup, GroupMember
+from fleetkeeper.deployments.service import create, phase_counts
 from tests.conftest import Api
-from tests.releases.test_director_serving import a_release
-
-
-async def add_devices(
-    database: Database, count: int, *, device_type: str = "rpi4", group: str | None = None
-) -> list[str]:
-    """Accepted devices written in bulk (the fan-out, not enrollment, is under test)."""
-    ids = [new_id("dev") for _ in range(count)]
-    rows = [
-        {
-            "id": device_id,
-            "status": "accepted",
-            "device_type": device_type,
-            "serial": None,
-            "mac": None,
-            "identity": {},
-            "public_key_pem": "-",
-            "key_fingerprint": device_id,
-            "enrolled_via": "request",
-            "created_at": utcnow(),
-            "inventory": {},
-            "tags": {},
-        }
-        for device_id in ids
-    ]
-    async with database.transaction() as session:
-        if rows:
-            await session.execute(insert(Device), rows)
-        if group:
-            group_id = await session.scalar(select(DeviceGroup.id).where(DeviceGroup.name == group))
-            if group_id is None:
-                group_id = new_id("grp")
-                session.add(
-                    DeviceGroup(id=group_id, name=group, description="", kind="static", created_at=utcnow())
-                )
-                await session.flush()
-            if ids:
-                await session.execute(
-                    insert(GroupMember), [{"group_id": group_id, "device_id": d} for d in ids]
-                )
-    return ids
-
-
-def admin(api: Api) -> Principal:
-    return Principal(user_id="usr_test", username="tester", grants=GrantSet.everything(), method="password")
-
-
-def scoped(groups: list[str]) -> Principal:
-    """devices:deploy in these groups; the release is read, as every deployment's is."""
-    grants = GrantSet.from_json(
-        [
-            {"permission": "devices:deploy", "scopes": groups},
-            {"permission": "devices:read"},
-            {"permission": "releases:read"},
-        ]
-    )
-    return Principal(user_id="usr_scoped", username="scoped", grants=grants, method="password")
-
-
-async def devices_of(api: Api, deployment_id: str, *, limit: int = MAX_PAGE) -> dict[str, tuple[int, str]]:
-    """device id -> (phase, status) of every device in the deployment, in the devices list's order
-    and through its pages of `limit` (rows and chunks alike)."""
-    found: dict[str, tuple[int, str]] = {}
-    cursor = None
-    while True:
-        async with api.runtime.database.session() as session:
-            page = await list_devices(session, admin(api), deployment_id, limit=limit, cursor=cursor)
-        found |= {entry.device_id: (entry.phase, entry.status) for entry in page.items}
-        if page.next_cursor is None:
-            return found
-        cursor = page.next_cursor
-
-
-def request(**changes: Any) -> DeploymentRequest:
-    values: dict[str, Any] = {
-        "name": "roll out fw 2.0",
-        "release_name": "fw",
-        "release_version": "2.0",
-        "target": {"group": "fleet"},
-    }
-    values.update(changes)
-    return DeploymentRequest(**values)
+from tests.helpers.deployments import add_devices, admin, devices_of, request, scoped
+from tests.helpers.releases import a_release
 
 
 def test_phase_boundaries() -> None:

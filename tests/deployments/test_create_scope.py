@@ -12,9 +12,9 @@ from fleetkeeper.core.db import utcnow
 from fleetkeeper.core.ids import new_id
 from fleetkeeper.releases.models import Release, ReleaseTag
 from tests.conftest import Api
-from tests.deployments.test_create import add_devices
-from tests.deployments.test_visibility import PASSWORD, answer
-from tests.devices.test_groups_api import user_scoped_to_unfit_groups
+from tests.helpers.deployments import add_devices
+from tests.helpers.responses import answer
+from tests.helpers.users import PASSWORD, user_scoped_to_unfit_groups
 
 
 async def tagged_release(api: Api, name: str, version: str, tags: list[str]) -> Release:

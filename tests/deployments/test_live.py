@@ -19,10 +19,18 @@ from fleetkeeper.deployments.models import Deployment, DeploymentDevice
 from fleetkeeper.deployments.webhook_models import WebhookDelivery
 from fleetkeeper.deployments.webhooks import create_webhook
 from tests.conftest import Api
-from tests.deployments.test_create import add_devices, admin, devices_of, request, scoped
-from tests.deployments.test_rollout import current, director_targets, send
-from tests.devices.helpers import FakeDevice, enroll
-from tests.releases.test_director_serving import a_release
+from tests.helpers.deployments import (
+    add_devices,
+    admin,
+    current,
+    devices_of,
+    director_targets,
+    request,
+    scoped,
+    send,
+)
+from tests.helpers.devices import FakeDevice, accepted_device
+from tests.helpers.releases import a_release
 
 SITE_GROUP = "plant-3"
 Headers = dict[str, str]
@@ -32,15 +40,6 @@ Headers = dict[str, str]
 async def headers(api: Api) -> Headers:
     """The administrator's headers, signed in once: sign-ins are rate limited per account."""
     return await api.admin_headers()
-
-
-async def accepted_device(api: Api, headers: Headers) -> FakeDevice:
-    device = FakeDevice()
-    await enroll(api.runtime, device)
-    accepted = await api.client.post(f"/api/v1/devices/{device.device_id}/accept", headers=headers)
-    assert accepted.status_code == 200, accepted.text
-    assert (await enroll(api.runtime, device)).status_code == 200, "collects its certificate"
-    return device
 
 
 async def site_group(api: Api, headers: Headers) -> None:

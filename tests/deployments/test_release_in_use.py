@@ -19,10 +19,10 @@ from fleetkeeper.deployments import service
 from fleetkeeper.deployments.models import Deployment
 from fleetkeeper.releases.models import Release
 from tests.conftest import Api
-from tests.console.test_scoped_pages import PASSWORD, console_as
-from tests.deployments.test_create import add_devices, admin, request
-from tests.deployments.test_rollout import deploy, fleet_of, send
-from tests.releases.test_director_serving import a_release
+from tests.helpers.console import console_as
+from tests.helpers.deployments import add_devices, admin, deploy, fleet_of, request, send
+from tests.helpers.releases import a_release
+from tests.helpers.users import PASSWORD
 
 RELEASE = "/api/v1/releases/fw/2.0"
 

@@ -7,71 +7,15 @@ from __future__ import annotations
 from typing import Any
 
 from sqlalchemy import select
-from tuf.api.metadata import Metadata
 
 from fleetkeeper.audit.service import SYSTEM
 from fleetkeeper.deployments import service
 from fleetkeeper.deployments.webhook_models import WebhookDelivery
 from fleetkeeper.deployments.webhooks import create_webhook
 from tests.conftest import Api
-from tests.devices.helpers import FakeDevice, device_client
-from tests.devices.test_enrollment import accepted_device
-from tests.releases.test_director_serving import a_release
-
-
-async def fleet_of(api: Api, count: int, group: str = "fleet") -> list[FakeDevice]:
-    admin = await api.admin_headers()
-    await api.client.post("/api/v1/device-groups", json={"name": group}, headers=admin)
-    devices = [await accepted_device(api) for _ in range(count)]
-    await api.client.post(
-        f"/api/v1/device-groups/{group}/devices",
-        json={"devices": [d.device_id for d in devices]},
-        headers=admin,
-    )
-    return sorted(devices, key=lambda d: d.device_id or "")
-
-
-async def deploy(api: Api, **body: Any) -> dict[str, Any]:
-    payload = {"name": "fw 2.0", "release": "fw", "version": "2.0", "target": {"group": "fleet"}, **body}
-    response = await api.client.post("/api/v1/deployments", json=payload, headers=await api.admin_headers())
-    assert response.status_code == 201, response.text
-    result: dict[str, Any] = response.json()
-    return result
-
-
-async def director_targets(api: Api, device: FakeDevice) -> list[str]:
-    async with device_client(api.runtime, device.certificate) as client:
-        timestamp = Metadata.from_bytes(
-            (await client.get("/device/v1/director/metadata/timestamp.json")).content
-        )
-        snapshot = Metadata.from_bytes(
-            (
-                await client.get(
-                    f"/device/v1/director/metadata/{timestamp.signed.snapshot_meta.version}.snapshot.json"
-                )
-            ).content
-        )
-        version = snapshot.signed.meta["targets.json"].version
-        targets = Metadata.from_bytes(
-            (await client.get(f"/device/v1/director/metadata/{version}.targets.json")).content
-        )
-    return list(targets.signed.targets)
-
-
-async def current(api: Api, device: FakeDevice) -> str | None:
-    async with device_client(api.runtime, device.certificate) as client:
-        response = await client.get("/device/v1/deployments/current")
-    return response.json()["deployment_id"] if response.status_code == 200 else None
-
-
-async def send(
-    api: Api, device: FakeDevice, deployment_id: str, status: str, seq: int, detail: str | None = None
-) -> Any:
-    async with device_client(api.runtime, device.certificate) as client:
-        return await client.post(
-            f"/device/v1/deployments/{deployment_id}/status",
-            json={"status": status, "seq": seq, "detail": detail},
-        )
+from tests.helpers.deployments import current, deploy, director_targets, fleet_of, send
+from tests.helpers.devices import accepted_device, device_client
+from tests.helpers.releases import a_release
 
 
 async def test_phases_advance_and_the_deployment_finishes(api: Api) -> None:

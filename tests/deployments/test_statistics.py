@@ -12,10 +12,9 @@ from sqlalchemy import select
 from fleetkeeper.audit.models import AuditRecord
 from fleetkeeper.deployments import service, visibility
 from tests.conftest import Api
-from tests.deployments.test_create import devices_of
-from tests.deployments.test_rollout import deploy, director_targets, fleet_of, send
-from tests.devices.helpers import FakeDevice, device_client
-from tests.releases.test_director_serving import a_release
+from tests.helpers.deployments import deploy, devices_of, director_targets, fleet_of, send
+from tests.helpers.devices import FakeDevice, device_client
+from tests.helpers.releases import a_release
 
 
 @pytest.fixture
@@ -381,7 +380,7 @@ async def test_fleet_health_judges_each_device_by_its_newest_deployment(api: Api
     from fleetkeeper.access.permissions import GrantSet
     from fleetkeeper.access.service import Principal
     from fleetkeeper.devices import service as devices
-    from tests.deployments.test_create import admin
+    from tests.helpers.deployments import admin
 
     elsewhere = GrantSet.from_json([{"permission": "devices:read", "scopes": ["elsewhere"]}])
 

@@ -4,25 +4,16 @@ their groups, and of those only their own devices; any other deployment answers 
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 
-import httpx2
 import pytest
 
 from fleetkeeper.deployments import service
 from fleetkeeper.deployments.models import CHUNK_SIZE
 from tests.conftest import Api
-from tests.deployments.test_create import add_devices, admin, request
-from tests.releases.test_director_serving import a_release
-
-PASSWORD = "tulip-orbit-canyon-7"
-
-
-def answer(response: httpx2.Response) -> tuple[int, dict[str, Any]]:
-    """Status and problem body, without what differs between any two requests."""
-    body = response.json()
-    body.pop("request_id", None)
-    return response.status_code, body
+from tests.helpers.deployments import add_devices, admin, request
+from tests.helpers.releases import a_release
+from tests.helpers.responses import answer
+from tests.helpers.users import PASSWORD
 
 
 async def reader_of(api: Api, *groups: str, role: str = "read-only") -> dict[str, str]:

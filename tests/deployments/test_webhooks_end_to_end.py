@@ -19,10 +19,11 @@ from fleetkeeper.deployments import service
 from fleetkeeper.deployments.webhook_models import WebhookDelivery
 from fleetkeeper.deployments.webhooks import EVENTS, deliver_due
 from tests.conftest import RuntimeFactory, api_for
-from tests.deployments.test_live import accepted_device, deploy, rows, shown
-from tests.deployments.test_rollout import send
-from tests.deployments.test_webhooks import Receiver
-from tests.releases.test_director_serving import a_release
+from tests.deployments.test_live import deploy, rows, shown
+from tests.helpers.deployments import send
+from tests.helpers.devices import accepted_device
+from tests.helpers.releases import a_release
+from tests.helpers.webhooks import Receiver
 
 
 class Clock:

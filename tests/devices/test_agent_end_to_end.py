@@ -14,7 +14,7 @@ import httpx2
 from cryptography import x509
 
 from tests.conftest import RunningServer
-from tests.devices.test_device_listener_matrix import Fleet, fleet  # noqa: F401  (the fixture)
+from tests.helpers.device_listener import Fleet, fleet  # noqa: F401  (the fixture)
 
 
 def agent(data_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:

@@ -7,10 +7,9 @@ from __future__ import annotations
 
 from fleetkeeper.devices.models import EnrollmentToken
 from tests.conftest import Api
-from tests.devices.helpers import FakeDevice, enroll
-from tests.devices.test_enrollment import actions_for
-from tests.devices.test_preauthorized_identity import audit_details, shown
-from tests.devices.test_scope_groups import group, user
+from tests.helpers.devices import FakeDevice, actions_for, audit_details, enroll, shown
+from tests.helpers.groups import group
+from tests.helpers.users import user
 
 PLANT_4_LIVE = 'status == "accepted" and identity.site == "plant-4"'
 

@@ -6,9 +6,9 @@ from typing import Any
 
 import pytest
 
-from tests.access.test_rbac import EXPECTED
 from tests.conftest import Api
-from tests.devices.helpers import FakeDevice, enroll
+from tests.helpers.devices import FakeDevice, enroll
+from tests.helpers.roles import EXPECTED
 
 # (method, path template, permission, body); {device} is replaced by the target device's id.
 DEVICE_ROUTES: list[tuple[str, str, str, dict[str, Any] | None]] = [

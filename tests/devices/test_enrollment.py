@@ -12,11 +12,12 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from sqlalchemy import func, select
 
-from fleetkeeper.audit.models import AuditRecord
 from fleetkeeper.devices.models import Device, DeviceCertificate
 from tests.conftest import Api, RuntimeFactory, api_for
-from tests.devices.helpers import (
+from tests.helpers.devices import (
     FakeDevice,
+    accepted_device,
+    actions_for,
     b64,
     device_client,
     enroll,
@@ -25,14 +26,6 @@ from tests.devices.helpers import (
     now_stamp,
     public_pem,
 )
-
-
-async def actions_for(api: Api, device_id: str) -> list[str]:
-    async with api.runtime.database.session() as session:
-        rows = await session.scalars(
-            select(AuditRecord.action).where(AuditRecord.object_id == device_id).order_by(AuditRecord.seq)
-        )
-        return list(rows)
 
 
 async def device_count(api: Api) -> int:
@@ -224,15 +217,6 @@ async def test_a_replayed_enrollment_is_refused(api: Api) -> None:
         replay = await client.post("/device/v1/enroll", json=body)
     assert replay.status_code == 400
     assert replay.json()["code"] == "replayed_request"
-
-
-async def accepted_device(api: Api, **kwargs: Any) -> FakeDevice:
-    admin = await api.admin_headers()
-    device = FakeDevice(**kwargs)
-    await enroll(api.runtime, device)
-    await api.client.post(f"/api/v1/devices/{device.device_id}/accept", headers=admin)
-    assert (await enroll(api.runtime, device)).status_code == 200
-    return device
 
 
 async def test_renewal_over_mtls(api: Api) -> None:

@@ -10,9 +10,10 @@ import httpx2
 
 from fleetkeeper.devices.models import GroupMember
 from tests.conftest import Api
-from tests.devices.helpers import FakeDevice, public_pem
-from tests.devices.test_enrollment import accepted_device
-from tests.devices.test_scope_groups import PASSWORD, answer, group
+from tests.helpers.devices import FakeDevice, accepted_device, public_pem
+from tests.helpers.groups import group
+from tests.helpers.responses import answer
+from tests.helpers.users import PASSWORD
 
 
 async def preauthorize(api: Api, headers: dict[str, str], groups: list[str]) -> httpx2.Response:
@@ -115,3 +116,25 @@ async def test_a_member_row_left_in_a_dynamic_group_puts_no_device_in_it(api: Ap
     assert (await api.client.get(f"/api/v1/devices/{device.device_id}", headers=operator)).status_code == 404
     shown = await api.client.get(f"/api/v1/devices/{device.device_id}", headers=await api.admin_headers())
     assert shown.json()["groups"] == []
+
+
+async def test_scoped_operators_see_only_their_groups_enrollment_tokens(api: Api) -> None:
+    admin = await api.admin_headers()
+    for name in ("g1", "g2"):
+        await api.client.post("/api/v1/device-groups", json={"name": name}, headers=admin)
+    theirs = (
+        await api.client.post("/api/v1/enrollment-tokens", json={"name": "t2", "group": "g2"}, headers=admin)
+    ).json()
+    await api.client.post(
+        "/api/v1/roles", json={"name": "ops", "grants": [{"permission": "devices:manage"}]}, headers=admin
+    )
+    ops = await api.create_user(
+        "ops", "tulip-orbit-canyon-7", roles=[{"role": "ops", "device_groups": ["g1"]}]
+    )
+    mine = (
+        await api.client.post("/api/v1/enrollment-tokens", json={"name": "t1", "group": "g1"}, headers=ops)
+    ).json()
+    listed = [t["id"] for t in (await api.client.get("/api/v1/enrollment-tokens", headers=ops)).json()]
+    assert listed == [mine["token"]["id"]]
+    revoke = await api.client.delete(f"/api/v1/enrollment-tokens/{theirs['token']['id']}", headers=ops)
+    assert revoke.status_code == 404

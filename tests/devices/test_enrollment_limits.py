@@ -11,8 +11,7 @@ from structlog.testing import capture_logs
 
 from fleetkeeper.devices.models import Device
 from tests.conftest import Api, RuntimeFactory, api_for
-from tests.devices.helpers import FakeDevice, device_client, public_pem
-from tests.devices.test_enrollment import actions_for
+from tests.helpers.devices import FakeDevice, actions_for, device_client, public_pem
 
 
 async def enroll_from(api: Api, device: FakeDevice, address: str = "198.51.100.20") -> httpx2.Response:

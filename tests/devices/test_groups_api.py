@@ -2,31 +2,9 @@
 
 from __future__ import annotations
 
-from sqlalchemy import update
-
-from fleetkeeper.access.models import RoleAssignment
 from tests.conftest import Api
-from tests.devices.helpers import device_client
-from tests.devices.test_enrollment import accepted_device
-
-
-async def report(api: Api, certificate: str | None, inventory: dict[str, object]) -> None:
-    async with device_client(api.runtime, certificate) as client:
-        assert (await client.put("/device/v1/inventory", json=inventory)).status_code == 204
-
-
-async def user_scoped_to_unfit_groups(api: Api, name: str, role: str, groups: list[str]) -> dict[str, str]:
-    """A user whose role is scoped to groups unfit for a scope, as assignments given before such
-    scopes were refused still are (tests/access/test_unsafe_scopes.py): written to the database."""
-    headers = await api.create_user(
-        name, "tulip-orbit-canyon-7", roles=[{"role": role, "device_groups": ["placeholder"]}]
-    )
-    user_id = (await api.client.get("/api/v1/me", headers=headers)).json()["user"]["id"]
-    async with api.runtime.database.transaction() as session:
-        await session.execute(
-            update(RoleAssignment).where(RoleAssignment.user_id == user_id).values(device_groups=groups)
-        )
-    return headers
+from tests.helpers.devices import accepted_device, report
+from tests.helpers.users import user_scoped_to_unfit_groups
 
 
 async def test_dynamic_group_and_search(api: Api) -> None:

@@ -12,8 +12,7 @@ from sqlalchemy import select
 from fleetkeeper.core.pki import generate_private_key
 from fleetkeeper.devices.models import Device, DeviceAttribute
 from tests.conftest import Api
-from tests.devices.helpers import FakeDevice, device_client, enroll
-from tests.devices.test_enrollment import accepted_device
+from tests.helpers.devices import FakeDevice, accepted_device, device_client, enroll
 
 REPORT = {
     "device_type": "rpi4",
@@ -211,3 +210,33 @@ async def test_listing_sorts_and_pages(api: Api) -> None:
     assert types == sorted(types, reverse=True)
     bad = await api.client.get("/api/v1/devices", params={"cursor": "!!"}, headers=admin)
     assert bad.json()["code"] == "invalid_cursor"
+
+
+async def test_a_device_cannot_write_tags_or_identity(api: Api) -> None:
+    device = await accepted_device(api)
+    async with device_client(api.runtime, device.certificate) as client:
+        forged = await client.put("/device/v1/inventory", json={"tag": {"env": "prod"}, "kernel": "6.1"})
+        assert forged.status_code == 422
+        assert forged.json()["code"] == "invalid_inventory"
+        assert (
+            await client.put("/device/v1/inventory", json={"identity": {"serial": "X"}})
+        ).status_code == 422
+        assert (await client.put("/device/v1/inventory", json={"kernel": "6.1"})).status_code == 204
+    async with api.runtime.database.session() as session:
+        keys = set(
+            await session.scalars(
+                select(DeviceAttribute.key).where(DeviceAttribute.device_id == device.device_id)
+            )
+        )
+    assert "tag.env" not in keys
+
+
+async def test_large_but_valid_tag_changes_are_accepted(api: Api) -> None:
+    admin = await api.admin_headers()
+    device = FakeDevice()
+    await enroll(api.runtime, device)
+    tags = {f"k{i}": "v" * 256 for i in range(50)}
+    response = await api.client.put(
+        f"/api/v1/devices/{device.device_id}/tags", json={"tags": tags}, headers=admin
+    )
+    assert response.status_code == 200

@@ -5,16 +5,11 @@ stored. On both databases."""
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
-from sqlalchemy import select
-
-from fleetkeeper.audit.models import AuditRecord
 from tests.conftest import Api
-from tests.devices.helpers import FakeDevice, enroll, public_pem
-from tests.devices.test_enrollment import actions_for
-from tests.devices.test_scope_groups import group
+from tests.helpers.devices import FakeDevice, actions_for, audit_details, enroll, public_pem, shown
+from tests.helpers.groups import group
 
 PLANT_4 = 'identity.site == "plant-4"'
 MAC = "dc:a6:32:01:02:03"
@@ -31,29 +26,12 @@ async def preauthorize(api: Api, device: FakeDevice, **identity: Any) -> str:
     return device_id
 
 
-async def shown(api: Api, device_id: str | None) -> dict[str, Any]:
-    answer = await api.client.get(f"/api/v1/devices/{device_id}", headers=await api.admin_headers())
-    assert answer.status_code == 200, answer.text
-    body: dict[str, Any] = answer.json()
-    return body
-
-
 async def found_by(api: Api, filter_expression: str) -> list[str]:
     page = await api.client.get(
         "/api/v1/devices", params={"filter": filter_expression}, headers=await api.admin_headers()
     )
     assert page.status_code == 200, page.text
     return [item["id"] for item in page.json()["items"]]
-
-
-async def audit_details(api: Api, device_id: str | None, action: str) -> list[dict[str, Any]]:
-    async with api.runtime.database.session() as session:
-        rows = await session.scalars(
-            select(AuditRecord.details)
-            .where(AuditRecord.object_id == device_id, AuditRecord.action == action)
-            .order_by(AuditRecord.seq)
-        )
-        return [json.loads(row) for row in rows]
 
 
 async def test_a_preauthorized_device_claiming_other_values_than_registered_is_refused(api: Api) -> None:

@@ -3,50 +3,13 @@ operator move it into a group they do not manage; and a scoped reader sees only 
 
 from __future__ import annotations
 
-from typing import Any
-
-import httpx2
-
 from tests.conftest import Api
-from tests.devices.test_enrollment import accepted_device
-from tests.devices.test_groups_api import report, user_scoped_to_unfit_groups
+from tests.helpers.devices import accepted_device, report
+from tests.helpers.groups import group, member_of, set_tags
+from tests.helpers.responses import answer
+from tests.helpers.users import user, user_scoped_to_unfit_groups
 
-PASSWORD = "tulip-orbit-canyon-7"
 CANARY = 'tag.ring == "canary"'
-
-
-def answer(response: httpx2.Response) -> tuple[int, dict[str, Any]]:
-    body = response.json()
-    body.pop("request_id", None)
-    return response.status_code, body
-
-
-async def group(api: Api, name: str, filter_expression: str | None = None) -> dict[str, Any]:
-    created = await api.client.post(
-        "/api/v1/device-groups",
-        json={"name": name, **({"filter": filter_expression} if filter_expression else {})},
-        headers=await api.admin_headers(),
-    )
-    assert created.status_code == 201, created.text
-    body: dict[str, Any] = created.json()
-    return body
-
-
-async def member_of(api: Api, name: str, device_id: str | None) -> None:
-    added = await api.client.post(
-        f"/api/v1/device-groups/{name}/devices",
-        json={"devices": [device_id]},
-        headers=await api.admin_headers(),
-    )
-    assert added.status_code == 204, added.text
-
-
-async def user(api: Api, name: str, *roles: dict[str, Any]) -> dict[str, str]:
-    return await api.create_user(name, PASSWORD, roles=list(roles))
-
-
-async def set_tags(api: Api, headers: dict[str, str], device_id: str | None, **tags: str) -> httpx2.Response:
-    return await api.client.put(f"/api/v1/devices/{device_id}/tags", json={"tags": tags}, headers=headers)
 
 
 async def test_a_tag_does_not_move_a_device_into_a_group_the_operator_does_not_manage(api: Api) -> None:

@@ -9,9 +9,10 @@ import re
 import httpx2
 
 from tests.conftest import Api
-from tests.console.test_scoped_pages import console_as
-from tests.devices.helpers import FakeDevice, enroll
-from tests.devices.test_scope_groups import PASSWORD, group, member_of, set_tags
+from tests.helpers.console import console_as
+from tests.helpers.devices import FakeDevice, enroll
+from tests.helpers.groups import group, member_of, set_tags
+from tests.helpers.users import PASSWORD
 
 LIVE_4 = 'status == "accepted" and tag.site == "plant-4"'
 QUEUE_4 = 'status == "pending" and tag.site == "plant-4"'

@@ -24,7 +24,7 @@ from fleetkeeper.releases.keys import init_keys
 from fleetkeeper.releases.signing import sign_release
 from fleetkeeper.releases.trust import build_initial_trust, online_keys_from_json
 from tests.conftest import Api, RunningServer, start_server
-from tests.releases.support import in_days, upload
+from tests.helpers.releases import in_days, upload
 
 
 @dataclass

@@ -12,7 +12,7 @@ import tempfile
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 
 import obstore
@@ -22,12 +22,9 @@ from securesystemslib.signer import CryptoSigner, Key
 from fleetkeeper.releases.keys import init_keys
 from fleetkeeper.releases.storage import FilesystemStore, ObjectStore, S3Store
 from fleetkeeper.releases.trust import ONLINE_KEY_NAMES, InitialTrust, build_initial_trust
+from tests.helpers.releases import in_days
 
 NOW = datetime.now(UTC)
-
-
-def in_days(days: int) -> datetime:
-    return (datetime.now(UTC) + timedelta(days=days)).replace(microsecond=0)
 
 
 @pytest.fixture(scope="session")

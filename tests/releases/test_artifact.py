@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from fleetkeeper.releases.artifact import create_artifact, read_artifact, write_targets
+from fleetkeeper.releases.artifact import create_artifact, read_artifact, validate_release, write_targets
 from fleetkeeper.releases.errors import ArtifactError
 
 MAX = 1 << 30
@@ -206,3 +206,21 @@ def test_not_a_tar_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ArtifactError) as refused:
         read_artifact(out, max_bytes=MAX)
     assert refused.value.code == "invalid_artifact"
+
+
+@pytest.mark.parametrize("name", [".", "..", ".hidden", "-x"])
+def test_release_names_cannot_be_path_segments(name: str) -> None:
+    release = {
+        "format": "fleetkeeper-release-v1",
+        "name": name,
+        "version": "1.0",
+        "release_counter": 1,
+        "module": "file",
+        "device_types": ["rpi4"],
+        "depends": {},
+        "provides": {},
+        "payload": {"path": "x", "length": 1, "sha256": "0" * 64},
+        "sbom": None,
+    }
+    with pytest.raises(ArtifactError):
+        validate_release(release)

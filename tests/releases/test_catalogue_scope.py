@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from tests.conftest import Api
-from tests.releases.support import initialize, signed_artifact, upload
+from tests.helpers.releases import initialize, signed_artifact, upload
 
 
 async def test_only_a_reader_of_every_release_reads_the_signed_targets(api: Api, tmp_path: Path) -> None:
@@ -42,3 +42,23 @@ async def test_only_a_reader_of_every_release_reads_the_signed_targets(api: Api,
         "/api/v1/releases/fw-a/1.0/bundle", params={"device_type": "rpi4"}, headers=admin
     )
     assert exported.status_code == 200
+
+
+async def test_tag_scoped_release_managers_do_not_touch_trust_or_others_tags(
+    api: Api, tmp_path: Path
+) -> None:
+    admin = await api.admin_headers()
+    scoped = await api.create_user(
+        "rm", "tulip-orbit-canyon-7", roles=[{"role": "release-manager", "release_tags": ["a"]}]
+    )
+    refused = await api.client.post(
+        "/api/v1/repository/trust", json={"root": {}, "targets": {}, "director_root": {}}, headers=scoped
+    )
+    assert refused.status_code == 403
+    keys = await initialize(api, tmp_path)
+    response = await upload(
+        api, admin, await signed_artifact(api, keys, tmp_path, "fw", "1.0", b"x"), tags=["a", "b"]
+    )
+    assert response.status_code == 201
+    kept = await api.client.put("/api/v1/releases/fw/1.0/tags", json={"tags": ["a"]}, headers=scoped)
+    assert kept.json() == ["a", "b"], "the tag outside the caller's scope stays"

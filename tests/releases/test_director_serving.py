@@ -15,18 +15,15 @@ from sqlalchemy import event, update
 from sqlalchemy.engine import Engine
 from tuf.api.metadata import Metadata
 
-from fleetkeeper.core.db import utcnow
 from fleetkeeper.core.direct import DirectStatements
-from fleetkeeper.core.ids import new_id
 from fleetkeeper.core.metrics import REQUESTS
 from fleetkeeper.devices.models import Device
 from fleetkeeper.releases import service
 from fleetkeeper.releases.keys import init_keys
-from fleetkeeper.releases.models import Release
 from fleetkeeper.releases.trust import build_initial_trust, online_keys_from_json
 from tests.conftest import Api
-from tests.devices.helpers import FakeDevice, device_client
-from tests.devices.test_enrollment import accepted_device
+from tests.helpers.devices import FakeDevice, accepted_device, device_client
+from tests.helpers.releases import a_release
 
 
 async def initialize(api: Api, tmp_path: Path) -> None:
@@ -55,32 +52,6 @@ async def initialize(api: Api, tmp_path: Path) -> None:
         headers=admin,
     )
     assert again.json()["code"] == "already_initialized"
-
-
-async def a_release(api: Api) -> Release:
-    release = Release(
-        id=new_id("rel"),
-        name="fw",
-        version="2.0",
-        release_counter=7,
-        module="file",
-        device_types=["rpi4"],
-        depends={},
-        provides={},
-        target_path="fw/2.0/fw.bin",
-        length=10,
-        sha256="ab" * 32,
-        object_key="targets/fw/2.0/x.fw.bin",
-        sbom=None,
-        sbom_sha256=None,
-        targets_version=2,
-        signer_keyids=["k"],
-        uploaded_by=None,
-        created_at=utcnow(),
-    )
-    async with api.runtime.database.transaction() as session:
-        session.add(release)
-    return release
 
 
 async def fetch(api: Api, certificate: str | None, name: str) -> Metadata:  # type: ignore[type-arg]

@@ -20,8 +20,8 @@ from tuf.api.exceptions import DownloadHTTPError
 from tuf.ngclient import FetcherInterface, Updater
 
 from tests.conftest import ClientCertificate
-from tests.devices.helpers import FakeDevice
-from tests.devices.test_device_listener_matrix import Fleet, fleet  # noqa: F401  (the fixture)
+from tests.helpers.device_listener import Fleet, fleet  # noqa: F401  (the fixture)
+from tests.helpers.devices import FakeDevice
 
 
 class MtlsFetcher(FetcherInterface):

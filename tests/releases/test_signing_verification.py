@@ -14,7 +14,8 @@ from fleetkeeper.releases.keys import init_keys, load_role_signers
 from fleetkeeper.releases.signing import sign_release
 from fleetkeeper.releases.trust import InitialTrust
 from fleetkeeper.releases.verification import verify_release
-from tests.releases.conftest import engineer_copy, in_days
+from tests.helpers.releases import in_days
+from tests.releases.conftest import engineer_copy
 from tests.releases.test_artifact import make_artifact
 
 MAX = 1 << 30

@@ -15,10 +15,12 @@ from fleetkeeper.releases.trust import (
     check_initial_trust,
     check_root_update,
     image_online_keys,
+    online_keys_from_json,
     parse_root,
     rotate_root,
 )
-from tests.releases.conftest import in_days
+from tests.conftest import Api
+from tests.helpers.releases import in_days
 
 
 def test_initial_trust_verifies(trust: InitialTrust, online_keys: dict[str, Key]) -> None:
@@ -143,3 +145,23 @@ def test_a_root_below_the_offline_threshold_is_not_built(tmp_path: Path, online_
     with pytest.raises(TrustError) as refused:
         build_initial_trust(directory, online_keys, datetime.now(UTC) + timedelta(days=1))
     assert refused.value.code == "below_threshold"
+
+
+async def test_installing_non_root_metadata_as_the_root_is_a_clear_422(api: Api, tmp_path: Path) -> None:
+    admin = await api.admin_headers()
+
+    init_keys(tmp_path / "k", threshold=1, count=1)
+    trust = build_initial_trust(
+        tmp_path / "k", online_keys_from_json(api.runtime.online_keys.public_keys()), in_days(9)
+    )
+    swapped = await api.client.post(
+        "/api/v1/repository/trust",
+        json={
+            "root": trust.targets.to_dict(),
+            "targets": trust.targets.to_dict(),
+            "director_root": trust.director_root.to_dict(),
+        },
+        headers=admin,
+    )
+    assert swapped.status_code == 422
+    assert swapped.json()["code"] == "invalid_metadata"

@@ -13,10 +13,9 @@ from sqlalchemy import select
 
 from fleetkeeper.audit.models import AuditRecord
 from tests.conftest import Api, RuntimeFactory, api_for
-from tests.devices.helpers import device_client
-from tests.devices.test_enrollment import accepted_device
+from tests.helpers.devices import accepted_device, device_client
+from tests.helpers.releases import initialize, signed_artifact, upload
 from tests.releases.conftest import S3Server
-from tests.releases.support import initialize, signed_artifact, upload
 
 
 @pytest.fixture(params=["filesystem", "s3"])

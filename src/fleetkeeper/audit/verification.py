@@ -40,8 +40,8 @@ BATCH_SIZE = 5000
 # Batches are read straight from the driver, as plain tuples: SQLAlchemy's result layer costs as much
 # per row as hashing it. The columns are the hashed fields in record_hash's order, then the stored
 # hash; the database formats the time as the hashed text (parsing it into a datetime and back would
-# cost as much again). Keyset batches of 5,000 measured faster than a server-side cursor or batches
-# of 50,000, and the database building the hashed text itself far slower (docs/benchmarks.md).
+# cost as much again). Keyset batches of 5,000, because a server-side cursor, larger batches and the
+# database building the hashed text itself each make the walk slower (docs/benchmarks.md).
 _BATCH_QUERY = (
     "SELECT seq, id, {time}, actor_kind, actor_id, actor_name, actor_address, action, object_type, "
     "object_id, outcome, details, prev_hash, hash FROM audit_records WHERE seq > {after} ORDER BY seq "

@@ -50,12 +50,12 @@ class UTCDateTime(TypeDecorator[datetime]):
 
 _LIVENESS = text("SELECT 1")
 READ_POOL_SIZE = 20
-# Per process; each statement holds a connection for one round trip. More connections meant
-# more PostgreSQL backends competing with the server for the cores: measured with 2 device
-# workers on 2 cores, check-in p99 130 ms with 10 per process, 41-51 ms with 4 (bench.checkin).
+# Per process; each statement holds a connection for one round trip, so a few keep up with a
+# worker, and each further one is another PostgreSQL backend competing with the server for the
+# cores, which lengthens the check-ins' latency tail (docs/benchmarks.md, device check-ins).
 DIRECT_POOL_SIZE = 4
-# Generic plans: PostgreSQL otherwise kept planning the check-in statement anew at each run (0.6 ms
-# of planning for 0.1 ms of execution). Every statement on the read pools is a lookup (or
+# Generic plans: PostgreSQL otherwise plans the check-in statement anew at each run, and planning
+# it costs several times executing it. Every statement on the read pools is a lookup (or
 # write_one's update) by key, whose best plan does not depend on the values.
 READ_SERVER_SETTINGS = {"plan_cache_mode": "force_generic_plan"}
 

@@ -2,8 +2,8 @@
 
 A check-in that changes nothing, and ping, are most of a device listener's requests. FastAPI's
 route matching (a regular expression per route tried), its dependency solving and its exception
-and exit-stack layers cost about a quarter of such a request's CPU (docs/benchmarks.md, "Fourth
-round"). Here an exact `GET` path goes straight to its hot handler, inside the request's edge,
+and exit-stack layers cost about a quarter of such a request's CPU (docs/benchmarks.md, device
+check-ins). Here an exact `GET` path goes straight to its hot handler, inside the request's edge,
 the body limit and the certificate gate (so it has its id, access line, metrics and a verified
 peer), with what the route would use: the runtime and the peer certificate. A handler answers
 with the route's own response, raises a `ProblemError` (answered as the app's handler would), or

@@ -63,8 +63,8 @@ class Listener(uvicorn.Server):
 def _freeze_startup_heap() -> None:
     """Leaves what start-up built (modules, the apps, the settings: most of the process's objects)
     out of the collector's full passes, which otherwise walk all of it again and again while the
-    server runs. Measured (bench.checkin, 2 device workers): check-in p99 176 ms -> 65 ms, the
-    full passes' pauses being most of that tail."""
+    server runs: their pauses are most of the device requests' latency tail (docs/benchmarks.md,
+    device check-ins)."""
     gc.collect()
     gc.freeze()
 

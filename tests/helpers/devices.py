@@ -15,10 +15,13 @@ from typing import Any
 import httpx2
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+from sqlalchemy import select
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from fleetkeeper.audit.models import AuditRecord
 from fleetkeeper.core.app import create_device_app
 from fleetkeeper.core.runtime import Runtime
+from tests.conftest import Api
 
 DeviceKey = ed25519.Ed25519PrivateKey | ec.EllipticCurvePrivateKey
 
@@ -128,3 +131,46 @@ async def enroll(runtime: Runtime, device: FakeDevice) -> httpx2.Response:
         device.device_id = response.json()["device_id"]
         device.certificate = response.json().get("certificate")
     return response
+
+
+async def report(api: Api, certificate: str | None, inventory: dict[str, object]) -> None:
+    async with device_client(api.runtime, certificate) as client:
+        assert (await client.put("/device/v1/inventory", json=inventory)).status_code == 204
+
+
+async def actions_for(api: Api, device_id: str) -> list[str]:
+    async with api.runtime.database.session() as session:
+        rows = await session.scalars(
+            select(AuditRecord.action).where(AuditRecord.object_id == device_id).order_by(AuditRecord.seq)
+        )
+        return list(rows)
+
+
+async def accepted_device(api: Api, headers: dict[str, str] | None = None, **kwargs: Any) -> FakeDevice:
+    """A device enrolled, accepted (by `headers`, else the administrator signed in anew) and holding
+    its certificate. Pass `headers` where sign-ins add up: they are rate limited per account."""
+    device = FakeDevice(**kwargs)
+    await enroll(api.runtime, device)
+    accepted = await api.client.post(
+        f"/api/v1/devices/{device.device_id}/accept", headers=headers or await api.admin_headers()
+    )
+    assert accepted.status_code == 200, accepted.text
+    assert (await enroll(api.runtime, device)).status_code == 200, "collects its certificate"
+    return device
+
+
+async def shown(api: Api, device_id: str | None) -> dict[str, Any]:
+    answer = await api.client.get(f"/api/v1/devices/{device_id}", headers=await api.admin_headers())
+    assert answer.status_code == 200, answer.text
+    body: dict[str, Any] = answer.json()
+    return body
+
+
+async def audit_details(api: Api, device_id: str | None, action: str) -> list[dict[str, Any]]:
+    async with api.runtime.database.session() as session:
+        rows = await session.scalars(
+            select(AuditRecord.details)
+            .where(AuditRecord.object_id == device_id, AuditRecord.action == action)
+            .order_by(AuditRecord.seq)
+        )
+        return [json.loads(row) for row in rows]

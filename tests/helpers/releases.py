@@ -1,4 +1,5 @@
-"""Helpers for release tests through the management API in process."""
+"""Releases as the tests need them: trust installed, artifacts signed and uploaded through the
+management API in process, or a release row written directly when the upload is not under test."""
 
 from __future__ import annotations
 
@@ -10,8 +11,11 @@ from typing import Any
 import httpx2
 from tuf.api.metadata import Metadata
 
+from fleetkeeper.core.db import utcnow
+from fleetkeeper.core.ids import new_id
 from fleetkeeper.releases.artifact import create_artifact
 from fleetkeeper.releases.keys import init_keys
+from fleetkeeper.releases.models import Release
 from fleetkeeper.releases.signing import sign_release
 from fleetkeeper.releases.trust import build_initial_trust, online_keys_from_json
 from tests.conftest import Api
@@ -104,3 +108,29 @@ async def upload(
 def release_summary(response: httpx2.Response) -> dict[str, Any]:
     body: dict[str, Any] = response.json()
     return body
+
+
+async def a_release(api: Api) -> Release:
+    release = Release(
+        id=new_id("rel"),
+        name="fw",
+        version="2.0",
+        release_counter=7,
+        module="file",
+        device_types=["rpi4"],
+        depends={},
+        provides={},
+        target_path="fw/2.0/fw.bin",
+        length=10,
+        sha256="ab" * 32,
+        object_key="targets/fw/2.0/x.fw.bin",
+        sbom=None,
+        sbom_sha256=None,
+        targets_version=2,
+        signer_keyids=["k"],
+        uploaded_by=None,
+        created_at=utcnow(),
+    )
+    async with api.runtime.database.transaction() as session:
+        session.add(release)
+    return release
