@@ -54,11 +54,12 @@ class PostgresServer:
         self.admin_url = admin_url
         self.created: list[str] = []
 
-    async def create_database(self) -> str:
+    async def create_database(self, template: str | None = None) -> str:
         name = f"fk_test_{secrets.token_hex(6)}"
         connection = await asyncpg.connect(self.admin_url)
         try:
-            await connection.execute(f'CREATE DATABASE "{name}"')
+            copy_of = f' TEMPLATE "{template}"' if template else ""
+            await connection.execute(f'CREATE DATABASE "{name}"{copy_of}')
         finally:
             await connection.close()
         self.created.append(name)
@@ -313,20 +314,40 @@ def server_factory(tmp_path: Path) -> Iterator[Callable[..., RunningServer]]:
         server.stop()
 
 
+_migrated_template: str | None = None
+
+
+def migrated_postgres_database() -> str:
+    """A new PostgreSQL database at the migrations' head, as `fleetkeeper db upgrade` leaves one: a copy
+    of one that this process upgraded with that command the first time it was asked (copying is much
+    quicker than a migration run). The caller drops it (`_drop`); the template goes at the session's end."""
+    global _migrated_template
+    if _migrated_template is None:
+        template_url = asyncio.run(PostgresServer(POSTGRES_URL).create_database())
+        subprocess.run(
+            fleetkeeper_command("db", "upgrade", "--database-url", template_url),
+            check=True,
+            capture_output=True,
+        )
+        _migrated_template = template_url
+    template = _migrated_template.rsplit("/", 1)[1]
+    return asyncio.run(PostgresServer(POSTGRES_URL).create_database(template=template))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _drop_migrated_template() -> Iterator[None]:
+    yield
+    if _migrated_template is not None:
+        asyncio.run(_drop(_migrated_template))
+
+
 @pytest.fixture(scope="module", params=BACKENDS)
 def running_server(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[RunningServer]:
     """A server on free ports with a temporary data directory, on SQLite and on PostgreSQL."""
     data_dir = tmp_path_factory.mktemp("server") / "data"
-    database_url = None
-    if request.param == "postgresql":
-        database_url = asyncio.run(PostgresServer(POSTGRES_URL).create_database())
-        subprocess.run(
-            fleetkeeper_command("db", "upgrade", "--database-url", database_url),
-            check=True,
-            capture_output=True,
-        )
+    database_url = migrated_postgres_database() if request.param == "postgresql" else None
     server = start_server(data_dir, database_url)
     yield server
     server.stop()

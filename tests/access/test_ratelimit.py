@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-import subprocess
 from collections.abc import Iterator
 
 import httpx2
@@ -16,15 +15,13 @@ import redis
 from fleetkeeper.access import backoff
 from tests.conftest import (
     ADMIN_PASSWORD,
-    POSTGRES_URL,
     Api,
-    PostgresServer,
     RunningServer,
     RuntimeFactory,
     _drop,
     api_for,
     bearer,
-    fleetkeeper_command,
+    migrated_postgres_database,
     start_server,
 )
 from tests.helpers.access import REDIS_URL, client_at, code_at, enrol, sign_in_from
@@ -86,10 +83,7 @@ def two_servers_sharing_redis(
 ) -> Iterator[tuple[RunningServer, RunningServer]]:
     # A prefix of this run's own: other test runs on the machine may share the Redis database.
     prefix = f"fktest-{secrets.token_hex(6)}"
-    database_url = asyncio.run(PostgresServer(POSTGRES_URL).create_database())
-    subprocess.run(
-        fleetkeeper_command("db", "upgrade", "--database-url", database_url), check=True, capture_output=True
-    )
+    database_url = migrated_postgres_database()
     env = {"FLEETKEEPER_RATE_LIMIT_STORAGE": REDIS_URL, "FLEETKEEPER_RATE_LIMIT_KEY_PREFIX": prefix}
     first = start_server(tmp_path_factory.mktemp("one") / "data", database_url, env=env)
     second = start_server(tmp_path_factory.mktemp("two") / "data", database_url, env=env)

@@ -10,7 +10,6 @@ Operations that would end the fuzzer's own session or change who can sign in are
 from __future__ import annotations
 
 import asyncio
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -32,11 +31,9 @@ from schemathesis.specs.openapi.checks import (
 
 from tests.conftest import (
     BACKENDS,
-    POSTGRES_URL,
-    PostgresServer,
     RunningServer,
     _drop,
-    fleetkeeper_command,
+    migrated_postgres_database,
     start_server,
 )
 
@@ -120,14 +117,7 @@ def fuzzed_server(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[tuple[RunningServer, str]]:
     data_dir: Path = tmp_path_factory.mktemp("fuzzed") / "data"
-    database_url = None
-    if request.param == "postgresql":
-        database_url = asyncio.run(PostgresServer(POSTGRES_URL).create_database())
-        subprocess.run(
-            fleetkeeper_command("db", "upgrade", "--database-url", database_url),
-            check=True,
-            capture_output=True,
-        )
+    database_url = migrated_postgres_database() if request.param == "postgresql" else None
     server = start_server(data_dir, database_url, env=LIFTED_LIMITS)
     try:
         yield server, _fuzzing_administrator(server)

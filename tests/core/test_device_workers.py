@@ -10,7 +10,6 @@ import os
 import secrets
 import signal
 import ssl
-import subprocess
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -22,12 +21,10 @@ from fleetkeeper.core.config import load_settings
 from fleetkeeper.core.db import Database
 from fleetkeeper.core.runtime import Runtime, StartupError
 from tests.conftest import (
-    POSTGRES_URL,
     ClientCertificate,
-    PostgresServer,
     RunningServer,
     _drop,
-    fleetkeeper_command,
+    migrated_postgres_database,
     run_fleetkeeper,
     start_server,
 )
@@ -35,14 +32,6 @@ from tests.helpers.device_listener import Fleet, signed_in_fleet
 from tests.helpers.devices import FakeDevice
 
 WORKERS = 3
-
-
-def migrated_postgres_database() -> str:
-    url = asyncio.run(PostgresServer(POSTGRES_URL).create_database())
-    subprocess.run(
-        fleetkeeper_command("db", "upgrade", "--database-url", url), check=True, capture_output=True
-    )
-    return url
 
 
 @pytest.fixture

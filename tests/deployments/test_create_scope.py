@@ -8,41 +8,16 @@ from typing import Any
 
 import httpx2
 
-from fleetkeeper.core.db import utcnow
-from fleetkeeper.core.ids import new_id
-from fleetkeeper.releases.models import Release, ReleaseTag
+from fleetkeeper.releases.models import Release
 from tests.conftest import Api
 from tests.helpers.deployments import add_devices
+from tests.helpers.releases import a_release
 from tests.helpers.responses import answer
 from tests.helpers.users import PASSWORD, user_scoped_to_unfit_groups
 
 
 async def tagged_release(api: Api, name: str, version: str, tags: list[str]) -> Release:
-    release = Release(
-        id=new_id("rel"),
-        name=name,
-        version=version,
-        release_counter=3,
-        module="file",
-        device_types=["rpi4"],
-        depends={},
-        provides={},
-        target_path=f"{name}/{version}/{name}.bin",
-        length=10,
-        sha256="cd" * 32,
-        object_key=f"targets/{name}/{version}/x.{name}.bin",
-        sbom=None,
-        sbom_sha256=None,
-        targets_version=2,
-        signer_keyids=["k"],
-        uploaded_by=None,
-        created_at=utcnow(),
-    )
-    async with api.runtime.database.transaction() as session:
-        session.add(release)
-        await session.flush()
-        session.add_all(ReleaseTag(release_id=release.id, tag=tag) for tag in tags)
-    return release
+    return await a_release(api, name, version, counter=3, tags=tags)
 
 
 def deployment(release: str, version: str, target: dict[str, Any]) -> dict[str, Any]:

@@ -4,6 +4,7 @@ management API in process, or a release row written directly when the upload is 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,7 @@ from fleetkeeper.core.db import utcnow
 from fleetkeeper.core.ids import new_id
 from fleetkeeper.releases.artifact import create_artifact
 from fleetkeeper.releases.keys import init_keys
-from fleetkeeper.releases.models import Release
+from fleetkeeper.releases.models import Release, ReleaseTag
 from fleetkeeper.releases.signing import sign_release
 from fleetkeeper.releases.trust import build_initial_trust, online_keys_from_json
 from tests.conftest import Api
@@ -110,20 +111,23 @@ def release_summary(response: httpx2.Response) -> dict[str, Any]:
     return body
 
 
-async def a_release(api: Api) -> Release:
+async def a_release(
+    api: Api, name: str = "fw", version: str = "2.0", *, counter: int = 7, tags: Sequence[str] = ()
+) -> Release:
+    """A release row written directly (fw 2.0 unless named), for tests where the upload is not under test."""
     release = Release(
         id=new_id("rel"),
-        name="fw",
-        version="2.0",
-        release_counter=7,
+        name=name,
+        version=version,
+        release_counter=counter,
         module="file",
         device_types=["rpi4"],
         depends={},
         provides={},
-        target_path="fw/2.0/fw.bin",
+        target_path=f"{name}/{version}/{name}.bin",
         length=10,
         sha256="ab" * 32,
-        object_key="targets/fw/2.0/x.fw.bin",
+        object_key=f"targets/{name}/{version}/x.{name}.bin",
         sbom=None,
         sbom_sha256=None,
         targets_version=2,
@@ -133,4 +137,6 @@ async def a_release(api: Api) -> Release:
     )
     async with api.runtime.database.transaction() as session:
         session.add(release)
+        await session.flush()
+        session.add_all(ReleaseTag(release_id=release.id, tag=tag) for tag in tags)
     return release
