@@ -16,8 +16,8 @@ import pytest
 import redis
 
 from fleetkeeper.access import backoff
-from fleetkeeper.core.app import create_management_app
-from fleetkeeper.core.runtime import Runtime
+from fleetkeeper.server.app import create_management_app
+from fleetkeeper.server.runtime import Runtime
 from tests.access.test_twofactor import code_at, enrol
 from tests.conftest import (
     ADMIN_PASSWORD,

@@ -17,8 +17,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from fleetkeeper.core.app import create_device_app
-from fleetkeeper.core.runtime import Runtime
+from fleetkeeper.server.app import create_device_app
+from fleetkeeper.server.runtime import Runtime
 
 DeviceKey = ed25519.Ed25519PrivateKey | ec.EllipticCurvePrivateKey
 

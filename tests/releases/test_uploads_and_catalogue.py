@@ -12,10 +12,9 @@ import pytest
 from sqlalchemy import select
 
 from fleetkeeper.audit.models import AuditRecord
-from tests.conftest import Api, RuntimeFactory, api_for
+from tests.conftest import Api, RuntimeFactory, S3Server, api_for
 from tests.devices.helpers import device_client
 from tests.devices.test_enrollment import accepted_device
-from tests.releases.conftest import S3Server
 from tests.releases.support import initialize, signed_artifact, upload
 
 
