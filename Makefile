@@ -31,6 +31,7 @@ serve: $(STAMP) $(CONSOLE_VENDOR)/node_modules
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports
 
 typecheck: $(STAMP)
 	$(BIN)/mypy

@@ -1,4 +1,5 @@
-"""Fixtures every domain reuses: databases on SQLite and PostgreSQL, a running server, device certificates."""
+"""Fixtures every domain reuses: databases on SQLite and PostgreSQL, a running server, device
+certificates, object stores."""
 
 from __future__ import annotations
 
@@ -6,8 +7,10 @@ import asyncio
 import os
 import re
 import secrets
+import select
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
@@ -18,14 +21,15 @@ from typing import Any
 
 import asyncpg
 import httpx2
+import obstore
 import pytest
 from cryptography import x509
 from sqlalchemy import text
 
-from fleetkeeper.core.app import create_management_app
 from fleetkeeper.core.config import load_settings
 from fleetkeeper.core.db import Base, Database
 from fleetkeeper.core.migrations import upgrade_async
+from fleetkeeper.core.objectstore import FilesystemStore, ObjectStore, S3Store
 from fleetkeeper.core.pki import (
     CertificateAuthority,
     PkiPaths,
@@ -34,9 +38,10 @@ from fleetkeeper.core.pki import (
     write_certificate,
     write_private_key,
 )
-from fleetkeeper.core.runtime import Runtime
-from fleetkeeper.core.server import BANNER_END
 from fleetkeeper.models import load_all_models
+from fleetkeeper.server.app import create_management_app
+from fleetkeeper.server.runtime import Runtime
+from fleetkeeper.server.serve import BANNER_END
 
 POSTGRES_URL = os.environ.get(
     "FLEETKEEPER_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -489,3 +494,112 @@ def _cheap_password_hashing() -> Iterator[None]:
     passwords._hasher = PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1)
     yield
     passwords._hasher = production
+
+
+# --- object stores: a directory, and a real S3-compatible server (s3rver on node) ------------
+
+
+S3_SERVER_DIR = Path(__file__).resolve().parent / "s3_server"
+STORE_BACKENDS = ["filesystem", "s3"]
+
+
+@dataclass(frozen=True)
+class S3Server:
+    """A running s3rver: it accepts these fixed credentials and has `bucket` already."""
+
+    endpoint: str
+    bucket: str
+    region: str = "us-east-1"
+    access_key_id: str = "S3RVER"
+    secret_access_key: str = "S3RVER"
+
+    def store(self, prefix: str = "") -> S3Store:
+        return S3Store(
+            self.bucket,
+            prefix,
+            endpoint=self.endpoint,
+            region=self.region,
+            access_key_id=self.access_key_id,
+            secret_access_key=self.secret_access_key,
+            allow_http=True,
+        )
+
+
+def _read_line(process: subprocess.Popen[bytes], timeout: float) -> str:
+    assert process.stdout is not None
+    fd = process.stdout.fileno()
+    data = b""
+    deadline = time.monotonic() + timeout
+    while b"\n" not in data and (remaining := deadline - time.monotonic()) > 0:
+        ready, _, _ = select.select([fd], [], [], remaining)
+        if not ready:
+            break
+        chunk = os.read(fd, 4096)
+        if not chunk:
+            break
+        data += chunk
+    return data.decode(errors="replace").split("\n", 1)[0]
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[S3Server]:
+    """One s3rver for the session, on a port it picks on loopback, storing into a temporary directory."""
+    if not (S3_SERVER_DIR / "node_modules" / "s3rver").is_dir():
+        pytest.fail(f"run `npm install --no-package-lock` in {S3_SERVER_DIR} (make test does)")
+    bucket = "fleetkeeper-test"
+    with tempfile.TemporaryDirectory(prefix="s3rver-") as workdir, (Path(workdir) / "log").open("wb") as log:
+        data = Path(workdir) / "data"
+        data.mkdir()
+        # stdin stays open only so that node exits if the test run dies without stopping it.
+        process = subprocess.Popen(
+            ["node", "server.mjs", str(data), bucket],
+            cwd=S3_SERVER_DIR,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=log,
+        )
+        try:
+            line = _read_line(process, 30)
+            if not line.startswith("READY "):
+                raise RuntimeError(f"s3rver did not start: {line!r}\n{(Path(workdir) / 'log').read_text()}")
+            yield S3Server(endpoint=line.removeprefix("READY ").strip(), bucket=bucket)
+        finally:
+            process.terminate()
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+            for stream in (process.stdin, process.stdout):
+                if stream is not None:
+                    stream.close()
+
+
+@pytest.fixture(params=STORE_BACKENDS)
+def store_backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def object_store(store_backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> ObjectStore:
+    """An empty store: a directory in tmp, or a fresh prefix in the session's S3 bucket."""
+    if store_backend == "filesystem":
+        return FilesystemStore(tmp_path / "objects")
+    server: S3Server = request.getfixturevalue("s3_server")
+    return server.store(f"test-{secrets.token_hex(6)}")
+
+
+async def stored_names(store: ObjectStore) -> list[str]:
+    """Every name the backend holds for this store, temporary ones included, relative to its root."""
+    if isinstance(store, FilesystemStore):
+        if not store.root.exists():
+            return []
+        return sorted(str(path.relative_to(store.root)) for path in store.root.rglob("*") if path.is_file())
+    assert isinstance(store, S3Store)
+    listed = await obstore.list(store.store, prefix=store.prefix or None).collect_async()
+    return sorted(item["path"].removeprefix(f"{store.prefix}/") for item in listed)
+
+
+async def chunked(data: bytes, size: int = 256 * 1024) -> AsyncIterator[bytes]:
+    for offset in range(0, len(data), size):
+        yield data[offset : offset + size]

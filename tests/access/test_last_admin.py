@@ -23,7 +23,7 @@ from fleetkeeper.access.permissions import GrantSet, Permission
 from fleetkeeper.access.principal import Principal
 from fleetkeeper.audit.models import AuditRecord
 from fleetkeeper.core.errors import ConflictError
-from fleetkeeper.core.runtime import Runtime
+from fleetkeeper.server.runtime import Runtime
 from tests.access.oidc import OidcProvider, complete_login
 from tests.access.test_oidc_signin import CALLBACK, provider
 from tests.conftest import Api, RuntimeFactory, api_for, bearer, run_fleetkeeper_async

@@ -11,7 +11,7 @@ import pytest
 from sqlalchemy import select
 
 from fleetkeeper.access.models import User
-from fleetkeeper.core.app import create_management_app
+from fleetkeeper.server.app import create_management_app
 from tests.access.conftest import OidcProviderFactory
 from tests.access.oidc import OidcProvider, complete_login
 from tests.conftest import Api, RuntimeFactory, api_for, bearer

@@ -19,16 +19,16 @@ from fleetkeeper.access.permissions import Permission
 from fleetkeeper.access.principal import Principal
 from fleetkeeper.access.signin import Client, SignIn
 from fleetkeeper.console.app import ConsoleMount
-from fleetkeeper.core.app import (
+from fleetkeeper.core.routeaccess import AccessRule, declared_rules
+from fleetkeeper.devices.api import PUBLIC_PATHS as DEVICE_PUBLIC_PATHS
+from fleetkeeper.server.app import (
     FRAMEWORK_PUBLIC_PATHS,
     app_routes,
     console_routes,
     create_device_app,
     create_management_app,
 )
-from fleetkeeper.core.routeaccess import AccessRule, declared_rules
-from fleetkeeper.core.runtime import Runtime
-from fleetkeeper.devices.api import PUBLIC_PATHS as DEVICE_PUBLIC_PATHS
+from fleetkeeper.server.runtime import Runtime
 from tests.conftest import Api, bearer
 from tests.helpers.roles import EXPECTED
 

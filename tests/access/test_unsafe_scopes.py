@@ -141,10 +141,10 @@ async def test_an_unsafe_group_is_not_created_under_a_name_given_as_a_scope(api:
 
 
 def test_the_management_app_has_the_device_group_check_registered() -> None:
-    """access imports nothing of devices: the check is registered when the devices package is
-    imported, which the management app's routers do. Asked in a fresh interpreter."""
+    """access imports nothing of devices: the check is registered when the composition root wires
+    the domains, which the management app's routers do. Asked in a fresh interpreter."""
     program = (
-        "from fleetkeeper.core.app import management_routers\n"
+        "from fleetkeeper.server.app import management_routers\n"
         "from fleetkeeper.access import scopes\n"
         "management_routers()\n"
         "print(sorted(check.__module__ for check in scopes.scope_checks('device_group')))\n"

@@ -19,7 +19,7 @@ import pytest
 
 from fleetkeeper.core.config import load_settings
 from fleetkeeper.core.db import Database
-from fleetkeeper.core.runtime import Runtime, StartupError
+from fleetkeeper.server.runtime import Runtime, StartupError
 from tests.conftest import (
     ClientCertificate,
     RunningServer,
@@ -310,8 +310,8 @@ def test_device_workers_is_bounded(tmp_path: Path) -> None:
 async def test_a_worker_runtime_loads_what_the_main_process_made_and_writes_nothing(
     runtime: Runtime, tmp_path: Path
 ) -> None:
-    from fleetkeeper.core.device_workers import decode_settings, encode_settings
     from fleetkeeper.devices.certificates import bump_crl_number, reload_crl
+    from fleetkeeper.server.device_workers import decode_settings, encode_settings
 
     settings = decode_settings(encode_settings(runtime.settings))
     assert settings == runtime.settings

@@ -9,9 +9,9 @@ import pytest
 from fastapi.routing import APIRoute
 from pydantic import BaseModel
 
-from fleetkeeper.core.app import app_routes, create_device_app, create_management_app
-from fleetkeeper.core.runtime import Runtime
 from fleetkeeper.core.wire import RequestBody
+from fleetkeeper.server.app import app_routes, create_device_app, create_management_app
+from fleetkeeper.server.runtime import Runtime
 from tests.conftest import Api
 
 

@@ -10,8 +10,8 @@ from starlette.routing import BaseRoute, Match, Mount, Route, WebSocketRoute
 from starlette.types import Scope
 
 from fleetkeeper.console.app import ConsoleMount
-from fleetkeeper.core.app import create_device_app, create_management_app
-from fleetkeeper.core.runtime import Runtime
+from fleetkeeper.server.app import create_device_app, create_management_app
+from fleetkeeper.server.runtime import Runtime
 
 # A value for each kind of path parameter, chosen so as not to equal any literal path segment.
 SAMPLES = {

@@ -16,7 +16,7 @@ from sqlalchemy import select
 from fleetkeeper.access.models import User
 from fleetkeeper.access.passwords import verify_password
 from fleetkeeper.core.db import Database
-from fleetkeeper.core.server import Listener
+from fleetkeeper.server.serve import Listener
 from tests.conftest import RunningServer, start_server
 
 

@@ -194,10 +194,11 @@ async def test_a_deletion_waits_for_a_deployment_being_created_and_sees_it(api: 
 
 
 def test_every_process_that_serves_the_deletion_checks_deployments() -> None:
-    """The deployments domain registers its check when it is imported; the management app, which
-    serves DELETE /api/v1/releases/{name}/{version}, imports it in a fresh interpreter too."""
+    """The deployments domain's check is registered when the composition root wires the domains;
+    the management app, which serves DELETE /api/v1/releases/{name}/{version}, does so in a fresh
+    interpreter too."""
     program = (
-        "from fleetkeeper.core.app import management_routers\n"
+        "from fleetkeeper.server.app import management_routers\n"
         "from fleetkeeper.releases import service\n"
         "management_routers()\n"
         "print(sorted(check.__module__ for check in service.in_use_checks()))\n"

@@ -10,9 +10,10 @@ from typing import Any
 import httpx2
 
 from tests.conftest import Api
-from tests.deployments.test_create import add_devices
 from tests.deployments.test_create_scope import tagged_release
-from tests.deployments.test_visibility import PASSWORD, answer
+from tests.helpers.deployments import add_devices
+from tests.helpers.responses import answer
+from tests.helpers.users import PASSWORD
 
 PHASES = [{"size": {"count": 1}, "advance": "manual"}, {"size": {"percent": 100}}]
 

@@ -12,12 +12,11 @@ import httpx2
 import pytest
 
 from tests.conftest import Api
-from tests.console.test_scoped_pages import console_as
-from tests.devices.helpers import FakeDevice, enroll, public_pem
 from tests.devices.test_auto_accept_scopes import auto_accept_token
-from tests.devices.test_enrollment import accepted_device
-from tests.devices.test_preauthorized_identity import shown
-from tests.devices.test_scope_groups import group, member_of, set_tags, user
+from tests.helpers.console import console_as
+from tests.helpers.devices import FakeDevice, accepted_device, enroll, public_pem, shown
+from tests.helpers.groups import group, member_of, set_tags
+from tests.helpers.users import user
 
 PLANT_4 = 'identity.site == "plant-4"'
 

@@ -13,8 +13,8 @@ from fleetkeeper.core.db import Database, utcnow
 from fleetkeeper.core.migrations import upgrade_async
 from fleetkeeper.devices.models import Device, DeviceAttribute
 from tests.conftest import BACKENDS, Api, FreshDatabaseUrl
-from tests.devices.helpers import FakeDevice, enroll, public_pem
 from tests.devices.test_preauthorized_identity import found_by
+from tests.helpers.devices import FakeDevice, enroll, public_pem
 
 MAC = "aa:bb:cc:dd:ee:ff"
 

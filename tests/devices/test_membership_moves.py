@@ -12,11 +12,18 @@ import httpx2
 import pytest
 
 from tests.conftest import Api
-from tests.console.test_scoped_pages import console_as
-from tests.devices.helpers import FakeDevice, enroll, public_pem
-from tests.devices.test_enrollment import accepted_device, actions_for
-from tests.devices.test_preauthorized_identity import audit_details, shown
-from tests.devices.test_scope_groups import group, member_of, user
+from tests.helpers.console import console_as
+from tests.helpers.devices import (
+    FakeDevice,
+    accepted_device,
+    actions_for,
+    audit_details,
+    enroll,
+    public_pem,
+    shown,
+)
+from tests.helpers.groups import group, member_of
+from tests.helpers.users import user
 
 LABDYN = 'group == "lab"'
 NOTQ = 'group != "quarantine" and status == "accepted"'

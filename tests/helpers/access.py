@@ -15,9 +15,9 @@ import pyotp
 from sqlalchemy import update
 
 from fleetkeeper.access.models import SignInSession
-from fleetkeeper.core.app import create_management_app
 from fleetkeeper.core.db import utcnow
-from fleetkeeper.core.runtime import Runtime
+from fleetkeeper.server.app import create_management_app
+from fleetkeeper.server.runtime import Runtime
 from tests.conftest import Api
 
 REDIS_URL = os.environ.get("FLEETKEEPER_TEST_REDIS_URL", "redis://127.0.0.1:6379/7")

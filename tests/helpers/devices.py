@@ -19,8 +19,8 @@ from sqlalchemy import select
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from fleetkeeper.audit.models import AuditRecord
-from fleetkeeper.core.app import create_device_app
-from fleetkeeper.core.runtime import Runtime
+from fleetkeeper.server.app import create_device_app
+from fleetkeeper.server.runtime import Runtime
 from tests.conftest import Api
 
 DeviceKey = ed25519.Ed25519PrivateKey | ec.EllipticCurvePrivateKey

@@ -11,9 +11,9 @@ import pytest
 from fastapi import FastAPI, Request
 from starlette.responses import Response, StreamingResponse
 
+from fleetkeeper.core.objectstore import ObjectStore, S3Store
 from fleetkeeper.releases.ranges import ByteRange, RangeNotSatisfiableError, parse_range, range_response
-from fleetkeeper.releases.storage import ObjectStore, S3Store
-from tests.releases.conftest import chunked
+from tests.conftest import chunked
 
 
 @pytest.mark.parametrize(

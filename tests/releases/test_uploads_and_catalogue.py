@@ -12,10 +12,9 @@ import pytest
 from sqlalchemy import select
 
 from fleetkeeper.audit.models import AuditRecord
-from tests.conftest import Api, RuntimeFactory, api_for
+from tests.conftest import Api, RuntimeFactory, S3Server, api_for
 from tests.helpers.devices import accepted_device, device_client
 from tests.helpers.releases import initialize, signed_artifact, upload
-from tests.releases.conftest import S3Server
 
 
 @pytest.fixture(params=["filesystem", "s3"])

@@ -8,6 +8,7 @@ from fastapi import APIRouter, Query, Request, Response
 
 from fleetkeeper.access import service, signin, twofactor
 from fleetkeeper.access.auth import requires
+from fleetkeeper.access.context import access_context
 from fleetkeeper.access.models import Role
 from fleetkeeper.access.permissions import Permission
 from fleetkeeper.access.principal import Principal
@@ -25,7 +26,6 @@ from fleetkeeper.access.schemas import (
     UserOut,
     UserPage,
 )
-from fleetkeeper.core.runtime import runtime_of
 
 router = APIRouter(prefix="/api/v1", tags=["users and roles"])
 Admin = Annotated[Principal, requires(Permission.USERS_MANAGE)]
@@ -48,7 +48,7 @@ async def list_users(
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
     cursor: Annotated[str | None, Query(max_length=64)] = None,
 ) -> UserPage:
-    async with runtime_of(request).database.session() as session:
+    async with access_context(request).database.session() as session:
         users = await service.list_users(session, limit=limit + 1, after=cursor)
         items = [UserOut.of(user, await service.user_role_names(session, user.id)) for user in users[:limit]]
     return UserPage(items=items, next_cursor=items[-1].id if len(users) > limit else None)
@@ -58,7 +58,7 @@ async def list_users(
 async def create_user(body: CreateUserRequest, principal: Admin, request: Request) -> CreatedUser:
     """The password (given or generated) must be changed at the user's first sign-in."""
     user, one_time = await service.create_user(
-        runtime_of(request).database,
+        access_context(request).database,
         principal,
         username=body.username,
         password=body.password,
@@ -71,7 +71,7 @@ async def create_user(body: CreateUserRequest, principal: Admin, request: Reques
 
 @router.get("/users/{user_id}")
 async def get_user(user_id: str, principal: Admin, request: Request) -> UserOut:
-    async with runtime_of(request).database.session() as session:
+    async with access_context(request).database.session() as session:
         user = await service.get_user(session, user_id)
         return UserOut.of(user, await service.user_role_names(session, user_id))
 
@@ -79,7 +79,7 @@ async def get_user(user_id: str, principal: Admin, request: Request) -> UserOut:
 @router.patch("/users/{user_id}")
 async def update_user(user_id: str, body: UpdateUserRequest, principal: Admin, request: Request) -> UserOut:
     """Disabling signs the user out everywhere and revokes their API tokens at once."""
-    database = runtime_of(request).database
+    database = access_context(request).database
     user = await service.set_user_disabled(database, principal, user_id, body.disabled)
     async with database.session() as session:
         return UserOut.of(user, await service.user_role_names(session, user_id))
@@ -87,7 +87,7 @@ async def update_user(user_id: str, body: UpdateUserRequest, principal: Admin, r
 
 @router.delete("/users/{user_id}", status_code=204)
 async def delete_user(user_id: str, principal: Admin, request: Request) -> Response:
-    await service.delete_user(runtime_of(request).database, principal, user_id)
+    await service.delete_user(access_context(request).database, principal, user_id)
     return Response(status_code=204)
 
 
@@ -96,13 +96,13 @@ async def set_roles(
     user_id: str, body: list[RoleAssignmentModel], principal: Admin, request: Request
 ) -> list[str]:
     """Replaces the user's roles; each may be narrowed to device groups and release tags."""
-    return await service.set_user_roles(runtime_of(request).database, principal, user_id, _specs(body))
+    return await service.set_user_roles(access_context(request).database, principal, user_id, _specs(body))
 
 
 @router.post("/users/{user_id}/password-reset")
 async def reset_password(user_id: str, principal: Admin, request: Request) -> PasswordResetResponse:
     return PasswordResetResponse(
-        one_time_password=await service.reset_password(runtime_of(request).database, principal, user_id)
+        one_time_password=await service.reset_password(access_context(request).database, principal, user_id)
     )
 
 
@@ -110,32 +110,32 @@ async def reset_password(user_id: str, principal: Admin, request: Request) -> Pa
 async def reset_second_factor(user_id: str, principal: Admin, request: Request) -> Response:
     """For someone who lost their authenticator: turns their two-factor sign-in off and ends their
     sessions; they sign in with the password alone (and enrol again where policy requires 2FA)."""
-    await twofactor.reset(runtime_of(request).database, principal, user_id)
+    await twofactor.reset(access_context(request).database, principal, user_id)
     return Response(status_code=204)
 
 
 @router.delete("/users/{user_id}/sessions", status_code=204)
 async def end_user_sessions(user_id: str, principal: Admin, request: Request) -> Response:
-    await signin.end_sessions_of(runtime_of(request).database, principal, user_id)
+    await signin.end_sessions_of(access_context(request).database, principal, user_id)
     return Response(status_code=204)
 
 
 @router.get("/roles")
 async def list_roles(principal: Admin, request: Request) -> list[RoleOut]:
-    async with runtime_of(request).database.session() as session:
+    async with access_context(request).database.session() as session:
         return [_role_out(role) for role in await service.list_roles(session)]
 
 
 @router.get("/roles/{name}")
 async def get_role(name: str, principal: Admin, request: Request) -> RoleOut:
-    async with runtime_of(request).database.session() as session:
+    async with access_context(request).database.session() as session:
         return _role_out(await service.get_role(session, name))
 
 
 @router.post("/roles", status_code=201)
 async def create_role(body: CreateRoleRequest, principal: Admin, request: Request) -> RoleOut:
     role = await service.create_role(
-        runtime_of(request).database,
+        access_context(request).database,
         principal,
         name=body.name,
         description=body.description,
@@ -148,20 +148,20 @@ async def create_role(body: CreateRoleRequest, principal: Admin, request: Reques
 async def update_role(name: str, body: UpdateRoleRequest, principal: Admin, request: Request) -> RoleOut:
     grants = None if body.grants is None else [grant.model_dump(mode="json") for grant in body.grants]
     role = await service.update_role(
-        runtime_of(request).database, principal, name, description=body.description, grants=grants
+        access_context(request).database, principal, name, description=body.description, grants=grants
     )
     return _role_out(role)
 
 
 @router.delete("/roles/{name}", status_code=204)
 async def delete_role(name: str, principal: Admin, request: Request) -> Response:
-    await service.delete_role(runtime_of(request).database, principal, name)
+    await service.delete_role(access_context(request).database, principal, name)
     return Response(status_code=204)
 
 
 @router.get("/access/policy")
 async def get_policy(principal: Admin, request: Request) -> AccessPolicyOut:
-    async with runtime_of(request).database.transaction() as session:
+    async with access_context(request).database.transaction() as session:
         return AccessPolicyOut(require_2fa_roles=(await service.get_policy(session)).require_2fa_roles)
 
 
@@ -169,6 +169,6 @@ async def get_policy(principal: Admin, request: Request) -> AccessPolicyOut:
 async def set_policy(body: AccessPolicyUpdate, principal: Admin, request: Request) -> AccessPolicyOut:
     """Roles whose holders must use two-factor sign-in (they are asked to enrol at next sign-in)."""
     roles = await service.set_require_2fa_roles(
-        runtime_of(request).database, principal, body.require_2fa_roles
+        access_context(request).database, principal, body.require_2fa_roles
     )
     return AccessPolicyOut(require_2fa_roles=roles)

@@ -10,6 +10,7 @@ from sqlalchemy import select, update
 from starlette.requests import HTTPConnection
 
 from fleetkeeper.access import apitokens
+from fleetkeeper.access.context import AccessContext, access_context
 from fleetkeeper.access.models import ApiToken, SignInSession, User
 from fleetkeeper.access.permissions import Permission
 from fleetkeeper.access.principal import Principal
@@ -18,7 +19,6 @@ from fleetkeeper.access.tokens import AccessClaims, secret_matches
 from fleetkeeper.core.db import utcnow
 from fleetkeeper.core.errors import ForbiddenError, UnauthenticatedError
 from fleetkeeper.core.routeaccess import AccessRule, mark, public_dependency
-from fleetkeeper.core.runtime import Runtime, runtime_of
 
 MAX_CREDENTIAL_LENGTH = 4096
 LAST_USED_RESOLUTION = timedelta(minutes=1)
@@ -77,7 +77,7 @@ async def authenticate_credential(
 
 
 async def _principal_for(connection: HTTPConnection, credential: str) -> Principal:
-    runtime = runtime_of(connection)
+    runtime = access_context(connection)
     if len(credential) > MAX_CREDENTIAL_LENGTH:
         raise _unauthenticated("the credential is too long", code="invalid_token")
     parsed = apitokens.parse_token(credential)
@@ -94,12 +94,12 @@ async def _principal_for(connection: HTTPConnection, credential: str) -> Princip
     return principal
 
 
-async def _from_access_token(runtime: Runtime, token: str, *, address: str | None) -> Principal:
+async def _from_access_token(runtime: AccessContext, token: str, *, address: str | None) -> Principal:
     return await principal_from_claims(runtime, await runtime.keyring.verify_access_token(token), address)
 
 
 async def principal_from_claims(
-    runtime: Runtime, claims: AccessClaims, address: str | None, *, fresh_pending: bool = False
+    runtime: AccessContext, claims: AccessClaims, address: str | None, *, fresh_pending: bool = False
 ) -> Principal:
     """The user behind verified token claims, if their account and session are still live.
     `fresh_pending`: the actions the user must take first are read from the database rather than
@@ -132,7 +132,9 @@ async def principal_from_claims(
     )
 
 
-async def _from_api_token(runtime: Runtime, token_id: str, secret: str, *, address: str | None) -> Principal:
+async def _from_api_token(
+    runtime: AccessContext, token_id: str, secret: str, *, address: str | None
+) -> Principal:
     now = utcnow()
     async with runtime.database.session() as session:
         found = (

@@ -11,6 +11,7 @@ from fastapi.responses import RedirectResponse
 
 from fleetkeeper.access import apitokens, signin, twofactor
 from fleetkeeper.access.auth import PUBLIC, client_address, in_session, requires, signed_in
+from fleetkeeper.access.context import access_context
 from fleetkeeper.access.oidc import OidcError, sign_in_with_provider
 from fleetkeeper.access.permissions import Permission
 from fleetkeeper.access.principal import Principal
@@ -37,7 +38,6 @@ from fleetkeeper.access.service import change_own_password, get_user, user_role_
 from fleetkeeper.access.tokens import hash_secret, rotate_signing_key, secret_matches
 from fleetkeeper.core.errors import ProblemError
 from fleetkeeper.core.queries import ANY_QUERY
-from fleetkeeper.core.runtime import runtime_of
 
 auth_router = APIRouter(prefix="/api/v1/auth", tags=["sign-in"])
 me_router = APIRouter(prefix="/api/v1/me", tags=["my account"])
@@ -50,7 +50,7 @@ MySessionMaybePending = Annotated[Principal, in_session(allow_pending=True)]
 
 
 def _sign_in_flow(request: Request) -> signin.SignIn:
-    runtime = runtime_of(request)
+    runtime = access_context(request)
     return signin.SignIn(runtime.database, runtime.keyring, runtime.rate_limiter, runtime.settings)
 
 
@@ -124,14 +124,14 @@ async def refresh(body: RefreshRequest, request: Request) -> TokenResponse:
 async def sign_out(principal: MeMaybePending, request: Request) -> Response:
     """Ends the session of this access token (its refresh tokens stop working)."""
     if principal.session_id:
-        await signin.end_session(runtime_of(request).database, principal, principal.session_id)
+        await signin.end_session(access_context(request).database, principal, principal.session_id)
     return Response(status_code=204)
 
 
 @auth_router.get("/jwks", dependencies=[PUBLIC])
 async def jwks(request: Request) -> dict[str, Any]:
     """The public keys that verify access tokens."""
-    return await runtime_of(request).keyring.public_jwks()
+    return await access_context(request).keyring.public_jwks()
 
 
 @auth_router.post("/signing-keys/rotate")
@@ -139,7 +139,7 @@ async def rotate_keys(
     principal: Annotated[Principal, requires(Permission.USERS_MANAGE)], request: Request
 ) -> SigningKeyRotated:
     """A new key signs access tokens from now on; those the old key signed stay valid until they expire."""
-    runtime = runtime_of(request)
+    runtime = access_context(request)
     kid = await rotate_signing_key(runtime.database, principal.actor)
     runtime.keyring.forget()
     return SigningKeyRotated(kid=kid)
@@ -148,14 +148,14 @@ async def rotate_keys(
 @auth_router.get("/oidc", dependencies=[PUBLIC])
 async def oidc_status(request: Request) -> OidcStatus:
     """Whether single sign-on is configured, and where it starts."""
-    enabled = runtime_of(request).oidc.enabled
+    enabled = access_context(request).oidc.enabled
     return OidcStatus(enabled=enabled, login_url="/api/v1/auth/oidc/login" if enabled else None)
 
 
 @auth_router.get("/oidc/login", dependencies=[PUBLIC], status_code=302, responses=SSO_OFF)
 async def oidc_login(request: Request) -> RedirectResponse:
     """Sends the browser to the identity provider (authorization code with PKCE)."""
-    runtime = runtime_of(request)
+    runtime = access_context(request)
     if not runtime.oidc.enabled:
         raise _sso_not_configured()
     url, state = await runtime.oidc.authorization_url(runtime.database)
@@ -183,7 +183,7 @@ async def oidc_callback(
 ) -> TokenResponse | Response:
     """Where the identity provider returns; answers with tokens like a password sign-in, or, for a
     sign-in the web console started, sends the browser on to the console's callback."""
-    runtime = runtime_of(request)
+    runtime = access_context(request)
     if not runtime.oidc.enabled:
         raise _sso_not_configured()
     if state_bound_to_browser(request, CONSOLE_SSO_COOKIE, state):
@@ -204,7 +204,7 @@ async def oidc_callback(
 @me_router.get("")
 async def me(principal: MeMaybePending, request: Request) -> MeOut:
     """Who I am, what I may do, and what I must do first."""
-    async with runtime_of(request).database.session() as session:
+    async with access_context(request).database.session() as session:
         user = await get_user(session, principal.user_id)
         roles = await user_role_names(session, user.id)
     return MeOut(
@@ -220,7 +220,7 @@ async def change_password(
     body: ChangePasswordRequest, principal: MySessionMaybePending, request: Request
 ) -> Response:
     """Changes my password (and a one-time password at first sign-in). Refresh afterwards for a full token."""
-    runtime = runtime_of(request)
+    runtime = access_context(request)
     await change_own_password(
         runtime.database, runtime.rate_limiter, principal, body.current_password, body.new_password
     )
@@ -229,28 +229,28 @@ async def change_password(
 
 @me_router.get("/sessions")
 async def my_sessions(principal: MySession, request: Request) -> list[SessionOut]:
-    async with runtime_of(request).database.session() as session:
+    async with access_context(request).database.session() as session:
         rows = await signin.list_sessions(session, principal.user_id)
     return [SessionOut.of(row, principal.session_id) for row in rows]
 
 
 @me_router.delete("/sessions/{session_id}", status_code=204)
 async def end_my_session(session_id: str, principal: MySession, request: Request) -> Response:
-    await signin.end_session(runtime_of(request).database, principal, session_id)
+    await signin.end_session(access_context(request).database, principal, session_id)
     return Response(status_code=204)
 
 
 @me_router.delete("/sessions", status_code=204)
 async def end_all_my_sessions(principal: MySession, request: Request) -> Response:
     """Signs me out everywhere, this session included."""
-    await signin.end_all_sessions(runtime_of(request).database, principal, principal.user_id)
+    await signin.end_all_sessions(access_context(request).database, principal, principal.user_id)
     return Response(status_code=204)
 
 
 @me_router.post("/2fa/totp")
 async def start_totp(principal: MySessionMaybePending, request: Request) -> TotpEnrollment:
     """A new TOTP secret to put into an authenticator app; confirm it with a code."""
-    enrollment = await twofactor.start_enrollment(runtime_of(request).database, principal)
+    enrollment = await twofactor.start_enrollment(access_context(request).database, principal)
     return TotpEnrollment(secret=enrollment.secret, otpauth_uri=enrollment.otpauth_uri)
 
 
@@ -260,7 +260,7 @@ async def confirm_totp(
 ) -> RecoveryCodes:
     """Turns two-factor sign-in on and returns ten single-use recovery codes. Needs the current
     password, unless this session began less than 10 minutes ago."""
-    runtime = runtime_of(request)
+    runtime = access_context(request)
     codes = await twofactor.confirm_enrollment(
         runtime.database, runtime.rate_limiter, principal, body.code, body.password
     )
@@ -269,7 +269,7 @@ async def confirm_totp(
 
 @me_router.post("/2fa/totp/disable", status_code=204)
 async def disable_totp(body: DisableTotpRequest, principal: MySession, request: Request) -> Response:
-    runtime = runtime_of(request)
+    runtime = access_context(request)
     await twofactor.disable(runtime.database, runtime.rate_limiter, principal, body.password, body.code)
     return Response(status_code=204)
 
@@ -277,7 +277,7 @@ async def disable_totp(body: DisableTotpRequest, principal: MySession, request: 
 @me_router.post("/2fa/recovery-codes")
 async def new_recovery_codes(body: TotpCode, principal: MySession, request: Request) -> RecoveryCodes:
     """Replaces all recovery codes; needs a current TOTP code."""
-    runtime = runtime_of(request)
+    runtime = access_context(request)
     codes = await twofactor.regenerate_recovery_codes(
         runtime.database, runtime.rate_limiter, principal, body.code
     )
@@ -286,7 +286,7 @@ async def new_recovery_codes(body: TotpCode, principal: MySession, request: Requ
 
 @me_router.get("/tokens")
 async def my_tokens(principal: MySession, request: Request) -> list[ApiTokenOut]:
-    async with runtime_of(request).database.session() as session:
+    async with access_context(request).database.session() as session:
         return [ApiTokenOut.of(token) for token in await apitokens.list_for(session, principal.user_id)]
 
 
@@ -296,7 +296,7 @@ async def create_token(
 ) -> CreatedApiToken:
     """A personal API token, its secret shown only here. Needs the current password, unless this
     session began less than 10 minutes ago."""
-    runtime = runtime_of(request)
+    runtime = access_context(request)
     grants = None if body.grants is None else [grant.model_dump(mode="json") for grant in body.grants]
     token, secret = await apitokens.create(
         runtime.database,
@@ -312,5 +312,5 @@ async def create_token(
 
 @me_router.delete("/tokens/{token_id}", status_code=204)
 async def revoke_token(token_id: str, principal: MySession, request: Request) -> Response:
-    await apitokens.revoke(runtime_of(request).database, principal, token_id)
+    await apitokens.revoke(access_context(request).database, principal, token_id)
     return Response(status_code=204)

@@ -3,8 +3,8 @@ give a name.
 
 access knows a scope only as a name of some kind (`Permission.scope_kind`: a device group, a
 release tag). What a name stands for belongs to another domain, which imports access (never the
-other way round): so that domain registers a check when it is imported, as devices does for
-device groups that cannot scope a permission (fleetkeeper/devices/__init__.py). A check raises a
+other way round): so that domain has a check registered by the composition root, as devices has
+for device groups that cannot scope a permission (server/wiring.py). A check raises a
 ProblemError that names what is wrong and what to do; it is asked wherever scopes are given: a
 user's role assignment, a role's grants, an API token's grants."""
 

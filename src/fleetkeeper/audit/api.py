@@ -12,11 +12,11 @@ from pydantic import BaseModel
 from fleetkeeper.access.auth import requires
 from fleetkeeper.access.permissions import Permission
 from fleetkeeper.access.principal import Principal
+from fleetkeeper.audit.context import audit_context
 from fleetkeeper.audit.export import ExportFormat, start_export
 from fleetkeeper.audit.models import AuditRecord
 from fleetkeeper.audit.service import AuditFilter, filter_conditions, search
 from fleetkeeper.audit.verification import verify_on_record
-from fleetkeeper.core.runtime import runtime_of
 from fleetkeeper.core.wire import Timestamp
 
 router = APIRouter(prefix="/api/v1/audit", tags=["audit"])
@@ -103,7 +103,7 @@ async def list_records(
     cursor: Annotated[str | None, Query(max_length=64)] = None,
 ) -> AuditPage:
     """Newest first; filters combine. `action` ending in `.*` matches a prefix (`user.*`)."""
-    async with runtime_of(request).database.session() as session:
+    async with audit_context(request).database.session() as session:
         page = await search(session, filters, limit=limit, cursor=cursor)
     return AuditPage(items=[AuditRecordOut.of(row) for row in page.items], next_cursor=page.next_cursor)
 
@@ -116,7 +116,7 @@ async def export(
     format: Annotated[ExportFormat, Query()] = "jsonl",
 ) -> StreamingResponse:
     """The matching records, oldest first, streamed as JSON lines or CSV. The export is itself audited."""
-    export = await start_export(runtime_of(request).database, principal.actor, filters, format)
+    export = await start_export(audit_context(request).database, principal.actor, filters, format)
     return StreamingResponse(
         export.body,
         media_type=export.media_type,
@@ -128,7 +128,7 @@ async def export(
 async def verification(principal: Auditor, request: Request) -> Verification:
     """Recomputes the whole chain (from the newest retention checkpoint) and names the first record
     that does not fit. The result is put on record (`audit.verified`)."""
-    runtime = runtime_of(request)
+    runtime = audit_context(request)
     result = await verify_on_record(runtime.database, runtime.settings.data_dir, principal.actor)
     return Verification(
         ok=result.ok,

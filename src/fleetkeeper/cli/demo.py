@@ -79,7 +79,7 @@ def _start_server(
 ) -> tuple[subprocess.Popen[str], dict[str, str]]:
     """`fleetkeeper serve` with its banner (and on first start the admin's one-time password) shown
     here as it prints it, its log in <data_dir>/demo/server.log."""
-    from fleetkeeper.core.server import BANNER_END
+    from fleetkeeper.server.serve import BANNER_END
 
     data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     (data_dir / "demo").mkdir(exist_ok=True, mode=0o700)

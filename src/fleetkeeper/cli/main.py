@@ -66,8 +66,8 @@ def serve(
 ) -> None:
     """Run the server: the management listener and the device listener."""
     from fleetkeeper.core.logging import configure_logging
-    from fleetkeeper.core.runtime import StartupError
-    from fleetkeeper.core.server import run as run_server
+    from fleetkeeper.server.runtime import StartupError
+    from fleetkeeper.server.serve import run as run_server
 
     settings = settings_from(
         config=config,

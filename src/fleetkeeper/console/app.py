@@ -15,6 +15,7 @@ from starlette.routing import Match, Mount, Route
 from starlette.types import Scope
 
 from fleetkeeper.console.assets import own_static, vendor_file
+from fleetkeeper.console.context import ConsoleContext
 from fleetkeeper.console.headers import SecurityHeaders
 from fleetkeeper.console.render import is_htmx, render
 from fleetkeeper.console.session import (
@@ -23,9 +24,8 @@ from fleetkeeper.console.session import (
     SignInRequiredError,
     current_principal,
 )
-from fleetkeeper.core.app import NO_TELEMETRY
 from fleetkeeper.core.errors import ProblemError
-from fleetkeeper.core.runtime import Runtime
+from fleetkeeper.core.metrics import NO_TELEMETRY
 
 # Paths that belong to the API and the operations endpoints, never to the console.
 NOT_CONSOLE = ("/api/", "/api", "/healthz", "/readyz", "/metrics")
@@ -102,7 +102,7 @@ async def _on_validation_error(request: Request, exc: Exception) -> Response:
     return render(request, "error.html", principal, status=422, title="invalid input", detail=detail)
 
 
-def create_console_app(runtime: Runtime) -> FastAPI:
+def create_console_app(runtime: ConsoleContext) -> FastAPI:
     app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None, telemetry=NO_TELEMETRY)
     app.state.runtime = runtime
     app.state.routers = console_routers()
@@ -118,5 +118,5 @@ def create_console_app(runtime: Runtime) -> FastAPI:
     return app
 
 
-def mount_console(app: FastAPI, runtime: Runtime) -> None:
+def mount_console(app: FastAPI, runtime: ConsoleContext) -> None:
     app.router.routes.append(ConsoleMount("/", app=create_console_app(runtime)))

@@ -25,10 +25,10 @@ from fleetkeeper.access.permissions import Permission
 from fleetkeeper.access.principal import Principal
 from fleetkeeper.access.signin import TokenPair
 from fleetkeeper.access.tokens import CONSOLE_AUDIENCE, CONSOLE_TOKEN_TTL, AccessClaims
+from fleetkeeper.console.context import console_context
 from fleetkeeper.console.headers import ResponseStartHook
 from fleetkeeper.core.errors import ForbiddenError, ProblemError, UnauthenticatedError
 from fleetkeeper.core.routeaccess import AccessRule, mark
-from fleetkeeper.core.runtime import runtime_of
 
 SESSION_COOKIE = "fleetkeeper_console"
 # Before sign-in there is no session: the sign-in form is bound to the browser by a random value
@@ -78,7 +78,7 @@ def clear_session_cookie(response: Response) -> None:
 
 async def issue_console_token(connection: HTTPConnection, pair: TokenPair, user_id: str) -> str:
     """A console token for a session that `SignIn` just started."""
-    keyring = runtime_of(connection).keyring
+    keyring = console_context(connection).keyring
     token, _ = await keyring.issue_access_token(
         user_id,
         pair.session_id,
@@ -95,7 +95,7 @@ async def _claims(connection: HTTPConnection) -> AccessClaims | None:
     if not token or len(token) > MAX_COOKIE_LENGTH:
         return None
     try:
-        return await runtime_of(connection).keyring.verify_access_token(token, audience=CONSOLE_AUDIENCE)
+        return await console_context(connection).keyring.verify_access_token(token, audience=CONSOLE_AUDIENCE)
     except UnauthenticatedError:
         return None
 
@@ -110,7 +110,7 @@ async def current_principal(connection: HTTPConnection) -> Principal | None:
         return None
     try:
         principal = await principal_from_claims(
-            runtime_of(connection), claims, client_address(connection), fresh_pending=True
+            console_context(connection), claims, client_address(connection), fresh_pending=True
         )
     except UnauthenticatedError:
         return None
@@ -173,7 +173,7 @@ async def _renewed_token(connection: HTTPConnection) -> str | None:
     claims: AccessClaims | None = connection.scope.get("state", {}).get("console_claims")
     if claims is None:
         return None
-    keyring = runtime_of(connection).keyring
+    keyring = console_context(connection).keyring
     half_life = CONSOLE_TOKEN_TTL.total_seconds() / 2
     if claims.expires_at - time.time() > half_life and claims.kid == keyring.current_kid:
         return None

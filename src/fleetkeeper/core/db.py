@@ -84,13 +84,16 @@ def _sqlite_pragmas(dbapi_connection: Any, connection_record: Any) -> None:
     cursor.close()
 
 
-_IMMEDIATE = "fleetkeeper_begin_immediate"
+# An execution option: a transaction begun on a connection with it set takes SQLite's write lock
+# up front (`session.connection(execution_options={WRITE_LOCK_UP_FRONT: True})`), as
+# `Database.transaction` does. Other databases ignore it.
+WRITE_LOCK_UP_FRONT = "fleetkeeper_begin_immediate"
 
 
 def _sqlite_begin(connection: Any) -> None:
     """Write transactions take SQLite's write lock up front (BEGIN IMMEDIATE): two writers that
     both read before writing would otherwise fail with "database is locked" instead of waiting."""
-    immediate = connection.get_execution_options().get(_IMMEDIATE, False)
+    immediate = connection.get_execution_options().get(WRITE_LOCK_UP_FRONT, False)
     connection.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
 
@@ -115,7 +118,7 @@ class Database:
     async def transaction(self) -> AsyncIterator[AsyncSession]:
         """A session in a transaction that commits on success; on SQLite it holds the write lock."""
         async with self.sessionmaker() as session, session.begin():
-            await session.connection(execution_options={_IMMEDIATE: True})
+            await session.connection(execution_options={WRITE_LOCK_UP_FRONT: True})
             yield session
 
     @asynccontextmanager

@@ -8,12 +8,12 @@ from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import PlainTextResponse
 from sqlalchemy import text
 
+from fleetkeeper.core.context import infrastructure
 from fleetkeeper.core.errors import problem_response
 from fleetkeeper.core.metrics import metrics_response
 from fleetkeeper.core.migrations import migration_state
 from fleetkeeper.core.queries import ANY_QUERY
 from fleetkeeper.core.routeaccess import public_dependency
-from fleetkeeper.core.runtime import Runtime
 
 router = APIRouter(tags=["health"], dependencies=[Depends(public_dependency), ANY_QUERY])
 
@@ -29,7 +29,7 @@ async def healthz() -> dict[str, str]:
 )
 async def readyz(request: Request) -> dict[str, Any] | Response:
     """The database answers and its schema is at the head this code needs."""
-    runtime: Runtime = request.app.state.runtime
+    runtime = infrastructure(request)
     try:
         async with runtime.database.session() as session:
             await session.execute(text("SELECT 1"))

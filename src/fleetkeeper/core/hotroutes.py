@@ -5,10 +5,10 @@ route matching (a regular expression per route tried), its dependency solving an
 and exit-stack layers cost about a quarter of such a request's CPU (docs/benchmarks.md, device
 check-ins). Here an exact `GET` path goes straight to its hot handler, inside the request's edge,
 the body limit and the certificate gate (so it has its id, access line, metrics and a verified
-peer), with what the route would use: the runtime and the peer certificate. A handler answers
-with the route's own response, raises a `ProblemError` (answered as the app's handler would), or
-returns None: then, as for anything else, the request goes on to the FastAPI app and its route
-answers in full (the general path)."""
+peer), with what the route would use: the services it was bound to and the peer certificate. A
+handler answers with the route's own response, raises a `ProblemError` (answered as the app's
+handler would), or returns None: then, as for anything else, the request goes on to the FastAPI
+app and its route answers in full (the general path)."""
 
 from __future__ import annotations
 
@@ -22,9 +22,9 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from fleetkeeper.core.errors import ProblemError, response_for
 from fleetkeeper.core.peer import PeerCertificate, peer_certificate
-from fleetkeeper.core.runtime import Runtime
 
-HotHandler = Callable[[Runtime, PeerCertificate], Awaitable[Response | None]]
+# Bound by the composition root to the services it uses (server/app.py).
+HotHandler = Callable[[PeerCertificate], Awaitable[Response | None]]
 
 
 @dataclass(frozen=True)
@@ -37,9 +37,8 @@ class HotRoute:
 
 
 class HotRoutes:
-    def __init__(self, app: ASGIApp, runtime: Runtime, routes: Mapping[str, HotRoute]) -> None:
+    def __init__(self, app: ASGIApp, routes: Mapping[str, HotRoute]) -> None:
         self.app = app
-        self.runtime = runtime
         self.routes = dict(routes)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -48,7 +47,7 @@ class HotRoutes:
         if hot is not None and peer is not None:
             scope["route"] = hot.route
             try:
-                response = await hot.handler(self.runtime, peer)
+                response = await hot.handler(peer)
             except ProblemError as problem:
                 response = response_for(problem)
             if response is not None:

@@ -4,9 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
+from fastapi.telemetry import TelemetryConfig
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
 from starlette.responses import Response
 from starlette.types import Scope
+
+# FastAPI's own OpenTelemetry instrumentation, off: the server's metrics are Prometheus's (these)
+# and its logs structlog's; on, every request looked up three providers.
+NO_TELEMETRY: TelemetryConfig = {"tracing": False, "metrics": False, "logs": False}
 
 REQUESTS = Counter(
     "fleetkeeper_http_requests_total",

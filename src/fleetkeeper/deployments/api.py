@@ -11,9 +11,9 @@ from pydantic import BaseModel, Field
 from fleetkeeper.access.auth import requires
 from fleetkeeper.access.service import Permission, Principal
 from fleetkeeper.core.errors import NotFoundError
-from fleetkeeper.core.runtime import runtime_of
 from fleetkeeper.core.wire import RequestBody, Timestamp
 from fleetkeeper.deployments import live, service, visibility, webhooks
+from fleetkeeper.deployments.context import deployments_context
 from fleetkeeper.deployments.models import Deployment, DeploymentDevice
 from fleetkeeper.devices.auth import AuthenticatedDevice
 
@@ -130,7 +130,7 @@ class DeploymentOut(BaseModel):
 @router.post("", status_code=201)
 async def create(body: CreateDeployment, principal: Deployer, request: Request) -> DeploymentOut:
     """A rollout of a release to a list of devices or a group, in phases (docs/deployments.md)."""
-    runtime = runtime_of(request)
+    runtime = deployments_context(request)
     deployment = await service.create(
         runtime,
         principal,
@@ -154,7 +154,7 @@ async def create(body: CreateDeployment, principal: Deployer, request: Request) 
 @router.get("")
 async def list_deployments(principal: Reader, request: Request) -> list[DeploymentOut]:
     """The newest deployments that reach the caller's groups (docs/deployments.md, "Who sees what")."""
-    async with runtime_of(request).database.session() as session:
+    async with deployments_context(request).database.session() as session:
         views = await visibility.newest(session, principal)
     return [DeploymentOut.of_view(view) for view in views]
 
@@ -163,7 +163,7 @@ async def list_deployments(principal: Reader, request: Request) -> list[Deployme
 async def get(deployment_id: str, principal: Reader, request: Request) -> DeploymentOut:
     """The deployment with its statistics, per phase and overall (read from its counters); to a
     reader of part of its target, their part and no numbers."""
-    async with runtime_of(request).database.session() as session:
+    async with deployments_context(request).database.session() as session:
         view = await visibility.view(session, principal, deployment_id)
     return DeploymentOut.of_view(view)
 
@@ -207,7 +207,7 @@ async def list_devices(
 ) -> DeploymentDevicesPage:
     """The deployment's devices the caller may read, by status then device id, filtered by status
     and phase; pass `next_cursor` back as `cursor` for the next page."""
-    async with runtime_of(request).database.session() as session:
+    async with deployments_context(request).database.session() as session:
         page = await service.list_devices(
             session,
             principal,
@@ -239,7 +239,7 @@ async def device_history(
     deployment_id: str, device_id: str, principal: Reader, request: Request
 ) -> DeviceHistoryOut:
     """One device in the deployment: where it stands and every report it made, oldest first."""
-    async with runtime_of(request).database.session() as session:
+    async with deployments_context(request).database.session() as session:
         entry, events = await service.device_history(session, principal, deployment_id, device_id)
     return DeviceHistoryOut(
         **DeploymentDeviceOut.of(entry).model_dump(),
@@ -278,7 +278,7 @@ async def deployments_of_device(
     cursor: Annotated[str | None, Query(max_length=1000)] = None,
 ) -> DeviceDeploymentsPage:
     """The deployments this device is part of, newest first, with its status in each."""
-    async with runtime_of(request).database.session() as session:
+    async with deployments_context(request).database.session() as session:
         page = await service.deployments_of_device(session, principal, device_id, limit=limit, cursor=cursor)
     return DeviceDeploymentsPage(
         items=[
@@ -300,7 +300,7 @@ async def deployments_of_device(
 @router.post("/{deployment_id}/finish")
 async def finish(deployment_id: str, principal: Deployer, request: Request) -> DeploymentOut:
     """Ends a live deployment: it stops following its group and finishes once its devices are done."""
-    runtime = runtime_of(request)
+    runtime = deployments_context(request)
     deployment = await live.finish(runtime, principal, deployment_id)
     return DeploymentOut.of_view(await visibility.view_after_change(runtime, principal, deployment))
 
@@ -313,7 +313,7 @@ async def change(
     request: Request,
 ) -> DeploymentOut:
     """Pause, resume, abort (devices not yet done stop; those done stay), or open the next phase."""
-    runtime = runtime_of(request)
+    runtime = deployments_context(request)
     deployment = await service.change_state(runtime, principal, deployment_id, action)
     return DeploymentOut.of_view(await visibility.view_after_change(runtime, principal, deployment))
 
@@ -354,7 +354,7 @@ def _webhook_out(webhook: Any) -> WebhookOut:
 @webhook_router.post("", status_code=201)
 async def create_webhook(body: CreateWebhook, principal: WebhookAdmin, request: Request) -> CreatedWebhook:
     """An endpoint that receives deployment events, HMAC-signed (docs/deployments.md)."""
-    runtime = runtime_of(request)
+    runtime = deployments_context(request)
     webhook, secret = await webhooks.create_webhook(
         runtime.database,
         principal.actor,
@@ -368,13 +368,13 @@ async def create_webhook(body: CreateWebhook, principal: WebhookAdmin, request: 
 
 @webhook_router.get("")
 async def list_webhooks(principal: WebhookAdmin, request: Request) -> list[WebhookOut]:
-    async with runtime_of(request).database.session() as session:
+    async with deployments_context(request).database.session() as session:
         return [_webhook_out(webhook) for webhook in await webhooks.list_webhooks(session)]
 
 
 @webhook_router.delete("/{webhook_id}", status_code=204)
 async def delete_webhook(webhook_id: str, principal: WebhookAdmin, request: Request) -> Response:
-    await webhooks.delete_webhook(runtime_of(request).database, principal.actor, webhook_id)
+    await webhooks.delete_webhook(deployments_context(request).database, principal.actor, webhook_id)
     return Response(status_code=204)
 
 
@@ -397,7 +397,7 @@ class CurrentDeployment(BaseModel):
 @device_router.get("/current")
 async def current(device: AuthenticatedDevice, request: Request) -> CurrentDeployment:
     """The deployment the director metadata stands for: what to report progress against."""
-    async with runtime_of(request).database.session() as session:
+    async with deployments_context(request).database.session() as session:
         found = await service.current_assignment(session, device.id)
     if found is None:
         raise NotFoundError("nothing to install now", code="no_deployment")
@@ -433,6 +433,11 @@ async def report(
 ) -> StatusAnswer:
     """Progress of this device on a deployment; idempotent, ordered by `seq`."""
     entry = await service.report(
-        runtime_of(request), device, deployment_id, status=body.status, seq=body.seq, detail=body.detail
+        deployments_context(request),
+        device,
+        deployment_id,
+        status=body.status,
+        seq=body.seq,
+        detail=body.detail,
     )
     return StatusAnswer(status=entry.status, seq=entry.last_seq)

@@ -27,8 +27,8 @@ from fleetkeeper.access.service import Permission, Principal
 from fleetkeeper.audit.service import SYSTEM, record
 from fleetkeeper.core.errors import ConflictError, ForbiddenError, NotFoundError
 from fleetkeeper.core.logging import get_logger
-from fleetkeeper.core.runtime import Runtime
 from fleetkeeper.deployments import targeting
+from fleetkeeper.deployments.context import DeploymentsContext
 from fleetkeeper.deployments.models import FINAL_STATUSES, PENDING, Deployment, DeploymentDevice
 from fleetkeeper.deployments.visibility import visible_deployment
 from fleetkeeper.devices import service as devices
@@ -94,7 +94,7 @@ class LiveSyncStats:
     incompatible: int = 0
 
 
-async def sync_live_deployments(runtime: Runtime) -> LiveSyncStats:
+async def sync_live_deployments(runtime: DeploymentsContext) -> LiveSyncStats:
     """One pass over every live deployment that still takes devices in, one transaction each."""
     async with runtime.database.session() as session:
         rows = (
@@ -164,7 +164,7 @@ def _leavers(deployment: Deployment, members: ColumnElement[bool]) -> Select[str
     )
 
 
-async def sync_live_deployment(runtime: Runtime, deployment_id: str) -> LiveSync:
+async def sync_live_deployment(runtime: DeploymentsContext, deployment_id: str) -> LiveSync:
     """Brings one live deployment's devices in line with its group, set-based.
 
     First a look without locks: most passes find nothing to do, and they must not hold the
@@ -287,7 +287,7 @@ async def _add_joiners(session: AsyncSession, found: _Followed) -> int:
     return added
 
 
-async def finish(runtime: Runtime, principal: Principal, deployment_id: str) -> Deployment:
+async def finish(runtime: DeploymentsContext, principal: Principal, deployment_id: str) -> Deployment:
     """An operator ends a live deployment: it stops following its group, and finishes as any other
     deployment does when its last device is done — at once if every device already is."""
     from fleetkeeper.deployments import service  # service builds on this module (create's check)

@@ -66,5 +66,5 @@ def _reason(named: list[str], seen_total: int, *, unseen: bool) -> str:
 
 
 def register() -> None:
-    """Done when the deployments package is imported (its __init__)."""
+    """Done by the composition root (server/wiring.py)."""
     releases.register_in_use_check(deployments_in_the_way)

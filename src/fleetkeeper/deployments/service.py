@@ -39,13 +39,12 @@ from sqlalchemy.sql.elements import BindParameter
 
 from fleetkeeper.access.service import Permission, Principal
 from fleetkeeper.audit.service import SYSTEM, record
-from fleetkeeper.core.db import _IMMEDIATE as WRITE_LOCK_UP_FRONT
-from fleetkeeper.core.db import UTCDateTime, utcnow
+from fleetkeeper.core.db import WRITE_LOCK_UP_FRONT, UTCDateTime, utcnow
 from fleetkeeper.core.errors import NotFoundError, ProblemError
 from fleetkeeper.core.ids import new_id
-from fleetkeeper.core.runtime import Runtime
 from fleetkeeper.deployments import targeting
 from fleetkeeper.deployments.chunks import chunk_phase, member_ids, members, phase_of, write_chunks
+from fleetkeeper.deployments.context import DeploymentsContext
 from fleetkeeper.deployments.models import (
     DEVICE_STATUSES,
     FAILED_STATUSES,
@@ -229,7 +228,7 @@ def _rowcount(result: Any) -> int:
     return int(getattr(result, "rowcount", 0) or 0)
 
 
-async def create(runtime: Runtime, principal: Principal, request: DeploymentRequest) -> Deployment:
+async def create(runtime: DeploymentsContext, principal: Principal, request: DeploymentRequest) -> Deployment:
     """Checks everything, then fans out with one INSERT … SELECT: each targeted device gets its
     phase from its place in id order, never through a Python loop over devices."""
     phases = parse_phases(request.phases)
@@ -458,7 +457,7 @@ async def recount(session: AsyncSession, deployment_id: str) -> dict[int, dict[s
     return counts
 
 
-async def phase_counts(runtime: Runtime, deployment_id: str) -> dict[int, dict[str, int]]:
+async def phase_counts(runtime: DeploymentsContext, deployment_id: str) -> dict[int, dict[str, int]]:
     """Devices per phase and status."""
     async with runtime.database.session() as session:
         return await counts_of(session, deployment_id)
@@ -1072,7 +1071,13 @@ async def _mark_already_installed(
 
 
 async def report(
-    runtime: Runtime, device: Device, deployment_id: str, *, status: str, seq: int, detail: str | None
+    runtime: DeploymentsContext,
+    device: Device,
+    deployment_id: str,
+    *,
+    status: str,
+    seq: int,
+    detail: str | None,
 ) -> DeploymentDevice:
     """A device's progress on a deployment: idempotent (the same report again changes nothing)
     and ordered (an older sequence number is refused). Each accepted report moves the counters and
@@ -1331,7 +1336,9 @@ async def get(session: AsyncSession, deployment_id: str) -> Deployment:
     return deployment
 
 
-async def change_state(runtime: Runtime, principal: Principal, deployment_id: str, action: str) -> Deployment:
+async def change_state(
+    runtime: DeploymentsContext, principal: Principal, deployment_id: str, action: str
+) -> Deployment:
     """pause, resume, abort, or advance (an operator opening the next phase). Needs devices:deploy
     on every device of the deployment; resume and advance also the release's tags in releases:read
     (targeting.release_of, as creating it), while stopping one (pause, abort) is always allowed."""

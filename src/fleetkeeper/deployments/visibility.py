@@ -19,8 +19,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from fleetkeeper.access.service import Permission, Principal
 from fleetkeeper.core.errors import NotFoundError
-from fleetkeeper.core.runtime import Runtime
 from fleetkeeper.deployments.chunks import chunk_phase, members
+from fleetkeeper.deployments.context import DeploymentsContext
 from fleetkeeper.deployments.models import (
     UNDER_WAY_STATUSES,
     Deployment,
@@ -203,7 +203,9 @@ async def view(session: AsyncSession, principal: Principal, deployment_id: str) 
     return (await _views(session, scope, [await _visible(session, scope, deployment_id)]))[0]
 
 
-async def view_after_change(runtime: Runtime, principal: Principal, deployment: Deployment) -> DeploymentView:
+async def view_after_change(
+    runtime: DeploymentsContext, principal: Principal, deployment: Deployment
+) -> DeploymentView:
     """What the operator who just created or changed a deployment is answered with."""
     async with runtime.database.session() as session:
         return (await _views(session, await reader_scope(session, principal), [deployment]))[0]

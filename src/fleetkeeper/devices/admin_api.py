@@ -9,8 +9,8 @@ from fastapi import APIRouter, Query, Request, Response
 
 from fleetkeeper.access.auth import PUBLIC, requires
 from fleetkeeper.access.service import Permission, Principal
-from fleetkeeper.core.runtime import runtime_of
 from fleetkeeper.devices import enrollment, service
+from fleetkeeper.devices.context import devices_context
 from fleetkeeper.devices.models import Device
 from fleetkeeper.devices.schemas import (
     CertificateInfo,
@@ -47,7 +47,7 @@ async def list_devices(
 ) -> DevicePageOut:
     """Devices the caller may read, filtered with the filter language (docs/filters.md);
     `status=pending` is the enrollment queue."""
-    async with runtime_of(request).database.session() as session:
+    async with devices_context(request).database.session() as session:
         page = await service.list_devices(
             session,
             principal,
@@ -63,7 +63,7 @@ async def list_devices(
 
 @router.get("/devices/{device_id}")
 async def get_device(device_id: str, principal: Reader, request: Request) -> DeviceDetail:
-    async with runtime_of(request).database.session() as session:
+    async with devices_context(request).database.session() as session:
         device = await service.device_for(session, principal, device_id, Permission.DEVICES_READ)
         groups = service.shown_group_names(principal, await service.device_group_names(session, device_id))
         certificates = await service.certificates_of(session, device_id)
@@ -78,36 +78,38 @@ async def get_device(device_id: str, principal: Reader, request: Request) -> Dev
 @router.post("/devices/{device_id}/accept")
 async def accept(device_id: str, principal: Manager, request: Request) -> DeviceOut:
     """Accepts a pending enrollment: the device gets its certificate when it asks next."""
-    device = await service.manageable_device(runtime_of(request).database, principal, device_id)
-    return DeviceOut.of(await enrollment.decide(runtime_of(request), principal, device, accept=True))
+    device = await service.manageable_device(devices_context(request).database, principal, device_id)
+    return DeviceOut.of(await enrollment.decide(devices_context(request), principal, device, accept=True))
 
 
 @router.post("/devices/{device_id}/reject")
 async def reject(device_id: str, principal: Manager, request: Request) -> DeviceOut:
-    device = await service.manageable_device(runtime_of(request).database, principal, device_id)
-    return DeviceOut.of(await enrollment.decide(runtime_of(request), principal, device, accept=False))
+    device = await service.manageable_device(devices_context(request).database, principal, device_id)
+    return DeviceOut.of(await enrollment.decide(devices_context(request), principal, device, accept=False))
 
 
 @router.post("/devices/{device_id}/decommission")
 async def decommission(device_id: str, principal: Manager, request: Request) -> DeviceOut:
     """Retires the device: its certificates are revoked and the CRL is published at once."""
-    device = await service.manageable_device(runtime_of(request).database, principal, device_id)
-    await enrollment.decommission(runtime_of(request), principal, device)
-    async with runtime_of(request).database.session() as session:
+    device = await service.manageable_device(devices_context(request).database, principal, device_id)
+    await enrollment.decommission(devices_context(request), principal, device)
+    async with devices_context(request).database.session() as session:
         return DeviceOut.of(await service.get_device(session, device_id))
 
 
 @router.post("/devices/{device_id}/key-rotation/approve", status_code=204)
 async def approve_key_rotation(device_id: str, principal: Manager, request: Request) -> Response:
-    device = await service.manageable_device(runtime_of(request).database, principal, device_id)
-    await enrollment.approve_rotation(runtime_of(request), principal, device)
+    device = await service.manageable_device(devices_context(request).database, principal, device_id)
+    await enrollment.approve_rotation(devices_context(request), principal, device)
     return Response(status_code=204)
 
 
 @router.put("/devices/{device_id}/tags")
 async def set_tags(device_id: str, body: TagsRequest, principal: Manager, request: Request) -> DeviceOut:
     """Replaces the operator's tags (filterable as `tag.<key>`)."""
-    return DeviceOut.of(await service.set_tags(runtime_of(request).database, principal, device_id, body.tags))
+    return DeviceOut.of(
+        await service.set_tags(devices_context(request).database, principal, device_id, body.tags)
+    )
 
 
 @router.post("/devices/preauthorize", status_code=201)
@@ -120,14 +122,14 @@ async def preauthorize(body: PreauthorizeRequest, principal: Manager, request: R
         "attributes": body.attributes,
     }
     device = await enrollment.preauthorize(
-        runtime_of(request), principal, identity, body.public_key, body.groups
+        devices_context(request), principal, identity, body.public_key, body.groups
     )
     return DeviceOut.of(device)
 
 
 @router.get("/enrollment-tokens")
 async def list_tokens(principal: Manager, request: Request) -> list[TokenOut]:
-    async with runtime_of(request).database.session() as session:
+    async with devices_context(request).database.session() as session:
         return [TokenOut.of(row) for row in await enrollment.list_tokens(session, principal)]
 
 
@@ -136,7 +138,7 @@ async def create_token(body: TokenRequest, principal: Manager, request: Request)
     """A batch enrollment token for factory provisioning: expiring, limited uses, optionally
     accepting its devices straight into a group."""
     token, secret = await enrollment.create_token(
-        runtime_of(request),
+        devices_context(request),
         principal,
         name=body.name,
         expires_in=timedelta(hours=body.expires_in_hours),
@@ -149,21 +151,21 @@ async def create_token(body: TokenRequest, principal: Manager, request: Request)
 
 @router.delete("/enrollment-tokens/{token_id}", status_code=204)
 async def revoke_token(token_id: str, principal: Manager, request: Request) -> Response:
-    await enrollment.revoke_token(runtime_of(request), principal, token_id)
+    await enrollment.revoke_token(devices_context(request), principal, token_id)
     return Response(status_code=204)
 
 
 @router.get("/device-groups")
 async def list_groups(principal: Reader, request: Request) -> list[GroupOut]:
     """The groups the caller sees: every group with devices:read unscoped, else those it names."""
-    async with runtime_of(request).database.session() as session:
+    async with devices_context(request).database.session() as session:
         return [GroupOut.of(group) for group in await service.visible_groups(session, principal)]
 
 
 @router.post("/device-groups", status_code=201)
 async def create_group(body: GroupRequest, principal: Manager, request: Request) -> GroupOut:
     group = await service.create_group(
-        runtime_of(request).database,
+        devices_context(request).database,
         principal,
         name=body.name,
         description=body.description,
@@ -174,7 +176,7 @@ async def create_group(body: GroupRequest, principal: Manager, request: Request)
 
 @router.delete("/device-groups/{name}", status_code=204)
 async def delete_group(name: str, principal: Manager, request: Request) -> Response:
-    await service.delete_group(runtime_of(request).database, principal, name)
+    await service.delete_group(devices_context(request).database, principal, name)
     return Response(status_code=204)
 
 
@@ -187,7 +189,7 @@ async def group_devices(
     cursor: Annotated[str | None, Query(max_length=1000)] = None,
 ) -> DevicePageOut:
     """A group's devices (a dynamic group's filter evaluated now), as far as the caller may read."""
-    async with runtime_of(request).database.session() as session:
+    async with devices_context(request).database.session() as session:
         group = await service.visible_group(session, principal, name)
         page = await service.list_devices(
             session, principal, limit=limit, cursor=cursor, extra=service.group_condition(group)
@@ -197,13 +199,13 @@ async def group_devices(
 
 @router.post("/device-groups/{name}/devices", status_code=204)
 async def add_members(name: str, body: MembersRequest, principal: Manager, request: Request) -> Response:
-    await service.set_membership(runtime_of(request).database, principal, name, body.devices, add=True)
+    await service.set_membership(devices_context(request).database, principal, name, body.devices, add=True)
     return Response(status_code=204)
 
 
 @router.delete("/device-groups/{name}/devices", status_code=204)
 async def remove_members(name: str, body: MembersRequest, principal: Manager, request: Request) -> Response:
-    await service.set_membership(runtime_of(request).database, principal, name, body.devices, add=False)
+    await service.set_membership(devices_context(request).database, principal, name, body.devices, add=False)
     return Response(status_code=204)
 
 
@@ -214,10 +216,10 @@ class PemResponse(Response):
 @router.get("/pki/ca.pem", dependencies=[PUBLIC], response_class=PemResponse)
 async def ca_certificate(request: Request) -> Response:
     """The fleet CA's certificate, which devices trust for the device listener."""
-    return PemResponse(runtime_of(request).pki.ca_cert.read_bytes())
+    return PemResponse(devices_context(request).pki.ca_cert.read_bytes())
 
 
 @router.get("/pki/crl.pem", dependencies=[PUBLIC], response_class=PemResponse)
 async def crl(request: Request) -> Response:
     """The fleet CA's certificate revocation list (PEM)."""
-    return PemResponse(runtime_of(request).pki.crl.read_bytes())
+    return PemResponse(devices_context(request).pki.crl.read_bytes())

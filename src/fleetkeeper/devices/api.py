@@ -10,10 +10,10 @@ from starlette.requests import HTTPConnection
 
 from fleetkeeper.core.peer import PeerCertificate, require_peer_certificate
 from fleetkeeper.core.routeaccess import public_dependency
-from fleetkeeper.core.runtime import Runtime, runtime_of
 from fleetkeeper.core.wire import RequestBody
 from fleetkeeper.devices import enrollment, service
 from fleetkeeper.devices.auth import AuthenticatedDevice
+from fleetkeeper.devices.context import DevicesContext, devices_context
 from fleetkeeper.devices.schemas import CertificateOut, EnrollmentOut, Envelope, RotationPending
 
 router = APIRouter(prefix="/device/v1", tags=["device"])
@@ -26,7 +26,7 @@ def _address(connection: HTTPConnection) -> str | None:
     return connection.client.host if connection.client else None
 
 
-def _ca_pem(runtime: Runtime) -> str:
+def _ca_pem(runtime: DevicesContext) -> str:
     return runtime.pki.ca_cert.read_text()
 
 
@@ -37,7 +37,7 @@ async def ping() -> Response:
     return Response(status_code=204)
 
 
-async def hot_ping(runtime: Runtime, peer: PeerCertificate) -> Response:
+async def hot_ping(runtime: DevicesContext, peer: PeerCertificate) -> Response:
     """`ping` as a hot handler (`core/hotroutes.py`)."""
     return await ping()
 
@@ -45,7 +45,7 @@ async def hot_ping(runtime: Runtime, peer: PeerCertificate) -> Response:
 @router.post("/enroll", dependencies=[PUBLIC])
 async def enroll(body: Envelope, request: Request, response: Response) -> EnrollmentOut:
     """A signed enrollment request; send it again (new nonce) to poll or to fetch the certificate."""
-    runtime = runtime_of(request)
+    runtime = devices_context(request)
     answer = await enrollment.enroll(runtime, body.model_dump(), _address(request))
     if answer.status != "accepted":
         response.status_code = 202
@@ -67,12 +67,12 @@ async def crl(request: Request) -> Response:
     """The fleet CA's certificate revocation list (PEM), as Mosquitto's crlfile wants it: the one
     this process's TLS layer checks (in a device worker, newer than the file after its own
     revocations, until the main process publishes them)."""
-    return Response(runtime_of(request).device_tls.crl_pem, media_type="application/x-pem-file")
+    return Response(devices_context(request).device_tls.crl_pem, media_type="application/x-pem-file")
 
 
 @router.post("/certificate/renew")
 async def renew(device: AuthenticatedDevice, request: Request) -> CertificateOut:
-    runtime = runtime_of(request)
+    runtime = devices_context(request)
     certificate = await enrollment.renew(runtime, device, _address(request))
     return CertificateOut(
         certificate=certificate.pem, ca_certificate=_ca_pem(runtime), not_after=certificate.not_after
@@ -84,7 +84,7 @@ async def rotate(
     device: AuthenticatedDevice, body: Envelope, request: Request, response: Response
 ) -> CertificateOut | RotationPending:
     """A new key, in an envelope signed by it; 202 while an operator's approval is awaited."""
-    runtime = runtime_of(request)
+    runtime = devices_context(request)
     certificate = await enrollment.rotate(runtime, device, body.model_dump(), _address(request))
     if certificate is None:
         response.status_code = 202
@@ -99,7 +99,7 @@ async def inventory(
     device: AuthenticatedDevice, request: Request, report: Annotated[Any, Body()]
 ) -> Response:
     """The device's latest inventory (limits in docs/device-api.md)."""
-    await service.report_inventory(runtime_of(request).database, device.id, report)
+    await service.report_inventory(devices_context(request).database, device.id, report)
     return Response(status_code=204)
 
 
@@ -114,7 +114,7 @@ async def security_event(device: AuthenticatedDevice, event: SecurityEvent, requ
     """Something the agent refused that only a broken or compromised server, or a man in the middle,
     causes (expired metadata, a lower release counter, a bad signature): onto the audit log."""
     await service.record_security_event(
-        runtime_of(request).database, device, event.code, event.detail, address=_address(request)
+        devices_context(request).database, device, event.code, event.detail, address=_address(request)
     )
     return Response(status_code=204)
 

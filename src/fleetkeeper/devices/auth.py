@@ -16,8 +16,8 @@ from starlette.requests import HTTPConnection
 from fleetkeeper.core.errors import UnauthenticatedError
 from fleetkeeper.core.peer import PeerCertificate, peer_of, require_peer_certificate
 from fleetkeeper.core.routeaccess import AccessRule, mark
-from fleetkeeper.core.runtime import runtime_of
 from fleetkeeper.devices import service
+from fleetkeeper.devices.context import devices_context
 from fleetkeeper.devices.models import Device, DeviceCertificate
 
 C = TypeVar("C")
@@ -139,7 +139,7 @@ def _check(
 
 async def _authenticated_device(connection: HTTPConnection) -> Device:
     peer = peer_of(connection)
-    runtime = runtime_of(connection)
+    runtime = devices_context(connection)
     async with runtime.database.read() as session:
         device = await authenticate(session, peer)
     await service.touch(runtime.database, device)

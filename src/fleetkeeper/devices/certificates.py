@@ -13,7 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from fleetkeeper.core.db import Database, utcnow
 from fleetkeeper.core.pki import CLOCK_SKEW, CertificateAuthority, PkiPaths, write_bytes_atomic
-from fleetkeeper.core.runtime import Runtime
+from fleetkeeper.devices.context import DevicesContext
 from fleetkeeper.devices.envelope import DevicePublicKey, key_fingerprint
 from fleetkeeper.devices.models import CrlState, DeviceCertificate
 
@@ -142,7 +142,7 @@ async def publish_crl(
     return number, pem
 
 
-async def reload_crl(runtime: Runtime, *, force: bool = False) -> bool:
+async def reload_crl(runtime: DevicesContext, *, force: bool = False) -> bool:
     """Loads a new CRL into this process's device listener when revocations happened (in any
     process or replica) or the loaded one nears its next update. Runs after every revocation and
     periodically.

@@ -23,8 +23,8 @@ from fleetkeeper.core.errors import (
     UnauthenticatedError,
 )
 from fleetkeeper.core.ids import new_id
-from fleetkeeper.core.runtime import Runtime
 from fleetkeeper.devices import auto_accept, certificates, enrollment_limits
+from fleetkeeper.devices.context import DevicesContext
 from fleetkeeper.devices.envelope import (
     DevicePublicKey,
     SignedPayload,
@@ -53,7 +53,7 @@ class EnrollmentAnswer:
     not_after: str | None = None
 
 
-async def enroll(runtime: Runtime, envelope: dict[str, Any], address: str | None) -> EnrollmentAnswer:
+async def enroll(runtime: DevicesContext, envelope: dict[str, Any], address: str | None) -> EnrollmentAnswer:
     """The device's signed enrollment request. The same key always maps to the same device, so a
     device polls by sending its enrollment again."""
     await enrollment_limits.count_request(runtime, address)
@@ -92,7 +92,11 @@ class _RefusalError(Exception):
 
 
 async def _enroll(
-    runtime: Runtime, signed: SignedPayload, identity: Identity, token_value: str | None, address: str | None
+    runtime: DevicesContext,
+    signed: SignedPayload,
+    identity: Identity,
+    token_value: str | None,
+    address: str | None,
 ) -> EnrollmentAnswer:
     # Every enrollment queues on the audit head row from its first record until it commits, and on
     # its token's row from counting the use: both come last, after the inserts and the signing,
@@ -302,7 +306,7 @@ async def _first_contact(
 
 
 async def _current_certificate(
-    session: AsyncSession, runtime: Runtime, device: Device, *, new: bool, audit: list[dict[str, Any]]
+    session: AsyncSession, runtime: DevicesContext, device: Device, *, new: bool, audit: list[dict[str, Any]]
 ) -> DeviceCertificate:
     """The newest valid certificate for the device's key, issued when there is none (a device
     accepted in this transaction has none: no need to look)."""
@@ -343,7 +347,12 @@ async def _current_certificate(
 
 
 async def decide(
-    runtime: Runtime, principal: Principal, device: Device, accept: bool, *, into_group: str | None = None
+    runtime: DevicesContext,
+    principal: Principal,
+    device: Device,
+    accept: bool,
+    *,
+    into_group: str | None = None,
 ) -> Device:
     """Accepts (into a static group of the caller's, when one is named) or rejects a pending device,
     in one transaction. Accepting needs devices:manage in every group that reaches the accepted
@@ -380,7 +389,7 @@ async def decide(
 
 
 async def accept_into_group(
-    runtime: Runtime, principal: Principal, device: Device, group_name: str | None
+    runtime: DevicesContext, principal: Principal, device: Device, group_name: str | None
 ) -> Device:
     """Accepts a pending device and, when a static group is named, puts it there (`decide`)."""
     return await decide(runtime, principal, device, accept=True, into_group=group_name or None)
@@ -397,7 +406,11 @@ def ensure_may_enroll_into_no_group(principal: Principal) -> None:
 
 
 async def preauthorize(
-    runtime: Runtime, principal: Principal, raw_identity: Any, public_key_pem: str, group_names: list[str]
+    runtime: DevicesContext,
+    principal: Principal,
+    raw_identity: Any,
+    public_key_pem: str,
+    group_names: list[str],
 ) -> Device:
     """Registers a device's identity and public key ahead, in these static groups: it is accepted at
     its first enrollment."""
@@ -434,7 +447,7 @@ async def preauthorize(
     return device
 
 
-async def decommission(runtime: Runtime, principal: Principal, device: Device) -> int:
+async def decommission(runtime: DevicesContext, principal: Principal, device: Device) -> int:
     """Retires the device: its certificates are revoked and published in the CRL at once."""
     async with runtime.database.transaction() as session:
         current = await session.get(Device, device.id, with_for_update=True)
@@ -475,7 +488,7 @@ async def list_tokens(session: AsyncSession, principal: Principal) -> list[Enrol
 
 
 async def create_token(
-    runtime: Runtime,
+    runtime: DevicesContext,
     principal: Principal,
     *,
     name: str,
@@ -525,7 +538,7 @@ async def create_token(
     return token, f"{token.id}.{secret}"
 
 
-async def revoke_token(runtime: Runtime, principal: Principal, token_id: str) -> None:
+async def revoke_token(runtime: DevicesContext, principal: Principal, token_id: str) -> None:
     not_found = NotFoundError("no such enrollment token", code="enrollment_token_not_found")
     async with runtime.database.transaction() as session:
         token = await session.get(EnrollmentToken, token_id)
@@ -547,7 +560,7 @@ async def revoke_token(runtime: Runtime, principal: Principal, token_id: str) ->
 # --- the device itself, over mTLS ---------------------------------------------------------------
 
 
-async def renew(runtime: Runtime, device: Device, address: str | None) -> DeviceCertificate:
+async def renew(runtime: DevicesContext, device: Device, address: str | None) -> DeviceCertificate:
     validity = timedelta(days=runtime.settings.device_certificate_days)
     async with runtime.database.transaction() as session:
         certificate = await certificates.issue(
@@ -565,7 +578,7 @@ async def renew(runtime: Runtime, device: Device, address: str | None) -> Device
 
 
 async def rotate(
-    runtime: Runtime, device: Device, envelope: dict[str, Any], address: str | None
+    runtime: DevicesContext, device: Device, envelope: dict[str, Any], address: str | None
 ) -> DeviceCertificate | None:
     """A new key, proven by a request it signed. Under the "automatic" policy the new certificate
     comes back at once and the old key's certificates are revoked; under "approval" it waits."""
@@ -619,7 +632,7 @@ async def rotate(
     return certificate
 
 
-async def approve_rotation(runtime: Runtime, principal: Principal, device: Device) -> None:
+async def approve_rotation(runtime: DevicesContext, principal: Principal, device: Device) -> None:
     async with runtime.database.transaction() as session:
         current = await session.get(Device, device.id, with_for_update=True)
         if current is None or current.pending_public_key_pem is None:

@@ -22,7 +22,7 @@ from fleetkeeper.core.db import utcnow
 from fleetkeeper.core.errors import ProblemError
 from fleetkeeper.core.logging import get_logger
 from fleetkeeper.core.networks import network_of
-from fleetkeeper.core.runtime import Runtime
+from fleetkeeper.devices.context import DevicesContext
 from fleetkeeper.devices.models import Device
 
 # A full queue empties only as operators decide or requests expire: not within seconds.
@@ -48,7 +48,7 @@ class EnrollmentQueueFullError(ProblemError):
         )
 
 
-async def count_request(runtime: Runtime, address: str | None) -> None:
+async def count_request(runtime: DevicesContext, address: str | None) -> None:
     """Counts one enrollment request (a poll too) against its address's and its network's limits;
     raises RateLimitedError past either."""
     settings = runtime.settings
@@ -87,7 +87,7 @@ class ExpiryResult:
     before: datetime
 
 
-async def expire_stale_requests(runtime: Runtime, *, now: datetime | None = None) -> ExpiryResult:
+async def expire_stale_requests(runtime: DevicesContext, *, now: datetime | None = None) -> ExpiryResult:
     """Removes the devices that have waited for a decision longer than `enrollment_pending_days`,
     each with an audit record. A device that is still there and polling asks again, and joins the
     queue anew; a device accepted or rejected meanwhile is never touched."""

@@ -69,5 +69,5 @@ async def refuse_unfit_group_given_as_scope(session: AsyncSession, group: Device
 
 
 def register() -> None:
-    """Done when the devices package is imported (its __init__)."""
+    """Done by the composition root (server/wiring.py)."""
     register_scope_check(SCOPE_KIND, refuse_unfit_scopes)

@@ -13,10 +13,10 @@ from pydantic import Field
 from fleetkeeper.access.auth import PUBLIC, requires
 from fleetkeeper.access.service import Permission, Principal
 from fleetkeeper.core.errors import NotFoundError, ProblemError
-from fleetkeeper.core.runtime import Runtime, runtime_of
 from fleetkeeper.core.wire import RequestBody
 from fleetkeeper.releases import repository, service
 from fleetkeeper.releases.bundle import bundle_members, stream_bundle
+from fleetkeeper.releases.context import ReleasesContext, releases_context
 from fleetkeeper.releases.schemas import ReleaseDetail, ReleaseOut, ReleasePage
 
 router = APIRouter(prefix="/api/v1", tags=["releases"])
@@ -43,14 +43,14 @@ class RootRequest(RequestBody):
 @router.get("/repository/online-keys", dependencies=[PUBLIC])
 async def online_keys(request: Request) -> dict[str, Any]:
     """The public keys the server signs snapshot, timestamp and director metadata with."""
-    return runtime_of(request).online_keys.public_keys()
+    return releases_context(request).online_keys.public_keys()
 
 
 @router.post("/repository/trust", status_code=201)
 async def install_trust(body: TrustRequest, principal: Manager, request: Request) -> dict[str, str]:
     """The repository's first root and targets, and the director root: signed offline, accepted once."""
     await service.install_trust(
-        runtime_of(request),
+        releases_context(request),
         principal,
         _canonical(body.root),
         _canonical(body.targets),
@@ -67,16 +67,16 @@ async def rotate_root(body: RootRequest, principal: Manager, request: Request) -
     versions = {}
     if body.root is not None:
         versions["root"] = await service.rotate_root(
-            runtime_of(request), principal, repository.IMAGE, _canonical(body.root)
+            releases_context(request), principal, repository.IMAGE, _canonical(body.root)
         )
     if body.director_root is not None:
         versions["director_root"] = await service.rotate_root(
-            runtime_of(request), principal, repository.DIRECTOR, _canonical(body.director_root)
+            releases_context(request), principal, repository.DIRECTOR, _canonical(body.director_root)
         )
     return versions
 
 
-async def metadata_response(runtime: Runtime, which: str, filename: str) -> Response:
+async def metadata_response(runtime: ReleasesContext, which: str, filename: str) -> Response:
     match = METADATA_FILE.match(filename)
     if match is None:
         raise NotFoundError("no such metadata", code="metadata_not_found")
@@ -95,7 +95,7 @@ async def image_metadata(filename: str, principal: Reader, request: Request) -> 
     match = METADATA_FILE.match(filename)
     if match is not None and match.group(2) == "targets":
         service.ensure_reads_every_release(principal, "targets.json")
-    return await metadata_response(runtime_of(request), repository.IMAGE, filename)
+    return await metadata_response(releases_context(request), repository.IMAGE, filename)
 
 
 @router.get("/director/metadata/{filename}")
@@ -105,7 +105,7 @@ async def director_root(filename: str, principal: Reader, request: Request) -> R
         raise NotFoundError(
             "devices read their own director metadata on the device listener", code="metadata_not_found"
         )
-    return await metadata_response(runtime_of(request), repository.DIRECTOR, filename)
+    return await metadata_response(releases_context(request), repository.DIRECTOR, filename)
 
 
 @router.get("/releases")
@@ -116,7 +116,7 @@ async def list_releases(
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
     cursor: Annotated[str | None, Query(max_length=64)] = None,
 ) -> ReleasePage:
-    async with runtime_of(request).database.session() as session:
+    async with releases_context(request).database.session() as session:
         rows = await service.list_releases(session, principal, name=name, limit=limit + 1, after=cursor)
         items = [ReleaseOut.of(row, await service.release_tags(session, row.id)) for row in rows[:limit]]
     return ReleasePage(items=items, next_cursor=items[-1].id if len(rows) > limit else None)
@@ -125,7 +125,7 @@ async def list_releases(
 @router.get("/releases/{name}/{version}")
 async def get_release(name: str, version: str, principal: Reader, request: Request) -> ReleaseDetail:
     """A release: signers, hashes, module type, device types, SBOM."""
-    async with runtime_of(request).database.session() as session:
+    async with releases_context(request).database.session() as session:
         release = await service.get_release(session, principal, name, version, Permission.RELEASES_READ)
         tags = await service.release_tags(session, release.id)
     return ReleaseDetail(**ReleaseOut.of(release, tags).model_dump(), sbom=release.sbom)
@@ -140,7 +140,7 @@ async def set_tags(
     name: str, version: str, body: TagsRequest, principal: Manager, request: Request
 ) -> list[str]:
     """Tags scope `releases:*` permissions."""
-    return await service.set_tags(runtime_of(request), principal, name, version, body.tags)
+    return await service.set_tags(releases_context(request), principal, name, version, body.tags)
 
 
 @router.get("/releases/{name}/{version}/bundle", response_class=StreamingResponse)
@@ -154,7 +154,7 @@ async def export_bundle(
     """An offline bundle for air-gapped sites: the metadata chain and the target, as one tar. It
     carries targets.json, so it needs releases:read on all releases."""
     service.ensure_reads_every_release(principal, "an offline bundle")
-    runtime = runtime_of(request)
+    runtime = releases_context(request)
     async with runtime.database.session() as session:
         release = await service.get_release(session, principal, name, version, Permission.RELEASES_READ)
     members = await bundle_members(runtime, release, device_type)
@@ -170,5 +170,5 @@ async def export_bundle(
 async def delete_release(name: str, version: str, principal: Manager, request: Request) -> Response:
     """Refused (409 release_in_use) while a deployment that has not ended (scheduled, active, paused)
     uses the release."""
-    await service.delete_release(runtime_of(request), principal, name, version)
+    await service.delete_release(releases_context(request), principal, name, version)
     return Response(status_code=204)

@@ -14,8 +14,8 @@ from sqlalchemy import select
 from tuf.api.metadata import Metadata, Targets
 
 from fleetkeeper.core.errors import ConflictError, ProblemError
-from fleetkeeper.core.runtime import Runtime
 from fleetkeeper.releases import repository
+from fleetkeeper.releases.context import ReleasesContext
 from fleetkeeper.releases.models import Release, RepositoryMetadata
 
 BUNDLE_FORMAT = "fleetkeeper-bundle-v1"
@@ -41,7 +41,7 @@ def _padding(size: int) -> bytes:
     return b"\0" * (-size % _BLOCK)
 
 
-async def bundle_members(runtime: Runtime, release: Release, device_type: str) -> list[_Member]:
+async def bundle_members(runtime: ReleasesContext, release: Release, device_type: str) -> list[_Member]:
     if device_type not in release.device_types:
         raise ProblemError(
             f"{release.name} {release.version} is for {', '.join(release.device_types)}, not {device_type}",
@@ -92,7 +92,9 @@ async def bundle_members(runtime: Runtime, release: Release, device_type: str) -
     return [_Member("bundle.json", manifest_bytes, len(manifest_bytes)), *members]
 
 
-async def stream_bundle(runtime: Runtime, release: Release, members: list[_Member]) -> AsyncIterator[bytes]:
+async def stream_bundle(
+    runtime: ReleasesContext, release: Release, members: list[_Member]
+) -> AsyncIterator[bytes]:
     for member in members:
         yield _header(member.name, member.size)
         if member.content is not None:

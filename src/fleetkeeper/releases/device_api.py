@@ -7,12 +7,12 @@ from fastapi.responses import RedirectResponse
 
 from fleetkeeper.core.errors import NotFoundError
 from fleetkeeper.core.peer import PeerCertificate
-from fleetkeeper.core.runtime import Runtime, runtime_of
 from fleetkeeper.deployments import service as deployments
 from fleetkeeper.devices import service as devices
 from fleetkeeper.devices.auth import AuthenticatedDevice, DevicePeer, authenticate, authenticate_with
 from fleetkeeper.releases import director_checkin, repository, service
 from fleetkeeper.releases.api import METADATA_FILE, metadata_response
+from fleetkeeper.releases.context import ReleasesContext, releases_context
 from fleetkeeper.releases.models import DirectorState
 from fleetkeeper.releases.ranges import range_response
 
@@ -27,7 +27,7 @@ async def director_metadata(filename: str, peer: DevicePeer, request: Request) -
     others read the device, what its deployments want now and its director state in one session
     without a transaction. A check-in writes only when the assignment changed (the metadata is
     re-signed) or when the device's last-seen time is a minute old."""
-    runtime = runtime_of(request)
+    runtime = releases_context(request)
     match = METADATA_FILE.match(filename)
     version, role = (match.group(1), match.group(2)) if match else (None, None)
     if role == "timestamp" and version is None:
@@ -76,14 +76,14 @@ async def director_metadata(filename: str, peer: DevicePeer, request: Request) -
 
 @router.get("/repository/metadata/{filename}")
 async def image_metadata(filename: str, device: AuthenticatedDevice, request: Request) -> Response:
-    return await metadata_response(runtime_of(request), repository.IMAGE, filename)
+    return await metadata_response(releases_context(request), repository.IMAGE, filename)
 
 
 @router.get("/repository/targets/{path:path}", response_model=None)
 async def target(path: str, device: AuthenticatedDevice, request: Request) -> Response:
     """A target file by its consistent-snapshot path (`<name>/<version>/<sha256>.<file>`): HTTP
     Range supported; with S3, a redirect to a short-lived presigned URL."""
-    runtime = runtime_of(request)
+    runtime = releases_context(request)
     key = f"targets/{path}"
     async with runtime.database.session() as session:
         release = await service.served_object(session, key)
@@ -97,7 +97,7 @@ async def target(path: str, device: AuthenticatedDevice, request: Request) -> Re
     )
 
 
-async def unchanged_check_in(runtime: Runtime, peer: PeerCertificate) -> Response | None:
+async def unchanged_check_in(runtime: ReleasesContext, peer: PeerCertificate) -> Response | None:
     """A check-in that changes nothing: the stored director timestamp, else None (the general
     path of `director_metadata`). Also the check-in's hot handler (`core/hotroutes.py`)."""
     unchanged = await director_checkin.unchanged_timestamp(runtime, peer)

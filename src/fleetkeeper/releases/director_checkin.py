@@ -18,11 +18,11 @@ from typing import Any
 from sqlalchemy import Select, true
 
 from fleetkeeper.core.peer import PeerCertificate
-from fleetkeeper.core.runtime import Runtime
 from fleetkeeper.deployments import service as deployments
 from fleetkeeper.devices import service as devices
 from fleetkeeper.devices.auth import IDENTITY_COLUMNS, identity_of, identity_query, serial_parameter
 from fleetkeeper.devices.models import Device
+from fleetkeeper.releases.context import ReleasesContext
 from fleetkeeper.releases.models import DirectorState
 
 
@@ -42,7 +42,7 @@ def _check_in_query() -> Select[Any]:
     )
 
 
-async def unchanged_timestamp(runtime: Runtime, peer: PeerCertificate) -> bytes | None:
+async def unchanged_timestamp(runtime: ReleasesContext, peer: PeerCertificate) -> bytes | None:
     """The device's stored director timestamp when its check-in changes nothing, else None.
 
     Raises what `authenticate` raises for a certificate that is not an accepted device's."""

@@ -14,7 +14,7 @@ from typing import NamedTuple
 from starlette.responses import Response, StreamingResponse
 
 from fleetkeeper.core.errors import problem_response
-from fleetkeeper.releases.storage import ObjectStore
+from fleetkeeper.core.objectstore import ObjectStore
 
 _SINGLE_RANGE = re.compile(r"bytes[ \t]*=[ \t]*([0-9]*)[ \t]*-[ \t]*([0-9]*)[ \t]*", re.IGNORECASE)
 

@@ -20,9 +20,9 @@ from fleetkeeper.audit.service import SYSTEM, record
 from fleetkeeper.core.db import utcnow
 from fleetkeeper.core.errors import ConflictError, ForbiddenError, NotFoundError, ProblemError
 from fleetkeeper.core.ids import new_id
-from fleetkeeper.core.runtime import Runtime
 from fleetkeeper.releases import repository, uploads
 from fleetkeeper.releases.artifact import Artifact, read_artifact
+from fleetkeeper.releases.context import ReleasesContext
 from fleetkeeper.releases.director import (
     Assignment,
     DeviceMetadata,
@@ -70,7 +70,7 @@ def _parsed_as(content: bytes, kind: type[Any]) -> Metadata[Any]:
     return metadata
 
 
-def online_public_keys(runtime: Runtime) -> dict[str, Key]:
+def online_public_keys(runtime: ReleasesContext) -> dict[str, Key]:
     from fleetkeeper.releases.online_keys import ONLINE_ROLES
 
     return {role: runtime.online_keys.key(role) for role in ONLINE_ROLES}
@@ -80,7 +80,7 @@ def online_public_keys(runtime: Runtime) -> dict[str, Key]:
 
 
 async def install_trust(
-    runtime: Runtime, principal: Principal, root: bytes, targets: bytes, director_root: bytes
+    runtime: ReleasesContext, principal: Principal, root: bytes, targets: bytes, director_root: bytes
 ) -> None:
     """The first roots, signed offline; accepted once, when they name this server's online keys."""
     _ensure_whole_repository(principal)
@@ -115,7 +115,7 @@ async def install_trust(
         raise ConflictError("the repository already has its trust", code="already_initialized") from None
 
 
-async def rotate_root(runtime: Runtime, principal: Principal, which: str, content: bytes) -> int:
+async def rotate_root(runtime: ReleasesContext, principal: Principal, which: str, content: bytes) -> int:
     """Root vN+1, signed by the current root's threshold and its own."""
     _ensure_whole_repository(principal)
     new: Metadata[Root] = _parsed_as(content, Root)
@@ -153,7 +153,7 @@ async def _chunks(artifact: Artifact) -> AsyncIterator[bytes]:
         yield chunk
 
 
-async def publish_upload(runtime: Runtime, principal: Principal, upload_id: str) -> ReleaseOut:
+async def publish_upload(runtime: ReleasesContext, principal: Principal, upload_id: str) -> ReleaseOut:
     """Verifies the uploaded artifact completely, then stores the payload, the new targets
     metadata and the re-signed snapshot and timestamp. A refusal leaves nothing behind."""
     upload = await uploads.get(runtime.database, principal, upload_id)
@@ -248,7 +248,7 @@ async def publish_upload(runtime: Runtime, principal: Principal, upload_id: str)
             await uploads.discard(runtime.database, runtime.settings, upload_id)
 
 
-async def _delete_unreferenced(runtime: Runtime, object_key: str) -> None:
+async def _delete_unreferenced(runtime: ReleasesContext, object_key: str) -> None:
     """A refused upload's payload goes, unless an accepted release uses the same bytes."""
     async with runtime.database.session() as session:
         used = await session.scalar(select(exists().where(Release.object_key == object_key)))
@@ -257,7 +257,7 @@ async def _delete_unreferenced(runtime: Runtime, object_key: str) -> None:
 
 
 async def _audit_refusal(
-    runtime: Runtime, principal: Principal, upload_id: str, code: str, detail: str
+    runtime: ReleasesContext, principal: Principal, upload_id: str, code: str, detail: str
 ) -> None:
     async with runtime.database.transaction() as session:
         await record(
@@ -278,7 +278,7 @@ async def release_tags(session: AsyncSession, release_id: str) -> list[str]:
     return sorted(await session.scalars(select(ReleaseTag.tag).where(ReleaseTag.release_id == release_id)))
 
 
-async def release_out(runtime: Runtime, release_id: str) -> ReleaseOut:
+async def release_out(runtime: ReleasesContext, release_id: str) -> ReleaseOut:
     async with runtime.database.session() as session:
         release = await session.get(Release, release_id)
         assert release is not None
@@ -377,7 +377,7 @@ async def get_release(
 
 
 async def set_tags(
-    runtime: Runtime, principal: Principal, name: str, version: str, tags: list[str]
+    runtime: ReleasesContext, principal: Principal, name: str, version: str, tags: list[str]
 ) -> list[str]:
     tags = uploads.check_tags(principal, Permission.RELEASES_MANAGE, tags)
     scopes = principal.grants.scopes(Permission.RELEASES_MANAGE)
@@ -419,7 +419,7 @@ _in_use_checks: list[InUseCheck] = []
 
 def register_in_use_check(check: InUseCheck) -> None:
     """How another domain keeps a release it needs from being deleted: deployments registers its
-    check when it is imported (fleetkeeper/deployments/__init__.py). Registered twice, kept once."""
+    check when the composition root wires the domains (server/wiring.py). Registered twice, kept once."""
     if check not in _in_use_checks:
         _in_use_checks.append(check)
 
@@ -428,7 +428,7 @@ def in_use_checks() -> tuple[InUseCheck, ...]:
     return tuple(_in_use_checks)
 
 
-async def delete_release(runtime: Runtime, principal: Principal, name: str, version: str) -> None:
+async def delete_release(runtime: ReleasesContext, principal: Principal, name: str, version: str) -> None:
     """The payload goes; the target stays in signed metadata (the server cannot re-sign targets)
     but is no longer served, and the director never assigns it. Refused (409 release_in_use) while
     another domain needs the release. The row stays, marked deleted, so that what named the
@@ -508,7 +508,7 @@ def _save(
             setattr(state, key, value)
 
 
-async def assign(runtime: Runtime, device_id: str, device_type: str, release: Release | None) -> None:
+async def assign(runtime: ReleasesContext, device_id: str, device_type: str, release: Release | None) -> None:
     """What the device must run now; its director metadata is re-signed when this changes."""
     assignment = (
         Assignment(
@@ -548,7 +548,7 @@ async def director_state(session: AsyncSession, device_id: str) -> DirectorState
 
 
 async def director_files(
-    runtime: Runtime,
+    runtime: ReleasesContext,
     device_id: str,
     device_type: str,
     *,
@@ -574,7 +574,7 @@ async def director_files(
     )
 
 
-async def refresh_due_metadata(runtime: Runtime) -> int:
+async def refresh_due_metadata(runtime: ReleasesContext) -> int:
     """The background job: re-signs the image repository's timestamp and every device's director
     metadata before it expires. Returns how many were re-signed."""
     now = _now()

@@ -9,9 +9,9 @@ from pydantic import BaseModel, Field
 
 from fleetkeeper.access.auth import requires
 from fleetkeeper.access.service import Permission, Principal
-from fleetkeeper.core.runtime import runtime_of
 from fleetkeeper.core.wire import RequestBody
 from fleetkeeper.releases import uploads
+from fleetkeeper.releases.context import releases_context
 from fleetkeeper.releases.schemas import ReleaseOut
 from fleetkeeper.releases.service import publish_upload
 
@@ -34,7 +34,7 @@ class UploadOut(BaseModel):
 @router.post("", status_code=201)
 async def start(body: StartUpload, principal: Uploader, request: Request) -> UploadOut:
     """Announces an artifact: its length, SHA-256 and the tags it will carry."""
-    runtime = runtime_of(request)
+    runtime = releases_context(request)
     upload = await uploads.start(
         runtime.database, runtime.settings, principal, length=body.length, sha256=body.sha256, tags=body.tags
     )
@@ -44,7 +44,7 @@ async def start(body: StartUpload, principal: Uploader, request: Request) -> Upl
 @router.head("/{upload_id}")
 async def status(upload_id: str, principal: Uploader, request: Request) -> Response:
     """Where to resume: the `Upload-Offset` header."""
-    upload = await uploads.get(runtime_of(request).database, principal, upload_id)
+    upload = await uploads.get(releases_context(request).database, principal, upload_id)
     return Response(headers={"upload-offset": str(upload.received), "upload-length": str(upload.length)})
 
 
@@ -56,7 +56,7 @@ async def append(
     upload_offset: Annotated[int, Header(ge=0)],
 ) -> UploadOut:
     """A chunk, written at `Upload-Offset` (which must be what the server has)."""
-    runtime = runtime_of(request)
+    runtime = releases_context(request)
     received = await uploads.append(
         runtime.database, runtime.settings, principal, upload_id, upload_offset, request.stream()
     )
@@ -66,7 +66,7 @@ async def append(
 
 @router.delete("/{upload_id}", status_code=204)
 async def abort(upload_id: str, principal: Uploader, request: Request) -> Response:
-    runtime = runtime_of(request)
+    runtime = releases_context(request)
     await uploads.get(runtime.database, principal, upload_id)
     await uploads.discard(runtime.database, runtime.settings, upload_id)
     return Response(status_code=204)
@@ -75,4 +75,4 @@ async def abort(upload_id: str, principal: Uploader, request: Request) -> Respon
 @router.post("/{upload_id}/complete", status_code=201)
 async def complete(upload_id: str, principal: Uploader, request: Request) -> ReleaseOut:
     """Verifies everything before accepting; a refused upload leaves nothing behind."""
-    return await publish_upload(runtime_of(request), principal, upload_id)
+    return await publish_upload(releases_context(request), principal, upload_id)

@@ -18,11 +18,11 @@ from fleetkeeper.access.permissions import Permission
 from fleetkeeper.access.principal import Principal
 from fleetkeeper.console import session as console_session
 from fleetkeeper.core.errors import ProblemError
+from fleetkeeper.core.objectstore import ObjectNotFoundError
 from fleetkeeper.core.routeaccess import AccessRule, mark
-from fleetkeeper.core.runtime import runtime_of
 from fleetkeeper.core.wire import Timestamp
-from fleetkeeper.releases.storage import ObjectNotFoundError
 from fleetkeeper.terminal import bridge, service
+from fleetkeeper.terminal.context import terminal_context
 from fleetkeeper.terminal.models import TerminalSession
 from fleetkeeper.terminal.protocol import OPERATOR_TO_SERVER, MalformedFrameError, decode_control
 
@@ -94,7 +94,7 @@ async def terminal(
 ) -> None:
     """A terminal on the device (docs/terminal.md): binary frames carry bytes, text frames control."""
     await websocket.accept()
-    runtime = runtime_of(websocket)
+    runtime = terminal_context(websocket)
     try:
         if isinstance(principal, ProblemError):
             raise principal
@@ -123,7 +123,7 @@ class FileOut(BaseModel):
 @router.put("/devices/{device_id}/files", status_code=201)
 async def put_file(device_id: str, path: DevicePath, request: Request, principal: Connector) -> FileOut:
     """Writes the body to `path` on the device (within its configured roots)."""
-    runtime = runtime_of(request)
+    runtime = terminal_context(request)
     service.check_device_path(path)
     declared = request.headers.get("content-length", "")
     if not declared.isdigit():
@@ -143,7 +143,7 @@ async def put_file(device_id: str, path: DevicePath, request: Request, principal
 @router.get("/devices/{device_id}/files")
 async def get_file(device_id: str, path: DevicePath, request: Request, principal: Connector) -> Response:
     """The file at `path` on the device (within its configured roots)."""
-    runtime = runtime_of(request)
+    runtime = terminal_context(request)
     service.check_device_path(path)
     row = await service.begin(runtime, principal, device_id, "download", path=path)
     download = await bridge.start_download(runtime, principal, row)
@@ -201,20 +201,20 @@ async def list_sessions(
 ) -> list[SessionOut]:
     """Sessions and transfers, newest first; page with `before` = the last one's opened_at."""
     rows = await service.list_sessions(
-        runtime_of(request).database, device_id=device_id, user_id=user_id, before=before, limit=limit
+        terminal_context(request).database, device_id=device_id, user_id=user_id, before=before, limit=limit
     )
     return [SessionOut.of(row) for row in rows]
 
 
 @router.get("/terminal/sessions/{session_id}")
 async def get_session(session_id: str, request: Request, principal: Auditor) -> SessionOut:
-    return SessionOut.of(await service.get_session(runtime_of(request).database, session_id))
+    return SessionOut.of(await service.get_session(terminal_context(request).database, session_id))
 
 
 @router.get("/terminal/sessions/{session_id}/recording")
 async def recording(session_id: str, request: Request, principal: Auditor) -> Response:
     """The session's asciicast v2 recording."""
-    runtime = runtime_of(request)
+    runtime = terminal_context(request)
     row = await service.get_session(runtime.database, session_id)
     if row.recording_key is None:
         raise ProblemError("this session has no recording (yet)", code="recording_not_found", status=404)

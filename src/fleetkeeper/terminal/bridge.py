@@ -19,8 +19,8 @@ from starlette.websockets import WebSocket
 from fleetkeeper.access.principal import Principal
 from fleetkeeper.core.errors import ProblemError
 from fleetkeeper.core.logging import get_logger
-from fleetkeeper.core.runtime import Runtime
 from fleetkeeper.terminal import service
+from fleetkeeper.terminal.context import TerminalContext
 from fleetkeeper.terminal.models import TerminalSession
 from fleetkeeper.terminal.protocol import (
     DATA_CHUNK,
@@ -103,7 +103,7 @@ async def _await_answer(
 
 @dataclass
 class TerminalBridge:
-    runtime: Runtime
+    runtime: TerminalContext
     websocket: WebSocket
     principal: Principal
     row: TerminalSession
@@ -292,7 +292,11 @@ class FileResult:
 
 
 async def upload(
-    runtime: Runtime, principal: Principal, row: TerminalSession, size: int, body: AsyncIterator[bytes]
+    runtime: TerminalContext,
+    principal: Principal,
+    row: TerminalSession,
+    size: int,
+    body: AsyncIterator[bytes],
 ) -> FileResult:
     """Streams `body` to the device through the relay, `FILE_WINDOW` bytes ahead of its acks."""
     relay = runtime.terminal_relay
@@ -353,7 +357,7 @@ def _acked(message: dict[str, Any], acked: int) -> int:
     return received if isinstance(received, int) and received > acked else acked
 
 
-async def _next_file_message(subscription: Subscription, runtime: Runtime) -> dict[str, Any]:
+async def _next_file_message(subscription: Subscription, runtime: TerminalContext) -> dict[str, Any]:
     """The device's next message about this transfer; its errors raise."""
     try:
         async with asyncio.timeout(runtime.settings.terminal_idle_timeout):
@@ -374,7 +378,7 @@ async def _next_file_message(subscription: Subscription, runtime: Runtime) -> di
 class Download:
     """A download the device agreed to: `size` bytes will follow. Iterate it once."""
 
-    runtime: Runtime
+    runtime: TerminalContext
     principal: Principal
     row: TerminalSession
     size: int
@@ -424,7 +428,7 @@ class Download:
             await self.stack.aclose()
 
 
-async def start_download(runtime: Runtime, principal: Principal, row: TerminalSession) -> Download:
+async def start_download(runtime: TerminalContext, principal: Principal, row: TerminalSession) -> Download:
     relay = runtime.terminal_relay
     stack = contextlib.AsyncExitStack()
     try:

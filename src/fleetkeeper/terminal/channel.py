@@ -16,8 +16,8 @@ from starlette.types import Message
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from fleetkeeper.core.logging import get_logger
-from fleetkeeper.core.runtime import Runtime
 from fleetkeeper.terminal.bridge import device_topic, session_topic
+from fleetkeeper.terminal.context import TerminalContext
 from fleetkeeper.terminal.protocol import (
     DATA_CHUNK,
     DEVICE_TO_SERVER,
@@ -42,7 +42,7 @@ _channels: dict[str, DeviceChannel] = {}
 
 
 class DeviceChannel:
-    def __init__(self, runtime: Runtime, websocket: WebSocket, device_id: str) -> None:
+    def __init__(self, runtime: TerminalContext, websocket: WebSocket, device_id: str) -> None:
         self.runtime = runtime
         self.websocket = websocket
         self.device_id = device_id

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from fastapi import APIRouter, WebSocket
 
-from fleetkeeper.core.runtime import runtime_of
 from fleetkeeper.devices.auth import AuthenticatedDevice
 from fleetkeeper.terminal.channel import DeviceChannel
+from fleetkeeper.terminal.context import terminal_context
 
 router = APIRouter(prefix="/device/v1", tags=["device"])
 
@@ -15,4 +15,4 @@ router = APIRouter(prefix="/device/v1", tags=["device"])
 async def channel(websocket: WebSocket, device: AuthenticatedDevice) -> None:
     """Sessions and file transfers reach the device here (docs/terminal.md, "Protocol")."""
     await websocket.accept()
-    await DeviceChannel(runtime_of(websocket), websocket, device.id).run()
+    await DeviceChannel(terminal_context(websocket), websocket, device.id).run()

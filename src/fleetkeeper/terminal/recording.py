@@ -10,7 +10,7 @@ import json
 import time
 from collections.abc import AsyncIterator
 
-from fleetkeeper.releases.storage import ObjectStore
+from fleetkeeper.core.objectstore import ObjectStore
 
 
 class Recording:

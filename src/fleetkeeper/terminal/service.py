@@ -16,8 +16,8 @@ from fleetkeeper.audit.service import Actor, Outcome, record
 from fleetkeeper.core.db import Database, utcnow
 from fleetkeeper.core.errors import ConflictError, NotFoundError, ProblemError
 from fleetkeeper.core.ids import new_id
-from fleetkeeper.core.runtime import Runtime
 from fleetkeeper.devices.service import device_for
+from fleetkeeper.terminal.context import TerminalContext
 from fleetkeeper.terminal.models import TerminalSession
 
 MAX_PATH_LENGTH = 4096
@@ -39,7 +39,7 @@ def check_device_path(path: str) -> str:
 
 
 async def begin(
-    runtime: Runtime, principal: Principal, device_id: str, kind: str, *, path: str | None = None
+    runtime: TerminalContext, principal: Principal, device_id: str, kind: str, *, path: str | None = None
 ) -> TerminalSession:
     """Checks `devices:connect` within the device's groups and the device's session limit, and
     starts the row. A refusal is audited (denied) and raised."""
@@ -114,7 +114,9 @@ async def audit(
         )
 
 
-async def refused(runtime: Runtime, row: TerminalSession, actor: Actor, code: str, message: str) -> None:
+async def refused(
+    runtime: TerminalContext, row: TerminalSession, actor: Actor, code: str, message: str
+) -> None:
     """The device (or its absence) refused: the row closes with the code, and it is audited."""
     async with runtime.database.transaction() as session:
         stored = await session.get(TerminalSession, row.id)
@@ -136,7 +138,7 @@ async def refused(runtime: Runtime, row: TerminalSession, actor: Actor, code: st
         )
 
 
-async def opened(runtime: Runtime, row: TerminalSession, actor: Actor, cols: int, rows: int) -> None:
+async def opened(runtime: TerminalContext, row: TerminalSession, actor: Actor, cols: int, rows: int) -> None:
     await audit(
         runtime.database,
         actor,
@@ -159,7 +161,7 @@ class Ending:
     failed: bool = False
 
 
-async def finish(runtime: Runtime, row: TerminalSession, actor: Actor, ending: Ending) -> None:
+async def finish(runtime: TerminalContext, row: TerminalSession, actor: Actor, ending: Ending) -> None:
     """Closes the row and audits the end: how long, how much, why."""
     now = utcnow()
     async with runtime.database.transaction() as session:

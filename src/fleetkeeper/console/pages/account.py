@@ -14,11 +14,11 @@ from fleetkeeper.access import apitokens, reauth, signin, twofactor
 from fleetkeeper.access.permissions import Permission
 from fleetkeeper.access.principal import Principal
 from fleetkeeper.access.service import change_own_password, get_user, user_role_names
+from fleetkeeper.console.context import console_context
 from fleetkeeper.console.forms import field, grants_from_form, scope_text
 from fleetkeeper.console.render import render
 from fleetkeeper.console.session import clear_session_cookie, page
 from fleetkeeper.core.errors import ProblemError
-from fleetkeeper.core.runtime import runtime_of
 
 router = APIRouter(include_in_schema=False)
 SetupUser = Annotated[Principal, page(allow_pending=True)]
@@ -30,7 +30,7 @@ async def setup(request: Request, principal: SetupUser) -> Response:
         return RedirectResponse("/", status_code=303)
     enrollment = None
     if principal.pending[0] == "enroll_2fa":
-        enrollment = await twofactor.start_enrollment(runtime_of(request).database, principal)
+        enrollment = await twofactor.start_enrollment(console_context(request).database, principal)
     return render(
         request,
         "account_setup.html",
@@ -55,7 +55,7 @@ async def setup_password(
         error = "The two new passwords differ."
     else:
         try:
-            runtime = runtime_of(request)
+            runtime = console_context(request)
             await change_own_password(
                 runtime.database, runtime.rate_limiter, principal, current_password, new_password
             )
@@ -101,7 +101,7 @@ async def _asks_password(request: Request, principal: Principal) -> bool:
     recent (`reauth`); an SSO account has none here, and is told to sign in again instead."""
     if principal.method != "password":
         return False
-    async with runtime_of(request).database.session() as session:
+    async with console_context(request).database.session() as session:
         return not await reauth.signed_in_recently(session, principal)
 
 
@@ -115,7 +115,7 @@ async def _confirm_second_factor(
     back: str,
 ) -> Response:
     """Turns 2FA on and shows the recovery codes once; a wrong code shows a new key to try again."""
-    runtime = runtime_of(request)
+    runtime = console_context(request)
     try:
         recovery_codes = await twofactor.confirm_enrollment(
             runtime.database, runtime.rate_limiter, principal, code.strip(), password or None
@@ -140,7 +140,7 @@ NOTICES = {
 async def _account_page(
     request: Request, principal: Principal, *, error: str = "", notice: str = "", status: int = 200
 ) -> Response:
-    async with runtime_of(request).database.session() as session:
+    async with console_context(request).database.session() as session:
         user = await get_user(session, principal.user_id)
         roles = await user_role_names(session, user.id)
         tokens = await apitokens.list_for(session, user.id)
@@ -186,7 +186,7 @@ async def change_password(
     if new_password != repeat_password:
         return await _account_page(request, principal, error="The two new passwords differ.", status=422)
     try:
-        runtime = runtime_of(request)
+        runtime = console_context(request)
         await change_own_password(
             runtime.database, runtime.rate_limiter, principal, current_password, new_password
         )
@@ -197,7 +197,7 @@ async def change_password(
 
 @router.post("/account/2fa/start")
 async def start_two_factor(request: Request, principal: Me) -> Response:
-    enrollment = await twofactor.start_enrollment(runtime_of(request).database, principal)
+    enrollment = await twofactor.start_enrollment(console_context(request).database, principal)
     return render(
         request,
         "account/enroll.html",
@@ -237,7 +237,7 @@ async def disable_two_factor(
     code: Annotated[str, Form(max_length=32)],
 ) -> Response:
     try:
-        runtime = runtime_of(request)
+        runtime = console_context(request)
         await twofactor.disable(runtime.database, runtime.rate_limiter, principal, password, code.strip())
     except ProblemError as exc:
         return await _account_page(request, principal, error=exc.detail or exc.code, status=exc.status)
@@ -249,7 +249,7 @@ async def new_recovery_codes(
     request: Request, principal: Me, code: Annotated[str, Form(max_length=16)]
 ) -> Response:
     try:
-        runtime = runtime_of(request)
+        runtime = console_context(request)
         codes = await twofactor.regenerate_recovery_codes(
             runtime.database, runtime.rate_limiter, principal, code.strip()
         )
@@ -272,7 +272,7 @@ async def create_token(request: Request, principal: Me) -> Response:
         days = int(field(form, "expires_in_days", 8) or "90")
     except ValueError:
         days = 0
-    runtime = runtime_of(request)
+    runtime = console_context(request)
     try:
         token, secret = await apitokens.create(
             runtime.database,
@@ -290,13 +290,13 @@ async def create_token(request: Request, principal: Me) -> Response:
 
 @router.post("/account/tokens/{token_id}/revoke")
 async def revoke_token(request: Request, principal: Me, token_id: str) -> Response:
-    await apitokens.revoke(runtime_of(request).database, principal, token_id)
+    await apitokens.revoke(console_context(request).database, principal, token_id)
     return _back("token-revoked")
 
 
 @router.post("/account/sessions/{session_id}/end")
 async def end_session(request: Request, principal: Me, session_id: str) -> Response:
-    await signin.end_session(runtime_of(request).database, principal, session_id)
+    await signin.end_session(console_context(request).database, principal, session_id)
     if session_id == principal.session_id:
         return _signed_out()
     return _back("session-ended")
@@ -304,7 +304,7 @@ async def end_session(request: Request, principal: Me, session_id: str) -> Respo
 
 @router.post("/account/sessions/end-all")
 async def end_all_sessions(request: Request, principal: Me) -> Response:
-    await signin.end_all_sessions(runtime_of(request).database, principal, principal.user_id)
+    await signin.end_all_sessions(console_context(request).database, principal, principal.user_id)
     return _signed_out()
 
 

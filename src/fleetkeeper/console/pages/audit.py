@@ -17,10 +17,10 @@ from fleetkeeper.audit.export import EXPORT_FORMATS, ExportFormat, start_export
 from fleetkeeper.audit.models import AuditRecord
 from fleetkeeper.audit.service import OUTCOMES, AuditFilter, filter_conditions, search
 from fleetkeeper.audit.verification import last_verification, latest_checkpoint, verify_on_record
+from fleetkeeper.console.context import console_context
 from fleetkeeper.console.render import is_htmx, render
 from fleetkeeper.console.session import page
 from fleetkeeper.core.errors import NotFoundError, ProblemError
-from fleetkeeper.core.runtime import runtime_of
 
 router = APIRouter(include_in_schema=False)
 Auditor = Annotated[Principal, page(Permission.AUDIT_READ)]
@@ -61,7 +61,7 @@ async def audit_log(
 ) -> Response:
     filters, given = _filters(request)
     chosen = {name: value for name, value in given.items() if value}
-    async with runtime_of(request).database.session() as session:
+    async with console_context(request).database.session() as session:
         found = await search(session, filters, limit=PAGE_SIZE, cursor=cursor or None)
         verification = await last_verification(session)
         checkpoint = await latest_checkpoint(session)
@@ -88,7 +88,7 @@ async def export(
 ) -> Response:
     """The same export as the API's, for a browser: a download authenticated by the cookie."""
     filters, _ = _filters(request)
-    found = await start_export(runtime_of(request).database, principal.actor, filters, format)
+    found = await start_export(console_context(request).database, principal.actor, filters, format)
     return StreamingResponse(
         found.body,
         media_type=found.media_type,
@@ -98,7 +98,7 @@ async def export(
 
 @router.post("/audit/verification")
 async def verify_chain(request: Request, principal: Auditor) -> Response:
-    runtime = runtime_of(request)
+    runtime = console_context(request)
     result = await verify_on_record(runtime.database, runtime.settings.data_dir, principal.actor)
     async with runtime.database.session() as session:
         verification = await last_verification(session)
@@ -119,7 +119,7 @@ async def verify_chain(request: Request, principal: Auditor) -> Response:
 async def audit_record(
     request: Request, principal: Auditor, seq: Annotated[int, Path(ge=1, le=2**63 - 1)]
 ) -> Response:
-    async with runtime_of(request).database.session() as session:
+    async with console_context(request).database.session() as session:
         row = await session.get(AuditRecord, seq)
     if row is None:
         raise NotFoundError(f"no audit record {seq}", code="audit_record_not_found")

@@ -20,6 +20,7 @@ from fleetkeeper.access.auth_api import (
 )
 from fleetkeeper.access.oidc import OidcError, sign_in_with_provider
 from fleetkeeper.access.principal import Principal
+from fleetkeeper.console.context import ConsoleContext, console_context
 from fleetkeeper.console.render import render
 from fleetkeeper.console.session import (
     PRE_SESSION_COOKIE,
@@ -32,7 +33,6 @@ from fleetkeeper.console.session import (
 )
 from fleetkeeper.core.errors import ProblemError, UnauthenticatedError
 from fleetkeeper.core.ratelimit import RateLimitedError
-from fleetkeeper.core.runtime import Runtime, runtime_of
 
 router = APIRouter(include_in_schema=False)
 
@@ -64,7 +64,7 @@ def _sign_in_page(
         next_path=next_path,
         error=error,
         username=username,
-        sso_enabled=runtime_of(request).oidc.enabled,
+        sso_enabled=console_context(request).oidc.enabled,
     )
     response.set_cookie(
         PRE_SESSION_COOKIE,
@@ -96,7 +96,7 @@ async def sign_in(
     next: Annotated[str, Form(max_length=2000)] = "/",
 ) -> Response:
     await check_csrf(request, request.cookies.get(PRE_SESSION_COOKIE, ""))
-    runtime = runtime_of(request)
+    runtime = console_context(request)
     flow = signin.SignIn(runtime.database, runtime.keyring, runtime.rate_limiter, runtime.settings)
     code = totp_code.replace(" ", "").strip()
     credentials = signin.Credentials(
@@ -128,7 +128,7 @@ async def sign_in(
 @router.post("/sign-out")
 async def sign_out(request: Request, principal: Annotated[Principal, page(allow_pending=True)]) -> Response:
     if principal.session_id:
-        await signin.end_session(runtime_of(request).database, principal, principal.session_id)
+        await signin.end_session(console_context(request).database, principal, principal.session_id)
     response = RedirectResponse("/sign-in", status_code=303)
     clear_session_cookie(response)
     return response
@@ -142,8 +142,8 @@ SSO_STATE_COOKIE = "fleetkeeper_console_sso_state"
 SSO_NEXT_COOKIE = "fleetkeeper_console_sso_next"
 
 
-def _sso_runtime(request: Request) -> Runtime:
-    runtime = runtime_of(request)
+def _sso_runtime(request: Request) -> ConsoleContext:
+    runtime = console_context(request)
     if not runtime.oidc.enabled:
         raise ProblemError(
             "single sign-on is not configured on this server", code="oidc_not_configured", status=404

@@ -11,9 +11,9 @@ from starlette.responses import Response
 from fleetkeeper.access.permissions import Permission
 from fleetkeeper.access.principal import Principal
 from fleetkeeper.audit.service import recent_security_events
+from fleetkeeper.console.context import console_context
 from fleetkeeper.console.render import render
 from fleetkeeper.console.session import page
-from fleetkeeper.core.runtime import runtime_of
 from fleetkeeper.deployments import service as deployments
 from fleetkeeper.deployments import visibility
 from fleetkeeper.devices import service as devices
@@ -25,7 +25,7 @@ REFRESH_SECONDS = 5
 
 async def _sections(request: Request, principal: Principal) -> dict[str, Any]:
     sections: dict[str, Any] = {"counts": None, "health": None, "under_way": None, "security_events": None}
-    async with runtime_of(request).database.session() as session:
+    async with console_context(request).database.session() as session:
         if principal.can(Permission.DEVICES_READ):
             sections["counts"] = await devices.status_counts(session, principal)
             sections["health"] = await deployments.recent_fleet_health(session, principal)

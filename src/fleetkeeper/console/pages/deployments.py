@@ -13,10 +13,10 @@ from starlette.responses import RedirectResponse, Response
 
 from fleetkeeper.access.permissions import Permission
 from fleetkeeper.access.principal import Principal
+from fleetkeeper.console.context import console_context
 from fleetkeeper.console.render import is_htmx, render
 from fleetkeeper.console.session import page
 from fleetkeeper.core.errors import ProblemError
-from fleetkeeper.core.runtime import runtime_of
 from fleetkeeper.deployments import service, visibility
 from fleetkeeper.deployments.plans import MAX_PHASES
 from fleetkeeper.devices import service as devices
@@ -186,7 +186,7 @@ class DeploymentForm:
 
 @router.get("/deployments")
 async def deployments(request: Request, principal: Reader) -> Response:
-    async with runtime_of(request).database.session() as session:
+    async with console_context(request).database.session() as session:
         views = await visibility.newest(session, principal)
         release_ids = [view.deployment.release_id for view in views]
         by_id = await releases.releases_by_id(session, principal, release_ids)
@@ -201,7 +201,7 @@ async def deployments(request: Request, principal: Reader) -> Response:
 async def _form_page(
     request: Request, principal: Principal, form: DeploymentForm, problem: ProblemError | None = None
 ) -> Response:
-    async with runtime_of(request).database.session() as session:
+    async with console_context(request).database.session() as session:
         offered = await releases.list_releases(
             session, principal, name=None, limit=RELEASES_OFFERED, after=None
         )
@@ -232,7 +232,7 @@ async def new_deployment(request: Request, principal: Deployer) -> Response:
 async def create_deployment(request: Request, principal: Deployer) -> Response:
     form = DeploymentForm.read(await request.form())
     try:
-        deployment = await service.create(runtime_of(request), principal, form.request())
+        deployment = await service.create(console_context(request), principal, form.request())
     except ProblemError as problem:
         return await _form_page(request, principal, form, problem)
     return RedirectResponse(f"/deployments/{deployment.id}", status_code=303)
@@ -248,7 +248,7 @@ def _page_query(cursor: str | None, per_page: int) -> str:
 async def _live_context(
     request: Request, principal: Principal, deployment_id: str, cursor: str | None, per_page: int
 ) -> dict[str, Any]:
-    async with runtime_of(request).database.session() as session:
+    async with console_context(request).database.session() as session:
         view = await visibility.view(session, principal, deployment_id)
         deployment = view.deployment
         listed = await service.list_devices(session, principal, deployment_id, limit=per_page, cursor=cursor)
@@ -303,7 +303,7 @@ async def change(
     deployment_id: str,
     action: Literal["pause", "resume", "abort", "advance"],
 ) -> Response:
-    await service.change_state(runtime_of(request), principal, deployment_id, action)
+    await service.change_state(console_context(request), principal, deployment_id, action)
     if not is_htmx(request):
         return RedirectResponse(f"/deployments/{deployment_id}", status_code=303)
     context = await _live_context(request, principal, deployment_id, None, DEVICES_PER_PAGE)

@@ -12,10 +12,10 @@ from starlette.responses import RedirectResponse, Response
 from fleetkeeper.access.permissions import Permission
 from fleetkeeper.access.principal import Principal
 from fleetkeeper.audit.service import AuditFilter, search
+from fleetkeeper.console.context import console_context
 from fleetkeeper.console.render import render
 from fleetkeeper.console.session import page
 from fleetkeeper.core.errors import ProblemError
-from fleetkeeper.core.runtime import runtime_of
 from fleetkeeper.deployments import service as deployments
 from fleetkeeper.devices import enrollment, service
 from fleetkeeper.devices.filters import FilterError
@@ -51,7 +51,7 @@ async def device_list(
     filter = filter.strip()  # the caret under the echoed filter counts from its first character
     filter_error: FilterError | None = None
     listing = service.DevicePage([], None)
-    async with runtime_of(request).database.session() as session:
+    async with console_context(request).database.session() as session:
         try:
             listing = await service.list_devices(
                 session,
@@ -97,7 +97,7 @@ def inventory_rows(report: Any, prefix: str = "") -> list[tuple[str, str]]:
 
 @router.get("/devices/{device_id}")
 async def device_detail(request: Request, principal: Reader, device_id: str) -> Response:
-    async with runtime_of(request).database.session() as session:
+    async with console_context(request).database.session() as session:
         device = await service.device_for(session, principal, device_id, Permission.DEVICES_READ)
         groups = service.shown_group_names(principal, await service.device_group_names(session, device_id))
         scope_groups = await service.device_group_names(session, device_id, as_scope=True)
@@ -127,8 +127,8 @@ async def device_detail(request: Request, principal: Reader, device_id: str) -> 
 
 @router.post("/devices/{device_id}/decommission")
 async def decommission(request: Request, principal: Manager, device_id: str) -> Response:
-    device = await service.manageable_device(runtime_of(request).database, principal, device_id)
-    await enrollment.decommission(runtime_of(request), principal, device)
+    device = await service.manageable_device(console_context(request).database, principal, device_id)
+    await enrollment.decommission(console_context(request), principal, device)
     return RedirectResponse(f"/devices/{device.id}", status_code=303)
 
 
@@ -149,5 +149,5 @@ def parse_tags(text: str) -> dict[str, str]:
 async def set_tags(
     request: Request, principal: Manager, device_id: str, tags: Annotated[str, Form(max_length=20000)] = ""
 ) -> Response:
-    device = await service.set_tags(runtime_of(request).database, principal, device_id, parse_tags(tags))
+    device = await service.set_tags(console_context(request).database, principal, device_id, parse_tags(tags))
     return RedirectResponse(f"/devices/{device.id}", status_code=303)

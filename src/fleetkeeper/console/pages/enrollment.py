@@ -11,9 +11,9 @@ from starlette.responses import RedirectResponse, Response
 
 from fleetkeeper.access.permissions import Permission
 from fleetkeeper.access.principal import Principal
+from fleetkeeper.console.context import console_context
 from fleetkeeper.console.render import render
 from fleetkeeper.console.session import page
-from fleetkeeper.core.runtime import runtime_of
 from fleetkeeper.devices import enrollment, service
 from fleetkeeper.devices.models import Device, EnrollmentToken
 
@@ -36,7 +36,7 @@ async def _queue_page(
     created: tuple[EnrollmentToken, str] | None = None,
     status: int = 200,
 ) -> Response:
-    async with runtime_of(request).database.session() as session:
+    async with console_context(request).database.session() as session:
         pending = await service.list_devices(
             session, principal, sort="created_at", limit=QUEUE_SIZE, extra=Device.status == "pending"
         )
@@ -82,15 +82,15 @@ def _done(what: str, object_id: str) -> Response:
 async def accept(
     request: Request, principal: Manager, device_id: str, group: Annotated[str, Form(max_length=128)] = ""
 ) -> Response:
-    device = await service.manageable_device(runtime_of(request).database, principal, device_id)
-    await enrollment.accept_into_group(runtime_of(request), principal, device, group or None)
+    device = await service.manageable_device(console_context(request).database, principal, device_id)
+    await enrollment.accept_into_group(console_context(request), principal, device, group or None)
     return _done("accepted", device.id)
 
 
 @router.post("/enrollment/{device_id}/reject")
 async def reject(request: Request, principal: Manager, device_id: str) -> Response:
-    device = await service.manageable_device(runtime_of(request).database, principal, device_id)
-    await enrollment.decide(runtime_of(request), principal, device, accept=False)
+    device = await service.manageable_device(console_context(request).database, principal, device_id)
+    await enrollment.decide(console_context(request), principal, device, accept=False)
     return _done("rejected", device.id)
 
 
@@ -110,7 +110,7 @@ async def preauthorize(
         "mac": mac.strip() or None,
     }
     device = await enrollment.preauthorize(
-        runtime_of(request), principal, identity, public_key.strip(), [group] if group else []
+        console_context(request), principal, identity, public_key.strip(), [group] if group else []
     )
     return _done("preauthorized", device.id)
 
@@ -128,7 +128,7 @@ async def create_token(
     """Answers with the page itself (not a redirect), so that the secret is shown once and never
     travels in a URL."""
     created = await enrollment.create_token(
-        runtime_of(request),
+        console_context(request),
         principal,
         name=name.strip(),
         expires_in=timedelta(hours=expires_in_hours),
@@ -143,5 +143,5 @@ async def create_token(
 
 @router.post("/enrollment/tokens/{token_id}/revoke")
 async def revoke_token(request: Request, principal: Manager, token_id: str) -> Response:
-    await enrollment.revoke_token(runtime_of(request), principal, token_id)
+    await enrollment.revoke_token(console_context(request), principal, token_id)
     return _done("revoked", token_id)

@@ -11,9 +11,9 @@ from starlette.responses import Response
 
 from fleetkeeper.access.permissions import Permission
 from fleetkeeper.access.principal import Principal
+from fleetkeeper.console.context import console_context
 from fleetkeeper.console.render import render
 from fleetkeeper.console.session import page
-from fleetkeeper.core.runtime import runtime_of
 from fleetkeeper.releases import service
 
 router = APIRouter(include_in_schema=False)
@@ -59,7 +59,7 @@ async def releases(
     name: Annotated[str | None, Query(max_length=64)] = None,
     cursor: Annotated[str | None, Query(max_length=64)] = None,
 ) -> Response:
-    async with runtime_of(request).database.session() as session:
+    async with console_context(request).database.session() as session:
         rows = await service.list_releases(session, principal, name=name, limit=PAGE_SIZE + 1, after=cursor)
         items = [(row, await service.release_tags(session, row.id)) for row in rows[:PAGE_SIZE]]
     next_cursor = rows[PAGE_SIZE - 1].id if len(rows) > PAGE_SIZE else None
@@ -70,7 +70,7 @@ async def releases(
 
 @router.get("/releases/{name}/{version}")
 async def release(request: Request, principal: Reader, name: str, version: str) -> Response:
-    async with runtime_of(request).database.session() as session:
+    async with console_context(request).database.session() as session:
         found = await service.get_release(session, principal, name, version, Permission.RELEASES_READ)
         tags = await service.release_tags(session, found.id)
         policy = await service.targets_signing_policy(session)
@@ -88,7 +88,7 @@ async def release(request: Request, principal: Reader, name: str, version: str) 
 @router.get("/releases/{name}/{version}/sbom.json")
 async def sbom(request: Request, principal: Reader, name: str, version: str) -> Response:
     """The SBOM the release carries (signed: its digest is in the targets entry)."""
-    async with runtime_of(request).database.session() as session:
+    async with console_context(request).database.session() as session:
         found = await service.get_release(session, principal, name, version, Permission.RELEASES_READ)
     if found.sbom is None:
         return render(

@@ -9,9 +9,9 @@ from starlette.responses import Response
 
 from fleetkeeper.access.permissions import Permission
 from fleetkeeper.access.principal import Principal
+from fleetkeeper.console.context import console_context
 from fleetkeeper.console.render import render
 from fleetkeeper.console.session import page
-from fleetkeeper.core.runtime import runtime_of
 from fleetkeeper.devices.service import device_for
 
 router = APIRouter(include_in_schema=False)
@@ -21,6 +21,6 @@ router = APIRouter(include_in_schema=False)
 async def terminal(
     device_id: str, request: Request, principal: Annotated[Principal, page(Permission.DEVICES_CONNECT)]
 ) -> Response:
-    async with runtime_of(request).database.session() as session:
+    async with console_context(request).database.session() as session:
         device = await device_for(session, principal, device_id, Permission.DEVICES_CONNECT)
     return render(request, "terminal.html", principal, device=device)

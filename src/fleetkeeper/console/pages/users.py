@@ -12,11 +12,11 @@ from starlette.responses import RedirectResponse, Response
 from fleetkeeper.access import service, signin
 from fleetkeeper.access.permissions import GrantSet, Permission
 from fleetkeeper.access.principal import Principal
+from fleetkeeper.console.context import console_context
 from fleetkeeper.console.forms import field, grants_from_form, scope_list, scope_text
 from fleetkeeper.console.render import render
 from fleetkeeper.console.session import page
 from fleetkeeper.core.errors import ProblemError
-from fleetkeeper.core.runtime import runtime_of
 
 router = APIRouter(include_in_schema=False)
 Admin = Annotated[Principal, page(Permission.USERS_MANAGE)]
@@ -53,7 +53,7 @@ def _correctable(refusal: ProblemError) -> bool:
 async def users(
     request: Request, principal: Admin, cursor: Annotated[str | None, Query(max_length=64)] = None
 ) -> Response:
-    async with runtime_of(request).database.transaction() as session:
+    async with console_context(request).database.transaction() as session:
         found = await service.list_users(session, limit=PAGE_SIZE + 1, after=cursor)
         rows = [(user, await service.user_role_names(session, user.id)) for user in found[:PAGE_SIZE]]
         roles = await service.list_roles(session)
@@ -74,7 +74,7 @@ async def users(
 async def create_user(request: Request, principal: Admin) -> Response:
     form = await request.form()
     user, one_time = await service.create_user(
-        runtime_of(request).database,
+        console_context(request).database,
         principal,
         username=field(form, "username", 128),
         password=None,
@@ -91,7 +91,7 @@ async def create_user(request: Request, principal: Admin) -> Response:
 async def set_policy(request: Request, principal: Admin) -> Response:
     form = await request.form()
     await service.set_require_2fa_roles(
-        runtime_of(request).database, principal, _role_names(form.getlist("require_2fa"))
+        console_context(request).database, principal, _role_names(form.getlist("require_2fa"))
     )
     return _see_other("/users")
 
@@ -105,7 +105,7 @@ async def _user_page(
     refusal: ProblemError | None = None,
 ) -> Response:
     """The user's page; after a refused roles form, with the refusal and the roles as typed."""
-    async with runtime_of(request).database.session() as session:
+    async with console_context(request).database.session() as session:
         user = await service.get_user(session, user_id)
         assignments = typed if typed is not None else await service.user_role_assignments(session, user_id)
         roles = await service.list_roles(session)
@@ -135,7 +135,7 @@ async def set_roles(request: Request, principal: Admin, user_id: str) -> Respons
     form = await request.form()
     specs = _assignments_from_form(_role_names(form.getlist("role")), form)
     try:
-        await service.set_user_roles(runtime_of(request).database, principal, user_id, specs)
+        await service.set_user_roles(console_context(request).database, principal, user_id, specs)
     except ProblemError as refusal:
         if not _correctable(refusal):
             raise
@@ -147,13 +147,13 @@ async def set_roles(request: Request, principal: Admin, user_id: str) -> Respons
 async def set_disabled(request: Request, principal: Admin, user_id: str) -> Response:
     form = await request.form()
     disabled = field(form, "disabled") == "true"
-    await service.set_user_disabled(runtime_of(request).database, principal, user_id, disabled)
+    await service.set_user_disabled(console_context(request).database, principal, user_id, disabled)
     return _see_other(f"/users/{user_id}")
 
 
 @router.post("/users/{user_id}/password-reset")
 async def reset_password(request: Request, principal: Admin, user_id: str) -> Response:
-    database = runtime_of(request).database
+    database = console_context(request).database
     password = await service.reset_password(database, principal, user_id)
     async with database.session() as session:
         user = await service.get_user(session, user_id)
@@ -164,7 +164,7 @@ async def reset_password(request: Request, principal: Admin, user_id: str) -> Re
 
 @router.post("/users/{user_id}/sessions/end")
 async def end_sessions(request: Request, principal: Admin, user_id: str) -> Response:
-    await signin.end_sessions_of(runtime_of(request).database, principal, user_id)
+    await signin.end_sessions_of(console_context(request).database, principal, user_id)
     return _see_other(f"/users/{user_id}")
 
 
@@ -188,7 +188,7 @@ async def _roles_page(
     refusal: ProblemError | None = None,
 ) -> Response:
     """The roles and the new-role form; after a refused form, with the refusal and what was typed."""
-    async with runtime_of(request).database.session() as session:
+    async with console_context(request).database.session() as session:
         found = await service.list_roles(session)
     return render(
         request,
@@ -213,7 +213,7 @@ async def create_role(request: Request, principal: Admin) -> Response:
     form = await request.form()
     try:
         role = await service.create_role(
-            runtime_of(request).database,
+            console_context(request).database,
             principal,
             name=field(form, "name", 64).strip(),
             description=field(form, "description", 500),
@@ -235,7 +235,7 @@ async def _role_page(
     refusal: ProblemError | None = None,
 ) -> Response:
     """A role and its form; after a refused form, with the refusal and the grants as typed."""
-    async with runtime_of(request).database.session() as session:
+    async with console_context(request).database.session() as session:
         role = await service.get_role(session, name)
     return render(
         request,
@@ -259,7 +259,7 @@ async def update_role(request: Request, principal: Admin, name: str) -> Response
     form = await request.form()
     try:
         await service.update_role(
-            runtime_of(request).database,
+            console_context(request).database,
             principal,
             name,
             description=field(form, "description", 500),
@@ -274,5 +274,5 @@ async def update_role(request: Request, principal: Admin, name: str) -> Response
 
 @router.post("/roles/{name}/delete")
 async def delete_role(request: Request, principal: Admin, name: str) -> Response:
-    await service.delete_role(runtime_of(request).database, principal, name)
+    await service.delete_role(console_context(request).database, principal, name)
     return _see_other("/roles")

@@ -1,7 +1,7 @@
 """Device workers: more processes accepting on the device listener (`device_workers`).
 
 The main process binds the device listener's port, serves it as before, and starts
-`device_workers - 1` worker processes (`core/device_worker.py`) that bind the same port
+`device_workers - 1` worker processes (`server/device_worker.py`) that bind the same port
 (SO_REUSEPORT): the kernel spreads new connections over the processes, so device TLS handshakes
 and check-ins use more than one core. Everything else stays in the main process: the management listener, the
 background jobs and the first-start work.
@@ -27,11 +27,11 @@ from pydantic import SecretStr
 
 from fleetkeeper.core.config import Settings
 from fleetkeeper.core.logging import get_logger
-from fleetkeeper.core.runtime import StartupError
+from fleetkeeper.server.runtime import StartupError
 
 log = get_logger(__name__)
 
-WORKER_MODULE = "fleetkeeper.core.device_worker"
+WORKER_MODULE = "fleetkeeper.server.device_worker"
 LISTEN_BACKLOG = 2048  # uvicorn's default
 # A line from the main process to a worker after the settings: load the newer CRL.
 CRL_CHANGED = b"crl\n"

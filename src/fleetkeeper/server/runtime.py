@@ -1,11 +1,12 @@
-"""What one server process shares between its listeners: settings, database, PKI paths."""
+"""What one server process shares between its listeners: the infrastructure (settings, database,
+PKI, rate limiter, object store) and the domains' services (token key ring, OpenID client, online
+TUF keys, terminal relay), built at start-up. Each domain sees it through its own context protocol
+(server/contexts.py)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
-
-from starlette.requests import HTTPConnection
 
 from fleetkeeper.core.config import Settings
 from fleetkeeper.core.db import Database
@@ -23,18 +24,12 @@ from fleetkeeper.core.tls import DeviceListenerTls
 if TYPE_CHECKING:
     from fleetkeeper.access.oidc import OidcClient
     from fleetkeeper.access.tokens import KeyRing
+    from fleetkeeper.core.objectstore import ObjectStore
     from fleetkeeper.core.ratelimit import RateLimiter
     from fleetkeeper.releases.online_keys import OnlineKeys
-    from fleetkeeper.releases.storage import ObjectStore
     from fleetkeeper.terminal.relay import Relay
 
 log = get_logger(__name__)
-
-
-def runtime_of(connection: HTTPConnection) -> Runtime:
-    """The Runtime behind a request or WebSocket (both apps keep it in `app.state`)."""
-    runtime: Runtime = connection.app.state.runtime
-    return runtime
 
 
 class StartupError(Exception):
@@ -56,7 +51,7 @@ class Runtime:
     terminal_relay: Relay
     created_ca: bool = False
     first_admin_password: str | None = None
-    # False in a device worker (core/device_workers.py): another process of the same server did
+    # False in a device worker (server/device_workers.py): another process of the same server did
     # the first-start work and publishes the CRL file.
     primary: bool = True
 
@@ -68,10 +63,10 @@ class Runtime:
         from fleetkeeper.access.oidc import OidcClient
         from fleetkeeper.access.service import ensure_first_admin, sync_builtin_roles
         from fleetkeeper.access.tokens import KeyRing
+        from fleetkeeper.core.objectstore import object_store_from_settings
         from fleetkeeper.core.ratelimit import RateLimiter
         from fleetkeeper.devices.certificates import build_crl, publish_crl
         from fleetkeeper.releases.online_keys import load_or_create_online_keys
-        from fleetkeeper.releases.storage import object_store_from_settings
         from fleetkeeper.terminal.relay import relay_for
 
         database = Database(settings.resolved_database_url)

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from functools import partial
 
 from fastapi import APIRouter, FastAPI
-from fastapi.telemetry import TelemetryConfig
 from starlette.routing import BaseRoute
 
 import fleetkeeper
@@ -14,10 +14,12 @@ from fleetkeeper.core.edge import RequestEdgeMiddleware
 from fleetkeeper.core.errors import install_problem_handlers
 from fleetkeeper.core.health import router as health_router
 from fleetkeeper.core.hotroutes import HotRoute, HotRoutes, route_for
+from fleetkeeper.core.metrics import NO_TELEMETRY
 from fleetkeeper.core.openapi import document_problems
 from fleetkeeper.core.peer import DeviceCertificateGate
 from fleetkeeper.core.queries import REFUSE_UNKNOWN_QUERY_PARAMETERS
-from fleetkeeper.core.runtime import Runtime
+from fleetkeeper.server.runtime import Runtime
+from fleetkeeper.server.wiring import wire_domains
 
 # The API's documentation (FastAPI's OpenAPI document, and the page that shows it): public, and
 # the only routes that declare no access rule.
@@ -25,6 +27,7 @@ FRAMEWORK_PUBLIC_PATHS = frozenset({"/api/docs", "/api/openapi.json"})
 
 
 def management_routers() -> list[APIRouter]:
+    wire_domains()
     from fleetkeeper.access.api import router as access_router
     from fleetkeeper.access.auth_api import auth_router, me_router
     from fleetkeeper.audit.api import router as audit_router
@@ -62,10 +65,6 @@ def device_routers() -> list[APIRouter]:
     # Routes are tried in order: what every device polls (the check-in, then ping) comes first.
     return [releases_device_router, device_router, deployments_device_router, terminal_device_router]
 
-
-# FastAPI's own OpenTelemetry instrumentation, off: the server's metrics are Prometheus's
-# (`core/metrics.py`) and its logs structlog's; on, every request looked up three providers.
-NO_TELEMETRY: TelemetryConfig = {"tracing": False, "metrics": False, "logs": False}
 
 # Bodies above the 1 MiB default: release upload chunks.
 BODY_LIMITS = {"/api/v1/releases/uploads/": 64 * 1024 * 1024}
@@ -146,12 +145,12 @@ def create_device_app(runtime: Runtime) -> FastAPI:
     from fleetkeeper.devices.api import PUBLIC_PATHS
 
     _include(app, runtime, device_routers())
-    app.add_middleware(HotRoutes, runtime=runtime, routes=device_hot_routes(app))
+    app.add_middleware(HotRoutes, routes=device_hot_routes(app, runtime))
     app.add_middleware(DeviceCertificateGate, public_paths=PUBLIC_PATHS)
     return _wrap(app, runtime, "device")
 
 
-def device_hot_routes(app: FastAPI) -> dict[str, HotRoute]:
+def device_hot_routes(app: FastAPI, runtime: Runtime) -> dict[str, HotRoute]:
     """What every device sends all the time: a check-in, ping (the check-in benchmark's reference
     takes the same way)."""
     from fleetkeeper.devices.api import hot_ping
@@ -159,7 +158,10 @@ def device_hot_routes(app: FastAPI) -> dict[str, HotRoute]:
 
     return {
         "/device/v1/director/metadata/timestamp.json": HotRoute(
-            route_for(app_routes(app), "/device/v1/director/metadata/{filename}"), unchanged_check_in
+            route_for(app_routes(app), "/device/v1/director/metadata/{filename}"),
+            partial(unchanged_check_in, runtime),
         ),
-        "/device/v1/ping": HotRoute(route_for(app_routes(app), "/device/v1/ping"), hot_ping),
+        "/device/v1/ping": HotRoute(
+            route_for(app_routes(app), "/device/v1/ping"), partial(hot_ping, runtime)
+        ),
     }

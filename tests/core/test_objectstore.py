@@ -12,7 +12,7 @@ import httpx2
 import pytest
 
 from fleetkeeper.core.config import load_settings
-from fleetkeeper.releases.storage import (
+from fleetkeeper.core.objectstore import (
     FilesystemStore,
     ObjectMismatchError,
     ObjectNotFoundError,
@@ -21,7 +21,7 @@ from fleetkeeper.releases.storage import (
     object_store_from_settings,
     validate_key,
 )
-from tests.releases.conftest import S3Server, chunked, stored_names
+from tests.conftest import S3Server, chunked, stored_names
 
 # Bigger than obstore's multipart part size (8 MiB here), so S3 puts go through a multipart upload.
 PAYLOAD = os.urandom(9 * 1024 * 1024 + 12345)

@@ -1,5 +1,5 @@
 """`fleetkeeper serve`: both listeners in one event loop, stopped together on SIGINT/SIGTERM, and
-with `device_workers` above 1 the device listener's worker processes (core/device_workers.py)."""
+with `device_workers` above 1 the device listener's worker processes (server/device_workers.py)."""
 
 from __future__ import annotations
 
@@ -19,18 +19,18 @@ import uvloop
 
 import fleetkeeper
 from fleetkeeper.access.service import FIRST_ADMIN_USERNAME
-from fleetkeeper.core.app import create_device_app, create_management_app
 from fleetkeeper.core.config import Settings
 from fleetkeeper.core.db import utcnow
-from fleetkeeper.core.device_workers import DeviceWorkers, bind_device_socket, check_device_workers
 from fleetkeeper.core.jobs import every, once_across_replicas
 from fleetkeeper.core.logging import get_logger
-from fleetkeeper.core.runtime import Runtime, StartupError
 from fleetkeeper.core.tls import (
     TLSHttpProtocol,
     TLSWebSocketProtocol,
     management_ssl_context,
 )
+from fleetkeeper.server.app import create_device_app, create_management_app
+from fleetkeeper.server.device_workers import DeviceWorkers, bind_device_socket, check_device_workers
+from fleetkeeper.server.runtime import Runtime, StartupError
 
 log = get_logger(__name__)
 
@@ -103,7 +103,7 @@ def management_listener_config(runtime: Runtime) -> uvicorn.Config:
 
 
 def device_listener_config(runtime: Runtime) -> uvicorn.Config:
-    """The device listener, served on a socket bound beforehand (see core/device_workers.py)."""
+    """The device listener, served on a socket bound beforehand (see server/device_workers.py)."""
     return uvicorn.Config(
         create_device_app(runtime),
         http=TLSHttpProtocol,

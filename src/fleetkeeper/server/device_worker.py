@@ -1,6 +1,6 @@
 """One device worker process: the device listener on the main process's port (SO_REUSEPORT).
 
-Started by `core/device_workers.py` as `python -m fleetkeeper.core.device_worker --worker N`,
+Started by `server/device_workers.py` as `python -m fleetkeeper.server.device_worker --worker N`,
 with the settings as one JSON line on standard input. It stops on SIGTERM or
 SIGINT, and when its standard input ends: the main process is gone.
 """
@@ -18,13 +18,13 @@ import sys
 import uvloop
 
 from fleetkeeper.core.config import Settings
-from fleetkeeper.core.device_workers import bind_device_socket, decode_settings
 from fleetkeeper.core.jobs import every
 from fleetkeeper.core.logging import configure_logging, get_logger
-from fleetkeeper.core.runtime import Runtime, StartupError
-from fleetkeeper.core.server import CRL_RELOAD_INTERVAL, Listener, device_listener_config
+from fleetkeeper.server.device_workers import bind_device_socket, decode_settings
+from fleetkeeper.server.runtime import Runtime, StartupError
+from fleetkeeper.server.serve import CRL_RELOAD_INTERVAL, Listener, device_listener_config
 
-log = get_logger("fleetkeeper.core.device_worker")  # not "__main__" when run with -m
+log = get_logger("fleetkeeper.server.device_worker")  # not "__main__" when run with -m
 
 # Once the main process is gone, open connections get this long to finish.
 ORPHAN_GRACE = 5.0
