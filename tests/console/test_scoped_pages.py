@@ -10,7 +10,7 @@ from contextlib import asynccontextmanager
 
 import httpx2
 
-from fleetkeeper.deployments import service
+from fleetkeeper.deployments import rollout
 from tests.conftest import Api, api_for
 from tests.deployments.test_create import add_devices, admin, request
 from tests.releases.test_director_serving import a_release
@@ -37,10 +37,10 @@ async def test_console_pages_show_a_scoped_reader_only_the_deployments_that_reac
     await a_release(api)
     await add_devices(api.runtime.database, 2, group="plant-3")
     await add_devices(api.runtime.database, 2, group="plant-4")
-    mine = await service.create(
+    mine = await rollout.create(
         api.runtime, admin(api), request(name="rollout-plant-3", target={"group": "plant-3"})
     )
-    theirs = await service.create(
+    theirs = await rollout.create(
         api.runtime, admin(api), request(name="rollout-plant-4", target={"group": "plant-4"})
     )
     await api.create_user(

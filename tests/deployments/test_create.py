@@ -14,8 +14,10 @@ from fleetkeeper.audit.models import AuditRecord
 from fleetkeeper.core.db import Database, utcnow
 from fleetkeeper.core.errors import ProblemError
 from fleetkeeper.core.ids import new_id
+from fleetkeeper.deployments.listing import MAX_PAGE, list_devices
 from fleetkeeper.deployments.plans import Phase, Size, phase_boundaries
-from fleetkeeper.deployments.service import MAX_PAGE, DeploymentRequest, create, list_devices, phase_counts
+from fleetkeeper.deployments.progress import phase_counts
+from fleetkeeper.deployments.rollout import DeploymentRequest, create
 from fleetkeeper.devices.models import Device, DeviceGroup, GroupMember
 from tests.conftest import Api
 from tests.releases.test_director_serving import a_release
