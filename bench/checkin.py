@@ -5,7 +5,7 @@
                             [--rounds 4] [--profile PATH]
 
 Makes a fresh PostgreSQL database with N accepted devices (bench/fleet.py), one active deployment
-of release fw 2.0 to all of them (`deployments.service.create`, one phase), starts `fleetkeeper
+of release fw 2.0 to all of them (`deployments.rollout.create`, one phase), starts `fleetkeeper
 serve` on it with `--device-workers` processes on the device listener (free ports, temporary data
 directory), and gives `--certified` devices, spread over the fleet, a client certificate from the
 server's CA (recorded as enrollment records it).
@@ -65,7 +65,7 @@ from fleetkeeper.core.pki import (
     load_ca,
     write_private_key,
 )
-from fleetkeeper.deployments.service import DeploymentRequest, create
+from fleetkeeper.deployments.rollout import DeploymentRequest, create
 from fleetkeeper.devices.certificates import issue
 
 CHECKIN_PATH = "/device/v1/director/metadata/timestamp.json"

@@ -3,7 +3,7 @@
     python -m bench.deployment_create [--devices 1000000] [--deployments 1]
 
 Makes a fresh PostgreSQL database and inserts N accepted devices in bulk (bench/fleet.py),
-then times `deployments.service.create` for a dynamic group holding all of them, in three
+then times `deployments.rollout.create` for a dynamic group holding all of them, in three
 phases — the whole request: checks, the scope and device-type queries, and the set-based
 fan-out — and, as the reference in the same run, a plain `INSERT … SELECT` of the same rows
 without ranking (the floor of any fan-out). With `--deployments N`, N deployments of the same
@@ -36,7 +36,7 @@ from fleetkeeper.access.permissions import GrantSet
 from fleetkeeper.access.principal import Principal
 from fleetkeeper.core.db import Database
 from fleetkeeper.deployments.models import DeploymentChunk
-from fleetkeeper.deployments.service import DeploymentRequest, create
+from fleetkeeper.deployments.rollout import DeploymentRequest, create
 
 
 async def backend_cpu(connection: AsyncConnection) -> dict[int, float] | None:

@@ -30,7 +30,7 @@ from fleetkeeper.access.principal import Principal
 from fleetkeeper.core.db import Database
 from fleetkeeper.core.migrations import upgrade
 from fleetkeeper.deployments.live import LiveSync, sync_live_deployment
-from fleetkeeper.deployments.service import DeploymentRequest, create
+from fleetkeeper.deployments.rollout import DeploymentRequest, create
 from fleetkeeper.devices.filters import compile_filter
 from fleetkeeper.devices.models import Device
 

@@ -4,7 +4,7 @@ over plain HTTP with the session cookie (no browser needed), on both databases."
 
 from __future__ import annotations
 
-from fleetkeeper.deployments import service
+from fleetkeeper.deployments import rollout
 from tests.conftest import Api
 from tests.helpers.console import console_as
 from tests.helpers.deployments import add_devices, admin, request
@@ -16,10 +16,10 @@ async def test_console_pages_show_a_scoped_reader_only_the_deployments_that_reac
     await a_release(api)
     await add_devices(api.runtime.database, 2, group="plant-3")
     await add_devices(api.runtime.database, 2, group="plant-4")
-    mine = await service.create(
+    mine = await rollout.create(
         api.runtime, admin(api), request(name="rollout-plant-3", target={"group": "plant-3"})
     )
-    theirs = await service.create(
+    theirs = await rollout.create(
         api.runtime, admin(api), request(name="rollout-plant-4", target={"group": "plant-4"})
     )
     await api.create_user(

@@ -10,9 +10,9 @@ import pytest
 from sqlalchemy import insert, select, text
 
 from fleetkeeper.core.migrations import downgrade, upgrade_async
-from fleetkeeper.deployments import chunks, service
+from fleetkeeper.deployments import chunks, progress, reports
 from fleetkeeper.deployments.models import Deployment, DeploymentChunk
-from fleetkeeper.deployments.service import create
+from fleetkeeper.deployments.rollout import create
 from tests.conftest import BACKENDS, Api, FreshDatabaseUrl
 from tests.deployments.test_migration_numbers import ROWS, rows_by_deployment_id, upgraded_from_0012
 from tests.helpers.deployments import add_devices, admin, current, deploy, devices_of, fleet_of, request, send
@@ -83,10 +83,10 @@ async def test_no_already_installed_mark_after_an_abort(api: Api) -> None:
     )
     assert aborted.status_code == 200
     async with api.runtime.database.session() as session:
-        await service._mark_already_installed(session, deployment["id"], device.device_id or "", 0)
+        await reports.mark_already_installed(session, deployment["id"], device.device_id or "", 0)
     async with api.runtime.database.session() as session:
-        counts = await service.counts_of(session, deployment["id"])
-        assert counts == await service.recount(session, deployment["id"]) == {0: {"aborted": 1}}
+        counts = await progress.counts_of(session, deployment["id"])
+        assert counts == await progress.recount(session, deployment["id"]) == {0: {"aborted": 1}}
 
 
 async def test_a_device_is_looked_for_in_its_deployments_own_chunks(api: Api) -> None:

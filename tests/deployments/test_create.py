@@ -11,7 +11,8 @@ from sqlalchemy import select
 from fleetkeeper.audit.models import AuditRecord
 from fleetkeeper.core.errors import ProblemError
 from fleetkeeper.deployments.plans import Phase, Size, phase_boundaries
-from fleetkeeper.deployments.service import create, phase_counts
+from fleetkeeper.deployments.progress import phase_counts
+from fleetkeeper.deployments.rollout import create
 from tests.conftest import Api
 from tests.helpers.deployments import add_devices, admin, devices_of, request, scoped
 from tests.helpers.releases import a_release

@@ -14,7 +14,7 @@ from sqlalchemy import func, select
 from fleetkeeper.audit.models import AuditRecord
 from fleetkeeper.audit.service import SYSTEM
 from fleetkeeper.core.errors import ProblemError
-from fleetkeeper.deployments import live, service
+from fleetkeeper.deployments import live, progress, rollout
 from fleetkeeper.deployments.models import Deployment, DeploymentDevice
 from fleetkeeper.deployments.webhook_models import WebhookDelivery
 from fleetkeeper.deployments.webhooks import create_webhook
@@ -139,8 +139,8 @@ async def test_devices_joining_a_dynamic_group_are_added_in_the_current_phase_an
     assert remaining[joiner.device_id or ""] == (0, "downloading")
     assert await current(api, late) is None
     async with api.runtime.database.session() as session:
-        counters = await service.counts_of(session, deployment["id"])
-        assert counters == await service.recount(session, deployment["id"]), "joins and leaves are counted"
+        counters = await progress.counts_of(session, deployment["id"])
+        assert counters == await progress.recount(session, deployment["id"]), "joins and leaves are counted"
     assert [(d["added"], d["removed"]) for d in await audit_details(api, "deployment.live_synced")] == [
         (1, 0),
         (1, 0),
@@ -212,16 +212,16 @@ async def test_a_live_deployment_waits_for_devices_until_an_operator_finishes_it
 async def test_finishing_a_live_deployment_whose_devices_are_done_ends_it_at_once(api: Api) -> None:
     await a_release(api)
     await add_devices(api.runtime.database, 0, group="later")
-    deployment = await service.create(
+    deployment = await rollout.create(
         api.runtime, admin(api), request(target={"group": "later", "live": True})
     )
     assert deployment.status == "active", "a live target may start empty"
     ended = await live.finish(api.runtime, admin(api), deployment.id)
     assert (ended.status, ended.finished_at is not None) == ("finished", True)
     with pytest.raises(ProblemError) as not_empty:
-        await service.create(api.runtime, admin(api), request(target={"group": "later"}))
+        await rollout.create(api.runtime, admin(api), request(target={"group": "later"}))
     assert not_empty.value.code == "empty_target", "a target that is not live still needs devices"
-    static = await service.create(
+    static = await rollout.create(
         api.runtime,
         admin(api),
         request(target={"devices": await add_devices(api.runtime.database, 1, group="later")}),
@@ -236,7 +236,7 @@ async def test_a_live_static_group_follows_its_members_and_skips_other_device_ty
 ) -> None:
     await a_release(api)
     await add_devices(api.runtime.database, 2, group="fleet")
-    deployment = await service.create(
+    deployment = await rollout.create(
         api.runtime, admin(api), request(target={"group": "fleet", "live": True})
     )
     added = await add_devices(api.runtime.database, 3, group="fleet")
@@ -264,10 +264,10 @@ async def test_the_pass_covers_active_paused_and_scheduled_live_deployments_only
     statuses = ("active", "paused", "scheduled", "aborted", "finished")
     made = {}
     for status in statuses:
-        made[status] = await service.create(
+        made[status] = await rollout.create(
             api.runtime, principal, request(name=status, target={"group": "fleet", "live": True})
         )
-    not_live = await service.create(api.runtime, principal, request(name="static", target={"group": "fleet"}))
+    not_live = await rollout.create(api.runtime, principal, request(name="static", target={"group": "fleet"}))
     async with api.runtime.database.transaction() as session:
         for status, deployment in made.items():
             row = await session.get(Deployment, deployment.id)
@@ -286,7 +286,7 @@ async def test_two_passes_at_once_add_each_device_once(api: Api) -> None:
     they run on separate connections and take turns on the deployment's row lock."""
     await a_release(api)
     await add_devices(api.runtime.database, 1, group="fleet")
-    deployment = await service.create(
+    deployment = await rollout.create(
         api.runtime, admin(api), request(target={"group": "fleet", "live": True})
     )
     await add_devices(api.runtime.database, 60, group="fleet")
@@ -301,7 +301,7 @@ async def test_two_passes_at_once_add_each_device_once(api: Api) -> None:
         )
     assert count == 61
     async with api.runtime.database.session() as session:
-        assert await service.counts_of(session, deployment.id) == await service.recount(
+        assert await progress.counts_of(session, deployment.id) == await progress.recount(
             session, deployment.id
         )
 
@@ -349,7 +349,7 @@ async def test_a_live_target_needs_devices_deploy_on_the_group_itself(api: Api, 
     theirs = await api.client.post(f"/api/v1/deployments/{mine.json()['id']}/finish", headers=user)
     assert theirs.status_code == 200, theirs.text
     with pytest.raises(ProblemError) as service_level:
-        await service.create(
+        await rollout.create(
             api.runtime, scoped(["plant-b"]), request(target={"group": "plant-a", "live": True})
         )
     assert service_level.value.status == 403

@@ -13,7 +13,7 @@ from sqlalchemy import insert, text
 
 from fleetkeeper.core.db import Database, utcnow
 from fleetkeeper.core.migrations import downgrade, upgrade_async
-from fleetkeeper.deployments.service import next_number
+from fleetkeeper.deployments.rollout import next_number
 from fleetkeeper.releases.models import Release
 from tests.conftest import BACKENDS, FreshDatabaseUrl
 

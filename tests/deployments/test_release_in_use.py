@@ -15,7 +15,7 @@ from sqlalchemy import select
 from fleetkeeper.audit.models import AuditRecord
 from fleetkeeper.core.errors import ProblemError
 from fleetkeeper.core.ids import new_id
-from fleetkeeper.deployments import service
+from fleetkeeper.deployments import lifecycle, rollout
 from fleetkeeper.deployments.models import Deployment
 from fleetkeeper.releases.models import Release
 from tests.conftest import Api
@@ -40,11 +40,11 @@ async def test_a_release_that_a_deployment_has_not_ended_with_is_not_deleted(api
     release = await a_release(api)
     await add_devices(api.runtime.database, 2, group="fleet")
     start_at = datetime.now(UTC) + timedelta(days=1) if status == "scheduled" else None
-    deployment = await service.create(
+    deployment = await rollout.create(
         api.runtime, admin(api), request(name="to the fleet", start_at=start_at)
     )
     if status == "paused":
-        await service.change_state(api.runtime, admin(api), deployment.id, "pause")
+        await lifecycle.change_state(api.runtime, admin(api), deployment.id, "pause")
     headers = await api.admin_headers()
 
     refused = await api.client.delete(RELEASE, headers=headers)
@@ -58,7 +58,7 @@ async def test_a_release_that_a_deployment_has_not_ended_with_is_not_deleted(api
     assert (await api.client.get(RELEASE, headers=headers)).status_code == 200, "the release stays"
     assert await deletions(api) == []
 
-    await service.change_state(api.runtime, admin(api), deployment.id, "abort")
+    await lifecycle.change_state(api.runtime, admin(api), deployment.id, "abort")
     assert (await api.client.delete(RELEASE, headers=headers)).status_code == 204, "an aborted one has ended"
     assert await deletions(api) == [release.id]
 
@@ -67,7 +67,7 @@ async def test_the_refusal_names_a_few_deployments_and_counts_the_rest(api: Api)
     await a_release(api)
     await add_devices(api.runtime.database, 1, group="fleet")
     for number in range(5):
-        await service.create(api.runtime, admin(api), request(name=f"wave {number}"))
+        await rollout.create(api.runtime, admin(api), request(name=f"wave {number}"))
 
     refused = await api.client.delete(RELEASE, headers=await api.admin_headers())
     assert refused.status_code == 409, refused.text
@@ -85,7 +85,7 @@ async def test_a_release_manager_is_told_nothing_of_deployments_they_do_not_see(
     await a_release(api)
     await add_devices(api.runtime.database, 1, group="plant-3")
     await add_devices(api.runtime.database, 1, group="plant-4")
-    await service.create(
+    await rollout.create(
         api.runtime, admin(api), request(name="rollout-plant-4", target={"group": "plant-4"})
     )
     manager = await api.create_user(
@@ -99,7 +99,7 @@ async def test_a_release_manager_is_told_nothing_of_deployments_they_do_not_see(
     assert refused.json()["deployments"] == []
     assert "you do not see" in refused.json()["detail"]
 
-    mine = await service.create(
+    mine = await rollout.create(
         api.runtime, admin(api), request(name="rollout-plant-3", target={"group": "plant-3"})
     )
     refused = await api.client.delete(RELEASE, headers=manager)
@@ -159,7 +159,7 @@ async def test_a_deletion_and_a_new_deployment_of_the_release_take_turns(api: Ap
         assert held is not None
         held.deleted_at = datetime.now(UTC)
         await session.flush()
-        creating = asyncio.create_task(service.create(api.runtime, admin(api), request(name="late")))
+        creating = asyncio.create_task(rollout.create(api.runtime, admin(api), request(name="late")))
         await asyncio.sleep(0.5)
         assert not creating.done(), "the new deployment waits for the deletion"
     with pytest.raises(ProblemError) as refused:
@@ -176,7 +176,7 @@ async def test_a_deletion_waits_for_a_deployment_being_created_and_sees_it(api: 
         session.add(
             Deployment(
                 id=new_id("dep"),
-                number=await service.next_number(session),
+                number=await rollout.next_number(session),
                 name="being created",
                 release_id=release.id,
                 status="active",

@@ -9,7 +9,7 @@ from typing import Any
 from sqlalchemy import select
 
 from fleetkeeper.audit.service import SYSTEM
-from fleetkeeper.deployments import service
+from fleetkeeper.deployments import clock
 from fleetkeeper.deployments.webhook_models import WebhookDelivery
 from fleetkeeper.deployments.webhooks import create_webhook
 from tests.conftest import Api
@@ -160,11 +160,11 @@ async def test_the_clock_moves_a_scheduled_start(api: Api, monkeypatch: Any) -> 
 
     await a_release(api)
     (device,) = await fleet_of(api, 1)
-    start = service.clock() + timedelta(hours=2)
+    start = clock.now() + timedelta(hours=2)
     deployment = await deploy(api, start_at=start.isoformat())
     assert await current(api, device) is None
     assert deployment["status"] == "scheduled"
-    monkeypatch.setattr(service, "clock", lambda: start + timedelta(minutes=1))
+    monkeypatch.setattr(clock, "now", lambda: start + timedelta(minutes=1))
     assert await current(api, device) == deployment["id"], "its start time has come"
 
 
@@ -174,13 +174,13 @@ async def test_windows_say_when_a_device_may_install(api: Api, monkeypatch: Any)
     await a_release(api)
     (device,) = await fleet_of(api, 1)
     await deploy(api, windows=[{"cron": "0 2 * * *", "duration_minutes": 60, "timezone": "UTC"}])
-    monkeypatch.setattr(service, "clock", lambda: datetime(2026, 11, 23, 12, 0, tzinfo=UTC))
+    monkeypatch.setattr(clock, "now", lambda: datetime(2026, 11, 23, 12, 0, tzinfo=UTC))
     async with device_client(api.runtime, device.certificate) as client:
         closed = (await client.get("/device/v1/deployments/current")).json()
     assert closed["install_allowed"] is False
     assert closed["next_window"].startswith("2026-11-24T02:00")
     assert await director_targets(api, device) == ["fw/2.0/fw.bin"], "it still downloads"
-    monkeypatch.setattr(service, "clock", lambda: datetime(2026, 11, 24, 2, 30, tzinfo=UTC))
+    monkeypatch.setattr(clock, "now", lambda: datetime(2026, 11, 24, 2, 30, tzinfo=UTC))
     async with device_client(api.runtime, device.certificate) as client:
         assert (await client.get("/device/v1/deployments/current")).json()["install_allowed"] is True
     deferred = await send(

@@ -10,7 +10,9 @@ import pytest
 from sqlalchemy import select
 
 from fleetkeeper.audit.models import AuditRecord
-from fleetkeeper.deployments import service, visibility
+from fleetkeeper.deployments import clock, progress, visibility
+from fleetkeeper.deployments.director import assignment
+from fleetkeeper.deployments.statistics import fleet_health
 from tests.conftest import Api
 from tests.helpers.deployments import deploy, devices_of, director_targets, fleet_of, send
 from tests.helpers.devices import FakeDevice, device_client
@@ -32,7 +34,9 @@ async def api(api: Api) -> Api:
 
 async def counters_and_recount(api: Api, deployment_id: str) -> tuple[Any, Any]:
     async with api.runtime.database.session() as session:
-        return await service.counts_of(session, deployment_id), await service.recount(session, deployment_id)
+        return await progress.counts_of(session, deployment_id), await progress.recount(
+            session, deployment_id
+        )
 
 
 async def shown(api: Api, deployment_id: str) -> dict[str, Any]:
@@ -132,7 +136,7 @@ async def test_statistics_per_phase_and_overall(api: Api) -> None:
 async def test_a_scheduled_deployment_has_not_started(api: Api) -> None:
     await a_release(api)
     await fleet_of(api, 1)
-    start = service.clock() + timedelta(hours=1)
+    start = clock.now() + timedelta(hours=1)
     deployment = await deploy(api, start_at=start.isoformat())
     stats = await shown(api, deployment["id"])
     assert stats["start_at"] is not None
@@ -291,14 +295,14 @@ async def test_the_download_cap_queues_devices_until_a_slot_frees(api: Api) -> N
     await send(api, devices[2], deployment_id, "downloading", 1)
     assert await director_targets(api, devices[3]) == []
     # A device silent in downloading for longer than the slot is held no longer holds it.
-    later = service.clock() + service.DOWNLOAD_SLOT_HELD_FOR + timedelta(minutes=1)
-    original = service.clock
+    later = clock.now() + assignment.DOWNLOAD_SLOT_HELD_FOR + timedelta(minutes=1)
+    original = clock.now
     try:
-        service.clock = lambda: later
+        clock.now = lambda: later
         assert await director_targets(api, devices[3]) == ["fw/2.0/fw.bin"]
         assert (await current(api, devices[4]) or {})["queued"] is False
     finally:
-        service.clock = original
+        clock.now = original
 
 
 async def test_a_device_that_runs_the_release_is_not_asked_again(api: Api) -> None:
@@ -390,8 +394,8 @@ async def test_fleet_health_judges_each_device_by_its_newest_deployment(api: Api
     assert (await send(api, done, deployment_id, "success", 1)).status_code == 200
     assert (await send(api, failed, deployment_id, "failure", 1, detail="rolled back")).status_code == 200
     async with api.runtime.database.session() as session:
-        health = await service.fleet_health(session, admin(api))
-        outside = await service.fleet_health(
+        health = await fleet_health(session, admin(api))
+        outside = await fleet_health(
             session, Principal(user_id="usr_x", username="x", grants=elsewhere, method="password")
         )
         under_way = await visibility.under_way(session, admin(api))

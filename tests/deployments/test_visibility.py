@@ -7,7 +7,7 @@ import asyncio
 
 import pytest
 
-from fleetkeeper.deployments import service
+from fleetkeeper.deployments import rollout
 from fleetkeeper.deployments.models import CHUNK_SIZE
 from tests.conftest import Api
 from tests.helpers.deployments import add_devices, admin, request
@@ -26,9 +26,9 @@ async def test_a_scoped_reader_sees_only_deployments_that_reach_their_groups(api
     await a_release(api)
     mine = await add_devices(api.runtime.database, 2, group="plant-3")
     theirs = await add_devices(api.runtime.database, 2, group="plant-4")
-    plant_3 = await service.create(api.runtime, admin(api), request(name="p3", target={"group": "plant-3"}))
-    plant_4 = await service.create(api.runtime, admin(api), request(name="p4", target={"group": "plant-4"}))
-    mixed = await service.create(
+    plant_3 = await rollout.create(api.runtime, admin(api), request(name="p3", target={"group": "plant-3"}))
+    plant_4 = await rollout.create(api.runtime, admin(api), request(name="p4", target={"group": "plant-4"}))
+    mixed = await rollout.create(
         api.runtime, admin(api), request(name="both", target={"devices": [mine[0], theirs[0]]})
     )
     reader = await reader_of(api, "plant-3")
@@ -63,7 +63,7 @@ async def test_a_device_of_mine_in_a_deployment_i_cannot_see_is_not_a_clue(api: 
     await a_release(api)
     (mine,) = await add_devices(api.runtime.database, 1, group="plant-3")
     await add_devices(api.runtime.database, 1, group="plant-4")
-    plant_4 = await service.create(api.runtime, admin(api), request(target={"group": "plant-4"}))
+    plant_4 = await rollout.create(api.runtime, admin(api), request(target={"group": "plant-4"}))
     reader = await reader_of(api, "plant-3")
     hidden = await api.client.get(f"/api/v1/deployments/{plant_4.id}/devices/{mine}", headers=reader)
     nothing = await api.client.get(f"/api/v1/deployments/dep_nope/devices/{mine}", headers=reader)
@@ -75,7 +75,7 @@ async def test_a_scoped_deployer_cannot_act_on_a_deployment_they_cannot_see(api:
     await a_release(api)
     await add_devices(api.runtime.database, 1, group="plant-3")
     await add_devices(api.runtime.database, 1, group="plant-4")
-    live_4 = await service.create(api.runtime, admin(api), request(target={"group": "plant-4", "live": True}))
+    live_4 = await rollout.create(api.runtime, admin(api), request(target={"group": "plant-4", "live": True}))
     deployer = await reader_of(api, "plant-3", role="deployments-manager")
     for action in ("pause", "abort", "finish"):
         hidden = await api.client.post(f"/api/v1/deployments/{live_4.id}/{action}", headers=deployer)
@@ -93,7 +93,7 @@ async def test_a_reader_finds_their_device_among_many_however_it_is_stored(api: 
     await asyncio.sleep(0.01)  # ids sort by creation time: this one comes last
     (mine,) = await add_devices(api.runtime.database, 1, group="plant-3")
     await add_to_group(api, "wide", mine)
-    deployment = await service.create(
+    deployment = await rollout.create(
         api.runtime, admin(api), request(target={"group": "wide", "live": live})
     )
     reader = await reader_of(api, "plant-3")
@@ -121,9 +121,9 @@ async def test_only_a_reader_of_the_whole_target_sees_its_numbers(api: Api) -> N
     await a_release(api)
     mine = await add_devices(api.runtime.database, 2, group="plant-3")
     theirs = await add_devices(api.runtime.database, 3, group="plant-4")
-    whole = await service.create(api.runtime, admin(api), request(name="p3", target={"group": "plant-3"}))
-    listed_mine = await service.create(api.runtime, admin(api), request(name="l3", target={"devices": mine}))
-    part = await service.create(
+    whole = await rollout.create(api.runtime, admin(api), request(name="p3", target={"group": "plant-3"}))
+    listed_mine = await rollout.create(api.runtime, admin(api), request(name="l3", target={"devices": mine}))
+    part = await rollout.create(
         api.runtime, admin(api), request(name="both", target={"devices": [*mine, *theirs]})
     )
     reader = await reader_of(api, "plant-3")
@@ -149,9 +149,9 @@ async def test_a_device_of_mine_in_another_deployment_does_not_show_this_one(api
     await a_release(api)
     await add_devices(api.runtime.database, 1, group="plant-3")
     await add_devices(api.runtime.database, 1, group="plant-4")
-    live_3 = await service.create(api.runtime, admin(api), request(target={"group": "plant-3", "live": True}))
-    fixed_4 = await service.create(api.runtime, admin(api), request(target={"group": "plant-4"}))
-    live_4 = await service.create(api.runtime, admin(api), request(target={"group": "plant-4", "live": True}))
+    live_3 = await rollout.create(api.runtime, admin(api), request(target={"group": "plant-3", "live": True}))
+    fixed_4 = await rollout.create(api.runtime, admin(api), request(target={"group": "plant-4"}))
+    live_4 = await rollout.create(api.runtime, admin(api), request(target={"group": "plant-4", "live": True}))
     reader = await reader_of(api, "plant-3", "plant-9")  # plant-9 does not exist: no shortcut by name
     listed = (await api.client.get("/api/v1/deployments", headers=reader)).json()
     assert [item["id"] for item in listed] == [live_3.id]

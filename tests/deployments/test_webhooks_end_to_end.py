@@ -15,7 +15,7 @@ import pytest
 from sqlalchemy import select
 
 from fleetkeeper.core.db import utcnow
-from fleetkeeper.deployments import service
+from fleetkeeper.deployments import clock as deployments_clock
 from fleetkeeper.deployments.webhook_models import WebhookDelivery
 from fleetkeeper.deployments.webhooks import EVENTS, deliver_due
 from tests.conftest import RuntimeFactory, api_for
@@ -41,7 +41,7 @@ async def test_deployment_events_reach_a_receiver_signed_and_retried(
     runtime_factory: RuntimeFactory, receiver: Receiver, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     clock = Clock()
-    monkeypatch.setattr(service, "clock", clock)
+    monkeypatch.setattr(deployments_clock, "now", clock)
     runtime = await runtime_factory(webhook_allow_private_targets=True)
     async with api_for(runtime) as api, httpx2.AsyncClient() as client:
         headers = await api.admin_headers()
@@ -54,7 +54,7 @@ async def test_deployment_events_reach_a_receiver_signed_and_retried(
         secret = registered.json()["secret"]
 
         async def run_delivery_job() -> tuple[int, int, int]:
-            stats = await deliver_due(runtime.database, now=service.clock(), client=client)
+            stats = await deliver_due(runtime.database, now=deployments_clock.now(), client=client)
             return stats.attempted, stats.delivered, stats.retrying
 
         await a_release(api)

@@ -13,7 +13,8 @@ from fleetkeeper.access.permissions import GrantSet
 from fleetkeeper.access.service import Principal
 from fleetkeeper.core.db import Database, utcnow
 from fleetkeeper.core.ids import new_id
-from fleetkeeper.deployments.service import MAX_PAGE, DeploymentRequest, list_devices
+from fleetkeeper.deployments.listing import MAX_PAGE, list_devices
+from fleetkeeper.deployments.rollout import DeploymentRequest
 from fleetkeeper.devices.models import Device, DeviceGroup, GroupMember
 from tests.conftest import Api
 from tests.helpers.devices import FakeDevice, accepted_device, device_client

@@ -17,14 +17,13 @@ from tuf.api.exceptions import ExpiredMetadataError, UnsignedMetadataError
 from tuf.api.metadata import Metadata, Root
 from tuf.ngclient import Updater
 
-from fleetkeeper.releases.director import (
+from fleetkeeper.deployments.director.metadata import (
     Assignment,
     DeviceMetadata,
     assignment_of,
     build_device_metadata,
     refresh_device_metadata,
     refresh_timestamp,
-    to_bytes,
 )
 from fleetkeeper.releases.online_keys import (
     DIRECTOR_SNAPSHOT,
@@ -34,6 +33,7 @@ from fleetkeeper.releases.online_keys import (
     OnlineKeys,
     load_or_create_online_keys,
 )
+from fleetkeeper.releases.repository import to_bytes
 
 FIRMWARE_1 = Assignment(
     target_path="firmware/1.0.0/firmware.bin",

@@ -17,8 +17,8 @@ from tuf.api.metadata import Metadata
 
 from fleetkeeper.core.direct import DirectStatements
 from fleetkeeper.core.metrics import REQUESTS
+from fleetkeeper.deployments.director import files
 from fleetkeeper.devices.models import Device
-from fleetkeeper.releases import service
 from fleetkeeper.releases.keys import init_keys
 from fleetkeeper.releases.trust import build_initial_trust, online_keys_from_json
 from tests.conftest import Api
@@ -107,10 +107,10 @@ async def test_the_background_job_re_signs_before_expiry(
     await initialize(api, tmp_path)
     device = await accepted_device(api)
     first = await fetch(api, device.certificate, "timestamp.json")
-    assert await service.refresh_due_metadata(api.runtime) == 0, "nothing is due yet"
+    assert await files.refresh_due_metadata(api.runtime) == 0, "nothing is due yet"
     later = datetime.now(UTC).replace(microsecond=0) + timedelta(hours=20)
-    monkeypatch.setattr(service, "_now", lambda: later)
-    assert await service.refresh_due_metadata(api.runtime) >= 2, "image timestamp and the device's"
+    monkeypatch.setattr(files, "signing_time", lambda: later)
+    assert await files.refresh_due_metadata(api.runtime) >= 2, "image timestamp and the device's"
     second = await fetch(api, device.certificate, "timestamp.json")
     assert second.signed.version == first.signed.version + 1
     assert second.signed.expires > first.signed.expires

@@ -11,7 +11,6 @@ from fleetkeeper.access.context import AccessContext
 from fleetkeeper.audit.context import AuditContext
 from fleetkeeper.deployments.context import DeploymentsContext
 from fleetkeeper.devices.context import DevicesContext
-from fleetkeeper.releases.context import ReleasesContext
 from fleetkeeper.terminal.context import TerminalContext
 
 
@@ -19,7 +18,6 @@ class ConsoleContext(
     AccessContext,
     AuditContext,
     DevicesContext,
-    ReleasesContext,
     DeploymentsContext,
     TerminalContext,
     Protocol,

@@ -8,7 +8,8 @@ the body limit and the certificate gate (so it has its id, access line, metrics 
 peer), with what the route would use: the services it was bound to and the peer certificate. A
 handler answers with the route's own response, raises a `ProblemError` (answered as the app's
 handler would), or returns None: then, as for anything else, the request goes on to the FastAPI
-app and its route answers in full (the general path)."""
+app and its route answers in full (the general path), which can tell that the hot handler
+already ran (`hot_handler_missed`) and skip what it tried."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 from fastapi.routing import APIRoute
+from starlette.requests import HTTPConnection
 from starlette.responses import Response
 from starlette.routing import BaseRoute
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -25,6 +27,14 @@ from fleetkeeper.core.peer import PeerCertificate, peer_certificate
 
 # Bound by the composition root to the services it uses (server/app.py).
 HotHandler = Callable[[PeerCertificate], Awaitable[Response | None]]
+
+# Set in the scope of a request whose hot handler answered None.
+_MISSED = "fleetkeeper.hot_handler_missed"
+
+
+def hot_handler_missed(connection: HTTPConnection) -> bool:
+    """This request's hot handler ran and left it to the route: what it tried need not run again."""
+    return bool(connection.scope.get(_MISSED))
 
 
 @dataclass(frozen=True)
@@ -54,6 +64,7 @@ class HotRoutes:
                 await response(scope, receive, send)
                 return
             del scope["route"]
+            scope[_MISSED] = True
         await self.app(scope, receive, send)
 
 

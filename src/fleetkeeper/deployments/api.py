@@ -12,8 +12,18 @@ from fleetkeeper.access.auth import requires
 from fleetkeeper.access.service import Permission, Principal
 from fleetkeeper.core.errors import NotFoundError
 from fleetkeeper.core.wire import RequestBody, Timestamp
-from fleetkeeper.deployments import live, service, visibility, webhooks
+from fleetkeeper.deployments import (
+    lifecycle,
+    listing,
+    live,
+    reports,
+    rollout,
+    statistics,
+    visibility,
+    webhooks,
+)
 from fleetkeeper.deployments.context import deployments_context
+from fleetkeeper.deployments.director import assignment
 from fleetkeeper.deployments.models import Deployment, DeploymentDevice
 from fleetkeeper.devices.auth import AuthenticatedDevice
 
@@ -48,7 +58,7 @@ class ProgressOut(BaseModel):
     percent_done: float = Field(description="devices in a final status, in percent of the total")
 
     @classmethod
-    def of(cls, progress: service.Progress) -> ProgressOut:
+    def of(cls, progress: statistics.Progress) -> ProgressOut:
         return cls(**vars(progress))
 
 
@@ -93,10 +103,10 @@ class DeploymentOut(BaseModel):
 
     @classmethod
     def of(cls, deployment: Deployment, progress: dict[int, dict[str, int]] | None = None) -> DeploymentOut:
-        statistics = None
+        numbers_out = None
         if progress is not None:
-            numbers = service.statistics(deployment, progress)
-            statistics = StatisticsOut(
+            numbers = statistics.statistics(deployment, progress)
+            numbers_out = StatisticsOut(
                 overall=ProgressOut.of(numbers.overall),
                 phases=[
                     PhaseProgressOut(**vars(phase), phase=index + 1, open=index <= deployment.current_phase)
@@ -119,11 +129,11 @@ class DeploymentOut(BaseModel):
             pause_reason=deployment.pause_reason,
             created_at=deployment.created_at,
             start_at=deployment.start_at,
-            started_at=service.started_at(deployment),
+            started_at=statistics.started_at(deployment),
             finished_at=deployment.finished_at,
             progress={str(phase + 1): counts for phase, counts in sorted((progress or {}).items())},
             waiting_for_devices=None if progress is None else live.waiting_for_devices(deployment, progress),
-            statistics=statistics,
+            statistics=numbers_out,
         )
 
 
@@ -131,10 +141,10 @@ class DeploymentOut(BaseModel):
 async def create(body: CreateDeployment, principal: Deployer, request: Request) -> DeploymentOut:
     """A rollout of a release to a list of devices or a group, in phases (docs/deployments.md)."""
     runtime = deployments_context(request)
-    deployment = await service.create(
+    deployment = await rollout.create(
         runtime,
         principal,
-        service.DeploymentRequest(
+        rollout.DeploymentRequest(
             name=body.name,
             release_name=body.release,
             release_version=body.version,
@@ -208,7 +218,7 @@ async def list_devices(
     """The deployment's devices the caller may read, by status then device id, filtered by status
     and phase; pass `next_cursor` back as `cursor` for the next page."""
     async with deployments_context(request).database.session() as session:
-        page = await service.list_devices(
+        page = await listing.list_devices(
             session,
             principal,
             deployment_id,
@@ -240,7 +250,7 @@ async def device_history(
 ) -> DeviceHistoryOut:
     """One device in the deployment: where it stands and every report it made, oldest first."""
     async with deployments_context(request).database.session() as session:
-        entry, events = await service.device_history(session, principal, deployment_id, device_id)
+        entry, events = await listing.device_history(session, principal, deployment_id, device_id)
     return DeviceHistoryOut(
         **DeploymentDeviceOut.of(entry).model_dump(),
         deployment_id=deployment_id,
@@ -279,7 +289,7 @@ async def deployments_of_device(
 ) -> DeviceDeploymentsPage:
     """The deployments this device is part of, newest first, with its status in each."""
     async with deployments_context(request).database.session() as session:
-        page = await service.deployments_of_device(session, principal, device_id, limit=limit, cursor=cursor)
+        page = await listing.deployments_of_device(session, principal, device_id, limit=limit, cursor=cursor)
     return DeviceDeploymentsPage(
         items=[
             DeviceDeploymentOut(
@@ -314,7 +324,7 @@ async def change(
 ) -> DeploymentOut:
     """Pause, resume, abort (devices not yet done stop; those done stay), or open the next phase."""
     runtime = deployments_context(request)
-    deployment = await service.change_state(runtime, principal, deployment_id, action)
+    deployment = await lifecycle.change_state(runtime, principal, deployment_id, action)
     return DeploymentOut.of_view(await visibility.view_after_change(runtime, principal, deployment))
 
 
@@ -398,11 +408,11 @@ class CurrentDeployment(BaseModel):
 async def current(device: AuthenticatedDevice, request: Request) -> CurrentDeployment:
     """The deployment the director metadata stands for: what to report progress against."""
     async with deployments_context(request).database.session() as session:
-        found = await service.current_assignment(session, device.id)
+        found = await assignment.current_assignment(session, device.id)
     if found is None:
         raise NotFoundError("nothing to install now", code="no_deployment")
     deployment, release = found.deployment, found.release
-    allowed, next_window = service.install_window(deployment)
+    allowed, next_window = assignment.install_window(deployment)
     return CurrentDeployment(
         install_allowed=allowed,
         next_window=next_window,
@@ -432,7 +442,7 @@ async def report(
     deployment_id: str, body: StatusReport, device: AuthenticatedDevice, request: Request
 ) -> StatusAnswer:
     """Progress of this device on a deployment; idempotent, ordered by `seq`."""
-    entry = await service.report(
+    entry = await reports.report(
         deployments_context(request),
         device,
         deployment_id,

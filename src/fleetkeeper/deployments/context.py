@@ -6,12 +6,16 @@ from typing import TYPE_CHECKING, Protocol
 
 from starlette.requests import HTTPConnection
 
+from fleetkeeper.releases.context import ReleasesContext
+
 if TYPE_CHECKING:
     from fleetkeeper.core.config import Settings
     from fleetkeeper.core.db import Database
 
 
-class DeploymentsContext(Protocol):
+class DeploymentsContext(ReleasesContext, Protocol):
+    """The director signs with the online keys and answers with the releases' metadata."""
+
     settings: Settings
     database: Database
 

@@ -27,7 +27,7 @@ from fleetkeeper.access.service import Permission, Principal
 from fleetkeeper.audit.service import SYSTEM, record
 from fleetkeeper.core.errors import ConflictError, ForbiddenError, NotFoundError
 from fleetkeeper.core.logging import get_logger
-from fleetkeeper.deployments import targeting
+from fleetkeeper.deployments import lifecycle, progress, targeting
 from fleetkeeper.deployments.context import DeploymentsContext
 from fleetkeeper.deployments.models import FINAL_STATUSES, PENDING, Deployment, DeploymentDevice
 from fleetkeeper.deployments.visibility import visible_deployment
@@ -245,8 +245,6 @@ async def _remove_leavers(session: AsyncSession, deployment: Deployment, members
     # A CTE, evaluated once: as an IN (subquery) the locking subquery may be rescanned for every
     # row of the deployment (seen on PostgreSQL: minutes for a few hundred rows).
     leaving = _leavers(deployment, members).with_for_update(skip_locked=True).cte("leaving")
-    from fleetkeeper.deployments import service  # service builds on this module (create's check)
-
     phases = (
         await session.scalars(
             delete(DeploymentDevice)
@@ -257,9 +255,9 @@ async def _remove_leavers(session: AsyncSession, deployment: Deployment, members
             .returning(DeploymentDevice.phase)
         )
     ).all()
-    # Leavers are pending: their phases' pending counts go down (service's progress counters).
+    # Leavers are pending: their phases' pending counts go down (progress.py).
     for phase in set(phases):
-        await service.add_to_counts(session, deployment.id, phase, PENDING, -phases.count(phase))
+        await progress.add_to_counts(session, deployment.id, phase, PENDING, -phases.count(phase))
     return len(phases)
 
 
@@ -281,17 +279,13 @@ async def _add_joiners(session: AsyncSession, found: _Followed) -> int:
         )
     )
     added = int(getattr(result, "rowcount", 0) or 0)
-    from fleetkeeper.deployments import service  # service builds on this module (create's check)
-
-    await service.add_to_counts(session, deployment.id, deployment.current_phase, PENDING, added)
+    await progress.add_to_counts(session, deployment.id, deployment.current_phase, PENDING, added)
     return added
 
 
 async def finish(runtime: DeploymentsContext, principal: Principal, deployment_id: str) -> Deployment:
     """An operator ends a live deployment: it stops following its group, and finishes as any other
     deployment does when its last device is done — at once if every device already is."""
-    from fleetkeeper.deployments import service  # service builds on this module (create's check)
-
     async with runtime.database.transaction() as session:
         deployment = await visible_deployment(session, principal, deployment_id, lock=True)
         if not is_live(deployment):
@@ -307,7 +301,7 @@ async def finish(runtime: DeploymentsContext, principal: Principal, deployment_i
         ensure_may_deploy_live(principal, group, named=bool(devices.shown_group_names(principal, [group])))
         if deployment.status not in FOLLOWING_STATUSES:
             raise ConflictError(f"a {deployment.status} deployment cannot finish", code="invalid_transition")
-        counts = await service.counts_of(session, deployment_id)
+        counts = await progress.counts_of(session, deployment_id)
         open_devices = sum(
             count
             for by_status in counts.values()
@@ -325,6 +319,6 @@ async def finish(runtime: DeploymentsContext, principal: Principal, deployment_i
             details={"group": group, "devices_not_done": int(open_devices or 0)},
         )
         await session.flush()
-        await service._move_on(session, deployment)
+        await lifecycle.advance(session, deployment)
     _logged_incompatible.pop(deployment_id, None)
     return deployment

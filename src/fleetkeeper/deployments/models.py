@@ -56,7 +56,7 @@ class Deployment(Base):
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
     # Names the deployment in deployment_devices, a million times over: 4 bytes instead of the
     # id's 31 in each row and key (see DeploymentDevice). Internal: the API names deployments by
-    # id. From NUMBERS on PostgreSQL (service.next_number).
+    # id. From NUMBERS on PostgreSQL (rollout.next_number).
     number: Mapped[int] = mapped_column(Integer, unique=True)
     name: Mapped[str] = mapped_column(String(200))
     release_id: Mapped[str] = mapped_column(ForeignKey("releases.id", ondelete="RESTRICT"), index=True)
@@ -103,7 +103,7 @@ class DeploymentDevice(Base):
     - the status index holds only rows that left `pending`, so a fan-out writes nothing to it
       (but the rows of devices that run the release already). It serves a deployment's devices
       in a status other than pending (the devices list, the download cap's count of who is
-      downloading). A query that wants it repeats its condition (`left_pending`): SQLite uses a
+      downloading). A query that wants it repeats its condition (`not_pending`): SQLite uses a
       partial index only then, and PostgreSQL so also under a generic plan."""
 
     __tablename__ = "deployment_devices"
@@ -164,7 +164,7 @@ class DeploymentChunk(Base):
 NUMBERS = Sequence("deployments_number_seq")
 
 
-def left_pending(status: SQLColumnExpression[str]) -> ColumnElement[bool]:
+def not_pending(status: SQLColumnExpression[str]) -> ColumnElement[bool]:
     """The status index's condition, written as the index has it, for a query that uses the index
     (see DeploymentDevice); `status` is DeploymentDevice.status or an alias's."""
     return status != literal_column(f"'{PENDING}'")

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from sqlalchemy import ColumnElement, SQLColumnExpression, case, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -28,11 +28,10 @@ from fleetkeeper.deployments.models import (
     DeploymentCount,
     DeploymentDevice,
 )
+from fleetkeeper.deployments.progress import counts_of_many
+from fleetkeeper.deployments.statistics import Statistics, statistics
 from fleetkeeper.devices import service as devices
 from fleetkeeper.devices.models import Device
-
-if TYPE_CHECKING:
-    from fleetkeeper.deployments.service import Statistics
 
 
 @dataclass(frozen=True)
@@ -185,12 +184,10 @@ async def _shown_target(
 async def _views(
     session: AsyncSession, scope: ReaderScope | None, rows: Sequence[Deployment]
 ) -> list[DeploymentView]:
-    from fleetkeeper.deployments import service  # service builds on this module
-
     shown = [(row, *await _shown_target(session, scope, row)) for row in rows]
-    counts = await service.counts_of_many(session, [row.id for row, _target, whole in shown if whole])
+    counts = await counts_of_many(session, [row.id for row, _target, whole in shown if whole])
     return [
-        DeploymentView(row, target, counts[row.id], service.statistics(row, counts[row.id]))
+        DeploymentView(row, target, counts[row.id], statistics(row, counts[row.id]))
         if whole
         else DeploymentView(row, target, None, None)
         for row, target, whole in shown

@@ -1,12 +1,11 @@
-"""Tables of the releases domain: TUF metadata, releases and their tags, uploads in progress, and
-each device's director metadata."""
+"""Tables of the releases domain: TUF metadata, releases and their tags, uploads in progress."""
 
 from __future__ import annotations
 
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, ForeignKey, Index, Integer, LargeBinary, String, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, ForeignKey, Integer, LargeBinary, String, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
 from fleetkeeper.core.db import Base, UTCDateTime, utcnow
@@ -76,21 +75,4 @@ class ReleaseUpload(Base):
     tags: Mapped[list[str]] = mapped_column(JSON, default=list)
     created_by: Mapped[str] = mapped_column(String(40))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
-    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
-
-
-class DirectorState(Base):
-    """A device's director metadata as served, and what it assigns."""
-
-    __tablename__ = "director_state"
-    __table_args__ = (Index("ix_director_state_timestamp_expires", "timestamp_expires"),)
-
-    device_id: Mapped[str] = mapped_column(ForeignKey("devices.id", ondelete="CASCADE"), primary_key=True)
-    target_path: Mapped[str | None] = mapped_column(String(300))
-    targets: Mapped[bytes] = mapped_column(LargeBinary)
-    snapshot: Mapped[bytes] = mapped_column(LargeBinary)
-    timestamp: Mapped[bytes] = mapped_column(LargeBinary)
-    targets_version: Mapped[int] = mapped_column(Integer)
-    snapshot_version: Mapped[int] = mapped_column(Integer)
-    timestamp_expires: Mapped[datetime] = mapped_column(UTCDateTime)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

@@ -10,10 +10,10 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 from tuf.api.metadata import Metadata, MetaFile, Root, Snapshot, Targets, Timestamp
+from tuf.api.serialization.json import JSONSerializer
 
 from fleetkeeper.core.db import utcnow
 from fleetkeeper.core.errors import ConflictError
-from fleetkeeper.releases.director import to_bytes
 from fleetkeeper.releases.models import RepositoryMetadata
 from fleetkeeper.releases.online_keys import SNAPSHOT, TIMESTAMP, OnlineKeys
 
@@ -21,6 +21,15 @@ IMAGE = "image"
 DIRECTOR = "director"
 SNAPSHOT_EXPIRY = timedelta(days=7)
 TIMESTAMP_EXPIRY = timedelta(days=1)
+
+# Compact and key-sorted: the same Metadata always gives the same bytes, which snapshot and timestamp hash.
+_SERIALIZER = JSONSerializer(compact=True)
+
+
+def to_bytes(metadata: Metadata[Any]) -> bytes:
+    """The bytes to store and serve for `metadata` (this repository's, and each device's director
+    metadata); snapshot and timestamp hashes are over these."""
+    return metadata.to_bytes(_SERIALIZER)
 
 
 async def latest_row(session: AsyncSession, repository: str, role: str) -> RepositoryMetadata | None:

@@ -58,12 +58,19 @@ def management_routers() -> list[APIRouter]:
 
 def device_routers() -> list[APIRouter]:
     from fleetkeeper.deployments.api import device_router as deployments_device_router
+    from fleetkeeper.deployments.director.device_api import router as director_router
     from fleetkeeper.devices.api import router as device_router
     from fleetkeeper.releases.device_api import router as releases_device_router
     from fleetkeeper.terminal.device_api import router as terminal_device_router
 
     # Routes are tried in order: what every device polls (the check-in, then ping) comes first.
-    return [releases_device_router, device_router, deployments_device_router, terminal_device_router]
+    return [
+        director_router,
+        releases_device_router,
+        device_router,
+        deployments_device_router,
+        terminal_device_router,
+    ]
 
 
 # Bodies above the 1 MiB default: release upload chunks.
@@ -153,8 +160,8 @@ def create_device_app(runtime: Runtime) -> FastAPI:
 def device_hot_routes(app: FastAPI, runtime: Runtime) -> dict[str, HotRoute]:
     """What every device sends all the time: a check-in, ping (the check-in benchmark's reference
     takes the same way)."""
+    from fleetkeeper.deployments.director.device_api import unchanged_check_in
     from fleetkeeper.devices.api import hot_ping
-    from fleetkeeper.releases.device_api import unchanged_check_in
 
     return {
         "/device/v1/director/metadata/timestamp.json": HotRoute(

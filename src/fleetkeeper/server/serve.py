@@ -131,11 +131,11 @@ def run(settings: Settings) -> None:
 
 
 async def serve(settings: Settings) -> None:
+    from fleetkeeper.deployments.director.files import refresh_due_metadata
     from fleetkeeper.deployments.live import sync_live_deployments
     from fleetkeeper.deployments.webhooks import deliver_due
     from fleetkeeper.devices.certificates import reload_crl
     from fleetkeeper.devices.enrollment_limits import expire_stale_requests
-    from fleetkeeper.releases.service import refresh_due_metadata
 
     runtime = await Runtime.start(settings)
     _print_first_admin(runtime)

@@ -14,7 +14,7 @@ from fleetkeeper.audit.service import recent_security_events
 from fleetkeeper.console.context import console_context
 from fleetkeeper.console.render import render
 from fleetkeeper.console.session import page
-from fleetkeeper.deployments import service as deployments
+from fleetkeeper.deployments import statistics as deployments
 from fleetkeeper.deployments import visibility
 from fleetkeeper.devices import service as devices
 

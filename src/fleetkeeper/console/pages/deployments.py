@@ -17,7 +17,7 @@ from fleetkeeper.console.context import console_context
 from fleetkeeper.console.render import is_htmx, render
 from fleetkeeper.console.session import page
 from fleetkeeper.core.errors import ProblemError
-from fleetkeeper.deployments import service, visibility
+from fleetkeeper.deployments import lifecycle, listing, rollout, visibility
 from fleetkeeper.deployments.plans import MAX_PHASES
 from fleetkeeper.devices import service as devices
 from fleetkeeper.releases import service as releases
@@ -122,7 +122,7 @@ class DeploymentForm:
         windows = self.windows + [dict(blank_window)] * max(1, 2 - len(self.windows))
         return phases[:MAX_PHASES], windows
 
-    def request(self) -> service.DeploymentRequest:
+    def request(self) -> rollout.DeploymentRequest:
         """What the API's create route passes to the service, which checks it the same way."""
         v = self.values
         release_name, _, release_version = v.get("release", "").partition(" ")
@@ -167,7 +167,7 @@ class DeploymentForm:
                 raise ProblemError(
                     "the start is not a date and time", code="invalid_request", status=422
                 ) from None
-        return service.DeploymentRequest(
+        return rollout.DeploymentRequest(
             name=v.get("name", ""),
             release_name=release_name,
             release_version=release_version,
@@ -232,7 +232,7 @@ async def new_deployment(request: Request, principal: Deployer) -> Response:
 async def create_deployment(request: Request, principal: Deployer) -> Response:
     form = DeploymentForm.read(await request.form())
     try:
-        deployment = await service.create(console_context(request), principal, form.request())
+        deployment = await rollout.create(console_context(request), principal, form.request())
     except ProblemError as problem:
         return await _form_page(request, principal, form, problem)
     return RedirectResponse(f"/deployments/{deployment.id}", status_code=303)
@@ -251,8 +251,8 @@ async def _live_context(
     async with console_context(request).database.session() as session:
         view = await visibility.view(session, principal, deployment_id)
         deployment = view.deployment
-        listed = await service.list_devices(session, principal, deployment_id, limit=per_page, cursor=cursor)
-        events = await service.recent_events(session, principal, deployment_id)
+        listed = await listing.list_devices(session, principal, deployment_id, limit=per_page, cursor=cursor)
+        events = await listing.recent_events(session, principal, deployment_id)
         release = (await releases.releases_by_id(session, principal, [deployment.release_id])).get(
             deployment.release_id
         )
@@ -303,7 +303,7 @@ async def change(
     deployment_id: str,
     action: Literal["pause", "resume", "abort", "advance"],
 ) -> Response:
-    await service.change_state(console_context(request), principal, deployment_id, action)
+    await lifecycle.change_state(console_context(request), principal, deployment_id, action)
     if not is_htmx(request):
         return RedirectResponse(f"/deployments/{deployment_id}", status_code=303)
     context = await _live_context(request, principal, deployment_id, None, DEVICES_PER_PAGE)

@@ -16,7 +16,7 @@ from fleetkeeper.console.context import console_context
 from fleetkeeper.console.render import render
 from fleetkeeper.console.session import page
 from fleetkeeper.core.errors import ProblemError
-from fleetkeeper.deployments import service as deployments
+from fleetkeeper.deployments import listing as deployments
 from fleetkeeper.devices import enrollment, service
 from fleetkeeper.devices.filters import FilterError
 from fleetkeeper.devices.models import DEVICE_STATUSES, Device

@@ -26,7 +26,6 @@ from tuf.api.metadata import (
     Targets,
     Timestamp,
 )
-from tuf.api.serialization.json import JSONSerializer
 
 from fleetkeeper.releases.online_keys import (
     DIRECTOR_SNAPSHOT,
@@ -34,6 +33,7 @@ from fleetkeeper.releases.online_keys import (
     DIRECTOR_TIMESTAMP,
     OnlineKeys,
 )
+from fleetkeeper.releases.repository import to_bytes
 
 DEFAULT_TARGETS_EXPIRY: Final = timedelta(days=7)
 DEFAULT_SNAPSHOT_EXPIRY: Final = timedelta(days=7)
@@ -41,8 +41,6 @@ DEFAULT_TIMESTAMP_EXPIRY: Final = timedelta(days=1)
 
 CUSTOM_KEY: Final = "fleetkeeper"
 
-# Compact and key-sorted: the same Metadata always gives the same bytes, which snapshot and timestamp hash.
-_SERIALIZER: Final = JSONSerializer(compact=True)
 _HASH_ALGORITHM: Final = "sha256"
 
 
@@ -98,11 +96,6 @@ class DeviceMetadata:
             snapshot=Metadata[Snapshot].from_bytes(snapshot),
             timestamp=Metadata[Timestamp].from_bytes(timestamp),
         )
-
-
-def to_bytes(metadata: Metadata[Any]) -> bytes:
-    """The bytes to store and serve for `metadata`; snapshot and timestamp hashes are over these."""
-    return metadata.to_bytes(_SERIALIZER)
 
 
 def assignment_of(targets: Metadata[Targets]) -> Assignment | None:

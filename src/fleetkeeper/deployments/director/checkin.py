@@ -18,40 +18,36 @@ from typing import Any
 from sqlalchemy import Select, true
 
 from fleetkeeper.core.peer import PeerCertificate
-from fleetkeeper.deployments import service as deployments
+from fleetkeeper.deployments.context import DeploymentsContext
+from fleetkeeper.deployments.director.assignment import check_in_assignment, check_in_parameters
+from fleetkeeper.deployments.director.models import DirectorState
 from fleetkeeper.devices import service as devices
-from fleetkeeper.devices.auth import IDENTITY_COLUMNS, identity_of, identity_query, serial_parameter
-from fleetkeeper.devices.models import Device
-from fleetkeeper.releases.context import ReleasesContext
-from fleetkeeper.releases.models import DirectorState
+from fleetkeeper.devices.auth import serial_parameter
+from fleetkeeper.devices.read_model import identity_and_rest, identity_with
 
 
 @functools.cache
 def _check_in_query() -> Select[Any]:
-    assignment = deployments.check_in_assignment()
-    return identity_query(
+    assignment = check_in_assignment()
+    return identity_with(
         DirectorState.target_path,
         DirectorState.timestamp,
         assignment.c.target_path,
         assignment.c.queued,
         assignment.c.installed,
-        outer_joins=[
-            (DirectorState.__table__, DirectorState.device_id == Device.id),
-            (assignment, true()),
-        ],
+        keyed_by_device=[DirectorState],
+        outer_joins=[(assignment, true())],
     )
 
 
-async def unchanged_timestamp(runtime: ReleasesContext, peer: PeerCertificate) -> bytes | None:
+async def unchanged_timestamp(runtime: DeploymentsContext, peer: PeerCertificate) -> bytes | None:
     """The device's stored director timestamp when its check-in changes nothing, else None.
 
     Raises what `authenticate` raises for a certificate that is not an accepted device's."""
-    parameters = {**serial_parameter(peer), **deployments.check_in_parameters(peer.common_name)}
+    parameters = {**serial_parameter(peer), **check_in_parameters(peer.common_name)}
     # Every check-in has its own certificate and device; `now` is shared by the check-ins sent together.
     row = await runtime.database.read_row(_check_in_query(), parameters, batch_by=("serial", "device_id"))
-    device = identity_of(peer, row)
-    assert row is not None
-    served_target, timestamp, wanted_target, queued, installed = row[IDENTITY_COLUMNS:]
+    device, (served_target, timestamp, wanted_target, queued, installed) = identity_and_rest(peer, row)
     if timestamp is None or installed:
         return None
     if served_target != (None if queued else wanted_target):
