@@ -3,9 +3,6 @@
 
 from __future__ import annotations
 
-import base64
-import binascii
-import json
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -31,6 +28,7 @@ from fleetkeeper.audit.service import Actor, record
 from fleetkeeper.core.db import Database, UTCDateTime, utcnow
 from fleetkeeper.core.errors import ConflictError, ForbiddenError, NotFoundError, ProblemError
 from fleetkeeper.core.ids import new_id
+from fleetkeeper.core.paging import Page, decode_cursor, encode_cursor, invalid_cursor
 from fleetkeeper.devices.filters import compile_filter
 from fleetkeeper.devices.inventory import (
     check_inventory,
@@ -130,30 +128,21 @@ async def certificates_of(session: AsyncSession, device_id: str) -> Sequence[Dev
 
 
 @dataclass(frozen=True)
-class DevicePage:
-    items: Sequence[Device]
-    next_cursor: str | None
+class DevicePage(Page[Device]):
     total: int | None = None
     # The page before this one (pass it with backward=True); None on the first page.
     previous_cursor: str | None = None
 
 
-def _encode_cursor(values: list[Any]) -> str:
-    return base64.urlsafe_b64encode(json.dumps(values, default=str).encode()).decode().rstrip("=")
-
-
 def _cursor_of(device: Device, sort: SortKey) -> str:
     raw = getattr(device, _SORT_COLUMNS[sort].key)
-    return _encode_cursor([raw.isoformat() if isinstance(raw, datetime) else raw, device.id])
+    return encode_cursor([raw.isoformat() if isinstance(raw, datetime) else raw, device.id])
 
 
 def _decode_cursor(cursor: str) -> list[Any]:
-    try:
-        values = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
-    except (binascii.Error, ValueError, UnicodeDecodeError):
-        raise ProblemError("the cursor is not one this server gave out", code="invalid_cursor") from None
+    values = decode_cursor(cursor)
     if not isinstance(values, list) or len(values) != 2 or not isinstance(values[1], str):
-        raise ProblemError("the cursor is not one this server gave out", code="invalid_cursor")
+        raise invalid_cursor()
     return values
 
 
@@ -218,9 +207,9 @@ def _cursor_value(sort: str, value: Any) -> Any:
         try:
             parsed = datetime.fromisoformat(str(value))
         except ValueError:
-            raise ProblemError("the cursor is not one this server gave out", code="invalid_cursor") from None
+            raise invalid_cursor() from None
         if parsed.tzinfo is None:
-            raise ProblemError("the cursor is not one this server gave out", code="invalid_cursor")
+            raise invalid_cursor()
         return parsed
     return "" if value is None else str(value)
 
