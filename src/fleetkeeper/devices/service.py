@@ -20,7 +20,6 @@ from sqlalchemy import (
     select,
     update,
 )
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from fleetkeeper.access.service import Permission, Principal
@@ -28,6 +27,7 @@ from fleetkeeper.audit.service import Actor, record
 from fleetkeeper.core.db import Database, UTCDateTime, utcnow
 from fleetkeeper.core.errors import ConflictError, ForbiddenError, NotFoundError, ProblemError
 from fleetkeeper.core.ids import new_id
+from fleetkeeper.core.lookups import creating, get_or_404, one_or_404
 from fleetkeeper.core.paging import Page, decode_cursor, encode_cursor, invalid_cursor
 from fleetkeeper.devices.filters import compile_filter
 from fleetkeeper.devices.inventory import (
@@ -92,25 +92,29 @@ async def ensure_device_permission(
     )
 
 
-async def get_device(session: AsyncSession, device_id: str) -> Device:
-    device = await session.get(Device, device_id)
-    if device is None:
-        raise _not_found()
-    return device
+async def get_device_unchecked(session: AsyncSession, device_id: str) -> Device:
+    """The device, whoever asks: for callers that checked the permission already."""
+    return await get_or_404(session, Device, device_id, _not_found())
 
 
-async def device_for(
+async def get_permitted_device(
     session: AsyncSession, principal: Principal, device_id: str, permission: Permission
 ) -> Device:
-    device = await get_device(session, device_id)
+    """The device, when the principal holds `permission` on it (ensure_device_permission)."""
+    device = await get_device_unchecked(session, device_id)
     await ensure_device_permission(session, principal, permission, device)
     return device
 
 
-async def manageable_device(database: Database, principal: Principal, device_id: str) -> Device:
-    """The device, when the principal may manage it: what a route acting on one device checks first."""
+# The former name, still called by deployments/ (being split at the same time in issue 19).
+device_for = get_permitted_device
+
+
+async def get_manageable_device(database: Database, principal: Principal, device_id: str) -> Device:
+    """get_permitted_device for devices:manage, in a session of its own: what a route acting on one
+    device checks first."""
     async with database.session() as session:
-        return await device_for(session, principal, device_id, Permission.DEVICES_MANAGE)
+        return await get_permitted_device(session, principal, device_id, Permission.DEVICES_MANAGE)
 
 
 async def certificates_of(session: AsyncSession, device_id: str) -> Sequence[DeviceCertificate]:
@@ -291,7 +295,7 @@ async def set_tags(database: Database, principal: Principal, device_id: str, tag
     (one that reads the tag) needs devices:manage in that group too (scopes.checking_moves)."""
     tags = check_tags(tags)
     async with database.transaction() as session:
-        device = await device_for(session, principal, device_id, Permission.DEVICES_MANAGE)
+        device = await get_permitted_device(session, principal, device_id, Permission.DEVICES_MANAGE)
         async with checking_moves(session, principal, device.id):
             device.tags = tags
             await replace_attributes(
@@ -334,10 +338,8 @@ def group_not_found(name: str) -> NotFoundError:
 
 
 async def get_group(session: AsyncSession, name: str) -> DeviceGroup:
-    group = await session.scalar(select(DeviceGroup).where(DeviceGroup.name == name))
-    if group is None:
-        raise group_not_found(name)
-    return group
+    named = select(DeviceGroup).where(DeviceGroup.name == name)
+    return await one_or_404(session, named, group_not_found(name))
 
 
 async def visible_group(session: AsyncSession, principal: Principal, name: str) -> DeviceGroup:
@@ -376,29 +378,27 @@ async def create_group(
         )
     if filter_expression is not None:
         compile_filter(filter_expression)
-    try:
-        async with database.transaction() as session:
-            group = DeviceGroup(
-                id=new_id("grp"),
-                name=name,
-                description=description,
-                kind="dynamic" if filter_expression is not None else "static",
-                filter=filter_expression,
-                created_at=utcnow(),
-            )
-            session.add(group)
-            await session.flush()
-            await refuse_unfit_group_given_as_scope(session, group)
-            await record(
-                session,
-                actor=principal.actor,
-                action="group.created",
-                object_type="device_group",
-                object_id=group.id,
-                details={"name": name, "kind": group.kind, "filter": filter_expression},
-            )
-    except IntegrityError:
-        raise ConflictError(f"a group named {name} exists", code="group_exists") from None
+    exists = ConflictError(f"a group named {name} exists", code="group_exists")
+    async with creating(database, exists) as session:
+        group = DeviceGroup(
+            id=new_id("grp"),
+            name=name,
+            description=description,
+            kind="dynamic" if filter_expression is not None else "static",
+            filter=filter_expression,
+            created_at=utcnow(),
+        )
+        session.add(group)
+        await session.flush()
+        await refuse_unfit_group_given_as_scope(session, group)
+        await record(
+            session,
+            actor=principal.actor,
+            action="group.created",
+            object_type="device_group",
+            object_id=group.id,
+            details={"name": name, "kind": group.kind, "filter": filter_expression},
+        )
     return group
 
 
@@ -426,7 +426,7 @@ async def set_membership(
         group = await managed_static_group(session, principal, name)
         changed = 0
         for device_id in dict.fromkeys(device_ids):
-            device = await device_for(session, principal, device_id, Permission.DEVICES_MANAGE)
+            device = await get_permitted_device(session, principal, device_id, Permission.DEVICES_MANAGE)
             member = await session.get(GroupMember, (group.id, device.id))
             if add and member is None:
                 session.add(GroupMember(group_id=group.id, device_id=device.id))
