@@ -55,7 +55,7 @@ from fleetkeeper.access.principal import Principal
 from fleetkeeper.access.service import list_users, user_grants
 from fleetkeeper.core.db import Database
 from fleetkeeper.core.pki import PkiPaths, load_ca, load_certificate
-from fleetkeeper.devices.enrollment import create_token
+from fleetkeeper.devices.enrollment_tokens import create_token
 from fleetkeeper_agent.signing import b64url_encode, signed_envelope
 
 ENROLL_PATH = "/device/v1/enroll"

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from fleetkeeper_agent.channel import channel_url, decode_data, encode_data
+from fleetkeeper_agent.channel import channel_url
+from fleetkeeper_agent.channel_protocol import decode_data, encode_data
 from fleetkeeper_agent.config import TerminalConfig, load_config
 from fleetkeeper_agent.errors import AgentError
 from tests.terminal.support import descendants

@@ -13,7 +13,8 @@ from typing import Any
 
 import pytest
 
-from fleetkeeper_agent.channel import Channel, decode_data
+from fleetkeeper_agent.channel import Channel
+from fleetkeeper_agent.channel_protocol import decode_data
 from fleetkeeper_agent.config import TerminalConfig
 
 FINAL = ("file_end", "file_error")

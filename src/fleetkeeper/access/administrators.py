@@ -25,6 +25,7 @@ from fleetkeeper.access.permissions import GrantSet
 from fleetkeeper.audit.service import SYSTEM, record
 from fleetkeeper.core.db import Database
 from fleetkeeper.core.errors import ConflictError, NotFoundError, ProblemError
+from fleetkeeper.core.lookups import one_or_404
 
 # A transaction-scoped PostgreSQL advisory lock, released at commit or rollback. SQLite needs
 # none: its write transactions begin IMMEDIATE (core/db.py) and so already run one at a time.
@@ -100,9 +101,9 @@ async def grant_admin_role(database: Database, username: str) -> Granted:
     Recorded as done by the server itself: whoever can run it can write the database anyway."""
     async with database.transaction() as session:
         await lock(session)
-        user = await session.scalar(select(User).where(User.username == username.strip().lower()))
-        if user is None:
-            raise NotFoundError(f"no account named {username}", code="user_not_found")
+        not_found = NotFoundError(f"no account named {username}", code="user_not_found")
+        named = select(User).where(User.username == username.strip().lower())
+        user = await one_or_404(session, named, not_found)
         role = await session.scalar(select(Role).where(Role.name == ADMIN_ROLE, Role.is_builtin.is_(True)))
         if role is None:
             raise ProblemError(

@@ -50,7 +50,10 @@ async def list_users(
 ) -> UserPage:
     async with access_context(request).database.session() as session:
         users = await service.list_users(session, limit=limit + 1, after=cursor)
-        items = [UserOut.of(user, await service.user_role_names(session, user.id)) for user in users[:limit]]
+        items = [
+            UserOut.from_row(user, roles=await service.user_role_names(session, user.id))
+            for user in users[:limit]
+        ]
     return UserPage(items=items, next_cursor=items[-1].id if len(users) > limit else None)
 
 
@@ -66,14 +69,16 @@ async def create_user(body: CreateUserRequest, principal: Admin, request: Reques
         display_name=body.display_name,
         roles=_specs(body.roles),
     )
-    return CreatedUser(user=UserOut.of(user, sorted(r.role for r in body.roles)), one_time_password=one_time)
+    return CreatedUser(
+        user=UserOut.from_row(user, roles=sorted(r.role for r in body.roles)), one_time_password=one_time
+    )
 
 
 @router.get("/users/{user_id}")
 async def get_user(user_id: str, principal: Admin, request: Request) -> UserOut:
     async with access_context(request).database.session() as session:
         user = await service.get_user(session, user_id)
-        return UserOut.of(user, await service.user_role_names(session, user_id))
+        return UserOut.from_row(user, roles=await service.user_role_names(session, user_id))
 
 
 @router.patch("/users/{user_id}")
@@ -82,7 +87,7 @@ async def update_user(user_id: str, body: UpdateUserRequest, principal: Admin, r
     database = access_context(request).database
     user = await service.set_user_disabled(database, principal, user_id, body.disabled)
     async with database.session() as session:
-        return UserOut.of(user, await service.user_role_names(session, user_id))
+        return UserOut.from_row(user, roles=await service.user_role_names(session, user_id))
 
 
 @router.delete("/users/{user_id}", status_code=204)

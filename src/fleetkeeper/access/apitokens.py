@@ -10,7 +10,6 @@ from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from fleetkeeper.access import reauth
@@ -24,6 +23,7 @@ from fleetkeeper.audit.service import record
 from fleetkeeper.core.db import Database, utcnow
 from fleetkeeper.core.errors import ConflictError, ForbiddenError, NotFoundError, ProblemError
 from fleetkeeper.core.ids import new_id
+from fleetkeeper.core.lookups import creating, one_or_404
 from fleetkeeper.core.ratelimit import RateLimiter
 
 TOKEN_PREFIX = "fkpat"  # noqa: S105 -- a marker, not a secret
@@ -74,29 +74,27 @@ async def create(
         await attempt.succeeded()
     secret = new_secret()
     now = utcnow()
-    try:
-        async with database.transaction() as session:
-            token = ApiToken(
-                id=new_id("tok"),
-                user_id=owner.user_id,
-                name=name,
-                token_hash=hash_secret(secret),
-                grants=requested.to_json(),
-                created_at=now,
-                expires_at=now + expires_in,
-            )
-            session.add(token)
-            await session.flush()
-            await record(
-                session,
-                actor=owner.actor,
-                action="api_token.created",
-                object_type="api_token",
-                object_id=token.id,
-                details={"name": name, "grants": token.grants, "expires_at": token.expires_at.isoformat()},
-            )
-    except IntegrityError:
-        raise ConflictError(f"you already have a token named {name}", code="token_name_taken") from None
+    taken = ConflictError(f"you already have a token named {name}", code="token_name_taken")
+    async with creating(database, taken) as session:
+        token = ApiToken(
+            id=new_id("tok"),
+            user_id=owner.user_id,
+            name=name,
+            token_hash=hash_secret(secret),
+            grants=requested.to_json(),
+            created_at=now,
+            expires_at=now + expires_in,
+        )
+        session.add(token)
+        await session.flush()
+        await record(
+            session,
+            actor=owner.actor,
+            action="api_token.created",
+            object_type="api_token",
+            object_id=token.id,
+            details={"name": name, "grants": token.grants, "expires_at": token.expires_at.isoformat()},
+        )
     return token, format_token(token.id, secret)
 
 
@@ -112,9 +110,10 @@ async def list_for(session: AsyncSession, user_id: str) -> Sequence[ApiToken]:
 
 async def revoke(database: Database, principal: Principal, token_id: str) -> None:
     async with database.transaction() as session:
-        token = await session.get(ApiToken, token_id)
-        if token is None or token.user_id != principal.user_id or token.revoked_at is not None:
-            raise NotFoundError("no such token", code="token_not_found")
+        live = select(ApiToken).where(
+            ApiToken.id == token_id, ApiToken.user_id == principal.user_id, ApiToken.revoked_at.is_(None)
+        )
+        token = await one_or_404(session, live, NotFoundError("no such token", code="token_not_found"))
         token.revoked_at = utcnow()
         await record(
             session,

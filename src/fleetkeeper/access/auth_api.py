@@ -208,7 +208,7 @@ async def me(principal: MeMaybePending, request: Request) -> MeOut:
         user = await get_user(session, principal.user_id)
         roles = await user_role_names(session, user.id)
     return MeOut(
-        user=UserOut.of(user, roles),
+        user=UserOut.from_row(user, roles=roles),
         permissions=principal.grants.to_json(),
         pending_actions=list(principal.pending),
         auth_method=principal.method,
@@ -231,7 +231,7 @@ async def change_password(
 async def my_sessions(principal: MySession, request: Request) -> list[SessionOut]:
     async with access_context(request).database.session() as session:
         rows = await signin.list_sessions(session, principal.user_id)
-    return [SessionOut.of(row, principal.session_id) for row in rows]
+    return [SessionOut.from_row(row, current=row.id == principal.session_id) for row in rows]
 
 
 @me_router.delete("/sessions/{session_id}", status_code=204)
@@ -287,7 +287,10 @@ async def new_recovery_codes(body: TotpCode, principal: MySession, request: Requ
 @me_router.get("/tokens")
 async def my_tokens(principal: MySession, request: Request) -> list[ApiTokenOut]:
     async with access_context(request).database.session() as session:
-        return [ApiTokenOut.of(token) for token in await apitokens.list_for(session, principal.user_id)]
+        return [
+            ApiTokenOut.model_validate(token)
+            for token in await apitokens.list_for(session, principal.user_id)
+        ]
 
 
 @me_router.post("/tokens", status_code=201)
@@ -307,7 +310,7 @@ async def create_token(
         grants=grants,
         password=body.password,
     )
-    return CreatedApiToken(token=ApiTokenOut.of(token), secret=secret)
+    return CreatedApiToken(token=ApiTokenOut.model_validate(token), secret=secret)
 
 
 @me_router.delete("/tokens/{token_id}", status_code=204)

@@ -7,9 +7,8 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, Field, StringConstraints
 
-from fleetkeeper.access.models import ApiToken, SignInSession, User
 from fleetkeeper.access.permissions import Permission
-from fleetkeeper.core.wire import Member, RequestBody
+from fleetkeeper.core.wire import IsSet, Member, RequestBody, RowModel
 
 Secret = Annotated[str, StringConstraints(min_length=1, max_length=256)]
 Name = Annotated[str, StringConstraints(min_length=1, max_length=128, strip_whitespace=True)]
@@ -51,7 +50,7 @@ class RoleAssignmentModel(RequestBody):
     release_tags: ScopeList | None = None
 
 
-class UserOut(BaseModel):
+class UserOut(RowModel):
     id: str
     username: str
     email: str | None
@@ -59,26 +58,10 @@ class UserOut(BaseModel):
     auth_source: str
     is_disabled: bool
     must_change_password: bool
-    two_factor_enabled: bool
+    two_factor_enabled: IsSet = Field(validation_alias="totp_enabled_at")
     created_at: datetime
     last_sign_in_at: datetime | None
-    roles: list[str] = []
-
-    @classmethod
-    def of(cls, user: User, roles: list[str] | None = None) -> UserOut:
-        return cls(
-            id=user.id,
-            username=user.username,
-            email=user.email,
-            display_name=user.display_name,
-            auth_source=user.auth_source,
-            is_disabled=user.is_disabled,
-            must_change_password=user.must_change_password,
-            two_factor_enabled=user.totp_enabled_at is not None,
-            created_at=user.created_at,
-            last_sign_in_at=user.last_sign_in_at,
-            roles=roles or [],
-        )
+    roles: list[str] = Field(default=[])
 
 
 class UserPage(BaseModel):
@@ -119,7 +102,7 @@ class MeOut(BaseModel):
     auth_method: str
 
 
-class SessionOut(BaseModel):
+class SessionOut(RowModel):
     id: str
     auth_method: str
     created_at: datetime
@@ -128,19 +111,6 @@ class SessionOut(BaseModel):
     address: str | None
     user_agent: str | None
     current: bool
-
-    @classmethod
-    def of(cls, session: SignInSession, current_id: str | None) -> SessionOut:
-        return cls(
-            id=session.id,
-            auth_method=session.auth_method,
-            created_at=session.created_at,
-            last_used_at=session.last_used_at,
-            expires_at=session.expires_at,
-            address=session.address,
-            user_agent=session.user_agent,
-            current=session.id == current_id,
-        )
 
 
 class TotpEnrollment(BaseModel):
@@ -172,24 +142,13 @@ class CreateApiTokenRequest(RequestBody):
     password: ConfirmingPassword = None
 
 
-class ApiTokenOut(BaseModel):
+class ApiTokenOut(RowModel):
     id: str
     name: str
     grants: list[dict[str, Any]]
     created_at: datetime
     expires_at: datetime
     last_used_at: datetime | None
-
-    @classmethod
-    def of(cls, token: ApiToken) -> ApiTokenOut:
-        return cls(
-            id=token.id,
-            name=token.name,
-            grants=token.grants,
-            created_at=token.created_at,
-            expires_at=token.expires_at,
-            last_used_at=token.last_used_at,
-        )
 
 
 class CreatedApiToken(BaseModel):

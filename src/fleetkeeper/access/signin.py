@@ -20,6 +20,7 @@ from fleetkeeper.core.config import Settings
 from fleetkeeper.core.db import Database, utcnow
 from fleetkeeper.core.errors import NotFoundError, UnauthenticatedError
 from fleetkeeper.core.ids import new_id
+from fleetkeeper.core.lookups import one_or_404
 from fleetkeeper.core.networks import network_prefix
 from fleetkeeper.core.ratelimit import RateLimitedError, RateLimiter
 
@@ -320,9 +321,10 @@ async def list_sessions(session: AsyncSession, user_id: str) -> Sequence[SignInS
 
 async def end_session(database: Database, principal: Principal, session_id: str) -> None:
     async with database.transaction() as session:
-        sign_in = await session.get(SignInSession, session_id)
-        if sign_in is None or sign_in.user_id != principal.user_id:
-            raise NotFoundError("no such session", code="session_not_found")
+        own = select(SignInSession).where(
+            SignInSession.id == session_id, SignInSession.user_id == principal.user_id
+        )
+        sign_in = await one_or_404(session, own, NotFoundError("no such session", code="session_not_found"))
         if sign_in.revoked_at is None:
             sign_in.revoked_at = utcnow()
             await record(

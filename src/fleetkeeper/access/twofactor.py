@@ -29,6 +29,7 @@ from fleetkeeper.audit.service import SYSTEM, Actor, record
 from fleetkeeper.core.db import Database, utcnow
 from fleetkeeper.core.errors import ConflictError, NotFoundError, ProblemError
 from fleetkeeper.core.ids import new_id
+from fleetkeeper.core.lookups import one_or_404
 from fleetkeeper.core.ratelimit import RateLimiter
 
 ISSUER_NAME = "fleetkeeper"
@@ -199,9 +200,9 @@ async def recover(database: Database, username: str) -> str:
     done by the server itself: whoever can run it can read the database anyway. Returns the
     account's username as stored."""
     async with database.transaction() as session:
-        user = await session.scalar(select(User).where(User.username == normalize_username(username)))
-        if user is None:
-            raise NotFoundError(f"no account named {username}", code="user_not_found")
+        not_found = NotFoundError(f"no account named {username}", code="user_not_found")
+        named = select(User).where(User.username == normalize_username(username))
+        user = await one_or_404(session, named, not_found)
         await _reset(session, user, SYSTEM, {"via": "command line", "username": user.username})
     return user.username
 

@@ -13,8 +13,9 @@ from fleetkeeper.audit.checkpoints import (
 from fleetkeeper.audit.export import export_csv, export_jsonl
 from fleetkeeper.audit.models import AuditCheckpoint, AuditRecord
 from fleetkeeper.audit.retention import AuditChainBrokenError, PruneResult, prune
-from fleetkeeper.audit.service import SYSTEM, Actor, AuditFilter, Page, record, search
+from fleetkeeper.audit.service import SYSTEM, Actor, AuditFilter, record, search
 from fleetkeeper.audit.verification import VerifyResult, verify
+from fleetkeeper.core.paging import Page
 
 __all__ = [
     "SYSTEM",

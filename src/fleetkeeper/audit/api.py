@@ -2,29 +2,33 @@
 
 from __future__ import annotations
 
+import json
 from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import StreamingResponse
-from pydantic import BaseModel
+from pydantic import BaseModel, BeforeValidator
 
 from fleetkeeper.access.auth import requires
 from fleetkeeper.access.permissions import Permission
 from fleetkeeper.access.principal import Principal
 from fleetkeeper.audit.context import audit_context
 from fleetkeeper.audit.export import ExportFormat, start_export
-from fleetkeeper.audit.models import AuditRecord
 from fleetkeeper.audit.service import AuditFilter, filter_conditions, search
 from fleetkeeper.audit.verification import verify_on_record
-from fleetkeeper.core.wire import Timestamp
+from fleetkeeper.core.wire import RowModel, Timestamp
 
 router = APIRouter(prefix="/api/v1/audit", tags=["audit"])
 Auditor = Annotated[Principal, requires(Permission.AUDIT_READ)]
 ShortText = Annotated[str | None, Query(max_length=255)]
 
 
-class AuditRecordOut(BaseModel):
+def _json_text(value: Any) -> Any:
+    return json.loads(value) if isinstance(value, str) else value
+
+
+class AuditRecordOut(RowModel):
     seq: int
     id: str
     occurred_at: datetime
@@ -36,28 +40,10 @@ class AuditRecordOut(BaseModel):
     object_type: str
     object_id: str | None
     outcome: str
-    details: dict[str, Any]
+    # Stored as the JSON text the record's hash covers.
+    details: Annotated[dict[str, Any], BeforeValidator(_json_text)]
     prev_hash: str
     hash: str
-
-    @classmethod
-    def of(cls, row: AuditRecord) -> AuditRecordOut:
-        return cls(
-            seq=row.seq,
-            id=row.id,
-            occurred_at=row.occurred_at,
-            actor_kind=row.actor_kind,
-            actor_id=row.actor_id,
-            actor_name=row.actor_name,
-            actor_address=row.actor_address,
-            action=row.action,
-            object_type=row.object_type,
-            object_id=row.object_id,
-            outcome=row.outcome,
-            details=row.details_object(),
-            prev_hash=row.prev_hash,
-            hash=row.hash,
-        )
 
 
 class AuditPage(BaseModel):
@@ -105,7 +91,9 @@ async def list_records(
     """Newest first; filters combine. `action` ending in `.*` matches a prefix (`user.*`)."""
     async with audit_context(request).database.session() as session:
         page = await search(session, filters, limit=limit, cursor=cursor)
-    return AuditPage(items=[AuditRecordOut.of(row) for row in page.items], next_cursor=page.next_cursor)
+    return AuditPage(
+        items=[AuditRecordOut.model_validate(row) for row in page.items], next_cursor=page.next_cursor
+    )
 
 
 @router.get("/export", response_class=StreamingResponse)

@@ -5,9 +5,6 @@ Verification, retention and export live in their own modules; `fleetkeeper.audit
 
 from __future__ import annotations
 
-import base64
-import binascii
-import json
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -23,6 +20,7 @@ from fleetkeeper.audit.models import AuditHead, AuditRecord
 from fleetkeeper.core.db import utcnow
 from fleetkeeper.core.errors import ProblemError
 from fleetkeeper.core.ids import new_id
+from fleetkeeper.core.paging import Page, decode_cursor, encode_cursor, invalid_cursor
 
 ActorKind = Literal["user", "device", "system", "anonymous"]
 Outcome = Literal["success", "failure", "denied"]
@@ -159,15 +157,9 @@ class AuditFilter:
     until: datetime | None = None
 
 
-@dataclass(frozen=True)
-class Page:
-    items: Sequence[AuditRecord]
-    next_cursor: str | None
-
-
 async def search(
     session: AsyncSession, filters: AuditFilter, *, limit: int = 100, cursor: str | None = None
-) -> Page:
+) -> Page[AuditRecord]:
     """Records matching `filters`, newest first; pass `next_cursor` back for the next page."""
     if not 1 <= limit <= MAX_PAGE_SIZE:
         raise ProblemError(f"limit must be between 1 and {MAX_PAGE_SIZE}", code="invalid_limit")
@@ -214,22 +206,14 @@ def filter_conditions(filters: AuditFilter) -> list[ColumnElement[bool]]:
 
 
 def _encode_cursor(seq: int) -> str:
-    raw = json.dumps({"before": seq}).encode()
-    return _CURSOR_PREFIX + base64.urlsafe_b64encode(raw).decode().rstrip("=")
+    return encode_cursor({"before": seq}, prefix=_CURSOR_PREFIX)
 
 
 def _decode_cursor(cursor: str) -> int:
-    invalid = ProblemError("the cursor is not one this server issued", code="invalid_cursor")
-    if not cursor.startswith(_CURSOR_PREFIX) or len(cursor) > 100:
-        raise invalid
-    encoded = cursor[len(_CURSOR_PREFIX) :]
-    try:
-        value = json.loads(base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4)))
-    except (binascii.Error, ValueError):
-        raise invalid from None
+    value = decode_cursor(cursor, prefix=_CURSOR_PREFIX, max_length=100)
     before = value.get("before") if isinstance(value, dict) else None
     if type(before) is not int or not 1 <= before < 2**63:
-        raise invalid
+        raise invalid_cursor()
     return before
 
 

@@ -46,3 +46,46 @@ def _member_value(value: Any) -> Any:
 Timestamp = Annotated[AwareDatetime, Strict(False), BeforeValidator(_rfc3339)]
 # A member of a string enumeration, by its value.
 Member = Annotated[E, Strict(False), BeforeValidator(_member_value)]
+
+
+# --- responses read from rows --------------------------------------------------------------------
+
+Response = TypeVar("Response", bound="RowModel")
+
+
+class RowModel(BaseModel):
+    """A response read from a database row's attributes of the same names: `Out.model_validate(row)`.
+    A field the row holds under another shape is converted by a validator on the field."""
+
+    # validate_by_name: a field read from a column of another name (validation_alias) still takes
+    # its own name, as when a response is built from another's fields.
+    model_config = ConfigDict(from_attributes=True, validate_by_name=True)
+
+    @classmethod
+    def from_row(cls: type[Response], row: object, **extra: Any) -> Response:
+        """As model_validate(row), with `extra` for the fields the row does not hold."""
+        return cls.model_validate(RowWith(row, extra))
+
+
+class RowWith:
+    """A row's attributes, with `extra` added in front (what a response holds beyond the row)."""
+
+    __slots__ = ("_extra", "_row")
+
+    def __init__(self, row: object, extra: dict[str, Any]) -> None:
+        self._row = row
+        self._extra = extra
+
+    def __getattr__(self, name: str) -> Any:
+        if name in self._extra:
+            return self._extra[name]
+        return getattr(self._row, name)
+
+
+def _is_set(value: Any) -> Any:
+    return value if isinstance(value, bool) else value is not None
+
+
+# A flag that says whether the row's column holds a value (a revocation time, a pending key):
+# `flag: IsSet = Field(validation_alias="column")`.
+IsSet = Annotated[bool, BeforeValidator(_is_set)]

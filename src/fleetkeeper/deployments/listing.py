@@ -177,7 +177,7 @@ async def deployments_of_device(
     """The deployments a device is part of, newest first, each with where the device stands.
     devices:read on the device (outside the caller's groups: 404, as for other device reads)."""
     _check_limit(limit)
-    await devices.device_for(session, principal, device_id, Permission.DEVICES_READ)
+    await devices.get_permitted_device(session, principal, device_id, Permission.DEVICES_READ)
     # The device's row in each deployment is found through the key (deployment, device), one
     # probe per deployment from the newest, until the page is full: deployment_devices has no
     # index that leads with the device (see DeploymentDevice). On PostgreSQL a plain join let the
@@ -253,7 +253,7 @@ async def device_history(
     session: AsyncSession, principal: Principal, deployment_id: str, device_id: str
 ) -> tuple[DeploymentDevice, Sequence[DeploymentEvent]]:
     """One device's row in a deployment and every report it made on it, oldest first."""
-    await devices.device_for(session, principal, device_id, Permission.DEVICES_READ)
+    await devices.get_permitted_device(session, principal, device_id, Permission.DEVICES_READ)
     deployment = await visible_deployment(session, principal, deployment_id)
     entry = await session.get(DeploymentDevice, (deployment.number, device_id))
     if entry is None:

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Query, Request, Response
 
 from fleetkeeper.access.auth import PUBLIC, requires
 from fleetkeeper.access.service import Permission, Principal
-from fleetkeeper.devices import enrollment, service
+from fleetkeeper.devices import enrollment_decisions, enrollment_tokens, renewal, service
 from fleetkeeper.devices.context import devices_context
 from fleetkeeper.devices.models import Device
 from fleetkeeper.devices.schemas import (
@@ -58,56 +58,59 @@ async def list_devices(
             cursor=cursor,
             extra=Device.status == status if status else None,
         )
-    return DevicePageOut(items=[DeviceOut.of(device) for device in page.items], next_cursor=page.next_cursor)
+    return DevicePageOut(
+        items=[DeviceOut.model_validate(device) for device in page.items], next_cursor=page.next_cursor
+    )
 
 
 @router.get("/devices/{device_id}")
 async def get_device(device_id: str, principal: Reader, request: Request) -> DeviceDetail:
     async with devices_context(request).database.session() as session:
-        device = await service.device_for(session, principal, device_id, Permission.DEVICES_READ)
+        device = await service.get_permitted_device(session, principal, device_id, Permission.DEVICES_READ)
         groups = service.shown_group_names(principal, await service.device_group_names(session, device_id))
         certificates = await service.certificates_of(session, device_id)
-    return DeviceDetail(
-        **DeviceOut.of(device).model_dump(),
-        inventory=device.inventory,
-        groups=groups,
-        certificates=[CertificateInfo.of(row) for row in certificates],
+    return DeviceDetail.from_row(
+        device, groups=groups, certificates=[CertificateInfo.model_validate(row) for row in certificates]
     )
 
 
 @router.post("/devices/{device_id}/accept")
 async def accept(device_id: str, principal: Manager, request: Request) -> DeviceOut:
     """Accepts a pending enrollment: the device gets its certificate when it asks next."""
-    device = await service.manageable_device(devices_context(request).database, principal, device_id)
-    return DeviceOut.of(await enrollment.decide(devices_context(request), principal, device, accept=True))
+    device = await service.get_manageable_device(devices_context(request).database, principal, device_id)
+    return DeviceOut.model_validate(
+        await enrollment_decisions.decide(devices_context(request), principal, device, accept=True)
+    )
 
 
 @router.post("/devices/{device_id}/reject")
 async def reject(device_id: str, principal: Manager, request: Request) -> DeviceOut:
-    device = await service.manageable_device(devices_context(request).database, principal, device_id)
-    return DeviceOut.of(await enrollment.decide(devices_context(request), principal, device, accept=False))
+    device = await service.get_manageable_device(devices_context(request).database, principal, device_id)
+    return DeviceOut.model_validate(
+        await enrollment_decisions.decide(devices_context(request), principal, device, accept=False)
+    )
 
 
 @router.post("/devices/{device_id}/decommission")
 async def decommission(device_id: str, principal: Manager, request: Request) -> DeviceOut:
     """Retires the device: its certificates are revoked and the CRL is published at once."""
-    device = await service.manageable_device(devices_context(request).database, principal, device_id)
-    await enrollment.decommission(devices_context(request), principal, device)
+    device = await service.get_manageable_device(devices_context(request).database, principal, device_id)
+    await enrollment_decisions.decommission(devices_context(request), principal, device)
     async with devices_context(request).database.session() as session:
-        return DeviceOut.of(await service.get_device(session, device_id))
+        return DeviceOut.model_validate(await service.get_device_unchecked(session, device_id))
 
 
 @router.post("/devices/{device_id}/key-rotation/approve", status_code=204)
 async def approve_key_rotation(device_id: str, principal: Manager, request: Request) -> Response:
-    device = await service.manageable_device(devices_context(request).database, principal, device_id)
-    await enrollment.approve_rotation(devices_context(request), principal, device)
+    device = await service.get_manageable_device(devices_context(request).database, principal, device_id)
+    await renewal.approve_rotation(devices_context(request), principal, device)
     return Response(status_code=204)
 
 
 @router.put("/devices/{device_id}/tags")
 async def set_tags(device_id: str, body: TagsRequest, principal: Manager, request: Request) -> DeviceOut:
     """Replaces the operator's tags (filterable as `tag.<key>`)."""
-    return DeviceOut.of(
+    return DeviceOut.model_validate(
         await service.set_tags(devices_context(request).database, principal, device_id, body.tags)
     )
 
@@ -121,23 +124,25 @@ async def preauthorize(body: PreauthorizeRequest, principal: Manager, request: R
         "mac": body.mac,
         "attributes": body.attributes,
     }
-    device = await enrollment.preauthorize(
+    device = await enrollment_decisions.preauthorize(
         devices_context(request), principal, identity, body.public_key, body.groups
     )
-    return DeviceOut.of(device)
+    return DeviceOut.model_validate(device)
 
 
 @router.get("/enrollment-tokens")
 async def list_tokens(principal: Manager, request: Request) -> list[TokenOut]:
     async with devices_context(request).database.session() as session:
-        return [TokenOut.of(row) for row in await enrollment.list_tokens(session, principal)]
+        return [
+            TokenOut.model_validate(row) for row in await enrollment_tokens.list_tokens(session, principal)
+        ]
 
 
 @router.post("/enrollment-tokens", status_code=201)
 async def create_token(body: TokenRequest, principal: Manager, request: Request) -> CreatedToken:
     """A batch enrollment token for factory provisioning: expiring, limited uses, optionally
     accepting its devices straight into a group."""
-    token, secret = await enrollment.create_token(
+    token, secret = await enrollment_tokens.create_token(
         devices_context(request),
         principal,
         name=body.name,
@@ -146,12 +151,12 @@ async def create_token(body: TokenRequest, principal: Manager, request: Request)
         auto_accept=body.auto_accept,
         group_name=body.group,
     )
-    return CreatedToken(token=TokenOut.of(token), secret=secret)
+    return CreatedToken(token=TokenOut.model_validate(token), secret=secret)
 
 
 @router.delete("/enrollment-tokens/{token_id}", status_code=204)
 async def revoke_token(token_id: str, principal: Manager, request: Request) -> Response:
-    await enrollment.revoke_token(devices_context(request), principal, token_id)
+    await enrollment_tokens.revoke_token(devices_context(request), principal, token_id)
     return Response(status_code=204)
 
 
@@ -159,7 +164,7 @@ async def revoke_token(token_id: str, principal: Manager, request: Request) -> R
 async def list_groups(principal: Reader, request: Request) -> list[GroupOut]:
     """The groups the caller sees: every group with devices:read unscoped, else those it names."""
     async with devices_context(request).database.session() as session:
-        return [GroupOut.of(group) for group in await service.visible_groups(session, principal)]
+        return [GroupOut.model_validate(group) for group in await service.visible_groups(session, principal)]
 
 
 @router.post("/device-groups", status_code=201)
@@ -171,7 +176,7 @@ async def create_group(body: GroupRequest, principal: Manager, request: Request)
         description=body.description,
         filter_expression=body.filter,
     )
-    return GroupOut.of(group)
+    return GroupOut.model_validate(group)
 
 
 @router.delete("/device-groups/{name}", status_code=204)
@@ -194,7 +199,9 @@ async def group_devices(
         page = await service.list_devices(
             session, principal, limit=limit, cursor=cursor, extra=service.group_condition(group)
         )
-    return DevicePageOut(items=[DeviceOut.of(device) for device in page.items], next_cursor=page.next_cursor)
+    return DevicePageOut(
+        items=[DeviceOut.model_validate(device) for device in page.items], next_cursor=page.next_cursor
+    )
 
 
 @router.post("/device-groups/{name}/devices", status_code=204)

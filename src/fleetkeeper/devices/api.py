@@ -11,7 +11,7 @@ from starlette.requests import HTTPConnection
 from fleetkeeper.core.peer import PeerCertificate, require_peer_certificate
 from fleetkeeper.core.routeaccess import public_dependency
 from fleetkeeper.core.wire import RequestBody
-from fleetkeeper.devices import enrollment, service
+from fleetkeeper.devices import enrollment, renewal, service
 from fleetkeeper.devices.auth import AuthenticatedDevice
 from fleetkeeper.devices.context import DevicesContext, devices_context
 from fleetkeeper.devices.schemas import CertificateOut, EnrollmentOut, Envelope, RotationPending
@@ -73,7 +73,7 @@ async def crl(request: Request) -> Response:
 @router.post("/certificate/renew")
 async def renew(device: AuthenticatedDevice, request: Request) -> CertificateOut:
     runtime = devices_context(request)
-    certificate = await enrollment.renew(runtime, device, _address(request))
+    certificate = await renewal.renew(runtime, device, _address(request))
     return CertificateOut(
         certificate=certificate.pem, ca_certificate=_ca_pem(runtime), not_after=certificate.not_after
     )
@@ -85,7 +85,7 @@ async def rotate(
 ) -> CertificateOut | RotationPending:
     """A new key, in an envelope signed by it; 202 while an operator's approval is awaited."""
     runtime = devices_context(request)
-    certificate = await enrollment.rotate(runtime, device, body.model_dump(), _address(request))
+    certificate = await renewal.rotate(runtime, device, body.model_dump(), _address(request))
     if certificate is None:
         response.status_code = 202
         return RotationPending()

@@ -5,10 +5,10 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any
 
-from pydantic import BaseModel, Field, StringConstraints
+from pydantic import BaseModel, Field, StringConstraints, model_validator
 
-from fleetkeeper.core.wire import RequestBody
-from fleetkeeper.devices.models import Device, DeviceCertificate, DeviceGroup, EnrollmentToken
+from fleetkeeper.core.wire import IsSet, RequestBody, RowModel, RowWith
+from fleetkeeper.devices.models import DeviceGroup
 from fleetkeeper.devices.scopes import device_reported_fields
 
 
@@ -36,7 +36,7 @@ class RotationPending(BaseModel):
     status: str = "pending_approval"
 
 
-class CertificateInfo(BaseModel):
+class CertificateInfo(RowModel):
     serial: str
     not_before: datetime
     not_after: datetime
@@ -44,19 +44,8 @@ class CertificateInfo(BaseModel):
     revoked_at: datetime | None
     revocation_reason: str | None
 
-    @classmethod
-    def of(cls, row: DeviceCertificate) -> CertificateInfo:
-        return cls(
-            serial=row.serial,
-            not_before=row.not_before,
-            not_after=row.not_after,
-            issued_at=row.issued_at,
-            revoked_at=row.revoked_at,
-            revocation_reason=row.revocation_reason,
-        )
 
-
-class DeviceOut(BaseModel):
+class DeviceOut(RowModel):
     id: str
     status: str
     device_type: str
@@ -64,32 +53,13 @@ class DeviceOut(BaseModel):
     mac: str | None
     identity: dict[str, Any]
     key_fingerprint: str
-    key_rotation_pending: bool
+    key_rotation_pending: IsSet = Field(validation_alias="pending_public_key_pem")
     enrolled_via: str
     created_at: datetime
     decided_at: datetime | None
     last_seen_at: datetime | None
     inventory_changed_at: datetime | None
     tags: dict[str, str]
-
-    @classmethod
-    def of(cls, device: Device) -> DeviceOut:
-        return cls(
-            id=device.id,
-            status=device.status,
-            device_type=device.device_type,
-            serial=device.serial,
-            mac=device.mac,
-            identity=device.identity,
-            key_fingerprint=device.key_fingerprint,
-            key_rotation_pending=device.pending_public_key_pem is not None,
-            enrolled_via=device.enrolled_via,
-            created_at=device.created_at,
-            decided_at=device.decided_at,
-            last_seen_at=device.last_seen_at,
-            inventory_changed_at=device.inventory_changed_at,
-            tags=device.tags,
-        )
 
 
 class DeviceDetail(DeviceOut):
@@ -126,7 +96,7 @@ class TokenRequest(RequestBody):
     group: Annotated[str, StringConstraints(max_length=128)] | None = None
 
 
-class TokenOut(BaseModel):
+class TokenOut(RowModel):
     id: str
     name: str
     created_at: datetime
@@ -135,21 +105,7 @@ class TokenOut(BaseModel):
     uses: int
     auto_accept: bool
     group_id: str | None
-    revoked: bool
-
-    @classmethod
-    def of(cls, token: EnrollmentToken) -> TokenOut:
-        return cls(
-            id=token.id,
-            name=token.name,
-            created_at=token.created_at,
-            expires_at=token.expires_at,
-            max_uses=token.max_uses,
-            uses=token.uses,
-            auto_accept=token.auto_accept,
-            group_id=token.group_id,
-            revoked=token.revoked_at is not None,
-        )
+    revoked: IsSet = Field(validation_alias="revoked_at")
 
 
 class CreatedToken(BaseModel):
@@ -165,7 +121,7 @@ class GroupRequest(RequestBody):
     )
 
 
-class GroupOut(BaseModel):
+class GroupOut(RowModel):
     id: str
     name: str
     description: str
@@ -177,18 +133,13 @@ class GroupOut(BaseModel):
     )
     device_reported_fields: list[str] = Field(description="the fields of the filter that devices decide")
 
+    @model_validator(mode="before")
     @classmethod
-    def of(cls, group: DeviceGroup) -> GroupOut:
-        reported = device_reported_fields(group)
-        return cls(
-            id=group.id,
-            name=group.name,
-            description=group.description,
-            kind=group.kind,
-            filter=group.filter,
-            usable_as_scope=not reported,
-            device_reported_fields=reported,
-        )
+    def _judge_scope_fitness(cls, data: Any) -> Any:
+        if not isinstance(data, DeviceGroup):
+            return data
+        reported = device_reported_fields(data)
+        return RowWith(data, {"usable_as_scope": not reported, "device_reported_fields": reported})
 
 
 class MembersRequest(RequestBody):

@@ -3,9 +3,6 @@
 
 from __future__ import annotations
 
-import base64
-import binascii
-import json
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -23,7 +20,6 @@ from sqlalchemy import (
     select,
     update,
 )
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from fleetkeeper.access.service import Permission, Principal
@@ -31,6 +27,8 @@ from fleetkeeper.audit.service import Actor, record
 from fleetkeeper.core.db import Database, UTCDateTime, utcnow
 from fleetkeeper.core.errors import ConflictError, ForbiddenError, NotFoundError, ProblemError
 from fleetkeeper.core.ids import new_id
+from fleetkeeper.core.lookups import creating, get_or_404, one_or_404
+from fleetkeeper.core.paging import Page, decode_cursor, encode_cursor, invalid_cursor
 from fleetkeeper.devices.filters import compile_filter
 from fleetkeeper.devices.inventory import (
     check_inventory,
@@ -94,25 +92,25 @@ async def ensure_device_permission(
     )
 
 
-async def get_device(session: AsyncSession, device_id: str) -> Device:
-    device = await session.get(Device, device_id)
-    if device is None:
-        raise _not_found()
-    return device
+async def get_device_unchecked(session: AsyncSession, device_id: str) -> Device:
+    """The device, whoever asks: for callers that checked the permission already."""
+    return await get_or_404(session, Device, device_id, _not_found())
 
 
-async def device_for(
+async def get_permitted_device(
     session: AsyncSession, principal: Principal, device_id: str, permission: Permission
 ) -> Device:
-    device = await get_device(session, device_id)
+    """The device, when the principal holds `permission` on it (ensure_device_permission)."""
+    device = await get_device_unchecked(session, device_id)
     await ensure_device_permission(session, principal, permission, device)
     return device
 
 
-async def manageable_device(database: Database, principal: Principal, device_id: str) -> Device:
-    """The device, when the principal may manage it: what a route acting on one device checks first."""
+async def get_manageable_device(database: Database, principal: Principal, device_id: str) -> Device:
+    """get_permitted_device for devices:manage, in a session of its own: what a route acting on one
+    device checks first."""
     async with database.session() as session:
-        return await device_for(session, principal, device_id, Permission.DEVICES_MANAGE)
+        return await get_permitted_device(session, principal, device_id, Permission.DEVICES_MANAGE)
 
 
 async def certificates_of(session: AsyncSession, device_id: str) -> Sequence[DeviceCertificate]:
@@ -130,30 +128,21 @@ async def certificates_of(session: AsyncSession, device_id: str) -> Sequence[Dev
 
 
 @dataclass(frozen=True)
-class DevicePage:
-    items: Sequence[Device]
-    next_cursor: str | None
+class DevicePage(Page[Device]):
     total: int | None = None
     # The page before this one (pass it with backward=True); None on the first page.
     previous_cursor: str | None = None
 
 
-def _encode_cursor(values: list[Any]) -> str:
-    return base64.urlsafe_b64encode(json.dumps(values, default=str).encode()).decode().rstrip("=")
-
-
 def _cursor_of(device: Device, sort: SortKey) -> str:
     raw = getattr(device, _SORT_COLUMNS[sort].key)
-    return _encode_cursor([raw.isoformat() if isinstance(raw, datetime) else raw, device.id])
+    return encode_cursor([raw.isoformat() if isinstance(raw, datetime) else raw, device.id])
 
 
 def _decode_cursor(cursor: str) -> list[Any]:
-    try:
-        values = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
-    except (binascii.Error, ValueError, UnicodeDecodeError):
-        raise ProblemError("the cursor is not one this server gave out", code="invalid_cursor") from None
+    values = decode_cursor(cursor)
     if not isinstance(values, list) or len(values) != 2 or not isinstance(values[1], str):
-        raise ProblemError("the cursor is not one this server gave out", code="invalid_cursor")
+        raise invalid_cursor()
     return values
 
 
@@ -218,9 +207,9 @@ def _cursor_value(sort: str, value: Any) -> Any:
         try:
             parsed = datetime.fromisoformat(str(value))
         except ValueError:
-            raise ProblemError("the cursor is not one this server gave out", code="invalid_cursor") from None
+            raise invalid_cursor() from None
         if parsed.tzinfo is None:
-            raise ProblemError("the cursor is not one this server gave out", code="invalid_cursor")
+            raise invalid_cursor()
         return parsed
     return "" if value is None else str(value)
 
@@ -302,7 +291,7 @@ async def set_tags(database: Database, principal: Principal, device_id: str, tag
     (one that reads the tag) needs devices:manage in that group too (scopes.checking_moves)."""
     tags = check_tags(tags)
     async with database.transaction() as session:
-        device = await device_for(session, principal, device_id, Permission.DEVICES_MANAGE)
+        device = await get_permitted_device(session, principal, device_id, Permission.DEVICES_MANAGE)
         async with checking_moves(session, principal, device.id):
             device.tags = tags
             await replace_attributes(
@@ -345,10 +334,8 @@ def group_not_found(name: str) -> NotFoundError:
 
 
 async def get_group(session: AsyncSession, name: str) -> DeviceGroup:
-    group = await session.scalar(select(DeviceGroup).where(DeviceGroup.name == name))
-    if group is None:
-        raise group_not_found(name)
-    return group
+    named = select(DeviceGroup).where(DeviceGroup.name == name)
+    return await one_or_404(session, named, group_not_found(name))
 
 
 async def visible_group(session: AsyncSession, principal: Principal, name: str) -> DeviceGroup:
@@ -387,29 +374,27 @@ async def create_group(
         )
     if filter_expression is not None:
         compile_filter(filter_expression)
-    try:
-        async with database.transaction() as session:
-            group = DeviceGroup(
-                id=new_id("grp"),
-                name=name,
-                description=description,
-                kind="dynamic" if filter_expression is not None else "static",
-                filter=filter_expression,
-                created_at=utcnow(),
-            )
-            session.add(group)
-            await session.flush()
-            await refuse_unfit_group_given_as_scope(session, group)
-            await record(
-                session,
-                actor=principal.actor,
-                action="group.created",
-                object_type="device_group",
-                object_id=group.id,
-                details={"name": name, "kind": group.kind, "filter": filter_expression},
-            )
-    except IntegrityError:
-        raise ConflictError(f"a group named {name} exists", code="group_exists") from None
+    exists = ConflictError(f"a group named {name} exists", code="group_exists")
+    async with creating(database, exists) as session:
+        group = DeviceGroup(
+            id=new_id("grp"),
+            name=name,
+            description=description,
+            kind="dynamic" if filter_expression is not None else "static",
+            filter=filter_expression,
+            created_at=utcnow(),
+        )
+        session.add(group)
+        await session.flush()
+        await refuse_unfit_group_given_as_scope(session, group)
+        await record(
+            session,
+            actor=principal.actor,
+            action="group.created",
+            object_type="device_group",
+            object_id=group.id,
+            details={"name": name, "kind": group.kind, "filter": filter_expression},
+        )
     return group
 
 
@@ -438,7 +423,7 @@ async def set_membership(
         group = await managed_static_group(session, principal, name)
         changed = 0
         for device_id in dict.fromkeys(device_ids):
-            device = await device_for(session, principal, device_id, Permission.DEVICES_MANAGE)
+            device = await get_permitted_device(session, principal, device_id, Permission.DEVICES_MANAGE)
             member = await session.get(GroupMember, (group.id, device.id))
             if add == (member is not None):
                 continue

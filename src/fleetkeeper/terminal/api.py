@@ -10,7 +10,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request, WebSocket
 from fastapi.responses import Response, StreamingResponse
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 from starlette.requests import HTTPConnection
 
 from fleetkeeper.access.auth import authenticate, authenticate_credential, requires
@@ -20,10 +20,9 @@ from fleetkeeper.console import session as console_session
 from fleetkeeper.core.errors import ProblemError
 from fleetkeeper.core.objectstore import ObjectNotFoundError
 from fleetkeeper.core.routeaccess import AccessRule, mark
-from fleetkeeper.core.wire import Timestamp
+from fleetkeeper.core.wire import IsSet, RowModel, Timestamp
 from fleetkeeper.terminal import bridge, service
 from fleetkeeper.terminal.context import terminal_context
-from fleetkeeper.terminal.models import TerminalSession
 from fleetkeeper.terminal.protocol import OPERATOR_TO_SERVER, MalformedFrameError, decode_control
 
 router = APIRouter(prefix="/api/v1", tags=["terminal"])
@@ -154,7 +153,7 @@ async def get_file(device_id: str, path: DevicePath, request: Request, principal
     )
 
 
-class SessionOut(BaseModel):
+class SessionOut(RowModel):
     id: str
     device_id: str
     user_id: str
@@ -168,26 +167,7 @@ class SessionOut(BaseModel):
     exit_status: int | None
     bytes_in: int
     bytes_out: int
-    recording: bool
-
-    @classmethod
-    def of(cls, row: TerminalSession) -> SessionOut:
-        return cls(
-            id=row.id,
-            device_id=row.device_id,
-            user_id=row.user_id,
-            username=row.username,
-            address=row.address,
-            kind=row.kind,
-            path=row.path,
-            opened_at=row.opened_at,
-            closed_at=row.closed_at,
-            close_reason=row.close_reason,
-            exit_status=row.exit_status,
-            bytes_in=row.bytes_in,
-            bytes_out=row.bytes_out,
-            recording=row.recording_key is not None,
-        )
+    recording: IsSet = Field(validation_alias="recording_key")
 
 
 @router.get("/terminal/sessions")
@@ -203,12 +183,14 @@ async def list_sessions(
     rows = await service.list_sessions(
         terminal_context(request).database, device_id=device_id, user_id=user_id, before=before, limit=limit
     )
-    return [SessionOut.of(row) for row in rows]
+    return [SessionOut.model_validate(row) for row in rows]
 
 
 @router.get("/terminal/sessions/{session_id}")
 async def get_session(session_id: str, request: Request, principal: Auditor) -> SessionOut:
-    return SessionOut.of(await service.get_session(terminal_context(request).database, session_id))
+    return SessionOut.model_validate(
+        await service.get_session(terminal_context(request).database, session_id)
+    )
 
 
 @router.get("/terminal/sessions/{session_id}/recording")

@@ -16,7 +16,8 @@ from fleetkeeper.audit.service import Actor, Outcome, record
 from fleetkeeper.core.db import Database, utcnow
 from fleetkeeper.core.errors import ConflictError, NotFoundError, ProblemError
 from fleetkeeper.core.ids import new_id
-from fleetkeeper.devices.service import device_for
+from fleetkeeper.core.lookups import get_or_404
+from fleetkeeper.devices.service import get_permitted_device
 from fleetkeeper.terminal.context import TerminalContext
 from fleetkeeper.terminal.models import TerminalSession
 
@@ -47,7 +48,7 @@ async def begin(
     action = "terminal.session_refused" if kind == "terminal" else f"terminal.file_{kind}_refused"
     try:
         async with runtime.database.transaction() as session:
-            device = await device_for(session, principal, device_id, Permission.DEVICES_CONNECT)
+            device = await get_permitted_device(session, principal, device_id, Permission.DEVICES_CONNECT)
             if device.status != "accepted":
                 raise ConflictError(f"the device is {device.status}", code="device_not_accepted")
             if kind == "terminal":
@@ -221,8 +222,6 @@ async def list_sessions(
 
 
 async def get_session(database: Database, session_id: str) -> TerminalSession:
+    not_found = NotFoundError("no such terminal session", code="session_not_found")
     async with database.session() as session:
-        row = await session.get(TerminalSession, session_id)
-    if row is None:
-        raise NotFoundError("no such terminal session", code="session_not_found")
-    return row
+        return await get_or_404(session, TerminalSession, session_id, not_found)

@@ -21,6 +21,7 @@ from fleetkeeper.console.context import console_context
 from fleetkeeper.console.render import is_htmx, render
 from fleetkeeper.console.session import page
 from fleetkeeper.core.errors import NotFoundError, ProblemError
+from fleetkeeper.core.lookups import get_or_404
 
 router = APIRouter(include_in_schema=False)
 Auditor = Annotated[Principal, page(Permission.AUDIT_READ)]
@@ -119,9 +120,8 @@ async def verify_chain(request: Request, principal: Auditor) -> Response:
 async def audit_record(
     request: Request, principal: Auditor, seq: Annotated[int, Path(ge=1, le=2**63 - 1)]
 ) -> Response:
+    not_found = NotFoundError(f"no audit record {seq}", code="audit_record_not_found")
     async with console_context(request).database.session() as session:
-        row = await session.get(AuditRecord, seq)
-    if row is None:
-        raise NotFoundError(f"no audit record {seq}", code="audit_record_not_found")
+        row = await get_or_404(session, AuditRecord, seq, not_found)
     details = json.dumps(row.details_object(), indent=2, ensure_ascii=False, sort_keys=True)
     return render(request, "audit/record.html", principal, row=row, details=details)

@@ -17,7 +17,7 @@ from fleetkeeper.console.render import render
 from fleetkeeper.console.session import page
 from fleetkeeper.core.errors import ProblemError
 from fleetkeeper.deployments import listing as deployments
-from fleetkeeper.devices import enrollment, service
+from fleetkeeper.devices import enrollment_decisions, service
 from fleetkeeper.devices.filters import FilterError
 from fleetkeeper.devices.models import DEVICE_STATUSES, Device
 
@@ -98,7 +98,7 @@ def inventory_rows(report: Any, prefix: str = "") -> list[tuple[str, str]]:
 @router.get("/devices/{device_id}")
 async def device_detail(request: Request, principal: Reader, device_id: str) -> Response:
     async with console_context(request).database.session() as session:
-        device = await service.device_for(session, principal, device_id, Permission.DEVICES_READ)
+        device = await service.get_permitted_device(session, principal, device_id, Permission.DEVICES_READ)
         groups = service.shown_group_names(principal, await service.device_group_names(session, device_id))
         scope_groups = await service.device_group_names(session, device_id, as_scope=True)
         certificates = await service.certificates_of(session, device_id)
@@ -127,8 +127,8 @@ async def device_detail(request: Request, principal: Reader, device_id: str) -> 
 
 @router.post("/devices/{device_id}/decommission")
 async def decommission(request: Request, principal: Manager, device_id: str) -> Response:
-    device = await service.manageable_device(console_context(request).database, principal, device_id)
-    await enrollment.decommission(console_context(request), principal, device)
+    device = await service.get_manageable_device(console_context(request).database, principal, device_id)
+    await enrollment_decisions.decommission(console_context(request), principal, device)
     return RedirectResponse(f"/devices/{device.id}", status_code=303)
 
 

@@ -14,7 +14,7 @@ from fleetkeeper.access.principal import Principal
 from fleetkeeper.console.context import console_context
 from fleetkeeper.console.render import render
 from fleetkeeper.console.session import page
-from fleetkeeper.devices import enrollment, service
+from fleetkeeper.devices import enrollment_decisions, enrollment_tokens, service
 from fleetkeeper.devices.models import Device, EnrollmentToken
 
 router = APIRouter(include_in_schema=False)
@@ -42,7 +42,7 @@ async def _queue_page(
         )
         # Only the groups the operator sees (their devices:read), as GET /api/v1/device-groups.
         groups = await service.visible_groups(session, principal)
-        tokens = await enrollment.list_tokens(session, principal)
+        tokens = await enrollment_tokens.list_tokens(session, principal)
     return render(
         request,
         "enrollment/queue.html",
@@ -82,15 +82,15 @@ def _done(what: str, object_id: str) -> Response:
 async def accept(
     request: Request, principal: Manager, device_id: str, group: Annotated[str, Form(max_length=128)] = ""
 ) -> Response:
-    device = await service.manageable_device(console_context(request).database, principal, device_id)
-    await enrollment.accept_into_group(console_context(request), principal, device, group or None)
+    device = await service.get_manageable_device(console_context(request).database, principal, device_id)
+    await enrollment_decisions.accept_into_group(console_context(request), principal, device, group or None)
     return _done("accepted", device.id)
 
 
 @router.post("/enrollment/{device_id}/reject")
 async def reject(request: Request, principal: Manager, device_id: str) -> Response:
-    device = await service.manageable_device(console_context(request).database, principal, device_id)
-    await enrollment.decide(console_context(request), principal, device, accept=False)
+    device = await service.get_manageable_device(console_context(request).database, principal, device_id)
+    await enrollment_decisions.decide(console_context(request), principal, device, accept=False)
     return _done("rejected", device.id)
 
 
@@ -109,7 +109,7 @@ async def preauthorize(
         "serial": serial.strip() or None,
         "mac": mac.strip() or None,
     }
-    device = await enrollment.preauthorize(
+    device = await enrollment_decisions.preauthorize(
         console_context(request), principal, identity, public_key.strip(), [group] if group else []
     )
     return _done("preauthorized", device.id)
@@ -127,7 +127,7 @@ async def create_token(
 ) -> Response:
     """Answers with the page itself (not a redirect), so that the secret is shown once and never
     travels in a URL."""
-    created = await enrollment.create_token(
+    created = await enrollment_tokens.create_token(
         console_context(request),
         principal,
         name=name.strip(),
@@ -143,5 +143,5 @@ async def create_token(
 
 @router.post("/enrollment/tokens/{token_id}/revoke")
 async def revoke_token(request: Request, principal: Manager, token_id: str) -> Response:
-    await enrollment.revoke_token(console_context(request), principal, token_id)
+    await enrollment_tokens.revoke_token(console_context(request), principal, token_id)
     return _done("revoked", token_id)

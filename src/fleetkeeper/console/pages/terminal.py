@@ -12,7 +12,7 @@ from fleetkeeper.access.principal import Principal
 from fleetkeeper.console.context import console_context
 from fleetkeeper.console.render import render
 from fleetkeeper.console.session import page
-from fleetkeeper.devices.service import device_for
+from fleetkeeper.devices.service import get_permitted_device
 
 router = APIRouter(include_in_schema=False)
 
@@ -22,5 +22,5 @@ async def terminal(
     device_id: str, request: Request, principal: Annotated[Principal, page(Permission.DEVICES_CONNECT)]
 ) -> Response:
     async with console_context(request).database.session() as session:
-        device = await device_for(session, principal, device_id, Permission.DEVICES_CONNECT)
+        device = await get_permitted_device(session, principal, device_id, Permission.DEVICES_CONNECT)
     return render(request, "terminal.html", principal, device=device)
