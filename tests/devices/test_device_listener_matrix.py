@@ -10,8 +10,14 @@ from pathlib import Path
 import httpx2
 import pytest
 
-from tests.helpers.device_listener import Fleet
+from tests.conftest import RunningServer
+from tests.helpers.device_listener import Fleet, signed_in_fleet
 from tests.helpers.devices import FakeDevice
+
+
+@pytest.fixture(scope="module")
+def fleet(running_server: RunningServer) -> Fleet:
+    return signed_in_fleet(running_server)
 
 
 def test_valid_certificate_reaches_its_device(fleet: Fleet, tmp_path: Path) -> None:
