@@ -146,6 +146,11 @@ def db_current(
 
 
 def main() -> None:
+    from fleetkeeper.server.wiring import wire_domains
+
+    # Commands that change users, roles or releases call the domains directly: their checks
+    # between domains must hold here as on the server.
+    wire_domains()
     app(prog_name="fleetkeeper")
 
 
