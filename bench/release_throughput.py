@@ -35,7 +35,7 @@ from pathlib import Path
 import httpx2
 from cryptography.hazmat.primitives import serialization
 from tests.conftest import ADMIN_PASSWORD, RunningServer, start_server
-from tests.devices.helpers import FakeDevice
+from tests.helpers.devices import FakeDevice
 from tuf.api.metadata import Metadata
 
 from fleetkeeper.releases.artifact import create_artifact
