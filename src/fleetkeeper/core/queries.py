@@ -13,7 +13,9 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 from starlette.requests import HTTPConnection
 
-_accepted_by_route: dict[int, frozenset[str] | None] = {}
+# Where a route keeps the names it takes, worked out at its first request: on the route itself,
+# since an id would be reused by another app's route once this one is collected.
+_ACCEPTED = "_fleetkeeper_accepted_query"
 
 
 def _any_query() -> None:
@@ -39,12 +41,13 @@ def accepts_any_query(route: APIRoute) -> bool:
 
 def _accepted(route: APIRoute) -> frozenset[str] | None:
     """The names the route takes, or None for any."""
-    if id(route) not in _accepted_by_route:
+    if not hasattr(route, _ACCEPTED):
         names = {
             param.alias for dependant in _dependants(route.dependant) for param in dependant.query_params
         }
-        _accepted_by_route[id(route)] = None if accepts_any_query(route) else frozenset(names)
-    return _accepted_by_route[id(route)]
+        setattr(route, _ACCEPTED, None if accepts_any_query(route) else frozenset(names))
+    accepted: frozenset[str] | None = getattr(route, _ACCEPTED)
+    return accepted
 
 
 def _refuse_unknown(connection: HTTPConnection) -> None:
