@@ -3,13 +3,8 @@ deployments of one device, the newest reports, and one device's history in a dep
 
 from __future__ import annotations
 
-import base64
-import binascii
-import json
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
 
 from sqlalchemy import ColumnElement, literal, select, true
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -17,6 +12,7 @@ from sqlalchemy.orm import aliased
 
 from fleetkeeper.access.service import Permission, Principal
 from fleetkeeper.core.errors import NotFoundError, ProblemError
+from fleetkeeper.core.paging import Page, decode_cursor, encode_cursor, invalid_cursor
 from fleetkeeper.deployments.chunks import chunk_phase, members, phase_of
 from fleetkeeper.deployments.device_rows import chunk_only_entry, chunk_only_status, has_no_row
 from fleetkeeper.deployments.models import (
@@ -36,17 +32,11 @@ from fleetkeeper.devices.models import Device
 MAX_PAGE = 500
 
 
-def _encode_cursor(values: list[Any]) -> str:
-    return base64.urlsafe_b64encode(json.dumps(values).encode()).decode().rstrip("=")
-
-
-def _decode_cursor(cursor: str, length: int) -> list[str]:
-    try:
-        values = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
-    except (binascii.Error, ValueError, UnicodeDecodeError):
-        values = None
+def _cursor_values(cursor: str, length: int) -> list[str]:
+    """The sort key a cursor of these listings holds: `length` strings."""
+    values = decode_cursor(cursor)
     if not isinstance(values, list) or len(values) != length or not all(isinstance(v, str) for v in values):
-        raise ProblemError("the cursor is not one this server gave out", code="invalid_cursor")
+        raise invalid_cursor()
     return values
 
 
@@ -55,10 +45,7 @@ def _check_limit(limit: int) -> None:
         raise ProblemError(f"limit must be between 1 and {MAX_PAGE}", code="invalid_limit")
 
 
-@dataclass(frozen=True)
-class DevicesPage:
-    items: Sequence[DeploymentDevice]
-    next_cursor: str | None
+DevicesPage = Page[DeploymentDevice]
 
 
 async def list_devices(
@@ -88,9 +75,9 @@ async def list_devices(
         )
     after: tuple[str, str] | None = None
     if cursor is not None:
-        after_status, after_id = _decode_cursor(cursor, 2)
+        after_status, after_id = _cursor_values(cursor, 2)
         if after_status not in DEVICE_STATUSES:
-            raise ProblemError("the cursor is not one this server gave out", code="invalid_cursor")
+            raise invalid_cursor()
         after = (after_status, after_id)
     scope = None
     if principal.grants.scopes(Permission.DEVICES_READ) is not None:
@@ -131,8 +118,8 @@ async def list_devices(
             more = True
             items = items[:limit]
             break
-    next_cursor = _encode_cursor([items[-1].status, items[-1].device_id]) if more else None
-    return DevicesPage(items, next_cursor)
+    next_cursor = encode_cursor([items[-1].status, items[-1].device_id]) if more else None
+    return DevicesPage(items=items, next_cursor=next_cursor)
 
 
 async def _chunk_only_devices(
@@ -165,10 +152,7 @@ async def _chunk_only_devices(
     return [chunk_only_entry(deployment, member, member_phase) for member, member_phase in rows]
 
 
-@dataclass(frozen=True)
-class DeviceDeploymentsPage:
-    items: Sequence[tuple[Deployment, DeploymentDevice]]
-    next_cursor: str | None
+DeviceDeploymentsPage = Page[tuple[Deployment, DeploymentDevice]]
 
 
 async def deployments_of_device(
@@ -204,11 +188,11 @@ async def deployments_of_device(
         )
     query = query.where(row.device_id.is_not(None) | in_chunk.is_not(None))
     if cursor is not None:
-        created, last_id = _decode_cursor(cursor, 2)
+        created, last_id = _cursor_values(cursor, 2)
         try:
             created_at = datetime.fromisoformat(created)
         except ValueError:
-            raise ProblemError("the cursor is not one this server gave out", code="invalid_cursor") from None
+            raise invalid_cursor() from None
         query = query.where(
             (Deployment.created_at < created_at)
             | ((Deployment.created_at == created_at) & (Deployment.id < last_id))
@@ -228,8 +212,8 @@ async def deployments_of_device(
     next_cursor = None
     if len(rows) > limit:
         last = items[-1][0]
-        next_cursor = _encode_cursor([last.created_at.isoformat(), last.id])
-    return DeviceDeploymentsPage(items, next_cursor)
+        next_cursor = encode_cursor([last.created_at.isoformat(), last.id])
+    return DeviceDeploymentsPage(items=items, next_cursor=next_cursor)
 
 
 async def recent_events(
