@@ -482,6 +482,21 @@ async def api(runtime: Runtime) -> AsyncIterator[Api]:
         yield client
 
 
+@pytest.fixture
+def admin_signed_in_once(api: Api, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`api.admin_headers()` signs the admin in once, for tests that would otherwise go past the
+    sign-in limits (10 a minute at one account from one network)."""
+    sign_in = api.admin_headers
+    headers: dict[str, str] = {}
+
+    async def once() -> dict[str, str]:
+        if not headers:
+            headers.update(await sign_in())
+        return headers
+
+    monkeypatch.setattr(api, "admin_headers", once)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _cheap_password_hashing() -> Iterator[None]:
     """In-process tests hash with argon2id's smallest parameters: the suite creates hundreds of
@@ -525,7 +540,8 @@ class S3Server:
         )
 
 
-def _read_line(process: subprocess.Popen[bytes], timeout: float) -> str:
+def read_line(process: subprocess.Popen[bytes], timeout: float) -> str:
+    """The first line a child process writes on its standard output, within `timeout` seconds."""
     assert process.stdout is not None
     fd = process.stdout.fileno()
     data = b""
@@ -559,7 +575,7 @@ def s3_server() -> Iterator[S3Server]:
             stderr=log,
         )
         try:
-            line = _read_line(process, 30)
+            line = read_line(process, 30)
             if not line.startswith("READY "):
                 raise RuntimeError(f"s3rver did not start: {line!r}\n{(Path(workdir) / 'log').read_text()}")
             yield S3Server(endpoint=line.removeprefix("READY ").strip(), bucket=bucket)

@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import json
-import os
 import secrets
-import select
 import subprocess
 import tempfile
-import time
 from dataclasses import asdict, dataclass, field
 from html.parser import HTMLParser
 from pathlib import Path
@@ -16,6 +13,8 @@ from types import TracebackType
 from urllib.parse import urljoin, urlsplit
 
 import httpx2
+
+from tests.conftest import read_line
 
 PROVIDER_DIR = Path(__file__).resolve().parents[1] / "oidc_provider"
 
@@ -96,28 +95,13 @@ class OidcProvider:
                 stdout=subprocess.PIPE,
                 stderr=log,
             )
-        line = self._read_line(timeout)
+        assert self._process is not None
+        line = read_line(self._process, timeout)
         if not line.startswith("READY "):
             self.stop()
             raise RuntimeError(f"oidc provider did not start: {line!r}\n{self.log[-3000:]}")
         self.issuer = line.removeprefix("READY ").strip()
         return self
-
-    def _read_line(self, timeout: float) -> str:
-        assert self._process is not None
-        assert self._process.stdout is not None
-        fd = self._process.stdout.fileno()
-        data = b""
-        deadline = time.monotonic() + timeout
-        while b"\n" not in data and (remaining := deadline - time.monotonic()) > 0:
-            ready, _, _ = select.select([fd], [], [], remaining)
-            if not ready:
-                break
-            chunk = os.read(fd, 4096)
-            if not chunk:
-                break
-            data += chunk
-        return data.decode(errors="replace").split("\n", 1)[0]
 
     def stop(self, timeout: float = 10) -> None:
         process, self._process = self._process, None

@@ -30,19 +30,7 @@ NOTQ = 'group != "quarantine" and status == "accepted"'
 OPERATOR_GROUPS = ["plant-3", "lab", "quarantine"]
 
 
-@pytest.fixture(autouse=True)
-def _admin_signed_in_once(api: Api, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The admin signs in once: these tests sign many people in from one network, within the
-    sign-in limits (10 a minute at one account)."""
-    sign_in = api.admin_headers
-    headers: dict[str, str] = {}
-
-    async def once() -> dict[str, str]:
-        if not headers:
-            headers.update(await sign_in())
-        return headers
-
-    monkeypatch.setattr(api, "admin_headers", once)
+pytestmark = pytest.mark.usefixtures("admin_signed_in_once")
 
 
 async def lab_setup(api: Api) -> tuple[dict[str, str], dict[str, str]]:
